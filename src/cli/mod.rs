@@ -1,0 +1,26 @@
+//! Subcommands. Each wires library pieces together and reports errors with context.
+
+pub mod fleet;
+pub mod run;
+
+use std::path::Path;
+
+use anyhow::Context;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// A client from an explicit kubeconfig, or else inferred (in-cluster, $KUBECONFIG, ~/.kube/config).
+pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("using kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("finding a kubeconfig (none given)")?,
+    };
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}

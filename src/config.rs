@@ -1,0 +1,613 @@
+//! `deploy/scheduler-config.yaml`: shaped like kube-scheduler's
+//! `KubeSchedulerConfiguration`. Loading rejects unknown fields and bad
+//! values with an error that names the field, so a typo never silently
+//! falls back to a default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::core::framework::Profile;
+use crate::core::plugins::{self, NodeResourcesFitArgs, PluginArgs};
+use crate::core::queue::BackoffPolicy;
+
+pub const API_VERSION: &str = "phalanx.dev/v1alpha1";
+pub const KIND: &str = "SchedulerConfiguration";
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {field}: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub client: ClientConnection,
+    pub leader_election: LeaderElection,
+    pub backoff: BackoffPolicy,
+    pub profiles: Vec<ProfileSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ClientConnection {
+    pub kubeconfig: Option<String>,
+    /// Requests per second this client may send to the API server, all writes together.
+    pub qps: f64,
+    pub burst: u32,
+}
+
+impl Default for ClientConnection {
+    fn default() -> Self {
+        Self {
+            kubeconfig: None,
+            qps: 50.0,
+            burst: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaderElection {
+    pub leader_elect: bool,
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+    pub resource_namespace: String,
+    pub resource_name: String,
+}
+
+/// One profile, by plugin names (validated) and arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProfileSpec {
+    pub scheduler_name: String,
+    pub filters: Vec<&'static str>,
+    pub scores: Vec<(&'static str, i64)>,
+    pub args: PluginArgs,
+}
+
+impl ProfileSpec {
+    pub fn build(&self) -> Profile {
+        plugins::build_profile(
+            &self.scheduler_name,
+            &self.filters,
+            &self.scores,
+            &self.args,
+        )
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawConfig {
+    api_version: String,
+    kind: String,
+    #[serde(default)]
+    client_connection: ClientConnection,
+    #[serde(default)]
+    leader_election: RawLeaderElection,
+    #[serde(default = "default_initial_backoff")]
+    pod_initial_backoff_seconds: u64,
+    #[serde(default = "default_max_backoff")]
+    pod_max_backoff_seconds: u64,
+    #[serde(default)]
+    profiles: Vec<RawProfile>,
+}
+
+fn default_initial_backoff() -> u64 {
+    1
+}
+
+fn default_max_backoff() -> u64 {
+    10
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+struct RawLeaderElection {
+    leader_elect: bool,
+    lease_duration: String,
+    renew_deadline: String,
+    retry_period: String,
+    resource_namespace: String,
+    resource_name: String,
+}
+
+impl Default for RawLeaderElection {
+    fn default() -> Self {
+        Self {
+            leader_elect: false,
+            lease_duration: "15s".into(),
+            renew_deadline: "10s".into(),
+            retry_period: "2s".into(),
+            resource_namespace: "phalanx-system".into(),
+            resource_name: "phalanx".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawProfile {
+    scheduler_name: String,
+    #[serde(default)]
+    plugins: RawPlugins,
+    #[serde(default)]
+    plugin_config: Vec<RawPluginConfig>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawPlugins {
+    #[serde(default)]
+    queue_sort: PluginSet,
+    #[serde(default)]
+    filter: PluginSet,
+    #[serde(default)]
+    score: PluginSet,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PluginSet {
+    #[serde(default)]
+    enabled: Vec<PluginRef>,
+    #[serde(default)]
+    disabled: Vec<PluginRef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PluginRef {
+    name: String,
+    #[serde(default)]
+    weight: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPluginConfig {
+    name: String,
+    #[serde(default)]
+    args: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct NodeResourcesFitConfig {
+    scoring_strategy: NodeResourcesFitArgs,
+}
+
+/// A field path and what is wrong with it, before the file name is attached.
+#[derive(Debug)]
+struct FieldError(String, String);
+
+fn bad(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError(field.into(), message.into())
+}
+
+pub fn load(path: &Path) -> Result<SchedulerConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text).map_err(|FieldError(field, message)| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        field,
+        message,
+    })
+}
+
+fn parse(text: &str) -> Result<SchedulerConfig, FieldError> {
+    let raw: RawConfig = serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(
+        text,
+    ))
+    .map_err(|e| {
+        let field = match e.path().to_string() {
+            p if p == "." => "(document)".to_string(),
+            p => p,
+        };
+        bad(field, e.into_inner().to_string())
+    })?;
+    if raw.api_version != API_VERSION {
+        return Err(bad(
+            "apiVersion",
+            format!("must be {API_VERSION}, not {:?}", raw.api_version),
+        ));
+    }
+    if raw.kind != KIND {
+        return Err(bad("kind", format!("must be {KIND}, not {:?}", raw.kind)));
+    }
+    let client = raw.client_connection;
+    if !(client.qps.is_finite() && client.qps > 0.0) {
+        return Err(bad(
+            "clientConnection.qps",
+            format!("must be a positive number, not {}", client.qps),
+        ));
+    }
+    if client.burst == 0 {
+        return Err(bad("clientConnection.burst", "must be at least 1"));
+    }
+    if raw.pod_initial_backoff_seconds == 0 {
+        return Err(bad("podInitialBackoffSeconds", "must be at least 1"));
+    }
+    if raw.pod_max_backoff_seconds < raw.pod_initial_backoff_seconds {
+        return Err(bad(
+            "podMaxBackoffSeconds",
+            "must not be less than podInitialBackoffSeconds",
+        ));
+    }
+    let leader_election = leader_election(raw.leader_election)?;
+    let mut profiles = Vec::new();
+    for (i, p) in raw.profiles.into_iter().enumerate() {
+        let spec = profile(&format!("profiles[{i}]"), p)?;
+        if profiles
+            .iter()
+            .any(|o: &ProfileSpec| o.scheduler_name == spec.scheduler_name)
+        {
+            return Err(bad(
+                format!("profiles[{i}].schedulerName"),
+                format!("{:?} is used by an earlier profile", spec.scheduler_name),
+            ));
+        }
+        profiles.push(spec);
+    }
+    if profiles.is_empty() {
+        return Err(bad("profiles", "at least one profile is required"));
+    }
+    Ok(SchedulerConfig {
+        client,
+        leader_election,
+        backoff: BackoffPolicy {
+            initial: Duration::from_secs(raw.pod_initial_backoff_seconds),
+            max: Duration::from_secs(raw.pod_max_backoff_seconds),
+        },
+        profiles,
+    })
+}
+
+fn leader_election(raw: RawLeaderElection) -> Result<LeaderElection, FieldError> {
+    let duration = |field: &str, text: &str| {
+        parse_duration(text).ok_or_else(|| {
+            bad(
+                format!("leaderElection.{field}"),
+                format!("{text:?} is not a duration such as \"15s\" or \"500ms\""),
+            )
+        })
+    };
+    let le = LeaderElection {
+        leader_elect: raw.leader_elect,
+        lease_duration: duration("leaseDuration", &raw.lease_duration)?,
+        renew_deadline: duration("renewDeadline", &raw.renew_deadline)?,
+        retry_period: duration("retryPeriod", &raw.retry_period)?,
+        resource_namespace: raw.resource_namespace,
+        resource_name: raw.resource_name,
+    };
+    if le.renew_deadline >= le.lease_duration {
+        return Err(bad(
+            "leaderElection.renewDeadline",
+            "must be shorter than leaseDuration",
+        ));
+    }
+    if le.leader_elect {
+        return Err(bad(
+            "leaderElection.leaderElect",
+            "leader election is not available in this release; run a single replica with leaderElect: false",
+        ));
+    }
+    Ok(le)
+}
+
+fn profile(at: &str, raw: RawProfile) -> Result<ProfileSpec, FieldError> {
+    if raw.scheduler_name.trim().is_empty() {
+        return Err(bad(format!("{at}.schedulerName"), "must not be empty"));
+    }
+    let known_filters = plugins::DEFAULT_FILTERS;
+    let known_scores: Vec<&'static str> = plugins::DEFAULT_SCORES.iter().map(|(n, _)| *n).collect();
+
+    let queue_sort = resolve(
+        &format!("{at}.plugins.queueSort"),
+        &raw.plugins.queue_sort,
+        plugins::QUEUE_SORT_PLUGINS,
+        plugins::QUEUE_SORT_PLUGINS
+            .iter()
+            .map(|n| (*n, 0))
+            .collect(),
+        false,
+    )?;
+    if queue_sort.len() != 1 {
+        return Err(bad(
+            format!("{at}.plugins.queueSort"),
+            "exactly one queue sort plugin must be enabled",
+        ));
+    }
+    let filters = resolve(
+        &format!("{at}.plugins.filter"),
+        &raw.plugins.filter,
+        known_filters,
+        known_filters.iter().map(|n| (*n, 0)).collect(),
+        false,
+    )?;
+    let scores = resolve(
+        &format!("{at}.plugins.score"),
+        &raw.plugins.score,
+        &known_scores,
+        plugins::DEFAULT_SCORES.to_vec(),
+        true,
+    )?;
+
+    let mut args = PluginArgs::default();
+    let mut configured: Vec<&str> = Vec::new();
+    for (j, pc) in raw.plugin_config.iter().enumerate() {
+        let field = format!("{at}.pluginConfig[{j}]");
+        if configured.contains(&pc.name.as_str()) {
+            return Err(bad(
+                format!("{field}.name"),
+                format!("{:?} is configured twice", pc.name),
+            ));
+        }
+        configured.push(&pc.name);
+        match pc.name.as_str() {
+            plugins::NodeResourcesFit::NAME => {
+                let cfg: NodeResourcesFitConfig = serde_path_to_error::deserialize(&pc.args)
+                    .map_err(|e| {
+                        bad(
+                            format!("{field}.args.{}", e.path()),
+                            e.into_inner().to_string(),
+                        )
+                    })?;
+                for (k, r) in cfg.scoring_strategy.resources.iter().enumerate() {
+                    let rf = format!("{field}.args.scoringStrategy.resources[{k}]");
+                    if r.name.is_empty() {
+                        return Err(bad(format!("{rf}.name"), "must not be empty"));
+                    }
+                    if !(1..=100).contains(&r.weight) {
+                        return Err(bad(
+                            format!("{rf}.weight"),
+                            format!("must be between 1 and 100, not {}", r.weight),
+                        ));
+                    }
+                }
+                args.node_resources_fit = cfg.scoring_strategy;
+            }
+            name if known_filters.contains(&name) || known_scores.contains(&name) => {
+                if !(pc.args.is_null() || pc.args.as_object().is_some_and(|o| o.is_empty())) {
+                    return Err(bad(
+                        format!("{field}.args"),
+                        format!("plugin {name} takes no arguments"),
+                    ));
+                }
+            }
+            other => {
+                return Err(bad(
+                    format!("{field}.name"),
+                    format!("unknown plugin {other:?}"),
+                ));
+            }
+        }
+    }
+    Ok(ProfileSpec {
+        scheduler_name: raw.scheduler_name,
+        filters: filters.into_iter().map(|(n, _)| n).collect(),
+        scores,
+        args,
+    })
+}
+
+/// Applies `disabled` (a name, or "*" for every default) and then `enabled`
+/// to the defaults of one extension point, as kube-scheduler does.
+fn resolve(
+    at: &str,
+    set: &PluginSet,
+    known: &[&'static str],
+    defaults: Vec<(&'static str, i64)>,
+    weighted: bool,
+) -> Result<Vec<(&'static str, i64)>, FieldError> {
+    let lookup = |field: String, name: &str| {
+        known.iter().copied().find(|k| *k == name).ok_or_else(|| {
+            bad(
+                field,
+                format!("unknown plugin {name:?} (known here: {})", known.join(", ")),
+            )
+        })
+    };
+    let mut result = defaults;
+    for (i, d) in set.disabled.iter().enumerate() {
+        if d.name == "*" {
+            result.clear();
+        } else {
+            let name = lookup(format!("{at}.disabled[{i}].name"), &d.name)?;
+            result.retain(|(n, _)| *n != name);
+        }
+    }
+    for (i, e) in set.enabled.iter().enumerate() {
+        let name = lookup(format!("{at}.enabled[{i}].name"), &e.name)?;
+        let weight = match (weighted, e.weight) {
+            (false, Some(_)) => {
+                return Err(bad(
+                    format!("{at}.enabled[{i}].weight"),
+                    "only score plugins take a weight",
+                ));
+            }
+            (false, None) => 0,
+            (true, None) => 1,
+            (true, Some(w)) if (1..=100).contains(&w) => w,
+            (true, Some(w)) => {
+                return Err(bad(
+                    format!("{at}.enabled[{i}].weight"),
+                    format!("must be between 1 and 100, not {w}"),
+                ));
+            }
+        };
+        match result.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = weight,
+            None => result.push((name, weight)),
+        }
+    }
+    Ok(result)
+}
+
+/// "1m30s", "15s", "500ms", "2h".
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let part = match &rest[..unit] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.checked_mul(60)?),
+            "h" => Duration::from_secs(n.checked_mul(3600)?),
+            _ => return None,
+        };
+        total = total.checked_add(part)?;
+        rest = &rest[unit..];
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    const MINIMAL: &str = "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles:\n- schedulerName: phalanx\n";
+
+    fn error_of(text: &str) -> (String, String) {
+        match parse(text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(FieldError(f, m)) => (f, m),
+        }
+    }
+
+    #[test]
+    fn the_shipped_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/scheduler-config.yaml");
+        let cfg = load(&path).unwrap();
+        assert_eq!(cfg.profiles[0].scheduler_name, "phalanx");
+        assert!(cfg.profiles[0].filters.contains(&"NodeResourcesFit"));
+    }
+
+    #[test]
+    fn defaults_fill_what_is_not_said() {
+        let cfg = parse(MINIMAL).unwrap();
+        assert_eq!(cfg.client, ClientConnection::default());
+        assert_eq!(cfg.profiles[0].filters, plugins::DEFAULT_FILTERS);
+        assert_eq!(cfg.profiles[0].scores, plugins::DEFAULT_SCORES);
+        assert_eq!(cfg.backoff.max, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn disabling_all_then_enabling_some() {
+        let cfg = parse(&format!(
+            "{MINIMAL}  plugins:\n    score:\n      disabled: [{{name: '*'}}]\n      enabled: [{{name: NodeResourcesFit, weight: 7}}]\n    filter:\n      disabled: [{{name: NodeReady}}]\n"
+        ))
+        .unwrap();
+        assert_eq!(cfg.profiles[0].scores, vec![("NodeResourcesFit", 7)]);
+        assert!(!cfg.profiles[0].filters.contains(&"NodeReady"));
+    }
+
+    #[rstest]
+    #[case(
+        "apiVersion: v1\nkind: SchedulerConfiguration\nprofiles: [{schedulerName: a}]\n",
+        "apiVersion"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles: [{schedulerName: a}]\nbogus: 1\n",
+        "bogus"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nclientConnection: {qps: fast}\nprofiles: [{schedulerName: a}]\n",
+        "clientConnection.qps"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nclientConnection: {qps: -5}\nprofiles: [{schedulerName: a}]\n",
+        "clientConnection.qps"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles: [{schedulerName: a, plugins: {filter: {enabled: [{name: Nope}]}}}]\n",
+        "profiles[0].plugins.filter.enabled[0].name"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles: [{schedulerName: a, plugins: {score: {enabled: [{name: NodeAffinity, weight: 0}]}}}]\n",
+        "profiles[0].plugins.score.enabled[0].weight"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles: [{schedulerName: a}, {schedulerName: a}]\n",
+        "profiles[1].schedulerName"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles: [{schedulerName: a, pluginConfig: [{name: NodeResourcesFit, args: {scoringStrategy: {type: Random, resources: []}}}]}]\n",
+        "profiles[0].pluginConfig[0].args.scoringStrategy.type"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles: [{schedulerName: a, pluginConfig: [{name: NodeAffinity, args: {x: 1}}]}]\n",
+        "profiles[0].pluginConfig[0].args"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nleaderElection: {leaseDuration: soon}\nprofiles: [{schedulerName: a}]\n",
+        "leaderElection.leaseDuration"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles: []\n",
+        "profiles"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles: [{schedulerName: a, plugins: {bind: {}}}]\n",
+        "profiles[0].plugins.bind"
+    )]
+    fn bad_values_name_their_field(#[case] text: &str, #[case] field: &str) {
+        let (f, m) = error_of(text);
+        assert_eq!(f, field, "message: {m}");
+        assert!(!m.is_empty());
+    }
+
+    #[test]
+    fn unknown_fields_are_named_in_the_message() {
+        let (_, message) = error_of(&format!("{MINIMAL}  pluginConfigs: []\n"));
+        assert!(
+            message.contains("unknown field `pluginConfigs`"),
+            "{message}"
+        );
+    }
+
+    #[rstest]
+    #[case("15s", Some(15_000))]
+    #[case("1m30s", Some(90_000))]
+    #[case("500ms", Some(500))]
+    #[case("10", None)]
+    #[case("", None)]
+    #[case("5d", None)]
+    fn durations(#[case] text: &str, #[case] millis: Option<u64>) {
+        assert_eq!(parse_duration(text).map(|d| d.as_millis() as u64), millis);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_gives_a_config_or_a_field_error(text in "\\PC{0,200}") {
+            let _ = parse(&text);
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The plugin framework: extension points as traits, and a profile that
+//! strings enabled plugins together (as kube-scheduler's framework does).
+
+use super::node::{NodeInfo, NodeSpec};
+use super::pod::PodInfo;
+
+/// Why a node cannot take a pod, in the words `kubectl describe` shows
+/// ("Insufficient nvidia.com/gpu", "node(s) were unschedulable").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection(pub Vec<String>);
+
+impl Rejection {
+    pub fn because(reason: impl Into<String>) -> Self {
+        Self(vec![reason.into()])
+    }
+}
+
+/// Decides whether one node can take the pod at all.
+pub trait FilterPlugin: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn filter(&self, pod: &PodInfo, node: &NodeSpec, usage: &NodeInfo) -> Result<(), Rejection>;
+}
+
+/// Ranks the nodes that passed every filter. Raw scores may use any scale;
+/// `normalize` maps them onto 0..=100 across the candidate nodes.
+pub trait ScorePlugin: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn score(&self, pod: &PodInfo, node: &NodeSpec, usage: &NodeInfo) -> i64;
+    fn normalize(&self, _scores: &mut [i64]) {}
+}
+
+pub struct WeightedScore {
+    pub plugin: Box<dyn ScorePlugin>,
+    pub weight: i64,
+}
+
+/// One `profiles[]` entry: the scheduler name pods opt in with, and its plugins.
+pub struct Profile {
+    pub scheduler_name: String,
+    pub filters: Vec<Box<dyn FilterPlugin>>,
+    pub scores: Vec<WeightedScore>,
+}
+
+impl std::fmt::Debug for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Profile")
+            .field("scheduler_name", &self.scheduler_name)
+            .field(
+                "filters",
+                &self.filters.iter().map(|p| p.name()).collect::<Vec<_>>(),
+            )
+            .field(
+                "scores",
+                &self
+                    .scores
+                    .iter()
+                    .map(|s| (s.plugin.name(), s.weight))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// Scales raw scores so the highest becomes 100 (`reverse`: the lowest does).
+pub fn normalize_to_max(scores: &mut [i64], reverse: bool) {
+    let max = scores.iter().copied().max().unwrap_or(0);
+    for s in scores.iter_mut() {
+        *s = match (max, reverse) {
+            (0, false) => 0,
+            (0, true) => 100,
+            (m, false) => *s * 100 / m,
+            (m, true) => 100 - *s * 100 / m,
+        };
+    }
+}

@@ -1,0 +1,55 @@
+//! What the scheduler knows about one node: its properties from the Node
+//! object and the resources its pods already hold.
+
+use std::collections::BTreeMap;
+
+use super::resources::Resources;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TaintEffect {
+    NoSchedule,
+    PreferNoSchedule,
+    NoExecute,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taint {
+    pub key: String,
+    pub value: String,
+    pub effect: TaintEffect,
+}
+
+/// The parts of a Node object that scheduling decisions read.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeSpec {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+    pub unschedulable: bool,
+    pub ready: bool,
+    pub allocatable: Resources,
+}
+
+/// A node in the snapshot. `spec` is `None` while pods still reference a node
+/// whose object has gone (or not yet arrived): their resources stay counted so
+/// that the node's usage is right when it (re)appears.
+#[derive(Debug, Clone, Default)]
+pub struct NodeInfo {
+    pub spec: Option<NodeSpec>,
+    /// Sum of the requests of the pods bound or assumed on this node.
+    pub requested: Resources,
+    pub pod_count: usize,
+}
+
+impl NodeInfo {
+    /// Resources still free: allocatable minus requested.
+    pub fn free(&self) -> Resources {
+        let mut free = self
+            .spec
+            .as_ref()
+            .map(|s| s.allocatable.clone())
+            .unwrap_or_default();
+        free.subtract(&self.requested);
+        free
+    }
+}

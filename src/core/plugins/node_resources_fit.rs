@@ -1,0 +1,192 @@
+//! Resource fit: a node must have every requested resource free (CPU, memory,
+//! pods, and extended resources such as `nvidia.com/gpu`). Scoring packs
+//! (`MostAllocated`, the default: a half-used GPU node is filled before an
+//! empty one is broken into) or spreads (`LeastAllocated`).
+
+use serde::Deserialize;
+
+use crate::core::framework::{FilterPlugin, Rejection, ScorePlugin};
+use crate::core::node::{NodeInfo, NodeSpec};
+use crate::core::pod::PodInfo;
+use crate::core::resources::{CPU, GPU, MEMORY, PODS};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ScoringStrategy {
+    MostAllocated,
+    LeastAllocated,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceWeight {
+    pub name: String,
+    pub weight: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodeResourcesFitArgs {
+    #[serde(rename = "type")]
+    pub strategy: ScoringStrategy,
+    pub resources: Vec<ResourceWeight>,
+}
+
+impl Default for NodeResourcesFitArgs {
+    fn default() -> Self {
+        Self {
+            strategy: ScoringStrategy::MostAllocated,
+            resources: vec![
+                ResourceWeight {
+                    name: GPU.into(),
+                    weight: 5,
+                },
+                ResourceWeight {
+                    name: CPU.into(),
+                    weight: 1,
+                },
+                ResourceWeight {
+                    name: MEMORY.into(),
+                    weight: 1,
+                },
+            ],
+        }
+    }
+}
+
+pub struct NodeResourcesFit {
+    args: NodeResourcesFitArgs,
+}
+
+impl NodeResourcesFit {
+    pub const NAME: &'static str = "NodeResourcesFit";
+
+    pub fn new(args: NodeResourcesFitArgs) -> Self {
+        Self { args }
+    }
+}
+
+impl FilterPlugin for NodeResourcesFit {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn filter(&self, pod: &PodInfo, _: &NodeSpec, usage: &NodeInfo) -> Result<(), Rejection> {
+        let reasons: Vec<String> = usage
+            .free()
+            .shortfalls(&pod.requests)
+            .map(|name| match name {
+                PODS => "Too many pods".to_string(),
+                other => format!("Insufficient {other}"),
+            })
+            .collect();
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(Rejection(reasons))
+        }
+    }
+}
+
+impl ScorePlugin for NodeResourcesFit {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    /// Weighted mean, over the configured resources the node has, of the
+    /// share (0..=100) that would be allocated (or left free) after placing the pod.
+    fn score(&self, pod: &PodInfo, node: &NodeSpec, usage: &NodeInfo) -> i64 {
+        let (mut total, mut weights) = (0i64, 0i64);
+        for ResourceWeight { name, weight } in &self.args.resources {
+            let capacity = node.allocatable.get(name);
+            if capacity <= 0 {
+                continue;
+            }
+            let used = (usage.requested.get(name) + pod.requests.get(name)).min(capacity);
+            let share = match self.args.strategy {
+                ScoringStrategy::MostAllocated => used * 100 / capacity,
+                ScoringStrategy::LeastAllocated => (capacity - used) * 100 / capacity,
+            };
+            total += share * weight;
+            weights += weight;
+        }
+        if weights == 0 { 0 } else { total / weights }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::resources::Resources;
+
+    fn gpu_node(gpus: i64) -> NodeSpec {
+        NodeSpec {
+            name: "n".into(),
+            ready: true,
+            allocatable: Resources::new()
+                .with(GPU, gpus)
+                .with(CPU, 64_000)
+                .with(PODS, 110),
+            ..Default::default()
+        }
+    }
+
+    fn pod_asking(gpus: i64) -> PodInfo {
+        crate::core::test_pod(
+            "p",
+            Resources::new()
+                .with(GPU, gpus)
+                .with(CPU, 1000)
+                .with(PODS, 1),
+        )
+    }
+
+    #[test]
+    fn filter_names_every_missing_resource() {
+        let plugin = NodeResourcesFit::new(Default::default());
+        let usage = NodeInfo {
+            spec: Some(gpu_node(8)),
+            requested: Resources::new().with(GPU, 7).with(PODS, 109),
+            pod_count: 109,
+        };
+        assert!(plugin.filter(&pod_asking(1), &gpu_node(8), &usage).is_ok());
+        let full = NodeInfo {
+            requested: Resources::new().with(GPU, 7).with(PODS, 110),
+            ..usage
+        };
+        let err = plugin
+            .filter(&pod_asking(2), &gpu_node(8), &full)
+            .unwrap_err();
+        assert_eq!(err.0, vec!["Insufficient nvidia.com/gpu", "Too many pods"]);
+    }
+
+    #[test]
+    fn most_allocated_prefers_the_fuller_node() {
+        let plugin = NodeResourcesFit::new(Default::default());
+        let half_used = NodeInfo {
+            requested: Resources::new().with(GPU, 4),
+            ..Default::default()
+        };
+        let empty = NodeInfo::default();
+        let pod = pod_asking(2);
+        assert!(
+            plugin.score(&pod, &gpu_node(8), &half_used) > plugin.score(&pod, &gpu_node(8), &empty)
+        );
+    }
+
+    #[test]
+    fn least_allocated_prefers_the_emptier_node() {
+        let plugin = NodeResourcesFit::new(NodeResourcesFitArgs {
+            strategy: ScoringStrategy::LeastAllocated,
+            ..Default::default()
+        });
+        let half_used = NodeInfo {
+            requested: Resources::new().with(GPU, 4),
+            ..Default::default()
+        };
+        let pod = pod_asking(2);
+        assert!(
+            plugin.score(&pod, &gpu_node(8), &half_used)
+                < plugin.score(&pod, &gpu_node(8), &NodeInfo::default())
+        );
+    }
+}

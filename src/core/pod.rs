@@ -1,0 +1,109 @@
+//! What the scheduler knows about one pod: its requests and placement rules.
+
+use std::collections::BTreeMap;
+
+use super::node::TaintEffect;
+use super::resources::Resources;
+
+/// Namespace and name: how users and logs refer to a pod.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for PodKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodPhase {
+    Pending,
+    Running,
+    Finished,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SelectorOperator {
+    In(Vec<String>),
+    NotIn(Vec<String>),
+    Exists,
+    DoesNotExist,
+    Gt(i64),
+    Lt(i64),
+}
+
+/// One requirement on a node label (`matchExpressions`) or on the node's name
+/// (`matchFields` with `metadata.name`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelectorRequirement {
+    pub key: String,
+    pub operator: SelectorOperator,
+}
+
+/// A node selector term: all its requirements must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeSelectorTerm {
+    pub match_labels: Vec<SelectorRequirement>,
+    pub match_node_name: Vec<SelectorRequirement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreferredTerm {
+    pub weight: i32,
+    pub term: NodeSelectorTerm,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TolerationOperator {
+    Equal(String),
+    Exists,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Toleration {
+    /// `None` with `Exists` tolerates every taint.
+    pub key: Option<String>,
+    pub operator: TolerationOperator,
+    /// `None` matches every effect.
+    pub effect: Option<TaintEffect>,
+}
+
+/// The parts of a Pod object that scheduling decisions read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    pub uid: String,
+    pub key: PodKey,
+    /// The version this information was read at (for conditional writes).
+    pub resource_version: Option<String>,
+    pub scheduler_name: String,
+    /// `spec.nodeName`: set once the pod is bound (or was created bound).
+    pub node_name: Option<String>,
+    pub phase: PodPhase,
+    /// Being deleted: a pending one is not scheduled, a bound one still holds
+    /// its resources until it is gone.
+    pub terminating: bool,
+    /// Effective requests, as kube-scheduler computes them, plus one `pods`.
+    pub requests: Resources,
+    pub node_selector: BTreeMap<String, String>,
+    /// Required node affinity: at least one term must match. Empty means none.
+    pub required_terms: Vec<NodeSelectorTerm>,
+    pub preferred_terms: Vec<PreferredTerm>,
+    pub tolerations: Vec<Toleration>,
+    pub priority: i32,
+    /// Creation time in seconds since the epoch; orders pods of equal priority.
+    pub created: i64,
+}
+
+impl PodInfo {
+    /// Whether the scheduling-relevant parts differ (and a new attempt might succeed).
+    pub fn scheduling_spec_differs(&self, other: &PodInfo) -> bool {
+        self.requests != other.requests
+            || self.node_selector != other.node_selector
+            || self.required_terms != other.required_terms
+            || self.tolerations != other.tolerations
+            || self.priority != other.priority
+    }
+}

@@ -1,0 +1,191 @@
+//! One scheduling decision for one pod: filter every node, score the ones
+//! left, pick the best. Pure: reads the snapshot, changes nothing.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use super::framework::Profile;
+use super::node::{NodeInfo, NodeSpec};
+use super::pod::PodInfo;
+use super::snapshot::ClusterSnapshot;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeChoice {
+    pub node: String,
+    pub score: i64,
+    /// How many nodes passed every filter.
+    pub feasible: usize,
+}
+
+/// No node fits: how many nodes failed for each reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FitError {
+    pub total_nodes: usize,
+    pub reasons: BTreeMap<String, usize>,
+}
+
+impl fmt::Display for FitError {
+    /// Phrased as kube-scheduler phrases it, so tools that parse it keep working:
+    /// "0/5 nodes are available: 2 Insufficient nvidia.com/gpu, 3 node(s) were unschedulable."
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.total_nodes == 0 {
+            return write!(
+                f,
+                "0/0 nodes are available: no nodes available to schedule pods."
+            );
+        }
+        let mut parts: Vec<String> = self
+            .reasons
+            .iter()
+            .map(|(r, n)| format!("{n} {r}"))
+            .collect();
+        parts.sort();
+        write!(
+            f,
+            "0/{} nodes are available: {}.",
+            self.total_nodes,
+            parts.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for FitError {}
+
+/// Runs every filter of `profile` on one node; the first plugin that rejects decides.
+pub fn filter_node(
+    profile: &Profile,
+    pod: &PodInfo,
+    node: &NodeSpec,
+    usage: &NodeInfo,
+) -> Result<(), Vec<String>> {
+    for plugin in &profile.filters {
+        plugin.filter(pod, node, usage).map_err(|r| r.0)?;
+    }
+    Ok(())
+}
+
+pub fn choose_node(
+    profile: &Profile,
+    pod: &PodInfo,
+    snapshot: &ClusterSnapshot,
+) -> Result<NodeChoice, FitError> {
+    let mut feasible: Vec<(&NodeSpec, &NodeInfo)> = Vec::new();
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let mut total_nodes = 0;
+    for (spec, usage) in snapshot.nodes() {
+        total_nodes += 1;
+        match filter_node(profile, pod, spec, usage) {
+            Ok(()) => feasible.push((spec, usage)),
+            Err(why) => {
+                for r in why {
+                    *reasons.entry(r).or_default() += 1;
+                }
+            }
+        }
+    }
+    if feasible.is_empty() {
+        return Err(FitError {
+            total_nodes,
+            reasons,
+        });
+    }
+    let mut totals = vec![0i64; feasible.len()];
+    let mut raw = vec![0i64; feasible.len()];
+    for scorer in &profile.scores {
+        for (slot, (spec, usage)) in raw.iter_mut().zip(&feasible) {
+            *slot = scorer.plugin.score(pod, spec, usage);
+        }
+        scorer.plugin.normalize(&mut raw);
+        for (total, s) in totals.iter_mut().zip(&raw) {
+            *total += s * scorer.weight;
+        }
+    }
+    // Highest score wins; ties go to the first node in name order, so
+    // decisions are reproducible (the simulator relies on it).
+    let (best, score) =
+        totals.iter().enumerate().fold(
+            (0, i64::MIN),
+            |(bi, bs), (i, &s)| if s > bs { (i, s) } else { (bi, bs) },
+        );
+    Ok(NodeChoice {
+        node: feasible[best].0.name.clone(),
+        score,
+        feasible: feasible.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::node::{Taint, TaintEffect};
+    use crate::core::profile_with_defaults;
+    use crate::core::resources::{CPU, GPU, PODS, Resources};
+
+    fn node(name: &str, gpus: i64) -> NodeSpec {
+        NodeSpec {
+            name: name.into(),
+            ready: true,
+            allocatable: Resources::new()
+                .with(GPU, gpus)
+                .with(CPU, 64_000)
+                .with(PODS, 110),
+            ..Default::default()
+        }
+    }
+
+    fn gpu_pod(gpus: i64) -> PodInfo {
+        crate::core::test_pod(
+            "p",
+            Resources::new()
+                .with(GPU, gpus)
+                .with(CPU, 1000)
+                .with(PODS, 1),
+        )
+    }
+
+    #[test]
+    fn packs_onto_the_partly_used_node() {
+        let mut s = ClusterSnapshot::new();
+        s.upsert_node(node("a", 8));
+        s.upsert_node(node("b", 8));
+        s.observe_bound("x", "b", &Resources::new().with(GPU, 4).with(PODS, 1));
+        let choice = choose_node(&profile_with_defaults(), &gpu_pod(2), &s).unwrap();
+        assert_eq!(choice.node, "b");
+        assert_eq!(choice.feasible, 2);
+    }
+
+    #[test]
+    fn fit_error_counts_reasons_like_kube_scheduler() {
+        let mut s = ClusterSnapshot::new();
+        s.upsert_node(node("a", 2));
+        s.upsert_node(node("b", 2));
+        let mut cordoned = node("c", 8);
+        cordoned.unschedulable = true;
+        s.upsert_node(cordoned);
+        let mut tainted = node("d", 8);
+        tainted.taints.push(Taint {
+            key: "dedicated".into(),
+            value: "infra".into(),
+            effect: TaintEffect::NoSchedule,
+        });
+        s.upsert_node(tainted);
+        let err = choose_node(&profile_with_defaults(), &gpu_pod(4), &s).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "0/4 nodes are available: 1 node(s) had untolerated taint {dedicated: infra}, \
+             1 node(s) were unschedulable, 2 Insufficient nvidia.com/gpu."
+        );
+    }
+
+    #[test]
+    fn no_nodes_at_all() {
+        let err = choose_node(
+            &profile_with_defaults(),
+            &gpu_pod(1),
+            &ClusterSnapshot::new(),
+        )
+        .unwrap_err();
+        assert_eq!(err.total_nodes, 0);
+        assert!(err.to_string().starts_with("0/0 nodes are available"));
+    }
+}

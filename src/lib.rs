@@ -1,0 +1,9 @@
+//! Phalanx: a secondary Kubernetes scheduler for distributed GPU training.
+//!
+//! `core` decides (pure, no I/O); `shell` watches and writes; `config` reads
+//! `deploy/scheduler-config.yaml`; `fleet` describes simulated GPU fleets.
+
+pub mod config;
+pub mod core;
+pub mod fleet;
+pub mod shell;

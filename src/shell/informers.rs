@@ -1,0 +1,185 @@
+//! Watches nodes and pods and turns each change into a `ClusterEvent` for
+//! the scheduling loop. Objects are translated here and dropped: no cache of
+//! full objects is kept. After every (re-)list, a `*Listed` event carries
+//! the complete set of names, so anything missed while disconnected (a 410
+//! Gone, a restart of the API server) is removed from the snapshot.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::translate::{TranslateError, is_gated, node_spec, pod_info};
+use crate::core::node::NodeSpec;
+use crate::core::pod::PodInfo;
+
+#[derive(Debug)]
+pub enum ClusterEvent {
+    NodeApplied(NodeSpec),
+    NodeDeleted(String),
+    NodesListed(HashSet<String>),
+    PodApplied {
+        pod: PodInfo,
+        gated: bool,
+    },
+    PodDeleted {
+        uid: String,
+    },
+    /// UIDs of every relevant pod after a (re-)list.
+    PodsListed(HashSet<String>),
+    Invalid {
+        regarding: ObjectReference,
+        error: TranslateError,
+    },
+}
+
+/// Pods are watched unless finished: finished pods hold no resources, and
+/// the API server turns a pod's move to Succeeded/Failed into a delete event.
+const POD_FIELDS: &str = "status.phase!=Succeeded,status.phase!=Failed";
+
+pub fn spawn(
+    client: Client,
+    scheduler_names: Arc<HashSet<String>>,
+    tx: mpsc::Sender<ClusterEvent>,
+) {
+    tokio::spawn(watch_nodes(Api::all(client.clone()), tx.clone()));
+    tokio::spawn(watch_pods(Api::all(client), scheduler_names, tx));
+}
+
+fn reference<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {
+    obj.object_ref(&())
+}
+
+/// What one applied object means for the loop.
+enum Applied {
+    Ignored,
+    /// A relevant object, with the key it is listed under.
+    Event(String, ClusterEvent),
+    Invalid(ClusterEvent),
+}
+
+/// Runs one watch for ever (the watcher re-lists and backs off on its own),
+/// translating each event with the given functions.
+async fn pump<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    tx: mpsc::Sender<ClusterEvent>,
+    on_apply: impl Fn(K) -> Applied,
+    on_delete: impl Fn(K) -> Option<ClusterEvent>,
+    on_listed: impl Fn(HashSet<String>) -> ClusterEvent,
+) where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    let kind = K::kind(&());
+    let mut listed: HashSet<String> = HashSet::new();
+    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    loop {
+        let event = match stream.try_next().await {
+            Ok(Some(e)) => e,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(%kind, error = %e, "watch failed; retrying");
+                continue;
+            }
+        };
+        let out = match event {
+            Event::Init => {
+                listed.clear();
+                continue;
+            }
+            Event::InitDone => on_listed(std::mem::take(&mut listed)),
+            Event::Apply(obj) | Event::InitApply(obj) => match on_apply(obj) {
+                Applied::Ignored => continue,
+                Applied::Event(key, event) => {
+                    listed.insert(key);
+                    event
+                }
+                Applied::Invalid(event) => event,
+            },
+            Event::Delete(obj) => match on_delete(obj) {
+                Some(event) => event,
+                None => continue,
+            },
+        };
+        if tx.send(out).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn watch_nodes(api: Api<Node>, tx: mpsc::Sender<ClusterEvent>) {
+    let on_apply = |node: Node| match node_spec(&node) {
+        Ok(spec) => Applied::Event(spec.name.clone(), ClusterEvent::NodeApplied(spec)),
+        Err(error) => Applied::Invalid(ClusterEvent::Invalid {
+            regarding: reference(&node),
+            error,
+        }),
+    };
+    let on_delete = |node: Node| Some(ClusterEvent::NodeDeleted(node.name_any()));
+    pump(
+        api,
+        watcher::Config::default(),
+        tx,
+        on_apply,
+        on_delete,
+        ClusterEvent::NodesListed,
+    )
+    .await;
+}
+
+async fn watch_pods(
+    api: Api<Pod>,
+    scheduler_names: Arc<HashSet<String>>,
+    tx: mpsc::Sender<ClusterEvent>,
+) {
+    let on_apply = |pod: Pod| {
+        // Only pods that hold node resources, or that wait for one of our
+        // profiles, matter; the rest are never translated.
+        let spec = pod.spec.as_ref();
+        let bound = spec
+            .and_then(|s| s.node_name.as_ref())
+            .is_some_and(|n| !n.is_empty());
+        let ours = spec
+            .and_then(|s| s.scheduler_name.as_ref())
+            .is_some_and(|n| scheduler_names.contains(n));
+        if !bound && !ours {
+            return Applied::Ignored;
+        }
+        match pod_info(&pod) {
+            Ok(info) => Applied::Event(
+                info.uid.clone(),
+                ClusterEvent::PodApplied {
+                    gated: is_gated(&pod),
+                    pod: info,
+                },
+            ),
+            Err(error) => Applied::Invalid(ClusterEvent::Invalid {
+                regarding: reference(&pod),
+                error,
+            }),
+        }
+    };
+    let on_delete = |pod: Pod| pod.metadata.uid.map(|uid| ClusterEvent::PodDeleted { uid });
+    let config = watcher::Config::default().fields(POD_FIELDS);
+    pump(
+        api,
+        config,
+        tx,
+        on_apply,
+        on_delete,
+        ClusterEvent::PodsListed,
+    )
+    .await;
+}

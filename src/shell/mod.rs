@@ -1,0 +1,11 @@
+//! The I/O shell: watches the API server, feeds the core, and writes what
+//! the core decides (bindings, status, Events). Also the HTTP endpoints.
+
+pub mod binder;
+pub mod http;
+pub mod informers;
+pub mod metrics;
+pub mod rate_limit;
+pub mod reporter;
+pub mod scheduling_loop;
+pub mod translate;

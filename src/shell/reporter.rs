@@ -1,0 +1,232 @@
+//! Writes what users read: the `PodScheduled=False` condition and Events.
+//! Reports go through a bounded queue to a background writer, so a slow API
+//! server never holds up a decision; when the queue is full a report is
+//! dropped and counted (the next attempt reports again).
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use tokio::sync::{Semaphore, mpsc};
+use tracing::debug;
+
+use super::metrics::Metrics;
+use super::rate_limit::RateLimiter;
+use crate::core::pod::PodKey;
+
+pub const REPORTING_CONTROLLER: &str = "phalanx.dev/scheduler";
+const QUEUE_CAPACITY: usize = 4096;
+const CONCURRENT_WRITES: usize = 16;
+
+#[derive(Debug, Clone)]
+pub enum Report {
+    /// No node fits: condition on the pod plus a Warning Event.
+    Unschedulable {
+        key: PodKey,
+        uid: String,
+        resource_version: Option<String>,
+        message: String,
+    },
+    /// Bound: a Normal Event, as kube-scheduler writes.
+    Scheduled {
+        key: PodKey,
+        uid: String,
+        node: String,
+    },
+    /// An object phalanx cannot read: a Warning Event on it.
+    InvalidObject {
+        regarding: ObjectReference,
+        message: String,
+    },
+}
+
+#[derive(Clone)]
+pub struct Reporter {
+    queue: mpsc::Sender<Report>,
+    metrics: Metrics,
+}
+
+impl Reporter {
+    /// Starts the background writer.
+    pub fn start(
+        client: Client,
+        limiter: Arc<RateLimiter>,
+        instance: String,
+        metrics: Metrics,
+    ) -> Self {
+        let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
+        tokio::spawn(write_reports(
+            Writer {
+                client,
+                limiter,
+                instance,
+            },
+            rx,
+        ));
+        Self { queue, metrics }
+    }
+
+    pub fn send(&self, report: Report) {
+        if self.queue.try_send(report).is_err() {
+            self.metrics.reports_dropped.inc();
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Writer {
+    client: Client,
+    limiter: Arc<RateLimiter>,
+    instance: String,
+}
+
+async fn write_reports(writer: Writer, mut rx: mpsc::Receiver<Report>) {
+    let slots = Arc::new(Semaphore::new(CONCURRENT_WRITES));
+    while let Some(report) = rx.recv().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let writer = writer.clone();
+        tokio::spawn(async move {
+            if let Err(e) = writer.write(&report).await {
+                debug!(error = %e, ?report, "report not written");
+            }
+            drop(permit);
+        });
+    }
+}
+
+pub fn pod_reference(key: &PodKey, uid: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        namespace: Some(key.namespace.clone()),
+        name: Some(key.name.clone()),
+        uid: Some(uid.to_string()),
+        ..Default::default()
+    }
+}
+
+impl Writer {
+    async fn write(&self, report: &Report) -> Result<(), kube::Error> {
+        match report {
+            Report::Unschedulable {
+                key,
+                uid,
+                resource_version,
+                message,
+            } => {
+                self.limiter.acquire().await;
+                // The resourceVersion makes this a no-op (409) if the pod changed
+                // meanwhile, e.g. was bound by a later attempt.
+                let patch = json!({
+                    "metadata": {"uid": uid, "resourceVersion": resource_version},
+                    "status": {"conditions": [{
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": message,
+                        "lastTransitionTime": Timestamp::now().to_string(),
+                    }]}
+                });
+                Api::<Pod>::namespaced(self.client.clone(), &key.namespace)
+                    .patch_status(
+                        &key.name,
+                        &PatchParams::default(),
+                        &Patch::Strategic(&patch),
+                    )
+                    .await?;
+                self.event(
+                    pod_reference(key, uid),
+                    "Warning",
+                    "FailedScheduling",
+                    message,
+                )
+                .await
+            }
+            Report::Scheduled { key, uid, node } => {
+                self.event(
+                    pod_reference(key, uid),
+                    "Normal",
+                    "Scheduled",
+                    &format!("Successfully assigned {key} to {node}"),
+                )
+                .await
+            }
+            Report::InvalidObject { regarding, message } => {
+                self.event(regarding.clone(), "Warning", "InvalidObject", message)
+                    .await
+            }
+        }
+    }
+
+    async fn event(
+        &self,
+        regarding: ObjectReference,
+        type_: &str,
+        reason: &str,
+        note: &str,
+    ) -> Result<(), kube::Error> {
+        self.limiter.acquire().await;
+        let now = Timestamp::now();
+        let namespace = regarding
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = format!(
+            "{}.{:x}",
+            regarding.name.as_deref().unwrap_or("phalanx"),
+            now.as_nanosecond()
+        );
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(name),
+                namespace: Some(namespace.clone()),
+                ..Default::default()
+            },
+            event_time: Some(MicroTime(now)),
+            action: Some("Scheduling".into()),
+            reason: Some(reason.into()),
+            note: Some(truncate(note, 1024)),
+            regarding: Some(regarding),
+            reporting_controller: Some(REPORTING_CONTROLLER.into()),
+            reporting_instance: Some(self.instance.clone()),
+            type_: Some(type_.into()),
+            ..Default::default()
+        };
+        Api::<Event>::namespaced(self.client.clone(), &namespace)
+            .create(&PostParams::default(), &event)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Events reject notes over 1 kB; cut on a character boundary.
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max - 3;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate;
+
+    #[test]
+    fn long_notes_are_cut_on_a_character_boundary() {
+        let long = "é".repeat(600);
+        let cut = truncate(&long, 1024);
+        assert!(cut.len() <= 1024 && cut.ends_with("..."));
+        assert_eq!(truncate("short", 1024), "short");
+    }
+}

@@ -1,0 +1,520 @@
+//! Turns Kubernetes objects into the core's compact types. Pure functions:
+//! the watch tasks call them so that full objects are dropped at once and
+//! never cached. Bad values come back as errors naming the object and field.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Container, Node, NodeSelectorRequirement, NodeSelectorTerm as K8sTerm, Pod,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use thiserror::Error;
+
+use crate::core::node::{NodeSpec, Taint, TaintEffect};
+use crate::core::pod::{
+    NodeSelectorTerm, PodInfo, PodKey, PodPhase, PreferredTerm, SelectorOperator,
+    SelectorRequirement, Toleration, TolerationOperator,
+};
+use crate::core::quantity::{parse_milli, parse_units};
+use crate::core::resources::{CPU, PODS, Resources};
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{object}: {field}: {message}")]
+pub struct TranslateError {
+    /// "pod team-a/worker-0" or "node gpu-3".
+    pub object: String,
+    pub field: String,
+    pub message: String,
+}
+
+fn error(object: &str, field: impl Into<String>, message: impl Into<String>) -> TranslateError {
+    TranslateError {
+        object: object.to_string(),
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Adds a Kubernetes resource list (cpu in millicores, the rest in units).
+fn add_quantities(
+    into: &mut Resources,
+    list: Option<&BTreeMap<String, Quantity>>,
+    object: &str,
+    field: &str,
+) -> Result<(), TranslateError> {
+    for (name, q) in list.into_iter().flatten() {
+        let amount = if name == CPU {
+            parse_milli(&q.0)
+        } else {
+            parse_units(&q.0)
+        }
+        .map_err(|e| error(object, format!("{field}[{name}]"), e.to_string()))?;
+        into.add(&[(name.as_str(), amount)].into_iter().collect());
+    }
+    Ok(())
+}
+
+fn container_requests(
+    c: &Container,
+    object: &str,
+    field: &str,
+) -> Result<Resources, TranslateError> {
+    let mut r = Resources::new();
+    let resources = c.resources.as_ref();
+    let requests = resources.and_then(|r| r.requests.as_ref());
+    add_quantities(
+        &mut r,
+        requests,
+        object,
+        &format!("{field}.resources.requests"),
+    )?;
+    // A limit without a request defaults the request (the API server does the
+    // same for extended resources, which must have request == limit).
+    if let Some(limits) = resources.and_then(|r| r.limits.as_ref()) {
+        for (name, q) in limits {
+            if requests.is_none_or(|req| !req.contains_key(name)) {
+                add_quantities(
+                    &mut r,
+                    Some(&[(name.clone(), q.clone())].into_iter().collect()),
+                    object,
+                    &format!("{field}.resources.limits"),
+                )?;
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// Effective requests, as kube-scheduler computes them: the larger of the
+/// app containers (plus sidecars) and the peak during init, plus overhead,
+/// plus one `pods` slot.
+pub fn pod_requests(pod: &Pod, object: &str) -> Result<Resources, TranslateError> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Err(error(object, "spec", "missing"));
+    };
+    let mut total = Resources::new();
+    if let Some(pod_level) = spec.resources.as_ref().and_then(|r| r.requests.as_ref()) {
+        add_quantities(
+            &mut total,
+            Some(pod_level),
+            object,
+            "spec.resources.requests",
+        )?;
+    } else {
+        for (i, c) in spec.containers.iter().enumerate() {
+            total.add(&container_requests(
+                c,
+                object,
+                &format!("spec.containers[{i}]"),
+            )?);
+        }
+        let mut sidecars = Resources::new();
+        let mut init_peak = Resources::new();
+        for (i, c) in spec.init_containers.iter().flatten().enumerate() {
+            let r = container_requests(c, object, &format!("spec.initContainers[{i}]"))?;
+            if c.restart_policy.as_deref() == Some("Always") {
+                sidecars.add(&r);
+                init_peak.raise_to(&sidecars);
+            } else {
+                let mut during = r;
+                during.add(&sidecars);
+                init_peak.raise_to(&during);
+            }
+        }
+        total.add(&sidecars);
+        total.raise_to(&init_peak);
+    }
+    add_quantities(&mut total, spec.overhead.as_ref(), object, "spec.overhead")?;
+    total.add(&Resources::new().with(PODS, 1));
+    Ok(total)
+}
+
+fn requirement(
+    r: &NodeSelectorRequirement,
+    object: &str,
+    field: &str,
+) -> Result<SelectorRequirement, TranslateError> {
+    let values = || r.values.clone().unwrap_or_default();
+    let bound = || {
+        let v = values();
+        match v.as_slice() {
+            [one] => one.parse::<i64>().map_err(|_| {
+                error(
+                    object,
+                    format!("{field}.values"),
+                    format!("{one:?} is not an integer"),
+                )
+            }),
+            _ => Err(error(
+                object,
+                format!("{field}.values"),
+                "Gt and Lt take exactly one value",
+            )),
+        }
+    };
+    let operator = match r.operator.as_str() {
+        "In" => SelectorOperator::In(values()),
+        "NotIn" => SelectorOperator::NotIn(values()),
+        "Exists" => SelectorOperator::Exists,
+        "DoesNotExist" => SelectorOperator::DoesNotExist,
+        "Gt" => SelectorOperator::Gt(bound()?),
+        "Lt" => SelectorOperator::Lt(bound()?),
+        other => {
+            return Err(error(
+                object,
+                format!("{field}.operator"),
+                format!("unknown operator {other:?}"),
+            ));
+        }
+    };
+    Ok(SelectorRequirement {
+        key: r.key.clone(),
+        operator,
+    })
+}
+
+fn term(t: &K8sTerm, object: &str, field: &str) -> Result<NodeSelectorTerm, TranslateError> {
+    let match_labels = t
+        .match_expressions
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, r)| requirement(r, object, &format!("{field}.matchExpressions[{i}]")))
+        .collect::<Result<_, _>>()?;
+    let match_node_name = t
+        .match_fields
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, r)| {
+            let f = format!("{field}.matchFields[{i}]");
+            if r.key != "metadata.name" {
+                return Err(error(
+                    object,
+                    format!("{f}.key"),
+                    format!("{:?} is not supported; only metadata.name", r.key),
+                ));
+            }
+            requirement(r, object, &f)
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(NodeSelectorTerm {
+        match_labels,
+        match_node_name,
+    })
+}
+
+fn taint_effect(effect: &str) -> Option<TaintEffect> {
+    match effect {
+        "NoSchedule" => Some(TaintEffect::NoSchedule),
+        "PreferNoSchedule" => Some(TaintEffect::PreferNoSchedule),
+        "NoExecute" => Some(TaintEffect::NoExecute),
+        _ => None,
+    }
+}
+
+pub fn pod_object_name(pod: &Pod) -> String {
+    format!(
+        "pod {}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+pub fn pod_info(pod: &Pod) -> Result<PodInfo, TranslateError> {
+    let object = pod_object_name(pod);
+    let meta = &pod.metadata;
+    let spec = pod
+        .spec
+        .as_ref()
+        .ok_or_else(|| error(&object, "spec", "missing"))?;
+    let uid = meta
+        .uid
+        .clone()
+        .ok_or_else(|| error(&object, "metadata.uid", "missing"))?;
+    let affinity = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref());
+    let required_terms = affinity
+        .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref())
+        .map(|sel| {
+            sel.node_selector_terms
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    term(
+                        t,
+                        &object,
+                        &format!("spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[{i}]"),
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?
+        .unwrap_or_default();
+    let preferred_terms = affinity
+        .and_then(|a| {
+            a.preferred_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, p)| {
+            let f = format!(
+                "spec.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[{i}]"
+            );
+            Ok(PreferredTerm {
+                weight: p.weight,
+                term: term(&p.preference, &object, &format!("{f}.preference"))?,
+            })
+        })
+        .collect::<Result<Vec<_>, TranslateError>>()?;
+    let tolerations = spec
+        .tolerations
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, t)| {
+            let field = format!("spec.tolerations[{i}]");
+            let effect = match t.effect.as_deref() {
+                None | Some("") => None,
+                Some(e) => Some(taint_effect(e).ok_or_else(|| {
+                    error(
+                        &object,
+                        format!("{field}.effect"),
+                        format!("unknown effect {e:?}"),
+                    )
+                })?),
+            };
+            let key = t.key.clone().filter(|k| !k.is_empty());
+            let operator = match t.operator.as_deref() {
+                None | Some("Equal") => {
+                    TolerationOperator::Equal(t.value.clone().unwrap_or_default())
+                }
+                Some("Exists") => TolerationOperator::Exists,
+                Some(other) => {
+                    return Err(error(
+                        &object,
+                        format!("{field}.operator"),
+                        format!("unknown operator {other:?}"),
+                    ));
+                }
+            };
+            Ok(Toleration {
+                key,
+                operator,
+                effect,
+            })
+        })
+        .collect::<Result<Vec<_>, TranslateError>>()?;
+    let phase = match pod.status.as_ref().and_then(|s| s.phase.as_deref()) {
+        Some("Succeeded" | "Failed") => PodPhase::Finished,
+        Some("Running") => PodPhase::Running,
+        _ => PodPhase::Pending,
+    };
+    Ok(PodInfo {
+        uid,
+        key: PodKey {
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+        },
+        resource_version: meta.resource_version.clone(),
+        scheduler_name: spec
+            .scheduler_name
+            .clone()
+            .unwrap_or_else(|| "default-scheduler".into()),
+        node_name: spec.node_name.clone().filter(|n| !n.is_empty()),
+        phase,
+        terminating: meta.deletion_timestamp.is_some(),
+        requests: pod_requests(pod, &object)?,
+        node_selector: spec.node_selector.clone().unwrap_or_default(),
+        required_terms,
+        preferred_terms,
+        tolerations,
+        priority: spec.priority.unwrap_or(0),
+        created: meta
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| t.0.as_second()),
+    })
+}
+
+/// Pods held back by `spec.schedulingGates` are not scheduled until the gates are gone.
+pub fn is_gated(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.scheduling_gates.as_ref())
+        .is_some_and(|g| !g.is_empty())
+}
+
+pub fn node_spec(node: &Node) -> Result<NodeSpec, TranslateError> {
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let object = format!("node {name}");
+    let spec = node.spec.as_ref();
+    let status = node.status.as_ref();
+    let mut allocatable = Resources::new();
+    // Allocatable falls back to capacity, as the kubelet reports both.
+    let list = status.and_then(|s| s.allocatable.as_ref().or(s.capacity.as_ref()));
+    add_quantities(&mut allocatable, list, &object, "status.allocatable")?;
+    let taints = spec
+        .and_then(|s| s.taints.as_ref())
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, t)| {
+            let effect = taint_effect(&t.effect).ok_or_else(|| {
+                error(
+                    &object,
+                    format!("spec.taints[{i}].effect"),
+                    format!("unknown effect {:?}", t.effect),
+                )
+            })?;
+            Ok(Taint {
+                key: t.key.clone(),
+                value: t.value.clone().unwrap_or_default(),
+                effect,
+            })
+        })
+        .collect::<Result<Vec<_>, TranslateError>>()?;
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    Ok(NodeSpec {
+        name,
+        labels: node.metadata.labels.clone().unwrap_or_default(),
+        taints,
+        unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
+        ready,
+        allocatable,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::resources::{GPU, MEMORY};
+    use serde_json::json;
+
+    fn pod(spec: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "w-0", "namespace": "team-a", "uid": "u1", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn requests_follow_kube_scheduler_rules() {
+        let p = pod(json!({
+            "schedulerName": "phalanx",
+            "containers": [
+                {"name": "a", "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"nvidia.com/gpu": "4"}}},
+                {"name": "b", "resources": {"requests": {"cpu": "1"}}}
+            ],
+            "initContainers": [
+                {"name": "big-init", "resources": {"requests": {"cpu": "3"}}},
+                {"name": "sidecar", "restartPolicy": "Always", "resources": {"requests": {"cpu": "100m"}}}
+            ],
+            "overhead": {"memory": "10Mi"}
+        }));
+        let info = pod_info(&p).unwrap();
+        assert_eq!(
+            info.requests.get(CPU),
+            3000,
+            "init peak dominates 1.5 + 0.1"
+        );
+        assert_eq!(info.requests.get(GPU), 4, "a limit alone sets the request");
+        assert_eq!(info.requests.get(MEMORY), (1 << 30) + 10 * (1 << 20));
+        assert_eq!(info.requests.get(PODS), 1);
+        assert_eq!(info.scheduler_name, "phalanx");
+        assert_eq!(info.created, 1_767_225_600);
+    }
+
+    #[test]
+    fn affinity_and_tolerations_translate() {
+        let p = pod(json!({
+            "containers": [{"name": "a"}],
+            "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}, {"operator": "Exists"}],
+            "affinity": {"nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "gpus", "operator": "Gt", "values": ["4"]}]}
+                ]},
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {"weight": 10, "preference": {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}}
+                ]
+            }}
+        }));
+        let info = pod_info(&p).unwrap();
+        assert_eq!(info.scheduler_name, "default-scheduler");
+        assert_eq!(
+            info.required_terms[0].match_labels[0].operator,
+            SelectorOperator::Gt(4)
+        );
+        assert_eq!(info.preferred_terms[0].weight, 10);
+        assert_eq!(
+            info.tolerations[1],
+            Toleration {
+                key: None,
+                operator: TolerationOperator::Exists,
+                effect: None
+            }
+        );
+    }
+
+    #[test]
+    fn bad_values_name_object_and_field() {
+        let p = pod(
+            json!({"containers": [{"name": "a", "resources": {"requests": {"nvidia.com/gpu": "lots"}}}]}),
+        );
+        let err = pod_info(&p).unwrap_err();
+        assert_eq!(err.object, "pod team-a/w-0");
+        assert_eq!(
+            err.field,
+            "spec.containers[0].resources.requests[nvidia.com/gpu]"
+        );
+
+        let p = pod(
+            json!({"containers": [{"name": "a"}], "affinity": {"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "gpus", "operator": "Gt", "values": ["many"]}]}]}}}}),
+        );
+        let err = pod_info(&p).unwrap_err();
+        assert!(
+            err.field
+                .ends_with("nodeSelectorTerms[0].matchExpressions[0].values"),
+            "{}",
+            err.field
+        );
+    }
+
+    #[test]
+    fn node_translation_reads_readiness_taints_and_allocatable() {
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": "gpu-1", "labels": {"rack": "r1"}},
+            "spec": {"unschedulable": true, "taints": [{"key": "k", "effect": "NoExecute"}]},
+            "status": {
+                "capacity": {"nvidia.com/gpu": "8", "cpu": "64"},
+                "allocatable": {"nvidia.com/gpu": "8", "cpu": "63500m", "pods": "110"},
+                "conditions": [{"type": "Ready", "status": "True"}]
+            }
+        }))
+        .unwrap();
+        let spec = node_spec(&node).unwrap();
+        assert!(spec.ready && spec.unschedulable);
+        assert_eq!(spec.allocatable.get(CPU), 63_500);
+        assert_eq!(spec.allocatable.get(GPU), 8);
+        assert_eq!(spec.taints[0].effect, TaintEffect::NoExecute);
+        let absurd: Node = serde_json::from_value(json!({
+            "metadata": {"name": "gpu-2"}, "status": {"allocatable": {"nvidia.com/gpu": "1E40"}}
+        }))
+        .unwrap();
+        assert_eq!(
+            node_spec(&absurd).unwrap_err().field,
+            "status.allocatable[nvidia.com/gpu]"
+        );
+    }
+}

@@ -1,0 +1,352 @@
+//! Harness for the end-to-end suite. Runs against any kubeconfig (the local
+//! control plane from `e2e/cluster`, or a kind cluster): set
+//! `PHALANX_E2E_KUBECONFIG`, else `KUBECONFIG` is used.
+//!
+//! Each test gets a `TestEnv`: its own namespace, its own fake nodes
+//! (labelled with the env's name, so tests can run side by side), and its
+//! own `phalanx run` process with a scheduler name nobody else uses.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, ResourceExt};
+use phalanx::fleet::FleetSpec;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+pub const ENV_LABEL: &str = "e2e.phalanx.dev/env";
+
+pub fn kubeconfig_path() -> PathBuf {
+    std::env::var_os("PHALANX_E2E_KUBECONFIG")
+        .or_else(|| std::env::var_os("KUBECONFIG"))
+        .map(PathBuf::from)
+        .expect(
+            "set PHALANX_E2E_KUBECONFIG (or KUBECONFIG) to a cluster; `e2e/cluster up` prints one",
+        )
+}
+
+pub async fn client() -> Client {
+    let path = kubeconfig_path();
+    let kc =
+        Kubeconfig::read_from(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig");
+    Client::try_from(config).expect("client")
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or panics after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub struct TestEnv {
+    pub client: Client,
+    /// Namespace, node label value and scheduler name suffix.
+    pub name: String,
+    pub scheduler_name: String,
+    scheduler: Option<Child>,
+    pub http_port: u16,
+    workdir: PathBuf,
+}
+
+impl TestEnv {
+    /// A fresh namespace; no nodes and no scheduler yet.
+    pub async fn new(test: &str) -> Self {
+        let client = client().await;
+        let name = format!("e2e-{test}-{:06x}", random() & 0xff_ffff);
+        let ns: Namespace = serde_json::from_value(
+            json!({"metadata": {"name": name, "labels": {ENV_LABEL: name}}}),
+        )
+        .unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
+        // Pods are refused until the namespace's default ServiceAccount exists.
+        let sa: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
+        eventually(
+            Duration::from_secs(30),
+            "the default ServiceAccount",
+            || async { sa.get_opt("default").await.ok().flatten() },
+        )
+        .await;
+        let workdir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&workdir).unwrap();
+        Self {
+            client,
+            scheduler_name: format!("phalanx-{name}"),
+            name,
+            scheduler: None,
+            http_port: 0,
+            workdir,
+        }
+    }
+
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    pub fn nodes(&self) -> Api<Node> {
+        Api::all(self.client.clone())
+    }
+
+    /// Adds fake nodes from fleet-file pools (YAML list under `pools:`); pool
+    /// names are prefixed with the env's name and every node gets its label.
+    /// Returns once kwok reports them all Ready.
+    pub async fn add_pools(&self, pools_yaml: &str) -> Vec<String> {
+        let text = format!("apiVersion: phalanx.dev/v1alpha1\nkind: Fleet\npools:\n{pools_yaml}");
+        let mut fleet =
+            FleetSpec::parse(&text).unwrap_or_else(|(f, m)| panic!("test fleet: {f}: {m}"));
+        for pool in &mut fleet.pools {
+            pool.name = format!("{}-{}", self.name, pool.name);
+            pool.labels.insert(ENV_LABEL.into(), self.name.clone());
+        }
+        let api = self.nodes();
+        let names: Vec<String> = fleet.nodes().iter().map(|n| n.name_any()).collect();
+        futures::stream::iter(fleet.nodes())
+            .map(|n| {
+                let api = api.clone();
+                async move { api.create(&PostParams::default(), &n).await }
+            })
+            .buffer_unordered(16)
+            .try_collect::<Vec<_>>()
+            .await
+            .expect("create nodes");
+        let selector = format!("{ENV_LABEL}={}", self.name);
+        let wanted = names.len();
+        eventually(Duration::from_secs(60), "nodes Ready and untainted", || {
+            let api = api.clone();
+            let selector = selector.clone();
+            async move {
+                let list = api
+                    .list(&ListParams::default().labels(&selector))
+                    .await
+                    .ok()?;
+                let ready = list
+                    .items
+                    .iter()
+                    .filter(|n| {
+                        let status_ready = n
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_some_and(|c| {
+                                c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                            });
+                        // The not-ready taint added at creation goes once the
+                        // node lifecycle controller has seen the node Ready.
+                        let untainted = n
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.taints.as_ref())
+                            .is_none_or(|t| t.is_empty());
+                        status_ready && untainted
+                    })
+                    .count();
+                (ready >= wanted).then_some(())
+            }
+        })
+        .await;
+        names
+    }
+
+    /// Starts `phalanx run` with a configuration naming this env's scheduler.
+    pub async fn start_scheduler(&mut self) {
+        let config = self.workdir.join("scheduler-config.yaml");
+        std::fs::write(&config, self.config_text()).unwrap();
+        self.http_port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_phalanx"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .arg("--kubeconfig")
+            .arg(kubeconfig_path())
+            .args(["--http-address", &format!("127.0.0.1:{}", self.http_port)])
+            .env("RUST_LOG", "info,phalanx=debug,kube=warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.workdir.join("phalanx.log")).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start phalanx");
+        self.scheduler = Some(child);
+        let port = self.http_port;
+        eventually(Duration::from_secs(30), "phalanx /readyz", || async move {
+            http_get(port, "/readyz")
+                .await
+                .filter(|(code, _)| *code == 200)
+        })
+        .await;
+    }
+
+    pub fn config_text(&self) -> String {
+        format!(
+            "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nclientConnection: {{qps: 100, burst: 200}}\nprofiles:\n- schedulerName: {}\n",
+            self.scheduler_name
+        )
+    }
+
+    pub fn scheduler(&mut self) -> &mut Child {
+        self.scheduler.as_mut().expect("scheduler started")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.workdir.join("phalanx.log")).unwrap_or_default()
+    }
+
+    /// A pod for this env's scheduler, pinned to this env's nodes.
+    pub fn pod(&self, name: &str, gpus: u32) -> Pod {
+        self.pod_for(name, gpus, &self.scheduler_name)
+    }
+
+    pub fn pod_for(&self, name: &str, gpus: u32, scheduler: &str) -> Pod {
+        let resources = if gpus > 0 {
+            json!({"limits": {"nvidia.com/gpu": gpus.to_string()}, "requests": {"cpu": "1", "memory": "1Gi"}})
+        } else {
+            json!({"requests": {"cpu": "1", "memory": "1Gi"}})
+        };
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": self.name},
+            "spec": {
+                "schedulerName": scheduler,
+                "nodeSelector": {ENV_LABEL: self.name},
+                "terminationGracePeriodSeconds": 0,
+                "containers": [{"name": "train", "image": "pytorch/pytorch", "resources": resources}]
+            }
+        }))
+        .unwrap()
+    }
+
+    pub async fn create(&self, pod: &Pod) -> Pod {
+        self.pods()
+            .create(&PostParams::default(), pod)
+            .await
+            .expect("create pod")
+    }
+
+    pub async fn wait_bound(&self, name: &str, limit: Duration) -> String {
+        let pods = self.pods();
+        eventually(limit, &format!("pod {name} bound"), || {
+            let pods = pods.clone();
+            async move { pods.get(name).await.ok()?.spec?.node_name }
+        })
+        .await
+    }
+
+    /// Events about one object of this namespace, newest last.
+    pub async fn events_for(&self, name: &str) -> Vec<Event> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &self.name);
+        let mut events: Vec<Event> = api
+            .list(&ListParams::default())
+            .await
+            .expect("list events")
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .collect();
+        events.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+        events
+    }
+
+    /// Removes the env's pods, nodes and namespace, and stops its scheduler.
+    pub async fn teardown(mut self) {
+        if let Some(mut child) = self.scheduler.take() {
+            let _ = child.kill().await;
+        }
+        let selector = format!("{ENV_LABEL}={}", self.name);
+        let _ = self
+            .nodes()
+            .delete_collection(
+                &DeleteParams::default(),
+                &ListParams::default().labels(&selector),
+            )
+            .await;
+        let _ = Api::<Namespace>::all(self.client.clone())
+            .delete(&self.name, &DeleteParams::default())
+            .await;
+    }
+}
+
+/// Randomly seeded by the standard library; enough to keep test names apart.
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A bare HTTP/1.0 GET against 127.0.0.1: status code and body.
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+/// Sum of the GPU limits of the pods bound to each node.
+pub fn gpus_by_node(pods: &[Pod]) -> BTreeMap<String, i64> {
+    let mut used = BTreeMap::new();
+    for p in pods {
+        let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+            continue;
+        };
+        let gpus: i64 = p
+            .spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .filter_map(|c| {
+                c.resources
+                    .as_ref()?
+                    .limits
+                    .as_ref()?
+                    .get("nvidia.com/gpu")?
+                    .0
+                    .parse::<i64>()
+                    .ok()
+            })
+            .sum();
+        *used.entry(node).or_default() += gpus;
+    }
+    used
+}
