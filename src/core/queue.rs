@@ -193,7 +193,7 @@ impl SchedulingQueue {
         };
         match entry.state {
             State::InFlight { changes_seen } if changes_seen != self.cluster_changes => {
-                self.to_backoff(uid, now);
+                self.send_to_backoff(uid, now);
             }
             _ => {
                 set_state(&mut self.lengths, entry, State::Unschedulable);
@@ -205,7 +205,7 @@ impl SchedulingQueue {
     /// The attempt failed for a reason other than fit (a failed bind): retry after backoff.
     pub fn retry_later(&mut self, uid: &str, now: Instant) {
         if self.entries.contains_key(uid) {
-            self.to_backoff(uid, now);
+            self.send_to_backoff(uid, now);
         }
     }
 
@@ -218,7 +218,7 @@ impl SchedulingQueue {
     pub fn cluster_changed(&mut self, now: Instant) {
         self.cluster_changes += 1;
         for uid in std::mem::take(&mut self.unschedulable) {
-            self.to_backoff(&uid, now);
+            self.send_to_backoff(&uid, now);
         }
     }
 
@@ -241,10 +241,10 @@ impl SchedulingQueue {
 
     fn leave_unschedulable(&mut self, uid: &str, now: Instant) {
         self.unschedulable.remove(uid);
-        self.to_backoff(uid, now);
+        self.send_to_backoff(uid, now);
     }
 
-    fn to_backoff(&mut self, uid: &str, now: Instant) {
+    fn send_to_backoff(&mut self, uid: &str, now: Instant) {
         let policy = self.policy;
         let Some(entry) = self.entries.get_mut(uid) else {
             return;
