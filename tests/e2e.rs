@@ -76,14 +76,7 @@ async fn an_impossible_pod_gets_the_unschedulable_condition_and_an_event() {
     env.start_scheduler().await;
     env.create(&env.pod("greedy", 16)).await;
     let pods = env.pods();
-    let condition = eventually(BIND, "PodScheduled=False", || async {
-        let status = pods.get("greedy").await.ok()?.status?;
-        status
-            .conditions?
-            .into_iter()
-            .find(|c| c.type_ == "PodScheduled" && c.status == "False")
-    })
-    .await;
+    let condition = env.wait_unschedulable("greedy", BIND).await;
     assert_eq!(condition.reason.as_deref(), Some("Unschedulable"));
     let message = condition.message.unwrap();
     // Every node in the cluster is counted; ours fail on GPUs, the rest on the selector.
@@ -183,14 +176,7 @@ async fn a_waiting_pod_is_woken_by_a_new_node_not_by_a_timer() {
     env.add_pools("- {name: small, count: 1, gpus: 4}\n").await;
     env.start_scheduler().await;
     env.create(&env.pod("needs-eight", 8)).await;
-    let pods = env.pods();
-    eventually(BIND, "PodScheduled=False", || async {
-        let c = pods.get("needs-eight").await.ok()?.status?.conditions?;
-        c.iter()
-            .any(|c| c.type_ == "PodScheduled" && c.status == "False")
-            .then_some(())
-    })
-    .await;
+    env.wait_unschedulable("needs-eight", BIND).await;
     let added = Instant::now();
     env.add_pools("- {name: big, count: 1, gpus: 8}\n").await;
     let node = env.wait_bound("needs-eight", Duration::from_secs(20)).await;
@@ -230,14 +216,11 @@ async fn pods_bound_by_someone_else_hold_their_resources() {
     env.create(&env.pod("fits-in-two", 2)).await;
     env.wait_bound("fits-in-two", BIND).await;
     env.create(&env.pod("one-too-many", 1)).await;
-    let pods = env.pods();
-    let message = eventually(BIND, "one-too-many unschedulable", || async {
-        let c = pods.get("one-too-many").await.ok()?.status?.conditions?;
-        c.into_iter()
-            .find(|c| c.type_ == "PodScheduled" && c.status == "False")?
-            .message
-    })
-    .await;
+    let message = env
+        .wait_unschedulable("one-too-many", BIND)
+        .await
+        .message
+        .unwrap_or_default();
     assert!(
         message.contains("1 Insufficient nvidia.com/gpu"),
         "{message}"

@@ -297,7 +297,7 @@ impl SchedulingQueue {
 mod tests {
     use super::*;
     use crate::core::resources::Resources;
-    use crate::core::test_pod;
+    use crate::core::testing::test_pod;
 
     fn policy() -> BackoffPolicy {
         BackoffPolicy {

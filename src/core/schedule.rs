@@ -118,30 +118,8 @@ pub fn choose_node(
 mod tests {
     use super::*;
     use crate::core::node::{Taint, TaintEffect};
-    use crate::core::profile_with_defaults;
-    use crate::core::resources::{CPU, GPU, PODS, Resources};
-
-    fn node(name: &str, gpus: i64) -> NodeSpec {
-        NodeSpec {
-            name: name.into(),
-            ready: true,
-            allocatable: Resources::new()
-                .with(GPU, gpus)
-                .with(CPU, 64_000)
-                .with(PODS, 110),
-            ..Default::default()
-        }
-    }
-
-    fn gpu_pod(gpus: i64) -> PodInfo {
-        crate::core::test_pod(
-            "p",
-            Resources::new()
-                .with(GPU, gpus)
-                .with(CPU, 1000)
-                .with(PODS, 1),
-        )
-    }
+    use crate::core::resources::{GPU, PODS, Resources};
+    use crate::core::testing::{gpu_node as node, gpu_pod, profile_with_defaults};
 
     #[test]
     fn packs_onto_the_partly_used_node() {
@@ -149,7 +127,7 @@ mod tests {
         s.upsert_node(node("a", 8));
         s.upsert_node(node("b", 8));
         s.observe_bound("x", "b", &Resources::new().with(GPU, 4).with(PODS, 1));
-        let choice = choose_node(&profile_with_defaults(), &gpu_pod(2), &s).unwrap();
+        let choice = choose_node(&profile_with_defaults(), &gpu_pod("p", 2), &s).unwrap();
         assert_eq!(choice.node, "b");
         assert_eq!(choice.feasible, 2);
     }
@@ -169,7 +147,7 @@ mod tests {
             effect: TaintEffect::NoSchedule,
         });
         s.upsert_node(tainted);
-        let err = choose_node(&profile_with_defaults(), &gpu_pod(4), &s).unwrap_err();
+        let err = choose_node(&profile_with_defaults(), &gpu_pod("p", 4), &s).unwrap_err();
         assert_eq!(
             err.to_string(),
             "0/4 nodes are available: 1 node(s) had untolerated taint {dedicated: infra}, \
@@ -181,7 +159,7 @@ mod tests {
     fn no_nodes_at_all() {
         let err = choose_node(
             &profile_with_defaults(),
-            &gpu_pod(1),
+            &gpu_pod("p", 1),
             &ClusterSnapshot::new(),
         )
         .unwrap_err();

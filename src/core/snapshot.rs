@@ -140,16 +140,8 @@ impl ClusterSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::resources::{CPU, GPU};
-
-    fn node(name: &str, gpus: i64) -> NodeSpec {
-        NodeSpec {
-            name: name.into(),
-            ready: true,
-            allocatable: Resources::new().with(GPU, gpus).with(CPU, 8000),
-            ..Default::default()
-        }
-    }
+    use crate::core::resources::GPU;
+    use crate::core::testing::gpu_node as node;
 
     #[test]
     fn assume_confirm_and_release_count_once() {

@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodCondition, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -251,6 +251,21 @@ impl TestEnv {
         eventually(limit, &format!("pod {name} bound"), || {
             let pods = pods.clone();
             async move { pods.get(name).await.ok()?.spec?.node_name }
+        })
+        .await
+    }
+
+    /// Waits for the `PodScheduled=False` condition and returns it.
+    pub async fn wait_unschedulable(&self, name: &str, limit: Duration) -> PodCondition {
+        let pods = self.pods();
+        eventually(limit, &format!("pod {name} PodScheduled=False"), || {
+            let pods = pods.clone();
+            async move {
+                let conditions = pods.get(name).await.ok()?.status?.conditions?;
+                conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+            }
         })
         .await
     }

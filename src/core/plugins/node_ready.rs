@@ -1,9 +1,9 @@
 //! Keeps pods off nodes whose Ready condition is not True, unless they
 //! tolerate the not-ready taint (as DaemonSet pods do).
 
-use super::taint_toleration::tolerates;
+use super::taint_toleration::reject_unless_tolerated;
 use crate::core::framework::{FilterPlugin, Rejection};
-use crate::core::node::{NodeInfo, NodeSpec, Taint, TaintEffect};
+use crate::core::node::{NodeInfo, NodeSpec};
 use crate::core::pod::PodInfo;
 
 pub struct NodeReady;
@@ -18,14 +18,13 @@ impl FilterPlugin for NodeReady {
     }
 
     fn filter(&self, pod: &PodInfo, node: &NodeSpec, _: &NodeInfo) -> Result<(), Rejection> {
-        let not_ready = Taint {
-            key: "node.kubernetes.io/not-ready".into(),
-            value: String::new(),
-            effect: TaintEffect::NoSchedule,
-        };
-        if !node.ready && !tolerates(&pod.tolerations, &not_ready) {
-            return Err(Rejection::because("node(s) were not ready"));
+        if node.ready {
+            return Ok(());
         }
-        Ok(())
+        reject_unless_tolerated(
+            pod,
+            "node.kubernetes.io/not-ready",
+            "node(s) were not ready",
+        )
     }
 }

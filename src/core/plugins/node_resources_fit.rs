@@ -117,44 +117,27 @@ impl ScorePlugin for NodeResourcesFit {
 mod tests {
     use super::*;
     use crate::core::resources::Resources;
-
-    fn gpu_node(gpus: i64) -> NodeSpec {
-        NodeSpec {
-            name: "n".into(),
-            ready: true,
-            allocatable: Resources::new()
-                .with(GPU, gpus)
-                .with(CPU, 64_000)
-                .with(PODS, 110),
-            ..Default::default()
-        }
-    }
-
-    fn pod_asking(gpus: i64) -> PodInfo {
-        crate::core::test_pod(
-            "p",
-            Resources::new()
-                .with(GPU, gpus)
-                .with(CPU, 1000)
-                .with(PODS, 1),
-        )
-    }
+    use crate::core::testing::{gpu_node, gpu_pod};
 
     #[test]
     fn filter_names_every_missing_resource() {
         let plugin = NodeResourcesFit::new(Default::default());
         let usage = NodeInfo {
-            spec: Some(gpu_node(8)),
+            spec: Some(gpu_node("n", 8)),
             requested: Resources::new().with(GPU, 7).with(PODS, 109),
             pod_count: 109,
         };
-        assert!(plugin.filter(&pod_asking(1), &gpu_node(8), &usage).is_ok());
+        assert!(
+            plugin
+                .filter(&gpu_pod("p", 1), &gpu_node("n", 8), &usage)
+                .is_ok()
+        );
         let full = NodeInfo {
             requested: Resources::new().with(GPU, 7).with(PODS, 110),
             ..usage
         };
         let err = plugin
-            .filter(&pod_asking(2), &gpu_node(8), &full)
+            .filter(&gpu_pod("p", 2), &gpu_node("n", 8), &full)
             .unwrap_err();
         assert_eq!(err.0, vec!["Insufficient nvidia.com/gpu", "Too many pods"]);
     }
@@ -167,9 +150,10 @@ mod tests {
             ..Default::default()
         };
         let empty = NodeInfo::default();
-        let pod = pod_asking(2);
+        let pod = gpu_pod("p", 2);
         assert!(
-            plugin.score(&pod, &gpu_node(8), &half_used) > plugin.score(&pod, &gpu_node(8), &empty)
+            plugin.score(&pod, &gpu_node("n", 8), &half_used)
+                > plugin.score(&pod, &gpu_node("n", 8), &empty)
         );
     }
 
@@ -183,10 +167,10 @@ mod tests {
             requested: Resources::new().with(GPU, 4),
             ..Default::default()
         };
-        let pod = pod_asking(2);
+        let pod = gpu_pod("p", 2);
         assert!(
-            plugin.score(&pod, &gpu_node(8), &half_used)
-                < plugin.score(&pod, &gpu_node(8), &NodeInfo::default())
+            plugin.score(&pod, &gpu_node("n", 8), &half_used)
+                < plugin.score(&pod, &gpu_node("n", 8), &NodeInfo::default())
         );
     }
 }

@@ -1,8 +1,8 @@
 //! Keeps pods off cordoned nodes (`spec.unschedulable`) unless they tolerate it.
 
-use super::taint_toleration::tolerates;
+use super::taint_toleration::reject_unless_tolerated;
 use crate::core::framework::{FilterPlugin, Rejection};
-use crate::core::node::{NodeInfo, NodeSpec, Taint, TaintEffect};
+use crate::core::node::{NodeInfo, NodeSpec};
 use crate::core::pod::PodInfo;
 
 pub struct NodeUnschedulable;
@@ -17,14 +17,13 @@ impl FilterPlugin for NodeUnschedulable {
     }
 
     fn filter(&self, pod: &PodInfo, node: &NodeSpec, _: &NodeInfo) -> Result<(), Rejection> {
-        let cordon = Taint {
-            key: "node.kubernetes.io/unschedulable".into(),
-            value: String::new(),
-            effect: TaintEffect::NoSchedule,
-        };
-        if node.unschedulable && !tolerates(&pod.tolerations, &cordon) {
-            return Err(Rejection::because("node(s) were unschedulable"));
+        if !node.unschedulable {
+            return Ok(());
         }
-        Ok(())
+        reject_unless_tolerated(
+            pod,
+            "node.kubernetes.io/unschedulable",
+            "node(s) were unschedulable",
+        )
     }
 }

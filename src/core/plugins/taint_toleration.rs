@@ -24,6 +24,25 @@ pub fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
     })
 }
 
+/// Cordoned and not-ready nodes keep away every pod that does not tolerate
+/// the NoSchedule taint Kubernetes names for that condition.
+pub fn reject_unless_tolerated(
+    pod: &PodInfo,
+    taint_key: &str,
+    reason: &str,
+) -> Result<(), Rejection> {
+    let taint = Taint {
+        key: taint_key.into(),
+        value: String::new(),
+        effect: TaintEffect::NoSchedule,
+    };
+    if tolerates(&pod.tolerations, &taint) {
+        Ok(())
+    } else {
+        Err(Rejection::because(reason))
+    }
+}
+
 impl FilterPlugin for TaintToleration {
     fn name(&self) -> &'static str {
         Self::NAME

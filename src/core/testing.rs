@@ -1,0 +1,57 @@
+//! Builders shared by the core's unit tests.
+
+use super::framework::Profile;
+use super::node::NodeSpec;
+use super::plugins;
+use super::pod::{PodInfo, PodKey, PodPhase};
+use super::resources::{CPU, GPU, PODS, Resources};
+
+pub fn test_pod(name: &str, requests: Resources) -> PodInfo {
+    PodInfo {
+        uid: format!("uid-{name}"),
+        key: PodKey {
+            namespace: "default".into(),
+            name: name.into(),
+        },
+        resource_version: None,
+        scheduler_name: "phalanx".into(),
+        node_name: None,
+        phase: PodPhase::Pending,
+        terminating: false,
+        requests,
+        node_selector: Default::default(),
+        required_terms: vec![],
+        preferred_terms: vec![],
+        tolerations: vec![],
+        priority: 0,
+        created: 0,
+    }
+}
+
+/// A pod asking `gpus` GPUs and one CPU.
+pub fn gpu_pod(name: &str, gpus: i64) -> PodInfo {
+    test_pod(
+        name,
+        Resources::new()
+            .with(GPU, gpus)
+            .with(CPU, 1000)
+            .with(PODS, 1),
+    )
+}
+
+/// A Ready node with `gpus` GPUs, 64 CPUs and room for 110 pods.
+pub fn gpu_node(name: &str, gpus: i64) -> NodeSpec {
+    NodeSpec {
+        name: name.into(),
+        ready: true,
+        allocatable: Resources::new()
+            .with(GPU, gpus)
+            .with(CPU, 64_000)
+            .with(PODS, 110),
+        ..Default::default()
+    }
+}
+
+pub fn profile_with_defaults() -> Profile {
+    plugins::default_profile("phalanx")
+}
