@@ -10,6 +10,7 @@ pub mod queue;
 pub mod resources;
 pub mod schedule;
 pub mod snapshot;
+pub mod topology;
 
 #[cfg(test)]
 pub(crate) mod testing;
