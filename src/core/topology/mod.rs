@@ -1,5 +1,8 @@
 //! GPU topology: inside a node (devices, links, the graph and bandwidths,
 //! the choice of GPUs) and across nodes (domains from node labels).
 
+pub mod gpu_choice;
+pub mod graph;
 pub mod model;
 pub mod nvidia_smi;
+pub mod templates;

@@ -149,11 +149,18 @@ impl GpuTopology {
             return Err(TopologyError::TooManyGpus(n));
         }
         if self.links.len() != n {
-            return Err(TopologyError::RowCount { rows: self.links.len(), gpus: n });
+            return Err(TopologyError::RowCount {
+                rows: self.links.len(),
+                gpus: n,
+            });
         }
         for (i, row) in self.links.iter().enumerate() {
             if row.len() != n {
-                return Err(TopologyError::RowLength { row: i, len: row.len(), gpus: n });
+                return Err(TopologyError::RowLength {
+                    row: i,
+                    len: row.len(),
+                    gpus: n,
+                });
             }
             for (j, link) in row.iter().enumerate() {
                 match (i == j, *link) {
@@ -174,7 +181,11 @@ impl GpuTopology {
         }
         for (k, nic) in self.nics.iter().enumerate() {
             if nic.gpu_links.len() != n {
-                return Err(TopologyError::NicLinks { nic: k, len: nic.gpu_links.len(), gpus: n });
+                return Err(TopologyError::NicLinks {
+                    nic: k,
+                    len: nic.gpu_links.len(),
+                    gpus: n,
+                });
             }
         }
         Ok(())
@@ -198,15 +209,24 @@ mod tests {
 
     #[test]
     fn validation_catches_bad_shapes() {
-        let gpu = |i| GpuDevice { index: i, ..Default::default() };
+        let gpu = |i| GpuDevice {
+            index: i,
+            ..Default::default()
+        };
         let mut t = GpuTopology {
             gpus: vec![gpu(0), gpu(1)],
-            links: vec![vec![Link::Own, Link::NvLink(4)], vec![Link::NvLink(4), Link::Own]],
+            links: vec![
+                vec![Link::Own, Link::NvLink(4)],
+                vec![Link::NvLink(4), Link::Own],
+            ],
             nics: vec![],
         };
         assert_eq!(t.validate(), Ok(()));
         t.links[1][0] = Link::Sys;
-        assert!(matches!(t.validate(), Err(TopologyError::Asymmetric(0, 1, _, _))));
+        assert!(matches!(
+            t.validate(),
+            Err(TopologyError::Asymmetric(0, 1, _, _))
+        ));
         t.links[1][0] = Link::NvLink(4);
         t.gpus[1].index = 0;
         assert_eq!(t.validate(), Err(TopologyError::DuplicateIndex(1, 0)));
