@@ -10,8 +10,10 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::core::framework::Profile;
-use crate::core::plugins::{self, NodeResourcesFitArgs, PluginArgs};
+use crate::core::plugins::{self, GpuTopologyArgs, NodeResourcesFitArgs, PluginArgs};
 use crate::core::queue::BackoffPolicy;
+use crate::core::snapshot::TopologySettings;
+use crate::core::topology::domains::DomainLevels;
 
 pub const API_VERSION: &str = "phalanx.dev/v1alpha1";
 pub const KIND: &str = "SchedulerConfiguration";
@@ -19,16 +21,9 @@ pub const KIND: &str = "SchedulerConfiguration";
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {field}: {message}")]
-    Invalid {
-        path: PathBuf,
-        field: String,
-        message: String,
-    },
+    Invalid { path: PathBuf, field: String, message: String },
 }
 
 /// The validated configuration.
@@ -38,6 +33,17 @@ pub struct SchedulerConfig {
     pub leader_election: LeaderElection,
     pub backoff: BackoffPolicy,
     pub profiles: Vec<ProfileSpec>,
+    /// Link table and topology levels (from GpuTopology / TopologyDomain
+    /// pluginConfig); they describe the cluster, so all profiles share them.
+    pub topology: TopologySettings,
+}
+
+/// Cluster-wide settings and the field that set each, to report disagreements.
+#[derive(Default)]
+struct SharedSettings {
+    topology: TopologySettings,
+    link_bandwidth_from: Option<String>,
+    levels_from: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -51,11 +57,7 @@ pub struct ClientConnection {
 
 impl Default for ClientConnection {
     fn default() -> Self {
-        Self {
-            kubeconfig: None,
-            qps: 50.0,
-            burst: 100,
-        }
+        Self { kubeconfig: None, qps: 50.0, burst: 100 }
     }
 }
 
@@ -80,12 +82,7 @@ pub struct ProfileSpec {
 
 impl ProfileSpec {
     pub fn build(&self) -> Profile {
-        plugins::build_profile(
-            &self.scheduler_name,
-            &self.filters,
-            &self.scores,
-            &self.args,
-        )
+        plugins::build_profile(&self.scheduler_name, &self.filters, &self.scores, &self.args)
     }
 }
 
@@ -199,43 +196,29 @@ fn bad(field: impl Into<String>, message: impl Into<String>) -> FieldError {
 }
 
 pub fn load(path: &Path) -> Result<SchedulerConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse(&text).map_err(|FieldError(field, message)| ConfigError::Invalid {
-        path: path.to_path_buf(),
-        field,
-        message,
-    })
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    parse(&text).map_err(|FieldError(field, message)| ConfigError::Invalid { path: path.to_path_buf(), field, message })
 }
 
 fn parse(text: &str) -> Result<SchedulerConfig, FieldError> {
-    let raw: RawConfig = serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(
-        text,
-    ))
-    .map_err(|e| {
-        let field = match e.path().to_string() {
-            p if p == "." => "(document)".to_string(),
-            p => p,
-        };
-        bad(field, e.into_inner().to_string())
-    })?;
+    let raw: RawConfig =
+        serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text)).map_err(|e| {
+            let field = match e.path().to_string() {
+                p if p == "." => "(document)".to_string(),
+                p => p,
+            };
+            bad(field, e.into_inner().to_string())
+        })?;
     if raw.api_version != API_VERSION {
-        return Err(bad(
-            "apiVersion",
-            format!("must be {API_VERSION}, not {:?}", raw.api_version),
-        ));
+        return Err(bad("apiVersion", format!("must be {API_VERSION}, not {:?}", raw.api_version)));
     }
     if raw.kind != KIND {
         return Err(bad("kind", format!("must be {KIND}, not {:?}", raw.kind)));
     }
     let client = raw.client_connection;
     if !(client.qps.is_finite() && client.qps > 0.0) {
-        return Err(bad(
-            "clientConnection.qps",
-            format!("must be a positive number, not {}", client.qps),
-        ));
+        return Err(bad("clientConnection.qps", format!("must be a positive number, not {}", client.qps)));
     }
     if client.burst == 0 {
         return Err(bad("clientConnection.burst", "must be at least 1"));
@@ -244,19 +227,14 @@ fn parse(text: &str) -> Result<SchedulerConfig, FieldError> {
         return Err(bad("podInitialBackoffSeconds", "must be at least 1"));
     }
     if raw.pod_max_backoff_seconds < raw.pod_initial_backoff_seconds {
-        return Err(bad(
-            "podMaxBackoffSeconds",
-            "must not be less than podInitialBackoffSeconds",
-        ));
+        return Err(bad("podMaxBackoffSeconds", "must not be less than podInitialBackoffSeconds"));
     }
     let leader_election = leader_election(raw.leader_election)?;
     let mut profiles = Vec::new();
+    let mut shared = SharedSettings::default();
     for (i, p) in raw.profiles.into_iter().enumerate() {
-        let spec = profile(&format!("profiles[{i}]"), p)?;
-        if profiles
-            .iter()
-            .any(|o: &ProfileSpec| o.scheduler_name == spec.scheduler_name)
-        {
+        let spec = profile(&format!("profiles[{i}]"), p, &mut shared)?;
+        if profiles.iter().any(|o: &ProfileSpec| o.scheduler_name == spec.scheduler_name) {
             return Err(bad(
                 format!("profiles[{i}].schedulerName"),
                 format!("{:?} is used by an earlier profile", spec.scheduler_name),
@@ -275,16 +253,14 @@ fn parse(text: &str) -> Result<SchedulerConfig, FieldError> {
             max: Duration::from_secs(raw.pod_max_backoff_seconds),
         },
         profiles,
+        topology: shared.topology,
     })
 }
 
 fn leader_election(raw: RawLeaderElection) -> Result<LeaderElection, FieldError> {
     let duration = |field: &str, text: &str| {
         parse_duration(text).ok_or_else(|| {
-            bad(
-                format!("leaderElection.{field}"),
-                format!("{text:?} is not a duration such as \"15s\" or \"500ms\""),
-            )
+            bad(format!("leaderElection.{field}"), format!("{text:?} is not a duration such as \"15s\" or \"500ms\""))
         })
     };
     let le = LeaderElection {
@@ -296,10 +272,7 @@ fn leader_election(raw: RawLeaderElection) -> Result<LeaderElection, FieldError>
         resource_name: raw.resource_name,
     };
     if le.renew_deadline >= le.lease_duration {
-        return Err(bad(
-            "leaderElection.renewDeadline",
-            "must be shorter than leaseDuration",
-        ));
+        return Err(bad("leaderElection.renewDeadline", "must be shorter than leaseDuration"));
     }
     if le.leader_elect {
         return Err(bad(
@@ -310,7 +283,7 @@ fn leader_election(raw: RawLeaderElection) -> Result<LeaderElection, FieldError>
     Ok(le)
 }
 
-fn profile(at: &str, raw: RawProfile) -> Result<ProfileSpec, FieldError> {
+fn profile(at: &str, raw: RawProfile, shared: &mut SharedSettings) -> Result<ProfileSpec, FieldError> {
     if raw.scheduler_name.trim().is_empty() {
         return Err(bad(format!("{at}.schedulerName"), "must not be empty"));
     }
@@ -321,17 +294,11 @@ fn profile(at: &str, raw: RawProfile) -> Result<ProfileSpec, FieldError> {
         &format!("{at}.plugins.queueSort"),
         &raw.plugins.queue_sort,
         plugins::QUEUE_SORT_PLUGINS,
-        plugins::QUEUE_SORT_PLUGINS
-            .iter()
-            .map(|n| (*n, 0))
-            .collect(),
+        plugins::QUEUE_SORT_PLUGINS.iter().map(|n| (*n, 0)).collect(),
         false,
     )?;
     if queue_sort.len() != 1 {
-        return Err(bad(
-            format!("{at}.plugins.queueSort"),
-            "exactly one queue sort plugin must be enabled",
-        ));
+        return Err(bad(format!("{at}.plugins.queueSort"), "exactly one queue sort plugin must be enabled"));
     }
     let filters = resolve(
         &format!("{at}.plugins.filter"),
@@ -353,21 +320,13 @@ fn profile(at: &str, raw: RawProfile) -> Result<ProfileSpec, FieldError> {
     for (j, pc) in raw.plugin_config.iter().enumerate() {
         let field = format!("{at}.pluginConfig[{j}]");
         if configured.contains(&pc.name.as_str()) {
-            return Err(bad(
-                format!("{field}.name"),
-                format!("{:?} is configured twice", pc.name),
-            ));
+            return Err(bad(format!("{field}.name"), format!("{:?} is configured twice", pc.name)));
         }
         configured.push(&pc.name);
         match pc.name.as_str() {
             plugins::NodeResourcesFit::NAME => {
                 let cfg: NodeResourcesFitConfig = serde_path_to_error::deserialize(&pc.args)
-                    .map_err(|e| {
-                        bad(
-                            format!("{field}.args.{}", e.path()),
-                            e.into_inner().to_string(),
-                        )
-                    })?;
+                    .map_err(|e| bad(format!("{field}.args.{}", e.path()), e.into_inner().to_string()))?;
                 for (k, r) in cfg.scoring_strategy.resources.iter().enumerate() {
                     let rf = format!("{field}.args.scoringStrategy.resources[{k}]");
                     if r.name.is_empty() {
@@ -382,19 +341,45 @@ fn profile(at: &str, raw: RawProfile) -> Result<ProfileSpec, FieldError> {
                 }
                 args.node_resources_fit = cfg.scoring_strategy;
             }
+            plugins::GpuTopology::NAME => {
+                let cfg: GpuTopologyArgs = parse_args(&field, &pc.args)?;
+                let table = cfg.link_bandwidth;
+                for (name, v) in [
+                    ("nvlinkPerLink", table.nvlink_per_link),
+                    ("pix", table.pix),
+                    ("pxb", table.pxb),
+                    ("phb", table.phb),
+                    ("node", table.node),
+                    ("sys", table.sys),
+                ] {
+                    positive(&format!("{field}.args.linkBandwidthGBps.{name}"), v)?;
+                }
+                agree(&field, &mut shared.link_bandwidth_from, shared.topology.link_bandwidth != table)?;
+                shared.topology.link_bandwidth = table;
+            }
+            plugins::TopologyDomain::NAME => {
+                let levels: DomainLevels = parse_args(&field, &pc.args)?;
+                for (k, level) in levels.levels.iter().enumerate() {
+                    let lf = format!("{field}.args.levels[{k}]");
+                    if level.name.is_empty() || levels.levels[..k].iter().any(|o| o.name == level.name) {
+                        return Err(bad(format!("{lf}.name"), "must be non-empty and unique"));
+                    }
+                    if level.labels.is_empty() || level.labels.iter().any(String::is_empty) {
+                        return Err(bad(format!("{lf}.labels"), "name at least one non-empty node label"));
+                    }
+                    positive(&format!("{lf}.bandwidthGBps"), level.bandwidth_gbps)?;
+                }
+                positive(&format!("{field}.args.clusterBandwidthGBps"), levels.cluster_bandwidth_gbps)?;
+                agree(&field, &mut shared.levels_from, shared.topology.levels != levels)?;
+                shared.topology.levels = levels;
+            }
             name if known_filters.contains(&name) || known_scores.contains(&name) => {
                 if !(pc.args.is_null() || pc.args.as_object().is_some_and(|o| o.is_empty())) {
-                    return Err(bad(
-                        format!("{field}.args"),
-                        format!("plugin {name} takes no arguments"),
-                    ));
+                    return Err(bad(format!("{field}.args"), format!("plugin {name} takes no arguments")));
                 }
             }
             other => {
-                return Err(bad(
-                    format!("{field}.name"),
-                    format!("unknown plugin {other:?}"),
-                ));
+                return Err(bad(format!("{field}.name"), format!("unknown plugin {other:?}")));
             }
         }
     }
@@ -404,6 +389,34 @@ fn profile(at: &str, raw: RawProfile) -> Result<ProfileSpec, FieldError> {
         scores,
         args,
     })
+}
+
+fn parse_args<T: serde::de::DeserializeOwned>(field: &str, args: &serde_json::Value) -> Result<T, FieldError> {
+    serde_path_to_error::deserialize(args)
+        .map_err(|e| bad(format!("{field}.args.{}", e.path()), e.into_inner().to_string()))
+}
+
+fn positive(field: &str, value: f64) -> Result<(), FieldError> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(bad(field, format!("must be a positive number, not {value}")))
+    }
+}
+
+/// Cluster-wide arguments may be set by several profiles only if they agree.
+fn agree(field: &str, set_by: &mut Option<String>, differs: bool) -> Result<(), FieldError> {
+    match set_by {
+        Some(first) if differs => Err(bad(
+            format!("{field}.args"),
+            format!("differs from {first}.args; the topology is the same for every profile"),
+        )),
+        Some(_) => Ok(()),
+        None => {
+            *set_by = Some(field.to_string());
+            Ok(())
+        }
+    }
 }
 
 /// Applies `disabled` (a name, or "*" for every default) and then `enabled`
@@ -416,12 +429,11 @@ fn resolve(
     weighted: bool,
 ) -> Result<Vec<(&'static str, i64)>, FieldError> {
     let lookup = |field: String, name: &str| {
-        known.iter().copied().find(|k| *k == name).ok_or_else(|| {
-            bad(
-                field,
-                format!("unknown plugin {name:?} (known here: {})", known.join(", ")),
-            )
-        })
+        known
+            .iter()
+            .copied()
+            .find(|k| *k == name)
+            .ok_or_else(|| bad(field, format!("unknown plugin {name:?} (known here: {})", known.join(", "))))
     };
     let mut result = defaults;
     for (i, d) in set.disabled.iter().enumerate() {
@@ -436,19 +448,13 @@ fn resolve(
         let name = lookup(format!("{at}.enabled[{i}].name"), &e.name)?;
         let weight = match (weighted, e.weight) {
             (false, Some(_)) => {
-                return Err(bad(
-                    format!("{at}.enabled[{i}].weight"),
-                    "only score plugins take a weight",
-                ));
+                return Err(bad(format!("{at}.enabled[{i}].weight"), "only score plugins take a weight"));
             }
             (false, None) => 0,
             (true, None) => 1,
             (true, Some(w)) if (1..=100).contains(&w) => w,
             (true, Some(w)) => {
-                return Err(bad(
-                    format!("{at}.enabled[{i}].weight"),
-                    format!("must be between 1 and 100, not {w}"),
-                ));
+                return Err(bad(format!("{at}.enabled[{i}].weight"), format!("must be between 1 and 100, not {w}")));
             }
         };
         match result.iter_mut().find(|(n, _)| *n == name) {
@@ -467,14 +473,10 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         return None;
     }
     while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
         let n: u64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let unit = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let part = match &rest[..unit] {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
@@ -493,7 +495,8 @@ mod tests {
     use super::*;
     use rstest::rstest;
 
-    const MINIMAL: &str = "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles:\n- schedulerName: phalanx\n";
+    const MINIMAL: &str =
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles:\n- schedulerName: phalanx\n";
 
     fn error_of(text: &str) -> (String, String) {
         match parse(text) {
@@ -530,10 +533,7 @@ mod tests {
     }
 
     #[rstest]
-    #[case(
-        "apiVersion: v1\nkind: SchedulerConfiguration\nprofiles: [{schedulerName: a}]\n",
-        "apiVersion"
-    )]
+    #[case("apiVersion: v1\nkind: SchedulerConfiguration\nprofiles: [{schedulerName: a}]\n", "apiVersion")]
     #[case(
         "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles: [{schedulerName: a}]\nbogus: 1\n",
         "bogus"
@@ -570,10 +570,7 @@ mod tests {
         "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nleaderElection: {leaseDuration: soon}\nprofiles: [{schedulerName: a}]\n",
         "leaderElection.leaseDuration"
     )]
-    #[case(
-        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles: []\n",
-        "profiles"
-    )]
+    #[case("apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles: []\n", "profiles")]
     #[case(
         "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles: [{schedulerName: a, plugins: {bind: {}}}]\n",
         "profiles[0].plugins.bind"
@@ -585,12 +582,27 @@ mod tests {
     }
 
     #[test]
+    fn topology_settings_come_from_plugin_config_and_must_agree() {
+        let cfg = parse(&format!(
+            "{MINIMAL}  pluginConfig:\n  - name: TopologyDomain\n    args:\n      clusterBandwidthGBps: 5\n      levels:\n      - {{name: rack, labels: [example.com/rack], bandwidthGBps: 50}}\n"
+        ))
+        .unwrap();
+        assert_eq!(cfg.topology.levels.levels[0].labels, vec!["example.com/rack"]);
+        let two = "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles:\n\
+            - {schedulerName: a, pluginConfig: [{name: GpuTopology, args: {linkBandwidthGBps: {nvlinkPerLink: 25, pix: 35, pxb: 30, phb: 25, node: 20, sys: 12}}}]}\n\
+            - {schedulerName: b, pluginConfig: [{name: GpuTopology, args: {linkBandwidthGBps: {nvlinkPerLink: 50, pix: 35, pxb: 30, phb: 25, node: 20, sys: 12}}}]}\n";
+        let (field, message) = error_of(two);
+        assert_eq!(field, "profiles[1].pluginConfig[0].args", "{message}");
+        let bad_level = format!(
+            "{MINIMAL}  pluginConfig:\n  - name: TopologyDomain\n    args:\n      clusterBandwidthGBps: 5\n      levels:\n      - {{name: rack, labels: [], bandwidthGBps: 50}}\n"
+        );
+        assert_eq!(error_of(&bad_level).0, "profiles[0].pluginConfig[0].args.levels[0].labels");
+    }
+
+    #[test]
     fn unknown_fields_are_named_in_the_message() {
         let (_, message) = error_of(&format!("{MINIMAL}  pluginConfigs: []\n"));
-        assert!(
-            message.contains("unknown field `pluginConfigs`"),
-            "{message}"
-        );
+        assert!(message.contains("unknown field `pluginConfigs`"), "{message}");
     }
 
     #[rstest]

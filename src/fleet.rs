@@ -38,16 +38,9 @@ pub const GPU_COUNT_LABEL: &str = "nvidia.com/gpu.count";
 #[derive(Debug, Error)]
 pub enum FleetError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("{path}: {field}: {message}")]
-    Invalid {
-        path: String,
-        field: String,
-        message: String,
-    },
+    Invalid { path: String, field: String, message: String },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -115,21 +108,13 @@ pub struct DomainLevel {
 impl FleetSpec {
     pub fn load(path: &Path) -> Result<Self, FleetError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| FleetError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|(field, message)| FleetError::Invalid {
-            path: shown,
-            field,
-            message,
-        })
+        let text = std::fs::read_to_string(path).map_err(|source| FleetError::Read { path: shown.clone(), source })?;
+        Self::parse(&text).map_err(|(field, message)| FleetError::Invalid { path: shown, field, message })
     }
 
     pub fn parse(text: &str) -> Result<Self, (String, String)> {
-        let spec: FleetSpec =
-            serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text))
-                .map_err(|e| (e.path().to_string(), e.into_inner().to_string()))?;
+        let spec: FleetSpec = serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text))
+            .map_err(|e| (e.path().to_string(), e.into_inner().to_string()))?;
         spec.validate()?;
         Ok(spec)
     }
@@ -146,22 +131,14 @@ impl FleetSpec {
             let at = format!("pools[{i}]");
             let dns_label = !p.name.is_empty()
                 && p.name.len() <= 50
-                && p.name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && p.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                 && !p.name.starts_with('-')
                 && !p.name.ends_with('-');
             if !dns_label {
-                return bad(
-                    format!("{at}.name"),
-                    format!("{:?} is not a lowercase DNS label", p.name),
-                );
+                return bad(format!("{at}.name"), format!("{:?} is not a lowercase DNS label", p.name));
             }
             if self.pools[..i].iter().any(|o| o.name == p.name) {
-                return bad(
-                    format!("{at}.name"),
-                    format!("{:?} names two pools", p.name),
-                );
+                return bad(format!("{at}.name"), format!("{:?} names two pools", p.name));
             }
             if let Err(e) = parse_milli(&p.cpu) {
                 return bad(format!("{at}.cpu"), e.to_string());
@@ -171,24 +148,15 @@ impl FleetSpec {
             }
             for (j, t) in p.taints.iter().enumerate() {
                 if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&t.effect.as_str()) {
-                    return bad(
-                        format!("{at}.taints[{j}].effect"),
-                        format!("unknown effect {:?}", t.effect),
-                    );
+                    return bad(format!("{at}.taints[{j}].effect"), format!("unknown effect {:?}", t.effect));
                 }
             }
             for (j, d) in p.domains.iter().enumerate() {
                 if d.size == 0 {
-                    return bad(
-                        format!("{at}.domains[{j}].size"),
-                        "must be at least 1".into(),
-                    );
+                    return bad(format!("{at}.domains[{j}].size"), "must be at least 1".into());
                 }
                 if d.labels.is_empty() {
-                    return bad(
-                        format!("{at}.domains[{j}].labels"),
-                        "name at least one label".into(),
-                    );
+                    return bad(format!("{at}.domains[{j}].labels"), "name at least one label".into());
                 }
             }
         }
@@ -227,10 +195,7 @@ impl PoolSpec {
         }
         for level in &self.domains {
             for label in &level.labels {
-                labels.insert(
-                    label.clone(),
-                    format!("{}-{}", level.prefix, index / level.size),
-                );
+                labels.insert(label.clone(), format!("{}-{}", level.prefix, index / level.size));
             }
         }
         labels.extend(self.labels.clone());
@@ -240,10 +205,7 @@ impl PoolSpec {
             ("pods".to_string(), Quantity(self.pods.to_string())),
         ]);
         if self.gpus > 0 {
-            resources.insert(
-                crate::core::resources::GPU.into(),
-                Quantity(self.gpus.to_string()),
-            );
+            resources.insert(crate::core::resources::GPU.into(), Quantity(self.gpus.to_string()));
         }
         let taints: Vec<Taint> = self
             .taints
@@ -259,16 +221,10 @@ impl PoolSpec {
             metadata: ObjectMeta {
                 name: Some(name),
                 labels: Some(labels),
-                annotations: Some(BTreeMap::from([(
-                    KWOK_ANNOTATION.0.into(),
-                    KWOK_ANNOTATION.1.into(),
-                )])),
+                annotations: Some(BTreeMap::from([(KWOK_ANNOTATION.0.into(), KWOK_ANNOTATION.1.into())])),
                 ..Default::default()
             },
-            spec: Some(NodeSpec {
-                taints: (!taints.is_empty()).then_some(taints),
-                ..Default::default()
-            }),
+            spec: Some(NodeSpec { taints: (!taints.is_empty()).then_some(taints), ..Default::default() }),
             status: Some(NodeStatus {
                 allocatable: Some(resources.clone()),
                 capacity: Some(resources),
@@ -299,10 +255,7 @@ mod tests {
         );
         assert_eq!(label(&nodes[3], GPU_COUNT_LABEL).as_deref(), Some("8"));
         let small = FleetSpec::load(&dir.join("small-mixed.yaml")).unwrap();
-        assert!(
-            small.pools.len() >= 2,
-            "a mixed fleet has more than one kind of node"
-        );
+        assert!(small.pools.len() >= 2, "a mixed fleet has more than one kind of node");
     }
 
     #[test]
@@ -310,24 +263,13 @@ mod tests {
         let base = "apiVersion: phalanx.dev/v1alpha1\nkind: Fleet\npools:\n";
         let cases = [
             (format!("{base}- {{name: A, count: 1}}\n"), "pools[0].name"),
+            (format!("{base}- {{name: a, count: 1, cpu: lots}}\n"), "pools[0].cpu"),
+            (format!("{base}- {{name: a, count: -1}}\n"), "pools[0].count"),
             (
-                format!("{base}- {{name: a, count: 1, cpu: lots}}\n"),
-                "pools[0].cpu",
-            ),
-            (
-                format!("{base}- {{name: a, count: -1}}\n"),
-                "pools[0].count",
-            ),
-            (
-                format!(
-                    "{base}- {{name: a, count: 1, domains: [{{labels: [r], size: 0, prefix: r}}]}}\n"
-                ),
+                format!("{base}- {{name: a, count: 1, domains: [{{labels: [r], size: 0, prefix: r}}]}}\n"),
                 "pools[0].domains[0].size",
             ),
-            (
-                format!("{base}- {{name: a, count: 1, gpu: 8}}\n"),
-                "pools[0].gpu",
-            ),
+            (format!("{base}- {{name: a, count: 1, gpu: 8}}\n"), "pools[0].gpu"),
         ];
         for (text, field) in cases {
             let (f, m) = FleetSpec::parse(&text).unwrap_err();

@@ -3,6 +3,7 @@
 //! `core` decides (pure, no I/O); `shell` watches and writes; `config` reads
 //! `deploy/scheduler-config.yaml`; `fleet` describes simulated GPU fleets.
 
+pub mod api;
 pub mod config;
 pub mod core;
 pub mod fleet;

@@ -8,11 +8,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "phalanx",
-    version,
-    about = "Gang- and topology-aware GPU scheduler for Kubernetes"
-)]
+#[command(name = "phalanx", version, about = "Gang- and topology-aware GPU scheduler for Kubernetes")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -44,22 +40,15 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         match cli.command {
-            Command::Run {
-                kubeconfig,
-                config,
-                http_address,
-            } => cli::run::run(kubeconfig, &config, http_address).await,
+            Command::Run { kubeconfig, config, http_address } => cli::run::run(kubeconfig, &config, http_address).await,
             Command::Fleet { file, kubeconfig } => cli::fleet::apply(kubeconfig, &file).await,
         }
     })

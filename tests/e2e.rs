@@ -20,21 +20,14 @@ const TWO_H100: &str = "
 #[tokio::test]
 async fn a_pod_is_bound_to_a_node_that_fits_and_gets_a_scheduled_event() {
     let mut env = TestEnv::new("fits").await;
-    env.add_pools("- {name: small, count: 2, gpus: 2}\n- {name: big, count: 1, gpus: 8}\n")
-        .await;
+    env.add_pools("- {name: small, count: 2, gpus: 2}\n- {name: big, count: 1, gpus: 8}\n").await;
     env.start_scheduler().await;
     env.create(&env.pod("trainer", 4)).await;
     let node = env.wait_bound("trainer", BIND).await;
-    assert_eq!(
-        node,
-        format!("{}-big-0", env.name),
-        "only the 8-GPU node fits 4 GPUs"
-    );
+    assert_eq!(node, format!("{}-big-0", env.name), "only the 8-GPU node fits 4 GPUs");
     let events = eventually(BIND, "the Scheduled event", || async {
         let e = env.events_for("trainer").await;
-        e.iter()
-            .any(|e| e.reason.as_deref() == Some("Scheduled"))
-            .then_some(e)
+        e.iter().any(|e| e.reason.as_deref() == Some("Scheduled")).then_some(e)
     })
     .await;
     let note = events.iter().find_map(|e| e.note.clone()).unwrap();
@@ -53,18 +46,14 @@ async fn a_pod_for_another_scheduler_is_left_alone() {
     let mut env = TestEnv::new("other").await;
     env.add_pools(TWO_H100).await;
     env.start_scheduler().await;
-    env.create(&env.pod_for("not-ours", 1, "default-scheduler"))
-        .await;
+    env.create(&env.pod_for("not-ours", 1, "default-scheduler")).await;
     env.create(&env.pod("ours", 1)).await;
     env.wait_bound("ours", BIND).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pod = env.pods().get("not-ours").await.unwrap();
     assert_eq!(pod.spec.unwrap().node_name, None);
     let touched = pod.status.and_then(|s| s.conditions).unwrap_or_default();
-    assert!(
-        touched.is_empty(),
-        "phalanx wrote status on a pod that is not its own: {touched:?}"
-    );
+    assert!(touched.is_empty(), "phalanx wrote status on a pod that is not its own: {touched:?}");
     assert!(env.events_for("not-ours").await.is_empty());
     env.teardown().await;
 }
@@ -81,21 +70,13 @@ async fn an_impossible_pod_gets_the_unschedulable_condition_and_an_event() {
     let message = condition.message.unwrap();
     // Every node in the cluster is counted; ours fail on GPUs, the rest on the selector.
     assert!(message.starts_with("0/"), "{message}");
-    assert!(
-        message.contains("2 Insufficient nvidia.com/gpu"),
-        "{message}"
-    );
+    assert!(message.contains("2 Insufficient nvidia.com/gpu"), "{message}");
     let events = env.events_for("greedy").await;
-    let failed = events
-        .iter()
-        .find(|e| e.reason.as_deref() == Some("FailedScheduling"))
-        .expect("FailedScheduling event");
+    let failed =
+        events.iter().find(|e| e.reason.as_deref() == Some("FailedScheduling")).expect("FailedScheduling event");
     assert_eq!(failed.type_.as_deref(), Some("Warning"));
     assert_eq!(failed.note.as_deref(), Some(message.as_str()));
-    assert_eq!(
-        pods.get("greedy").await.unwrap().spec.unwrap().node_name,
-        None
-    );
+    assert_eq!(pods.get("greedy").await.unwrap().spec.unwrap().node_name, None);
     env.teardown().await;
 }
 
@@ -135,30 +116,22 @@ async fn a_pod_that_fits_only_one_labelled_node_lands_there() {
 async fn two_hundred_pods_at_once_all_bind_and_no_node_is_over_capacity() {
     let mut env = TestEnv::new("burst").await;
     // Exactly 200 GPUs: every pod binds only if none is double-counted or lost.
-    env.add_pools("- {name: gpu, count: 25, gpus: 8, cpu: '64', memory: 512Gi}\n")
-        .await;
+    env.add_pools("- {name: gpu, count: 25, gpus: 8, cpu: '64', memory: 512Gi}\n").await;
     env.start_scheduler().await;
     let started = Instant::now();
     let api = env.pods();
     futures::stream::iter(0..200)
         .map(|i| {
             let (api, pod) = (api.clone(), env.pod(&format!("w-{i}"), 1));
-            async move {
-                api.create(&PostParams::default(), &pod)
-                    .await
-                    .expect("create")
-            }
+            async move { api.create(&PostParams::default(), &pod).await.expect("create") }
         })
         .buffer_unordered(32)
         .collect::<Vec<_>>()
         .await;
     let pods: Vec<Pod> = eventually(Duration::from_secs(120), "200 pods bound", || async {
         let list = api.list(&ListParams::default()).await.ok()?.items;
-        (list.len() == 200
-            && list
-                .iter()
-                .all(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()))
-        .then_some(list)
+        (list.len() == 200 && list.iter().all(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()))
+            .then_some(list)
     })
     .await;
     eprintln!("200 pods created and bound in {:?}", started.elapsed());
@@ -181,11 +154,7 @@ async fn a_waiting_pod_is_woken_by_a_new_node_not_by_a_timer() {
     env.add_pools("- {name: big, count: 1, gpus: 8}\n").await;
     let node = env.wait_bound("needs-eight", Duration::from_secs(20)).await;
     // Unschedulable pods are otherwise retried once a minute.
-    assert!(
-        added.elapsed() < Duration::from_secs(20),
-        "took {:?}",
-        added.elapsed()
-    );
+    assert!(added.elapsed() < Duration::from_secs(20), "took {:?}", added.elapsed());
     assert_eq!(node, format!("{}-big-0", env.name));
     env.teardown().await;
 }
@@ -196,35 +165,21 @@ async fn pods_bound_by_someone_else_hold_their_resources() {
     let nodes = env.add_pools("- {name: only, count: 1, gpus: 8}\n").await;
     env.start_scheduler().await;
     // Bound directly through the API (as another scheduler would), after phalanx started.
-    let foreign = env
-        .create(&env.pod_for("foreign", 6, "another-scheduler"))
-        .await;
+    let foreign = env.create(&env.pod_for("foreign", 6, "another-scheduler")).await;
     let binding: Binding = serde_json::from_value(json!({
         "metadata": {"name": "foreign", "namespace": env.name, "uid": foreign.metadata.uid},
         "target": {"apiVersion": "v1", "kind": "Node", "name": nodes[0]}
     }))
     .unwrap();
     env.pods()
-        .create_subresource::<_, kube::core::Status>(
-            "binding",
-            "foreign",
-            &PostParams::default(),
-            &binding,
-        )
+        .create_subresource::<_, kube::core::Status>("binding", "foreign", &PostParams::default(), &binding)
         .await
         .expect("bind foreign pod");
     env.create(&env.pod("fits-in-two", 2)).await;
     env.wait_bound("fits-in-two", BIND).await;
     env.create(&env.pod("one-too-many", 1)).await;
-    let message = env
-        .wait_unschedulable("one-too-many", BIND)
-        .await
-        .message
-        .unwrap_or_default();
-    assert!(
-        message.contains("1 Insufficient nvidia.com/gpu"),
-        "{message}"
-    );
+    let message = env.wait_unschedulable("one-too-many", BIND).await.message.unwrap_or_default();
+    assert!(message.contains("1 Insufficient nvidia.com/gpu"), "{message}");
     env.teardown().await;
 }
 
@@ -239,10 +194,8 @@ async fn metrics_health_and_a_clean_shutdown_on_sigterm() {
     assert_eq!(http_get(port, "/healthz").await.map(|r| r.0), Some(200));
     let (code, body) = http_get(port, "/metrics").await.unwrap();
     assert_eq!(code, 200);
-    let scheduled = format!(
-        "phalanx_schedule_attempts_total{{result=\"scheduled\",profile=\"{}\"}} 1",
-        env.scheduler_name
-    );
+    let scheduled =
+        format!("phalanx_schedule_attempts_total{{result=\"scheduled\",profile=\"{}\"}} 1", env.scheduler_name);
     assert!(body.contains(&scheduled), "{body}");
     for name in [
         "phalanx_scheduling_attempt_duration_seconds_bucket",
@@ -252,15 +205,9 @@ async fn metrics_health_and_a_clean_shutdown_on_sigterm() {
         assert!(body.contains(name), "missing {name}");
     }
     let pid = env.scheduler().id().unwrap();
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
+    let sent = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
     assert!(sent.success());
-    let status = tokio::time::timeout(Duration::from_secs(10), env.scheduler().wait())
-        .await
-        .expect("exits")
-        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), env.scheduler().wait()).await.expect("exits").unwrap();
     assert!(status.success(), "exit status {status:?}\n{}", env.log());
     assert!(env.log().contains("stopped"));
     env.teardown().await;

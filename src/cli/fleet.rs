@@ -33,9 +33,7 @@ async fn apply_node(api: &Api<Node>, node: Node) -> anyhow::Result<()> {
             let params = PatchParams::default();
             let meta = serde_json::json!({"metadata": {"labels": node.metadata.labels, "annotations": node.metadata.annotations},
                                           "spec": {"taints": node.spec.as_ref().and_then(|s| s.taints.clone())}});
-            api.patch(&name, &params, &Patch::Merge(&meta))
-                .await
-                .with_context(|| format!("updating node {name}"))?;
+            api.patch(&name, &params, &Patch::Merge(&meta)).await.with_context(|| format!("updating node {name}"))?;
             let status = serde_json::json!({"status": {"capacity": node.status.as_ref().and_then(|s| s.capacity.clone()),
                                                        "allocatable": node.status.as_ref().and_then(|s| s.allocatable.clone())}});
             api.patch_status(&name, &params, &Patch::Merge(&status))

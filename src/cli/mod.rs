@@ -12,15 +12,12 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {
-            let kc = Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            let kc = Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
             kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                 .await
                 .with_context(|| format!("using kubeconfig {}", path.display()))?
         }
-        None => kube::Config::infer()
-            .await
-            .context("finding a kubeconfig (none given)")?,
+        None => kube::Config::infer().await.context("finding a kubeconfig (none given)")?,
     };
     kube::Client::try_from(config).context("building the Kubernetes client")
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use phalanx::config;
 use phalanx::core::queue::SchedulingQueue;
+use phalanx::core::snapshot::ClusterSnapshot;
 use phalanx::shell::binder::Binder;
 use phalanx::shell::http::{self, HealthState};
 use phalanx::shell::informers;
@@ -24,28 +25,19 @@ use tracing::info;
 /// How long in-flight binds get to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(5);
 
-pub async fn run(
-    kubeconfig: Option<PathBuf>,
-    config_path: &Path,
-    http_address: SocketAddr,
-) -> anyhow::Result<()> {
+pub async fn run(kubeconfig: Option<PathBuf>, config_path: &Path, http_address: SocketAddr) -> anyhow::Result<()> {
     let cfg = config::load(config_path)?;
     let kubeconfig = kubeconfig.or_else(|| cfg.client.kubeconfig.clone().map(PathBuf::from));
     let client = super::client(kubeconfig.as_deref()).await?;
-    let instance =
-        std::env::var("HOSTNAME").unwrap_or_else(|_| format!("phalanx-{}", std::process::id()));
+    let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| format!("phalanx-{}", std::process::id()));
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let ready = Arc::new(AtomicBool::new(false));
-    let listener = tokio::net::TcpListener::bind(http_address)
-        .await
-        .with_context(|| format!("listening on {http_address}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(http_address).await.with_context(|| format!("listening on {http_address}"))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let http_state = HealthState {
-        registry: Arc::new(registry),
-        ready: ready.clone(),
-    };
+    let http_state = HealthState { registry: Arc::new(registry), ready: ready.clone() };
     let mut http_shutdown = shutdown_rx.clone();
     let http_task = tokio::spawn(http::serve(listener, http_state, async move {
         let _ = http_shutdown.wait_for(|stop| *stop).await;
@@ -58,34 +50,16 @@ pub async fn run(
     let (outcome_tx, outcome_rx) = mpsc::unbounded_channel();
     let binder = Binder::new(client.clone(), bind_limiter, outcome_tx, metrics.clone());
     let draining = binder.clone();
-    let reporter = Reporter::start(
-        client.clone(),
-        report_limiter,
-        instance.clone(),
-        metrics.clone(),
-    );
+    let reporter = Reporter::start(client.clone(), report_limiter, instance.clone(), metrics.clone());
 
-    let names: HashSet<String> = cfg
-        .profiles
-        .iter()
-        .map(|p| p.scheduler_name.clone())
-        .collect();
+    let names: HashSet<String> = cfg.profiles.iter().map(|p| p.scheduler_name.clone()).collect();
     let (event_tx, event_rx) = mpsc::channel(8192);
     informers::spawn(client, Arc::new(names.clone()), event_tx);
 
-    let profiles = cfg
-        .profiles
-        .iter()
-        .map(config::ProfileSpec::build)
-        .collect();
-    let scheduling = SchedulingLoop::new(
-        profiles,
-        SchedulingQueue::new(cfg.backoff),
-        binder,
-        reporter,
-        metrics,
-        ready,
-    );
+    let profiles = cfg.profiles.iter().map(config::ProfileSpec::build).collect();
+    let snapshot = ClusterSnapshot::with_settings(cfg.topology.clone());
+    let scheduling =
+        SchedulingLoop::new(profiles, snapshot, SchedulingQueue::new(cfg.backoff), binder, reporter, metrics, ready);
     info!(%instance, profiles = ?names, %http_address, "phalanx starting");
     let loop_task = tokio::spawn(scheduling.run(event_rx, outcome_rx, shutdown_rx));
 
@@ -96,10 +70,7 @@ pub async fn run(
     // Binds already sent get a moment to finish; whatever completes, a
     // restarted scheduler sees through its watch.
     draining.drain(DRAIN).await;
-    http_task
-        .await
-        .context("http server task")?
-        .context("http server")?;
+    http_task.await.context("http server task")?.context("http server")?;
     info!("stopped");
     Ok(())
 }
@@ -108,8 +79,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

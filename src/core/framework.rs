@@ -3,6 +3,7 @@
 
 use super::node::{NodeInfo, NodeSpec};
 use super::pod::PodInfo;
+use super::snapshot::ClusterSnapshot;
 
 /// Why a node cannot take a pod, in the words `kubectl describe` shows
 /// ("Insufficient nvidia.com/gpu", "node(s) were unschedulable").
@@ -21,11 +22,35 @@ pub trait FilterPlugin: Send + Sync {
     fn filter(&self, pod: &PodInfo, node: &NodeSpec, usage: &NodeInfo) -> Result<(), Rejection>;
 }
 
+/// The members of a pod's job still waiting for a node (the pod included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobDemand {
+    pub pending_pods: usize,
+    /// The largest GPU request among them.
+    pub gpus_per_pod: usize,
+}
+
+/// What a score plugin may read besides the node: the pod, the whole
+/// snapshot, and its job's demand.
+pub struct ScoreContext<'a> {
+    pub pod: &'a PodInfo,
+    pub snapshot: &'a ClusterSnapshot,
+    pub job: Option<&'a JobDemand>,
+}
+
 /// Ranks the nodes that passed every filter. Raw scores may use any scale;
-/// `normalize` maps them onto 0..=100 across the candidate nodes.
+/// `normalize` maps them onto 0..=100 across the candidate nodes. Plugins
+/// that compare nodes with each other override `score_all`.
 pub trait ScorePlugin: Send + Sync {
     fn name(&self) -> &'static str;
-    fn score(&self, pod: &PodInfo, node: &NodeSpec, usage: &NodeInfo) -> i64;
+    fn score(&self, _ctx: &ScoreContext<'_>, _node: &NodeSpec, _usage: &NodeInfo) -> i64 {
+        0
+    }
+    fn score_all(&self, ctx: &ScoreContext<'_>, nodes: &[(&NodeSpec, &NodeInfo)], out: &mut [i64]) {
+        for (slot, (spec, usage)) in out.iter_mut().zip(nodes) {
+            *slot = self.score(ctx, spec, usage);
+        }
+    }
     fn normalize(&self, _scores: &mut [i64]) {}
 }
 
@@ -45,18 +70,8 @@ impl std::fmt::Debug for Profile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Profile")
             .field("scheduler_name", &self.scheduler_name)
-            .field(
-                "filters",
-                &self.filters.iter().map(|p| p.name()).collect::<Vec<_>>(),
-            )
-            .field(
-                "scores",
-                &self
-                    .scores
-                    .iter()
-                    .map(|s| (s.plugin.name(), s.weight))
-                    .collect::<Vec<_>>(),
-            )
+            .field("filters", &self.filters.iter().map(|p| p.name()).collect::<Vec<_>>())
+            .field("scores", &self.scores.iter().map(|s| (s.plugin.name(), s.weight)).collect::<Vec<_>>())
             .finish()
     }
 }

@@ -1,9 +1,12 @@
 //! What the scheduler knows about one node: its properties from the Node
 //! object and the resources its pods already hold.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use super::resources::Resources;
+use super::topology::domains::DomainId;
+use super::topology::gpu_choice::{GpuMask, NodeGpuModel};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TaintEffect {
@@ -38,18 +41,27 @@ pub struct NodeInfo {
     pub spec: Option<NodeSpec>,
     /// Sum of the requests of the pods bound or assumed on this node.
     pub requested: Resources,
-    pub pod_count: usize,
+    /// UIDs of the pods bound or assumed here.
+    pub pods: HashSet<String>,
+    /// How the node's GPUs are wired (reported, or a template); `None` without GPUs.
+    pub gpu_model: Option<Arc<NodeGpuModel>>,
+    /// How many pods hold each GPU (by position in the topology); more than
+    /// one would be an over-commit.
+    pub gpu_holders: Vec<u16>,
+    /// The node's domain at each configured topology level.
+    pub domains: Vec<Option<DomainId>>,
 }
 
 impl NodeInfo {
     /// Resources still free: allocatable minus requested.
     pub fn free(&self) -> Resources {
-        let mut free = self
-            .spec
-            .as_ref()
-            .map(|s| s.allocatable.clone())
-            .unwrap_or_default();
+        let mut free = self.spec.as_ref().map(|s| s.allocatable.clone()).unwrap_or_default();
         free.subtract(&self.requested);
         free
+    }
+
+    /// GPUs no pod holds, as a set of topology positions.
+    pub fn free_gpus(&self) -> GpuMask {
+        self.gpu_holders.iter().enumerate().filter(|(_, h)| **h == 0).fold(0, |mask, (p, _)| mask | (1 << p))
     }
 }

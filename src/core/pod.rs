@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use super::node::TaintEffect;
-use super::resources::Resources;
+use super::resources::{GPU, Resources};
+use super::snapshot::PodPlacement;
 
 /// Namespace and name: how users and logs refer to a pod.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -95,9 +96,23 @@ pub struct PodInfo {
     pub priority: i32,
     /// Creation time in seconds since the epoch; orders pods of equal priority.
     pub created: i64,
+    /// The distributed job (pod group, training job) the pod belongs to.
+    pub job: Option<String>,
+    /// GPU indices recorded on the pod (`phalanx.dev/gpus`), once chosen.
+    pub gpu_indices: Option<Vec<u32>>,
 }
 
 impl PodInfo {
+    /// Number of `nvidia.com/gpu` requested.
+    pub fn gpu_count(&self) -> usize {
+        self.requests.get(GPU).max(0) as usize
+    }
+
+    /// How the snapshot records this pod on `node`.
+    pub fn placement<'a>(&'a self, node: &'a str) -> PodPlacement<'a> {
+        PodPlacement { uid: &self.uid, key: &self.key, node, requests: &self.requests, job: self.job.as_deref() }
+    }
+
     /// Whether the scheduling-relevant parts differ (and a new attempt might succeed).
     pub fn scheduling_spec_differs(&self, other: &PodInfo) -> bool {
         self.requests != other.requests

@@ -8,9 +8,7 @@ use thiserror::Error;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum QuantityError {
-    #[error(
-        "{0:?} is not a quantity (expected a number with an optional suffix such as m, Ki, Gi, k, M, G)"
-    )]
+    #[error("{0:?} is not a quantity (expected a number with an optional suffix such as m, Ki, Gi, k, M, G)")]
     Malformed(String),
     #[error("{0:?} is negative")]
     Negative(String),
@@ -38,9 +36,7 @@ fn parse_scaled(text: &str, decimal_shift: i32) -> Result<i64, QuantityError> {
         Some(b'+') => (false, &s[1..]),
         _ => (false, s),
     };
-    let number_end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let number_end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (number, suffix) = s.split_at(number_end);
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
     if whole.is_empty() && fraction.is_empty() {
@@ -86,14 +82,9 @@ fn parse_scaled(text: &str, decimal_shift: i32) -> Result<i64, QuantityError> {
         return Err(too_large());
     }
     let value = if decimal_exp >= 0 {
-        10i128
-            .checked_pow(decimal_exp as u32)
-            .and_then(|p| mantissa.checked_mul(p))
-            .ok_or_else(too_large)?
+        10i128.checked_pow(decimal_exp as u32).and_then(|p| mantissa.checked_mul(p)).ok_or_else(too_large)?
     } else {
-        let divisor = 10i128
-            .checked_pow((-decimal_exp) as u32)
-            .ok_or_else(too_large)?;
+        let divisor = 10i128.checked_pow((-decimal_exp) as u32).ok_or_else(too_large)?;
         (mantissa + divisor - 1) / divisor
     };
     i64::try_from(value).map_err(|_| too_large())
@@ -137,26 +128,14 @@ mod tests {
     #[case("3Xi")]
     #[case(".")]
     fn malformed(#[case] text: &str) {
-        assert!(
-            matches!(parse_units(text), Err(QuantityError::Malformed(_))),
-            "{text}"
-        );
+        assert!(matches!(parse_units(text), Err(QuantityError::Malformed(_))), "{text}");
     }
 
     #[test]
     fn absurd_values_are_errors_not_overflows() {
-        assert!(matches!(
-            parse_milli("1E18"),
-            Err(QuantityError::TooLarge(_))
-        ));
-        assert!(matches!(
-            parse_units("9Ei"),
-            Err(QuantityError::TooLarge(_))
-        ));
-        assert!(matches!(
-            parse_units("1e400"),
-            Err(QuantityError::TooLarge(_))
-        ));
+        assert!(matches!(parse_milli("1E18"), Err(QuantityError::TooLarge(_))));
+        assert!(matches!(parse_units("9Ei"), Err(QuantityError::TooLarge(_))));
+        assert!(matches!(parse_units("1e400"), Err(QuantityError::TooLarge(_))));
         assert!(matches!(parse_units("-1"), Err(QuantityError::Negative(_))));
     }
 

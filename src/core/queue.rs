@@ -131,16 +131,8 @@ impl SchedulingQueue {
         let uid = pod.uid.clone();
         let Some(entry) = self.entries.get_mut(&uid) else {
             self.lengths.active += 1;
-            self.entries.insert(
-                uid.clone(),
-                Entry {
-                    pod,
-                    attempts: 0,
-                    last_attempt: None,
-                    state: State::Active,
-                    ticket: 0,
-                },
-            );
+            self.entries
+                .insert(uid.clone(), Entry { pod, attempts: 0, last_attempt: None, state: State::Active, ticket: 0 });
             self.push_active(&uid);
             return;
         };
@@ -171,13 +163,7 @@ impl SchedulingQueue {
             if entry.state != State::Active || entry.ticket != item.ticket {
                 continue;
             }
-            set_state(
-                &mut self.lengths,
-                entry,
-                State::InFlight {
-                    changes_seen: self.cluster_changes,
-                },
-            );
+            set_state(&mut self.lengths, entry, State::InFlight { changes_seen: self.cluster_changes });
             entry.attempts += 1;
             entry.last_attempt = Some(now);
             return Some(entry.pod.clone());
@@ -256,8 +242,7 @@ impl SchedulingQueue {
             self.next_ticket += 1;
             entry.ticket = self.next_ticket;
             set_state(&mut self.lengths, entry, State::Backoff(ready_at));
-            self.backoff
-                .push(Reverse((ready_at, entry.ticket, uid.to_string())));
+            self.backoff.push(Reverse((ready_at, entry.ticket, uid.to_string())));
         }
     }
 
@@ -282,11 +267,7 @@ impl SchedulingQueue {
                 break;
             }
             let (ticket, Reverse((_, _, uid))) = (*ticket, self.backoff.pop().expect("peeked"));
-            if self
-                .entries
-                .get(&uid)
-                .is_some_and(|e| e.ticket == ticket && matches!(e.state, State::Backoff(_)))
-            {
+            if self.entries.get(&uid).is_some_and(|e| e.ticket == ticket && matches!(e.state, State::Backoff(_))) {
                 self.push_active(&uid);
             }
         }
@@ -300,10 +281,7 @@ mod tests {
     use crate::core::testing::test_pod;
 
     fn policy() -> BackoffPolicy {
-        BackoffPolicy {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(10),
-        }
+        BackoffPolicy { initial: Duration::from_secs(1), max: Duration::from_secs(10) }
     }
 
     fn pod(name: &str, priority: i32, created: i64) -> PodInfo {
@@ -320,9 +298,7 @@ mod tests {
         q.upsert(pod("late-low", 0, 5), now);
         q.upsert(pod("early-low", 0, 1), now);
         q.upsert(pod("high", 100, 9), now);
-        let order: Vec<_> = std::iter::from_fn(|| q.pop(now))
-            .map(|p| p.key.name)
-            .collect();
+        let order: Vec<_> = std::iter::from_fn(|| q.pop(now)).map(|p| p.key.name).collect();
         assert_eq!(order, ["high", "early-low", "late-low"]);
     }
 
@@ -333,15 +309,9 @@ mod tests {
         q.upsert(pod("p", 0, 0), t0);
         let p = q.pop(t0).unwrap();
         q.mark_unschedulable(&p.uid, t0);
-        assert!(
-            q.pop(t0 + Duration::from_secs(60)).is_none(),
-            "no change, no retry"
-        );
+        assert!(q.pop(t0 + Duration::from_secs(60)).is_none(), "no change, no retry");
         q.cluster_changed(t0 + Duration::from_millis(200));
-        assert!(
-            q.pop(t0 + Duration::from_millis(500)).is_none(),
-            "still in its 1s backoff"
-        );
+        assert!(q.pop(t0 + Duration::from_millis(500)).is_none(), "still in its 1s backoff");
         assert_eq!(q.next_wakeup(), Some(t0 + Duration::from_secs(1)));
         assert!(q.pop(t0 + Duration::from_secs(1)).is_some());
     }
@@ -373,17 +343,8 @@ mod tests {
         q.upsert(pod("a", 10, 0), now);
         q.remove("uid-b");
         assert_eq!(q.pop(now).unwrap().priority, 10);
-        assert!(
-            q.pop(now).is_none(),
-            "the pre-update heap item of a is stale"
-        );
-        assert_eq!(
-            q.lengths(),
-            QueueLengths {
-                in_flight: 1,
-                ..Default::default()
-            }
-        );
+        assert!(q.pop(now).is_none(), "the pre-update heap item of a is stale");
+        assert_eq!(q.lengths(), QueueLengths { in_flight: 1, ..Default::default() });
     }
 
     #[test]
@@ -398,26 +359,10 @@ mod tests {
         let b = q.pop(t0).unwrap();
         q.retry_later(&b.uid, t0);
         q.pop(t0).unwrap();
-        assert_eq!(
-            q.lengths(),
-            QueueLengths {
-                active: 1,
-                backoff: 1,
-                unschedulable: 1,
-                in_flight: 1
-            }
-        );
+        assert_eq!(q.lengths(), QueueLengths { active: 1, backoff: 1, unschedulable: 1, in_flight: 1 });
         q.cluster_changed(t0);
         q.remove("uid-d");
-        assert_eq!(
-            q.lengths(),
-            QueueLengths {
-                active: 0,
-                backoff: 2,
-                unschedulable: 0,
-                in_flight: 1
-            }
-        );
+        assert_eq!(q.lengths(), QueueLengths { active: 0, backoff: 2, unschedulable: 0, in_flight: 1 });
     }
 
     #[test]

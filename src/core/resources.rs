@@ -65,10 +65,7 @@ impl Resources {
     /// The names of the resources in `request` that `self` (the free amount)
     /// cannot cover.
     pub fn shortfalls<'a>(&'a self, request: &'a Resources) -> impl Iterator<Item = &'a str> + 'a {
-        request
-            .iter()
-            .filter(|(name, amount)| *amount > self.get(name))
-            .map(|(name, _)| name)
+        request.iter().filter(|(name, amount)| *amount > self.get(name)).map(|(name, _)| name)
     }
 }
 

@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::framework::Profile;
+use super::framework::{JobDemand, Profile, ScoreContext};
 use super::node::{NodeInfo, NodeSpec};
 use super::pod::PodInfo;
 use super::snapshot::ClusterSnapshot;
+use super::topology::gpu_choice::GpuMask;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeChoice {
@@ -15,6 +16,10 @@ pub struct NodeChoice {
     pub score: i64,
     /// How many nodes passed every filter.
     pub feasible: usize,
+    /// The GPUs chosen on that node (positions in its topology).
+    pub gpus: GpuMask,
+    /// The same GPUs as device indices, for the `phalanx.dev/gpus` annotation.
+    pub gpu_indices: Vec<u32>,
 }
 
 /// No node fits: how many nodes failed for each reason.
@@ -29,35 +34,18 @@ impl fmt::Display for FitError {
     /// "0/5 nodes are available: 2 Insufficient nvidia.com/gpu, 3 node(s) were unschedulable."
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.total_nodes == 0 {
-            return write!(
-                f,
-                "0/0 nodes are available: no nodes available to schedule pods."
-            );
+            return write!(f, "0/0 nodes are available: no nodes available to schedule pods.");
         }
-        let mut parts: Vec<String> = self
-            .reasons
-            .iter()
-            .map(|(r, n)| format!("{n} {r}"))
-            .collect();
+        let mut parts: Vec<String> = self.reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
         parts.sort();
-        write!(
-            f,
-            "0/{} nodes are available: {}.",
-            self.total_nodes,
-            parts.join(", ")
-        )
+        write!(f, "0/{} nodes are available: {}.", self.total_nodes, parts.join(", "))
     }
 }
 
 impl std::error::Error for FitError {}
 
 /// Runs every filter of `profile` on one node; the first plugin that rejects decides.
-pub fn filter_node(
-    profile: &Profile,
-    pod: &PodInfo,
-    node: &NodeSpec,
-    usage: &NodeInfo,
-) -> Result<(), Vec<String>> {
+pub fn filter_node(profile: &Profile, pod: &PodInfo, node: &NodeSpec, usage: &NodeInfo) -> Result<(), Vec<String>> {
     for plugin in &profile.filters {
         plugin.filter(pod, node, usage).map_err(|r| r.0)?;
     }
@@ -68,6 +56,7 @@ pub fn choose_node(
     profile: &Profile,
     pod: &PodInfo,
     snapshot: &ClusterSnapshot,
+    job: Option<&JobDemand>,
 ) -> Result<NodeChoice, FitError> {
     let mut feasible: Vec<(&NodeSpec, &NodeInfo)> = Vec::new();
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
@@ -84,17 +73,13 @@ pub fn choose_node(
         }
     }
     if feasible.is_empty() {
-        return Err(FitError {
-            total_nodes,
-            reasons,
-        });
+        return Err(FitError { total_nodes, reasons });
     }
+    let ctx = ScoreContext { pod, snapshot, job };
     let mut totals = vec![0i64; feasible.len()];
     let mut raw = vec![0i64; feasible.len()];
     for scorer in &profile.scores {
-        for (slot, (spec, usage)) in raw.iter_mut().zip(&feasible) {
-            *slot = scorer.plugin.score(pod, spec, usage);
-        }
+        scorer.plugin.score_all(&ctx, &feasible, &mut raw);
         scorer.plugin.normalize(&mut raw);
         for (total, s) in totals.iter_mut().zip(&raw) {
             *total += s * scorer.weight;
@@ -103,15 +88,17 @@ pub fn choose_node(
     // Highest score wins; ties go to the first node in name order, so
     // decisions are reproducible (the simulator relies on it).
     let (best, score) =
-        totals.iter().enumerate().fold(
-            (0, i64::MIN),
-            |(bi, bs), (i, &s)| if s > bs { (i, s) } else { (bi, bs) },
-        );
-    Ok(NodeChoice {
-        node: feasible[best].0.name.clone(),
-        score,
-        feasible: feasible.len(),
-    })
+        totals.iter().enumerate().fold((0, i64::MIN), |(bi, bs), (i, &s)| if s > bs { (i, s) } else { (bi, bs) });
+    let (spec, usage) = feasible[best];
+    let wanted = pod.gpu_count();
+    let (gpus, gpu_indices) = match &usage.gpu_model {
+        Some(model) if wanted > 0 => {
+            let gpus = model.choose(usage.free_gpus(), wanted).map_or(0, |c| c.gpus);
+            (gpus, model.device_indices(gpus))
+        }
+        _ => (0, vec![]),
+    };
+    Ok(NodeChoice { node: spec.name.clone(), score, feasible: feasible.len(), gpus, gpu_indices })
 }
 
 #[cfg(test)]
@@ -126,8 +113,9 @@ mod tests {
         let mut s = ClusterSnapshot::new();
         s.upsert_node(node("a", 8));
         s.upsert_node(node("b", 8));
-        s.observe_bound("x", "b", &Resources::new().with(GPU, 4).with(PODS, 1));
-        let choice = choose_node(&profile_with_defaults(), &gpu_pod("p", 2), &s).unwrap();
+        let busy = crate::core::testing::test_pod("x", Resources::new().with(GPU, 4).with(PODS, 1));
+        s.observe_bound(busy.placement("b"), None);
+        let choice = choose_node(&profile_with_defaults(), &gpu_pod("p", 2), &s, None).unwrap();
         assert_eq!(choice.node, "b");
         assert_eq!(choice.feasible, 2);
     }
@@ -141,13 +129,9 @@ mod tests {
         cordoned.unschedulable = true;
         s.upsert_node(cordoned);
         let mut tainted = node("d", 8);
-        tainted.taints.push(Taint {
-            key: "dedicated".into(),
-            value: "infra".into(),
-            effect: TaintEffect::NoSchedule,
-        });
+        tainted.taints.push(Taint { key: "dedicated".into(), value: "infra".into(), effect: TaintEffect::NoSchedule });
         s.upsert_node(tainted);
-        let err = choose_node(&profile_with_defaults(), &gpu_pod("p", 4), &s).unwrap_err();
+        let err = choose_node(&profile_with_defaults(), &gpu_pod("p", 4), &s, None).unwrap_err();
         assert_eq!(
             err.to_string(),
             "0/4 nodes are available: 1 node(s) had untolerated taint {dedicated: infra}, \
@@ -157,12 +141,7 @@ mod tests {
 
     #[test]
     fn no_nodes_at_all() {
-        let err = choose_node(
-            &profile_with_defaults(),
-            &gpu_pod("p", 1),
-            &ClusterSnapshot::new(),
-        )
-        .unwrap_err();
+        let err = choose_node(&profile_with_defaults(), &gpu_pod("p", 1), &ClusterSnapshot::new(), None).unwrap_err();
         assert_eq!(err.total_nodes, 0);
         assert!(err.to_string().starts_with("0/0 nodes are available"));
     }

@@ -1,14 +1,24 @@
-//! The scheduler's incremental view of the cluster: nodes and the pods that
-//! hold their resources. Updated event by event, never rebuilt by a scan.
+//! The scheduler's incremental view of the cluster: nodes, the pods that
+//! hold their resources, which GPUs each pod holds, and where each node sits
+//! in the topology. Updated event by event, never rebuilt by a scan.
 //!
 //! A pod the scheduler has decided to bind is *assumed* on its node at once,
 //! so the next decision already sees the resources as taken; the watch later
 //! *confirms* it, or a failed bind *forgets* it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use super::node::{NodeInfo, NodeSpec};
-use super::resources::Resources;
+use super::pod::PodKey;
+use super::resources::{GPU, Resources};
+use super::topology::domains::{DomainIndex, DomainLevels};
+use super::topology::gpu_choice::{GpuMask, NodeGpuModel};
+use super::topology::graph::LinkBandwidth;
+use super::topology::model::GpuTopology;
+use super::topology::templates;
+
+pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PlacementState {
@@ -20,15 +30,45 @@ pub enum PlacementState {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
+    pub key: PodKey,
     pub node: String,
     pub requests: Resources,
     pub state: PlacementState,
+    /// The GPUs (positions in the node's topology) the pod holds.
+    pub gpus: GpuMask,
+    /// The distributed job the pod belongs to, if any.
+    pub job: Option<String>,
+}
+
+/// What a new placement says about itself.
+#[derive(Debug, Clone)]
+pub struct PodPlacement<'a> {
+    pub uid: &'a str,
+    pub key: &'a PodKey,
+    pub node: &'a str,
+    pub requests: &'a Resources,
+    pub job: Option<&'a str>,
+}
+
+/// Topology settings shared by every node.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TopologySettings {
+    pub link_bandwidth: LinkBandwidth,
+    pub levels: DomainLevels,
 }
 
 #[derive(Debug, Default)]
 pub struct ClusterSnapshot {
+    settings: TopologySettings,
     nodes: BTreeMap<String, NodeInfo>,
     placements: HashMap<String, Placement>,
+    /// One model per distinct topology, shared by every node that has it.
+    gpu_models: HashMap<GpuTopology, Arc<NodeGpuModel>>,
+    /// Topologies reported by the agent (GPUTopology resources), by node.
+    reported: HashMap<String, GpuTopology>,
+    domains: DomainIndex,
+    /// Where each job's placed pods are: node -> pod count.
+    jobs: HashMap<String, BTreeMap<String, usize>>,
 }
 
 impl ClusterSnapshot {
@@ -36,21 +76,97 @@ impl ClusterSnapshot {
         Self::default()
     }
 
+    pub fn with_settings(settings: TopologySettings) -> Self {
+        Self { settings, ..Self::default() }
+    }
+
+    pub fn settings(&self) -> &TopologySettings {
+        &self.settings
+    }
+
+    pub fn domain_index(&self) -> &DomainIndex {
+        &self.domains
+    }
+
     /// Adds or updates a node. Returns whether anything a decision reads changed.
     pub fn upsert_node(&mut self, spec: NodeSpec) -> bool {
-        let info = self.nodes.entry(spec.name.clone()).or_default();
+        let domains = self.settings.levels.domains_of(&spec.labels, &mut self.domains);
+        let name = spec.name.clone();
+        let info = self.nodes.entry(name.clone()).or_default();
         let changed = info.spec.as_ref() != Some(&spec);
         info.spec = Some(spec);
+        info.domains = domains;
+        if changed {
+            self.refresh_gpu_model(&name);
+        }
         changed
     }
 
     pub fn remove_node(&mut self, name: &str) {
         if let Some(info) = self.nodes.get_mut(name) {
             info.spec = None;
-            if info.pod_count == 0 {
+            if info.pods.is_empty() {
                 self.nodes.remove(name);
             }
         }
+    }
+
+    /// The agent's report for a node (`None`: the report was deleted).
+    /// Returns whether the node's GPU model changed.
+    pub fn set_reported_topology(&mut self, node: &str, topology: Option<GpuTopology>) -> bool {
+        let before = self.reported.get(node).cloned();
+        match topology {
+            Some(t) => self.reported.insert(node.to_string(), t),
+            None => self.reported.remove(node),
+        };
+        if before.as_ref() == self.reported.get(node) {
+            return false;
+        }
+        self.refresh_gpu_model(node);
+        true
+    }
+
+    /// The reported topology, else a template from the GPU Feature Discovery
+    /// labels, for a node that offers GPUs.
+    fn refresh_gpu_model(&mut self, name: &str) {
+        let Some(info) = self.nodes.get(name) else { return };
+        let Some(spec) = &info.spec else { return };
+        let gpus = spec.allocatable.get(GPU).max(0) as usize;
+        let topology = match self.reported.get(name) {
+            Some(t) => Some(t.clone()),
+            None if gpus > 0 => {
+                let product = spec.labels.get(GPU_PRODUCT_LABEL).map(String::as_str);
+                Some(templates::for_labels(product, gpus.min(64)))
+            }
+            None => None,
+        };
+        let model = topology.map(|t| {
+            let table = self.settings.link_bandwidth;
+            self.gpu_models.entry(t.clone()).or_insert_with(|| Arc::new(NodeGpuModel::new(t, &table))).clone()
+        });
+        let info = self.nodes.get_mut(name).expect("present");
+        let unchanged = match (&info.gpu_model, &model) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if unchanged {
+            return;
+        }
+        info.gpu_model = model;
+        info.gpu_holders = vec![0; info.gpu_model.as_ref().map_or(0, |m| m.gpu_count())];
+        let all = info.gpu_model.as_ref().map_or(0, |m| m.all_gpus());
+        for uid in info.pods.clone() {
+            if let Some(p) = self.placements.get_mut(&uid) {
+                p.gpus &= all;
+                add_holders(&mut info.gpu_holders, p.gpus);
+            }
+        }
+    }
+
+    /// Nodes with an agent report.
+    pub fn reported_nodes(&self) -> impl Iterator<Item = String> + '_ {
+        self.reported.keys().cloned()
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {
@@ -59,9 +175,7 @@ impl ClusterSnapshot {
 
     /// Nodes whose object exists, in name order.
     pub fn nodes(&self) -> impl Iterator<Item = (&NodeSpec, &NodeInfo)> {
-        self.nodes
-            .values()
-            .filter_map(|info| info.spec.as_ref().map(|spec| (spec, info)))
+        self.nodes.values().filter_map(|info| info.spec.as_ref().map(|spec| (spec, info)))
     }
 
     pub fn node_names(&self) -> impl Iterator<Item = &str> {
@@ -80,14 +194,51 @@ impl ClusterSnapshot {
         self.placements.keys().map(String::as_str)
     }
 
-    /// Records a decision before the bind is confirmed.
-    pub fn assume(&mut self, uid: &str, node: &str, requests: &Resources) {
-        self.place(uid, node, requests, PlacementState::Assumed);
+    /// Nodes holding pods of `job`, with how many each.
+    pub fn job_nodes(&self, job: &str) -> Option<&BTreeMap<String, usize>> {
+        self.jobs.get(job)
     }
 
-    /// Records a pod seen bound through the watch (bound by anyone).
-    pub fn observe_bound(&mut self, uid: &str, node: &str, requests: &Resources) {
-        self.place(uid, node, requests, PlacementState::Bound);
+    /// The best free GPUs for `count` GPUs on `node`, as a mask.
+    pub fn choose_gpus(&self, node: &str, count: usize) -> Option<GpuMask> {
+        if count == 0 {
+            return Some(0);
+        }
+        let info = self.nodes.get(node)?;
+        info.gpu_model.as_ref()?.choose(info.free_gpus(), count).map(|c| c.gpus)
+    }
+
+    /// Records a decision before the bind is confirmed.
+    pub fn assume(&mut self, pod: PodPlacement<'_>, gpus: GpuMask) {
+        self.place(pod, PlacementState::Assumed, Some(gpus));
+    }
+
+    /// Records a pod seen bound through the watch (bound by anyone). The GPU
+    /// indices come from its `phalanx.dev/gpus` annotation when it has one;
+    /// otherwise the GPUs it would most likely have got are marked.
+    pub fn observe_bound(&mut self, pod: PodPlacement<'_>, gpu_indices: Option<&[u32]>) {
+        let gpus = gpu_indices.and_then(|idx| self.nodes.get(pod.node)?.gpu_model.as_ref()?.mask_of_indices(idx));
+        self.place(pod, PlacementState::Bound, gpus);
+    }
+
+    /// Applies the devices the kubelet really gave each pod on `node` (from
+    /// the agent), by pod name. Returns how many placements changed.
+    pub fn correct_gpus(&mut self, node: &str, devices: &[(PodKey, Vec<u32>)]) -> usize {
+        let Some(info) = self.nodes.get_mut(node) else { return 0 };
+        let Some(model) = info.gpu_model.clone() else { return 0 };
+        let mut changed = 0;
+        for uid in info.pods.clone() {
+            let Some(p) = self.placements.get_mut(&uid) else { continue };
+            let Some((_, indices)) = devices.iter().find(|(k, _)| *k == p.key) else { continue };
+            let Some(mask) = model.mask_of_indices(indices) else { continue };
+            if mask != p.gpus {
+                remove_holders(&mut info.gpu_holders, p.gpus);
+                add_holders(&mut info.gpu_holders, mask);
+                p.gpus = mask;
+                changed += 1;
+            }
+        }
+        changed
     }
 
     /// Drops an assumption whose bind failed. A confirmed placement stays.
@@ -104,36 +255,85 @@ impl ClusterSnapshot {
         let Some(old) = self.placements.remove(uid) else {
             return false;
         };
+        if let Some(job) = &old.job
+            && let Some(nodes) = self.jobs.get_mut(job)
+        {
+            if let Some(n) = nodes.get_mut(&old.node) {
+                *n -= 1;
+                if *n == 0 {
+                    nodes.remove(&old.node);
+                }
+            }
+            if nodes.is_empty() {
+                self.jobs.remove(job);
+            }
+        }
         if let Some(info) = self.nodes.get_mut(&old.node) {
             info.requested.subtract(&old.requests);
-            info.pod_count -= 1;
-            if info.pod_count == 0 && info.spec.is_none() {
+            info.pods.remove(uid);
+            remove_holders(&mut info.gpu_holders, old.gpus);
+            if info.pods.is_empty() && info.spec.is_none() {
                 self.nodes.remove(&old.node);
             }
         }
         true
     }
 
-    fn place(&mut self, uid: &str, node: &str, requests: &Resources, state: PlacementState) {
-        if let Some(old) = self.placements.get(uid)
-            && old.node == node
-            && &old.requests == requests
+    fn place(&mut self, pod: PodPlacement<'_>, state: PlacementState, gpus: Option<GpuMask>) {
+        if let Some(old) = self.placements.get_mut(pod.uid)
+            && old.node == pod.node
+            && &old.requests == pod.requests
+            && gpus.is_none_or(|g| g == old.gpus)
         {
-            self.placements.get_mut(uid).expect("present").state = state;
+            old.state = state;
             return;
         }
-        self.release(uid);
-        let info = self.nodes.entry(node.to_string()).or_default();
-        info.requested.add(requests);
-        info.pod_count += 1;
+        self.release(pod.uid);
+        let wanted = pod.requests.get(GPU).max(0) as usize;
+        let gpus = gpus.or_else(|| self.choose_gpus(pod.node, wanted)).unwrap_or(0);
+        let info = self.nodes.entry(pod.node.to_string()).or_default();
+        info.requested.add(pod.requests);
+        info.pods.insert(pod.uid.to_string());
+        add_holders(&mut info.gpu_holders, gpus);
+        if let Some(job) = pod.job {
+            *self.jobs.entry(job.to_string()).or_default().entry(pod.node.to_string()).or_default() += 1;
+        }
         self.placements.insert(
-            uid.to_string(),
+            pod.uid.to_string(),
             Placement {
-                node: node.to_string(),
-                requests: requests.clone(),
+                key: pod.key.clone(),
+                node: pod.node.to_string(),
+                requests: pod.requests.clone(),
                 state,
+                gpus,
+                job: pod.job.map(str::to_string),
             },
         );
+    }
+
+    /// Pods placed on a node, for `explain`.
+    pub fn pods_on(&self, node: &str) -> Vec<&Placement> {
+        let empty = HashSet::new();
+        let uids = self.nodes.get(node).map_or(&empty, |n| &n.pods);
+        let mut pods: Vec<&Placement> = uids.iter().filter_map(|u| self.placements.get(u)).collect();
+        pods.sort_by(|a, b| a.key.cmp(&b.key));
+        pods
+    }
+}
+
+fn add_holders(holders: &mut [u16], gpus: GpuMask) {
+    for (p, h) in holders.iter_mut().enumerate() {
+        if gpus & (1 << p) != 0 {
+            *h += 1;
+        }
+    }
+}
+
+fn remove_holders(holders: &mut [u16], gpus: GpuMask) {
+    for (p, h) in holders.iter_mut().enumerate() {
+        if gpus & (1 << p) != 0 {
+            *h = h.saturating_sub(1);
+        }
     }
 }
 
@@ -143,35 +343,49 @@ mod tests {
     use crate::core::resources::GPU;
     use crate::core::testing::gpu_node as node;
 
+    fn key(name: &str) -> PodKey {
+        PodKey { namespace: "default".into(), name: name.into() }
+    }
+
+    fn pod<'a>(uid: &'a str, k: &'a PodKey, node: &'a str, requests: &'a Resources) -> PodPlacement<'a> {
+        PodPlacement { uid, key: k, node, requests, job: None }
+    }
+
     #[test]
     fn assume_confirm_and_release_count_once() {
         let mut s = ClusterSnapshot::new();
         s.upsert_node(node("a", 8));
         let ask = Resources::new().with(GPU, 2);
-        s.assume("p1", "a", &ask);
-        s.observe_bound("p1", "a", &ask);
+        let k = key("p1");
+        s.assume(pod("p1", &k, "a", &ask), 0b11);
+        s.observe_bound(pod("p1", &k, "a", &ask), None);
         assert_eq!(s.node("a").unwrap().requested.get(GPU), 2);
+        assert_eq!(s.node("a").unwrap().free_gpus(), 0b1111_1100);
         assert!(!s.forget("p1"), "a confirmed pod is not forgotten");
         assert!(s.release("p1"));
         assert_eq!(s.node("a").unwrap().requested.get(GPU), 0);
+        assert_eq!(s.node("a").unwrap().free_gpus(), 0xff);
     }
 
     #[test]
-    fn a_pod_bound_elsewhere_moves_its_resources() {
+    fn a_pod_bound_elsewhere_moves_its_resources_and_gpus() {
         let mut s = ClusterSnapshot::new();
         s.upsert_node(node("a", 8));
         s.upsert_node(node("b", 8));
         let ask = Resources::new().with(GPU, 4);
-        s.assume("p1", "a", &ask);
-        s.observe_bound("p1", "b", &ask);
+        let k = key("p1");
+        s.assume(pod("p1", &k, "a", &ask), 0b1111);
+        s.observe_bound(pod("p1", &k, "b", &ask), Some(&[4, 5, 6, 7]));
         assert_eq!(s.node("a").unwrap().requested.get(GPU), 0);
-        assert_eq!(s.node("b").unwrap().requested.get(GPU), 4);
+        assert_eq!(s.node("a").unwrap().free_gpus(), 0xff);
+        assert_eq!(s.node("b").unwrap().free_gpus(), 0x0f);
     }
 
     #[test]
     fn usage_survives_a_node_object_going_and_coming_back() {
         let mut s = ClusterSnapshot::new();
-        s.observe_bound("p1", "a", &Resources::new().with(GPU, 3));
+        let k = key("p1");
+        s.observe_bound(pod("p1", &k, "a", &Resources::new().with(GPU, 3)), None);
         assert_eq!(s.node_count(), 0, "no object yet");
         s.upsert_node(node("a", 8));
         assert_eq!(s.node("a").unwrap().free().get(GPU), 5);
@@ -190,5 +404,49 @@ mod tests {
         assert!(s.upsert_node(node("a", 8)));
         assert!(!s.upsert_node(node("a", 8)));
         assert!(s.upsert_node(node("a", 4)));
+    }
+
+    #[test]
+    fn bound_pods_without_an_annotation_get_the_gpus_phalanx_would_have_chosen() {
+        let mut s = ClusterSnapshot::new();
+        let mut rtx = node("rtx", 8);
+        rtx.labels.insert(GPU_PRODUCT_LABEL.into(), "NVIDIA-GeForce-RTX-4090".into());
+        s.upsert_node(rtx);
+        let (k1, k2) = (key("four"), key("other-four"));
+        let four = Resources::new().with(GPU, 4);
+        s.observe_bound(pod("u1", &k1, "rtx", &four), None);
+        s.observe_bound(pod("u2", &k2, "rtx", &four), None);
+        let (a, b) = (s.placement("u1").unwrap().gpus, s.placement("u2").unwrap().gpus);
+        assert_eq!(a & b, 0);
+        assert!(a == 0x0f || a == 0xf0, "one socket: {a:b}");
+        // The kubelet says otherwise: the agent's report wins.
+        let changed = s.correct_gpus("rtx", &[(k1.clone(), vec![0, 1, 4, 5]), (k2.clone(), vec![2, 3, 6, 7])]);
+        assert_eq!(changed, 2);
+        assert_eq!(s.placement("u1").unwrap().gpus, 0b0011_0011);
+        assert_eq!(s.node("rtx").unwrap().free_gpus(), 0);
+    }
+
+    #[test]
+    fn a_reported_topology_replaces_the_template() {
+        let mut s = ClusterSnapshot::new();
+        s.upsert_node(node("n", 8));
+        assert!(s.set_reported_topology("n", Some(templates::nvswitch(8, 12, "A100"))));
+        assert!(!s.set_reported_topology("n", Some(templates::nvswitch(8, 12, "A100"))));
+        let model = s.node("n").unwrap().gpu_model.clone().unwrap();
+        assert_eq!(model.ring_bandwidth(0b11), 300.0);
+    }
+
+    #[test]
+    fn job_members_are_tracked_by_node() {
+        let mut s = ClusterSnapshot::new();
+        s.upsert_node(node("a", 8));
+        let ask = Resources::new().with(GPU, 1);
+        let (k1, k2) = (key("w0"), key("w1"));
+        s.assume(PodPlacement { job: Some("j"), ..pod("u1", &k1, "a", &ask) }, 0b1);
+        s.assume(PodPlacement { job: Some("j"), ..pod("u2", &k2, "a", &ask) }, 0b10);
+        assert_eq!(s.job_nodes("j").unwrap().get("a"), Some(&2));
+        s.release("u1");
+        s.release("u2");
+        assert!(s.job_nodes("j").is_none());
     }
 }

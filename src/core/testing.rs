@@ -9,10 +9,7 @@ use super::resources::{CPU, GPU, PODS, Resources};
 pub fn test_pod(name: &str, requests: Resources) -> PodInfo {
     PodInfo {
         uid: format!("uid-{name}"),
-        key: PodKey {
-            namespace: "default".into(),
-            name: name.into(),
-        },
+        key: PodKey { namespace: "default".into(), name: name.into() },
         resource_version: None,
         scheduler_name: "phalanx".into(),
         node_name: None,
@@ -25,18 +22,14 @@ pub fn test_pod(name: &str, requests: Resources) -> PodInfo {
         tolerations: vec![],
         priority: 0,
         created: 0,
+        job: None,
+        gpu_indices: None,
     }
 }
 
 /// A pod asking `gpus` GPUs and one CPU.
 pub fn gpu_pod(name: &str, gpus: i64) -> PodInfo {
-    test_pod(
-        name,
-        Resources::new()
-            .with(GPU, gpus)
-            .with(CPU, 1000)
-            .with(PODS, 1),
-    )
+    test_pod(name, Resources::new().with(GPU, gpus).with(CPU, 1000).with(PODS, 1))
 }
 
 /// A Ready node with `gpus` GPUs, 64 CPUs and room for 110 pods.
@@ -44,10 +37,7 @@ pub fn gpu_node(name: &str, gpus: i64) -> NodeSpec {
     NodeSpec {
         name: name.into(),
         ready: true,
-        allocatable: Resources::new()
-            .with(GPU, gpus)
-            .with(CPU, 64_000)
-            .with(PODS, 110),
+        allocatable: Resources::new().with(GPU, gpus).with(CPU, 64_000).with(PODS, 110),
         ..Default::default()
     }
 }

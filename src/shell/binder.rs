@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::Status;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::metrics::Metrics;
 use super::rate_limit::RateLimiter;
+use super::translate::{GPUS_ANNOTATION, gpu_annotation_value};
 use crate::core::pod::PodKey;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,13 +55,7 @@ impl Binder {
         outcomes: mpsc::UnboundedSender<BindOutcome>,
         metrics: Metrics,
     ) -> Self {
-        Self {
-            client,
-            limiter,
-            outcomes,
-            metrics,
-            in_flight: Arc::default(),
-        }
+        Self { client, limiter, outcomes, metrics, in_flight: Arc::default() }
     }
 
     /// Waits until no bind is in flight, or `limit` has passed. Used at
@@ -73,13 +68,16 @@ impl Binder {
     }
 
     /// Starts the bind in the background; the outcome arrives on the channel.
-    pub fn bind(&self, uid: String, key: PodKey, node: String) {
+    /// GPU pods first get their chosen GPUs recorded (`phalanx.dev/gpus`).
+    pub fn bind(&self, uid: String, key: PodKey, node: String, gpus: Vec<u32>) {
         let this = self.clone();
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
-            this.limiter.acquire().await;
             let started = Instant::now();
-            let result = this.post_binding(&uid, &key, &node).await;
+            let result = match this.record_gpus(&uid, &key, &gpus).await {
+                Ok(()) => this.post_binding(&uid, &key, &node).await,
+                Err(failed) => failed,
+            };
             let label = match &result {
                 BindResult::Bound => "bound",
                 BindResult::PodGone => "gone",
@@ -88,23 +86,35 @@ impl Binder {
             };
             this.metrics
                 .bind_duration
-                .get_or_create(&super::metrics::ResultLabels {
-                    result: label.into(),
-                })
+                .get_or_create(&super::metrics::ResultLabels { result: label.into() })
                 .observe(started.elapsed().as_secs_f64());
             debug!(pod = %key, %node, ?result, "bind finished");
             // The loop only goes away at shutdown, when outcomes no longer matter.
-            let _ = this.outcomes.send(BindOutcome {
-                uid,
-                key,
-                node,
-                result,
-            });
+            let _ = this.outcomes.send(BindOutcome { uid, key, node, result });
             this.in_flight.fetch_sub(1, Ordering::AcqRel);
         });
     }
 
+    /// The annotation carries the UID, so it cannot land on a pod recreated
+    /// under the same name.
+    async fn record_gpus(&self, uid: &str, key: &PodKey, gpus: &[u32]) -> Result<(), BindResult> {
+        if gpus.is_empty() {
+            return Ok(());
+        }
+        self.limiter.acquire().await;
+        let patch = serde_json::json!({"metadata": {
+            "uid": uid,
+            "annotations": {GPUS_ANNOTATION: gpu_annotation_value(gpus)}
+        }});
+        Api::<Pod>::namespaced(self.client.clone(), &key.namespace)
+            .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(e, key))
+    }
+
     async fn post_binding(&self, uid: &str, key: &PodKey, node: &str) -> BindResult {
+        self.limiter.acquire().await;
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
         let binding = Binding {
             metadata: ObjectMeta {
@@ -120,17 +130,20 @@ impl Binder {
                 ..Default::default()
             },
         };
-        match api
-            .create_subresource::<_, Status>("binding", &key.name, &PostParams::default(), &binding)
-            .await
-        {
+        match api.create_subresource::<_, Status>("binding", &key.name, &PostParams::default(), &binding).await {
             Ok(_) => BindResult::Bound,
-            Err(kube::Error::Api(e)) if e.code == 404 => BindResult::PodGone,
-            Err(kube::Error::Api(e)) if e.code == 409 => BindResult::Conflict(e.message.clone()),
-            Err(e) => {
-                warn!(pod = %key, %node, error = %e, "bind failed");
-                BindResult::Failed(e.to_string())
-            }
+            Err(e) => classify(e, key),
+        }
+    }
+}
+
+fn classify(error: kube::Error, key: &PodKey) -> BindResult {
+    match error {
+        kube::Error::Api(e) if e.code == 404 => BindResult::PodGone,
+        kube::Error::Api(e) if e.code == 409 => BindResult::Conflict(e.message.clone()),
+        e => {
+            warn!(pod = %key, error = %e, "bind failed");
+            BindResult::Failed(e.to_string())
         }
     }
 }

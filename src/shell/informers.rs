@@ -16,7 +16,8 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::translate::{TranslateError, is_gated, node_spec, pod_info};
+use super::translate::{TopologyReport, TranslateError, is_gated, node_spec, pod_info, topology_report};
+use crate::api::gpu_topology::GPUTopology;
 use crate::core::node::NodeSpec;
 use crate::core::pod::PodInfo;
 
@@ -34,6 +35,9 @@ pub enum ClusterEvent {
     },
     /// UIDs of every relevant pod after a (re-)list.
     PodsListed(HashSet<String>),
+    TopologyApplied(TopologyReport),
+    TopologyDeleted(String),
+    TopologiesListed(HashSet<String>),
     Invalid {
         regarding: ObjectReference,
         error: TranslateError,
@@ -44,12 +48,9 @@ pub enum ClusterEvent {
 /// the API server turns a pod's move to Succeeded/Failed into a delete event.
 const POD_FIELDS: &str = "status.phase!=Succeeded,status.phase!=Failed";
 
-pub fn spawn(
-    client: Client,
-    scheduler_names: Arc<HashSet<String>>,
-    tx: mpsc::Sender<ClusterEvent>,
-) {
+pub fn spawn(client: Client, scheduler_names: Arc<HashSet<String>>, tx: mpsc::Sender<ClusterEvent>) {
     tokio::spawn(watch_nodes(Api::all(client.clone()), tx.clone()));
+    tokio::spawn(watch_topologies(Api::all(client.clone()), tx.clone()));
     tokio::spawn(watch_pods(Api::all(client), scheduler_names, tx));
 }
 
@@ -75,12 +76,7 @@ async fn pump<K>(
     on_delete: impl Fn(K) -> Option<ClusterEvent>,
     on_listed: impl Fn(HashSet<String>) -> ClusterEvent,
 ) where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + 'static,
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     let kind = K::kind(&());
     let mut listed: HashSet<String> = HashSet::new();
@@ -122,64 +118,37 @@ async fn pump<K>(
 async fn watch_nodes(api: Api<Node>, tx: mpsc::Sender<ClusterEvent>) {
     let on_apply = |node: Node| match node_spec(&node) {
         Ok(spec) => Applied::Event(spec.name.clone(), ClusterEvent::NodeApplied(spec)),
-        Err(error) => Applied::Invalid(ClusterEvent::Invalid {
-            regarding: reference(&node),
-            error,
-        }),
+        Err(error) => Applied::Invalid(ClusterEvent::Invalid { regarding: reference(&node), error }),
     };
     let on_delete = |node: Node| Some(ClusterEvent::NodeDeleted(node.name_any()));
-    pump(
-        api,
-        watcher::Config::default(),
-        tx,
-        on_apply,
-        on_delete,
-        ClusterEvent::NodesListed,
-    )
-    .await;
+    pump(api, watcher::Config::default(), tx, on_apply, on_delete, ClusterEvent::NodesListed).await;
 }
 
-async fn watch_pods(
-    api: Api<Pod>,
-    scheduler_names: Arc<HashSet<String>>,
-    tx: mpsc::Sender<ClusterEvent>,
-) {
+async fn watch_pods(api: Api<Pod>, scheduler_names: Arc<HashSet<String>>, tx: mpsc::Sender<ClusterEvent>) {
     let on_apply = |pod: Pod| {
         // Only pods that hold node resources, or that wait for one of our
         // profiles, matter; the rest are never translated.
         let spec = pod.spec.as_ref();
-        let bound = spec
-            .and_then(|s| s.node_name.as_ref())
-            .is_some_and(|n| !n.is_empty());
-        let ours = spec
-            .and_then(|s| s.scheduler_name.as_ref())
-            .is_some_and(|n| scheduler_names.contains(n));
+        let bound = spec.and_then(|s| s.node_name.as_ref()).is_some_and(|n| !n.is_empty());
+        let ours = spec.and_then(|s| s.scheduler_name.as_ref()).is_some_and(|n| scheduler_names.contains(n));
         if !bound && !ours {
             return Applied::Ignored;
         }
         match pod_info(&pod) {
-            Ok(info) => Applied::Event(
-                info.uid.clone(),
-                ClusterEvent::PodApplied {
-                    gated: is_gated(&pod),
-                    pod: info,
-                },
-            ),
-            Err(error) => Applied::Invalid(ClusterEvent::Invalid {
-                regarding: reference(&pod),
-                error,
-            }),
+            Ok(info) => Applied::Event(info.uid.clone(), ClusterEvent::PodApplied { gated: is_gated(&pod), pod: info }),
+            Err(error) => Applied::Invalid(ClusterEvent::Invalid { regarding: reference(&pod), error }),
         }
     };
     let on_delete = |pod: Pod| pod.metadata.uid.map(|uid| ClusterEvent::PodDeleted { uid });
     let config = watcher::Config::default().fields(POD_FIELDS);
-    pump(
-        api,
-        config,
-        tx,
-        on_apply,
-        on_delete,
-        ClusterEvent::PodsListed,
-    )
-    .await;
+    pump(api, config, tx, on_apply, on_delete, ClusterEvent::PodsListed).await;
+}
+
+async fn watch_topologies(api: Api<GPUTopology>, tx: mpsc::Sender<ClusterEvent>) {
+    let on_apply = |report: GPUTopology| match topology_report(&report) {
+        Ok(r) => Applied::Event(r.node.clone(), ClusterEvent::TopologyApplied(r)),
+        Err(error) => Applied::Invalid(ClusterEvent::Invalid { regarding: reference(&report), error }),
+    };
+    let on_delete = |report: GPUTopology| Some(ClusterEvent::TopologyDeleted(report.name_any()));
+    pump(api, watcher::Config::default(), tx, on_apply, on_delete, ClusterEvent::TopologiesListed).await;
 }

@@ -39,37 +39,21 @@ impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
             schedule_attempts: Family::default(),
-            attempt_duration: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.0001, 2.0, 16))
-            }),
+            attempt_duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 16))),
             pending_pods: Family::default(),
-            bind_duration: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.001, 2.0, 15))
-            }),
+            bind_duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 15))),
             reports_dropped: Counter::default(),
             invalid_objects: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("phalanx");
-        r.register(
-            "schedule_attempts",
-            "Scheduling attempts by result and profile",
-            m.schedule_attempts.clone(),
-        );
+        r.register("schedule_attempts", "Scheduling attempts by result and profile", m.schedule_attempts.clone());
         r.register(
             "scheduling_attempt_duration_seconds",
             "Time to decide on one pod (filter and score), by result",
             m.attempt_duration.clone(),
         );
-        r.register(
-            "pending_pods",
-            "Pods waiting for a decision, by queue",
-            m.pending_pods.clone(),
-        );
-        r.register(
-            "bind_duration_seconds",
-            "Time of one binding call, by result",
-            m.bind_duration.clone(),
-        );
+        r.register("pending_pods", "Pods waiting for a decision, by queue", m.pending_pods.clone());
+        r.register("bind_duration_seconds", "Time of one binding call, by result", m.bind_duration.clone());
         r.register(
             "reports_dropped",
             "Status updates and Events dropped because the writer queue was full",
@@ -84,21 +68,12 @@ impl Metrics {
     }
 
     pub fn attempt(&self, result: &str, profile: &str, seconds: f64) {
-        let labels = AttemptLabels {
-            result: result.into(),
-            profile: profile.into(),
-        };
+        let labels = AttemptLabels { result: result.into(), profile: profile.into() };
         self.schedule_attempts.get_or_create(&labels).inc();
-        self.attempt_duration
-            .get_or_create(&labels)
-            .observe(seconds);
+        self.attempt_duration.get_or_create(&labels).observe(seconds);
     }
 
     pub fn set_pending(&self, queue: &str, n: usize) {
-        self.pending_pods
-            .get_or_create(&QueueLabels {
-                queue: queue.into(),
-            })
-            .set(n as i64);
+        self.pending_pods.get_or_create(&QueueLabels { queue: queue.into() }).set(n as i64);
     }
 }

@@ -23,14 +23,7 @@ struct Bucket {
 impl RateLimiter {
     pub fn new(qps: f64, burst: u32) -> Self {
         let burst = f64::from(burst.max(1));
-        Self {
-            qps,
-            burst,
-            state: Mutex::new(Bucket {
-                tokens: burst,
-                refilled: Instant::now(),
-            }),
-        }
+        Self { qps, burst, state: Mutex::new(Bucket { tokens: burst, refilled: Instant::now() }) }
     }
 
     /// Waits until one request may be sent.
@@ -38,16 +31,11 @@ impl RateLimiter {
         let wait = {
             let mut b = self.state.lock().await;
             let now = Instant::now();
-            b.tokens = (b.tokens + now.duration_since(b.refilled).as_secs_f64() * self.qps)
-                .min(self.burst);
+            b.tokens = (b.tokens + now.duration_since(b.refilled).as_secs_f64() * self.qps).min(self.burst);
             b.refilled = now;
             b.tokens -= 1.0;
             // A negative balance is this caller's place in line.
-            if b.tokens >= 0.0 {
-                Duration::ZERO
-            } else {
-                Duration::from_secs_f64(-b.tokens / self.qps)
-            }
+            if b.tokens >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-b.tokens / self.qps) }
         };
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
@@ -71,9 +59,6 @@ mod tests {
             limiter.acquire().await;
         }
         let paced = start.elapsed().as_secs_f64();
-        assert!(
-            (0.99..=1.01).contains(&paced),
-            "10 more at 10 qps take a second, took {paced}"
-        );
+        assert!((0.99..=1.01).contains(&paced), "10 more at 10 qps take a second, took {paced}");
     }
 }

@@ -26,23 +26,11 @@ const CONCURRENT_WRITES: usize = 16;
 #[derive(Debug, Clone)]
 pub enum Report {
     /// No node fits: condition on the pod plus a Warning Event.
-    Unschedulable {
-        key: PodKey,
-        uid: String,
-        resource_version: Option<String>,
-        message: String,
-    },
+    Unschedulable { key: PodKey, uid: String, resource_version: Option<String>, message: String },
     /// Bound: a Normal Event, as kube-scheduler writes.
-    Scheduled {
-        key: PodKey,
-        uid: String,
-        node: String,
-    },
+    Scheduled { key: PodKey, uid: String, node: String },
     /// An object phalanx cannot read: a Warning Event on it.
-    InvalidObject {
-        regarding: ObjectReference,
-        message: String,
-    },
+    InvalidObject { regarding: ObjectReference, message: String },
 }
 
 #[derive(Clone)]
@@ -53,21 +41,9 @@ pub struct Reporter {
 
 impl Reporter {
     /// Starts the background writer.
-    pub fn start(
-        client: Client,
-        limiter: Arc<RateLimiter>,
-        instance: String,
-        metrics: Metrics,
-    ) -> Self {
+    pub fn start(client: Client, limiter: Arc<RateLimiter>, instance: String, metrics: Metrics) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(write_reports(
-            Writer {
-                client,
-                limiter,
-                instance,
-            },
-            rx,
-        ));
+        tokio::spawn(write_reports(Writer { client, limiter, instance }, rx));
         Self { queue, metrics }
     }
 
@@ -115,12 +91,7 @@ pub fn pod_reference(key: &PodKey, uid: &str) -> ObjectReference {
 impl Writer {
     async fn write(&self, report: &Report) -> Result<(), kube::Error> {
         match report {
-            Report::Unschedulable {
-                key,
-                uid,
-                resource_version,
-                message,
-            } => {
+            Report::Unschedulable { key, uid, resource_version, message } => {
                 self.limiter.acquire().await;
                 // The resourceVersion makes this a no-op (409) if the pod changed
                 // meanwhile, e.g. was bound by a later attempt.
@@ -135,19 +106,9 @@ impl Writer {
                     }]}
                 });
                 Api::<Pod>::namespaced(self.client.clone(), &key.namespace)
-                    .patch_status(
-                        &key.name,
-                        &PatchParams::default(),
-                        &Patch::Strategic(&patch),
-                    )
+                    .patch_status(&key.name, &PatchParams::default(), &Patch::Strategic(&patch))
                     .await?;
-                self.event(
-                    pod_reference(key, uid),
-                    "Warning",
-                    "FailedScheduling",
-                    message,
-                )
-                .await
+                self.event(pod_reference(key, uid), "Warning", "FailedScheduling", message).await
             }
             Report::Scheduled { key, uid, node } => {
                 self.event(
@@ -159,8 +120,7 @@ impl Writer {
                 .await
             }
             Report::InvalidObject { regarding, message } => {
-                self.event(regarding.clone(), "Warning", "InvalidObject", message)
-                    .await
+                self.event(regarding.clone(), "Warning", "InvalidObject", message).await
             }
         }
     }
@@ -174,21 +134,10 @@ impl Writer {
     ) -> Result<(), kube::Error> {
         self.limiter.acquire().await;
         let now = Timestamp::now();
-        let namespace = regarding
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let name = format!(
-            "{}.{:x}",
-            regarding.name.as_deref().unwrap_or("phalanx"),
-            now.as_nanosecond()
-        );
+        let namespace = regarding.namespace.clone().unwrap_or_else(|| "default".into());
+        let name = format!("{}.{:x}", regarding.name.as_deref().unwrap_or("phalanx"), now.as_nanosecond());
         let event = Event {
-            metadata: ObjectMeta {
-                name: Some(name),
-                namespace: Some(namespace.clone()),
-                ..Default::default()
-            },
+            metadata: ObjectMeta { name: Some(name), namespace: Some(namespace.clone()), ..Default::default() },
             event_time: Some(MicroTime(now)),
             action: Some("Scheduling".into()),
             reason: Some(reason.into()),

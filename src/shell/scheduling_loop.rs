@@ -15,7 +15,7 @@ use super::binder::{BindOutcome, BindResult, Binder};
 use super::informers::ClusterEvent;
 use super::metrics::Metrics;
 use super::reporter::{Report, Reporter};
-use crate::core::framework::Profile;
+use crate::core::framework::{JobDemand, Profile};
 use crate::core::pod::{PodInfo, PodPhase};
 use crate::core::queue::SchedulingQueue;
 use crate::core::schedule::choose_node;
@@ -36,6 +36,8 @@ pub struct SchedulingLoop {
     queue: SchedulingQueue,
     /// Pods whose bind is in flight, to requeue them if it fails.
     binding: HashMap<String, PodInfo>,
+    /// Queued pods of each job and their GPU requests: the job's remaining demand.
+    pending_jobs: HashMap<String, HashMap<String, usize>>,
     last_report: HashMap<String, (String, Instant)>,
     binder: Binder,
     reporter: Reporter,
@@ -48,6 +50,7 @@ pub struct SchedulingLoop {
 impl SchedulingLoop {
     pub fn new(
         profiles: Vec<Profile>,
+        snapshot: ClusterSnapshot,
         queue: SchedulingQueue,
         binder: Binder,
         reporter: Reporter,
@@ -55,13 +58,11 @@ impl SchedulingLoop {
         ready: Arc<AtomicBool>,
     ) -> Self {
         Self {
-            profiles: profiles
-                .into_iter()
-                .map(|p| (p.scheduler_name.clone(), p))
-                .collect(),
-            snapshot: ClusterSnapshot::new(),
+            profiles: profiles.into_iter().map(|p| (p.scheduler_name.clone(), p)).collect(),
+            snapshot,
             queue,
             binding: HashMap::new(),
+            pending_jobs: HashMap::new(),
             last_report: HashMap::new(),
             binder,
             reporter,
@@ -102,10 +103,7 @@ impl SchedulingLoop {
                 tokio::task::yield_now().await;
                 continue;
             }
-            let wake_at = self
-                .queue
-                .next_wakeup()
-                .map_or(next_flush, |t| t.min(next_flush));
+            let wake_at = self.queue.next_wakeup().map_or(next_flush, |t| t.min(next_flush));
             tokio::select! {
                 event = events.recv() => match event {
                     Some(event) => { let c = self.apply_event(event); if c { self.queue.cluster_changed(Instant::now()); } }
@@ -118,10 +116,7 @@ impl SchedulingLoop {
                 _ = shutdown.changed() => {}
             }
             if *shutdown.borrow() {
-                info!(
-                    binds_in_flight = self.binding.len(),
-                    "scheduling loop stopping"
-                );
+                info!(binds_in_flight = self.binding.len(), "scheduling loop stopping");
                 return;
             }
         }
@@ -130,10 +125,7 @@ impl SchedulingLoop {
     fn is_ready(&mut self) -> bool {
         let ready = self.nodes_listed && self.pods_listed;
         if ready && !self.ready.swap(true, Ordering::Relaxed) {
-            info!(
-                nodes = self.snapshot.node_count(),
-                "caches synced; scheduling starts"
-            );
+            info!(nodes = self.snapshot.node_count(), "caches synced; scheduling starts");
         }
         ready
     }
@@ -153,33 +145,28 @@ impl SchedulingLoop {
         let span = info_span!("schedule", pod = %pod.key, profile = %pod.scheduler_name);
         let _entered = span.enter();
         let Some(profile) = self.profiles.get(&pod.scheduler_name) else {
-            self.queue.remove(&pod.uid);
+            self.dequeue(&pod.uid);
             return;
         };
         let started = Instant::now();
-        match choose_node(profile, &pod, &self.snapshot) {
+        let demand = pod.job.as_ref().and_then(|j| self.pending_jobs.get(j)).map(|members| JobDemand {
+            pending_pods: members.len(),
+            gpus_per_pod: members.values().copied().max().unwrap_or(0),
+        });
+        match choose_node(profile, &pod, &self.snapshot, demand.as_ref()) {
             Ok(choice) => {
                 debug!(node = %choice.node, score = choice.score, feasible = choice.feasible, "placed");
-                self.metrics.attempt(
-                    "scheduled",
-                    &pod.scheduler_name,
-                    started.elapsed().as_secs_f64(),
-                );
-                self.snapshot.assume(&pod.uid, &choice.node, &pod.requests);
-                self.queue.done(&pod.uid);
+                self.metrics.attempt("scheduled", &pod.scheduler_name, started.elapsed().as_secs_f64());
+                self.snapshot.assume(pod.placement(&choice.node), choice.gpus);
+                self.dequeue(&pod.uid);
                 self.last_report.remove(&pod.uid);
-                self.binder
-                    .bind(pod.uid.clone(), pod.key.clone(), choice.node);
+                self.binder.bind(pod.uid.clone(), pod.key.clone(), choice.node, choice.gpu_indices);
                 self.binding.insert(pod.uid.clone(), pod);
             }
             Err(fit) => {
                 let message = fit.to_string();
                 debug!(%message, attempts = self.queue.attempts(&pod.uid), "unschedulable");
-                self.metrics.attempt(
-                    "unschedulable",
-                    &pod.scheduler_name,
-                    started.elapsed().as_secs_f64(),
-                );
+                self.metrics.attempt("unschedulable", &pod.scheduler_name, started.elapsed().as_secs_f64());
                 self.queue.mark_unschedulable(&pod.uid, Instant::now());
                 self.report_unschedulable(&pod, message);
             }
@@ -194,8 +181,7 @@ impl SchedulingLoop {
         {
             return;
         }
-        self.last_report
-            .insert(pod.uid.clone(), (message.clone(), now));
+        self.last_report.insert(pod.uid.clone(), (message.clone(), now));
         self.reporter.send(Report::Unschedulable {
             key: pod.key.clone(),
             uid: pod.uid.clone(),
@@ -215,12 +201,8 @@ impl SchedulingLoop {
             }
             ClusterEvent::NodesListed(names) => {
                 self.nodes_listed = true;
-                let gone: Vec<String> = self
-                    .snapshot
-                    .node_names()
-                    .filter(|n| !names.contains(*n))
-                    .map(str::to_string)
-                    .collect();
+                let gone: Vec<String> =
+                    self.snapshot.node_names().filter(|n| !names.contains(*n)).map(str::to_string).collect();
                 for name in gone {
                     self.snapshot.remove_node(&name);
                 }
@@ -228,6 +210,18 @@ impl SchedulingLoop {
             }
             ClusterEvent::PodApplied { pod, gated } => self.apply_pod(pod, gated),
             ClusterEvent::PodDeleted { uid } => self.forget_pod(&uid),
+            ClusterEvent::TopologyApplied(report) => {
+                let changed = self.snapshot.set_reported_topology(&report.node, Some(report.topology));
+                let corrected = self.snapshot.correct_gpus(&report.node, &report.pod_gpus);
+                changed || corrected > 0
+            }
+            ClusterEvent::TopologyDeleted(node) => self.snapshot.set_reported_topology(&node, None),
+            ClusterEvent::TopologiesListed(nodes) => {
+                for node in self.snapshot.reported_nodes().filter(|n| !nodes.contains(n)).collect::<Vec<_>>() {
+                    self.snapshot.set_reported_topology(&node, None);
+                }
+                true
+            }
             ClusterEvent::PodsListed(uids) => {
                 self.pods_listed = true;
                 self.resync_pods(&uids);
@@ -239,17 +233,14 @@ impl SchedulingLoop {
                 if let Some(uid) = regarding.uid.as_deref()
                     && regarding.kind.as_deref() == Some("Pod")
                 {
-                    self.queue.remove(uid);
+                    self.dequeue(uid);
                 }
                 if regarding.kind.as_deref() == Some("Node")
                     && let Some(name) = regarding.name.as_deref()
                 {
                     self.snapshot.remove_node(name);
                 }
-                self.reporter.send(Report::InvalidObject {
-                    regarding,
-                    message: error.to_string(),
-                });
+                self.reporter.send(Report::InvalidObject { regarding, message: error.to_string() });
                 false
             }
         }
@@ -261,13 +252,13 @@ impl SchedulingLoop {
         }
         if let Some(node) = &pod.node_name {
             // Bound, by us or anyone: its resources are taken on that node.
-            self.snapshot.observe_bound(&pod.uid, node, &pod.requests);
-            self.queue.remove(&pod.uid);
+            self.snapshot.observe_bound(pod.placement(node), pod.gpu_indices.as_deref());
+            self.dequeue(&pod.uid);
             self.last_report.remove(&pod.uid);
             return false;
         }
         if pod.terminating || gated || !self.profiles.contains_key(&pod.scheduler_name) {
-            self.queue.remove(&pod.uid);
+            self.dequeue(&pod.uid);
             return false;
         }
         if self.binding.contains_key(&pod.uid) {
@@ -275,12 +266,32 @@ impl SchedulingLoop {
             self.binding.insert(pod.uid.clone(), pod);
             return false;
         }
-        self.queue.upsert(pod, Instant::now());
+        self.enqueue(pod, Instant::now());
         false
     }
 
+    fn enqueue(&mut self, pod: PodInfo, now: Instant) {
+        if let Some(job) = &pod.job {
+            self.pending_jobs.entry(job.clone()).or_default().insert(pod.uid.clone(), pod.gpu_count());
+        }
+        self.queue.upsert(pod, now);
+    }
+
+    /// Takes a pod out of the queue and out of its job's pending demand.
+    fn dequeue(&mut self, uid: &str) {
+        if let Some(pod) = self.queue.remove(uid)
+            && let Some(job) = &pod.job
+            && let Some(members) = self.pending_jobs.get_mut(job)
+        {
+            members.remove(uid);
+            if members.is_empty() {
+                self.pending_jobs.remove(job);
+            }
+        }
+    }
+
     fn forget_pod(&mut self, uid: &str) -> bool {
-        self.queue.remove(uid);
+        self.dequeue(uid);
         self.last_report.remove(uid);
         self.binding.remove(uid);
         self.snapshot.release(uid)
@@ -298,13 +309,8 @@ impl SchedulingLoop {
         for uid in gone {
             self.forget_pod(&uid);
         }
-        for uid in self
-            .queue
-            .uids()
-            .filter(|uid| !listed.contains(uid))
-            .collect::<Vec<_>>()
-        {
-            self.queue.remove(&uid);
+        for uid in self.queue.uids().filter(|uid| !listed.contains(uid)).collect::<Vec<_>>() {
+            self.dequeue(&uid);
         }
     }
 
@@ -314,17 +320,10 @@ impl SchedulingLoop {
             // Deleted while binding; already released.
             return false;
         };
-        let confirmed = self
-            .snapshot
-            .placement(&outcome.uid)
-            .is_some_and(|p| p.state == PlacementState::Bound);
+        let confirmed = self.snapshot.placement(&outcome.uid).is_some_and(|p| p.state == PlacementState::Bound);
         match outcome.result {
             BindResult::Bound => {
-                self.reporter.send(Report::Scheduled {
-                    key: outcome.key,
-                    uid: outcome.uid,
-                    node: outcome.node,
-                });
+                self.reporter.send(Report::Scheduled { key: outcome.key, uid: outcome.uid, node: outcome.node });
                 false
             }
             BindResult::PodGone => self.snapshot.forget(&outcome.uid),
@@ -334,7 +333,7 @@ impl SchedulingLoop {
                     info!(pod = %outcome.key, node = %outcome.node, %why, "bind did not succeed; retrying after backoff");
                     let now = Instant::now();
                     let uid = pod.uid.clone();
-                    self.queue.upsert(pod, now);
+                    self.enqueue(pod, now);
                     self.queue.retry_later(&uid, now);
                 }
                 released

@@ -4,19 +4,19 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{
-    Container, Node, NodeSelectorRequirement, NodeSelectorTerm as K8sTerm, Pod,
-};
+use k8s_openapi::api::core::v1::{Container, Node, NodeSelectorRequirement, NodeSelectorTerm as K8sTerm, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use thiserror::Error;
 
+use crate::api::gpu_topology::GPUTopology;
 use crate::core::node::{NodeSpec, Taint, TaintEffect};
 use crate::core::pod::{
-    NodeSelectorTerm, PodInfo, PodKey, PodPhase, PreferredTerm, SelectorOperator,
-    SelectorRequirement, Toleration, TolerationOperator,
+    NodeSelectorTerm, PodInfo, PodKey, PodPhase, PreferredTerm, SelectorOperator, SelectorRequirement, Toleration,
+    TolerationOperator,
 };
 use crate::core::quantity::{parse_milli, parse_units};
 use crate::core::resources::{CPU, PODS, Resources};
+use crate::core::topology::model::GpuTopology;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("{object}: {field}: {message}")]
@@ -28,11 +28,7 @@ pub struct TranslateError {
 }
 
 fn error(object: &str, field: impl Into<String>, message: impl Into<String>) -> TranslateError {
-    TranslateError {
-        object: object.to_string(),
-        field: field.into(),
-        message: message.into(),
-    }
+    TranslateError { object: object.to_string(), field: field.into(), message: message.into() }
 }
 
 /// Adds a Kubernetes resource list (cpu in millicores, the rest in units).
@@ -43,31 +39,18 @@ fn add_quantities(
     field: &str,
 ) -> Result<(), TranslateError> {
     for (name, q) in list.into_iter().flatten() {
-        let amount = if name == CPU {
-            parse_milli(&q.0)
-        } else {
-            parse_units(&q.0)
-        }
-        .map_err(|e| error(object, format!("{field}[{name}]"), e.to_string()))?;
+        let amount = if name == CPU { parse_milli(&q.0) } else { parse_units(&q.0) }
+            .map_err(|e| error(object, format!("{field}[{name}]"), e.to_string()))?;
         into.add(&[(name.as_str(), amount)].into_iter().collect());
     }
     Ok(())
 }
 
-fn container_requests(
-    c: &Container,
-    object: &str,
-    field: &str,
-) -> Result<Resources, TranslateError> {
+fn container_requests(c: &Container, object: &str, field: &str) -> Result<Resources, TranslateError> {
     let mut r = Resources::new();
     let resources = c.resources.as_ref();
     let requests = resources.and_then(|r| r.requests.as_ref());
-    add_quantities(
-        &mut r,
-        requests,
-        object,
-        &format!("{field}.resources.requests"),
-    )?;
+    add_quantities(&mut r, requests, object, &format!("{field}.resources.requests"))?;
     // A limit without a request defaults the request (the API server does the
     // same for extended resources, which must have request == limit).
     if let Some(limits) = resources.and_then(|r| r.limits.as_ref()) {
@@ -94,19 +77,10 @@ pub fn pod_requests(pod: &Pod, object: &str) -> Result<Resources, TranslateError
     };
     let mut total = Resources::new();
     if let Some(pod_level) = spec.resources.as_ref().and_then(|r| r.requests.as_ref()) {
-        add_quantities(
-            &mut total,
-            Some(pod_level),
-            object,
-            "spec.resources.requests",
-        )?;
+        add_quantities(&mut total, Some(pod_level), object, "spec.resources.requests")?;
     } else {
         for (i, c) in spec.containers.iter().enumerate() {
-            total.add(&container_requests(
-                c,
-                object,
-                &format!("spec.containers[{i}]"),
-            )?);
+            total.add(&container_requests(c, object, &format!("spec.containers[{i}]"))?);
         }
         let mut sidecars = Resources::new();
         let mut init_peak = Resources::new();
@@ -129,27 +103,15 @@ pub fn pod_requests(pod: &Pod, object: &str) -> Result<Resources, TranslateError
     Ok(total)
 }
 
-fn requirement(
-    r: &NodeSelectorRequirement,
-    object: &str,
-    field: &str,
-) -> Result<SelectorRequirement, TranslateError> {
+fn requirement(r: &NodeSelectorRequirement, object: &str, field: &str) -> Result<SelectorRequirement, TranslateError> {
     let values = || r.values.clone().unwrap_or_default();
     let bound = || {
         let v = values();
         match v.as_slice() {
-            [one] => one.parse::<i64>().map_err(|_| {
-                error(
-                    object,
-                    format!("{field}.values"),
-                    format!("{one:?} is not an integer"),
-                )
-            }),
-            _ => Err(error(
-                object,
-                format!("{field}.values"),
-                "Gt and Lt take exactly one value",
-            )),
+            [one] => one
+                .parse::<i64>()
+                .map_err(|_| error(object, format!("{field}.values"), format!("{one:?} is not an integer"))),
+            _ => Err(error(object, format!("{field}.values"), "Gt and Lt take exactly one value")),
         }
     };
     let operator = match r.operator.as_str() {
@@ -160,17 +122,10 @@ fn requirement(
         "Gt" => SelectorOperator::Gt(bound()?),
         "Lt" => SelectorOperator::Lt(bound()?),
         other => {
-            return Err(error(
-                object,
-                format!("{field}.operator"),
-                format!("unknown operator {other:?}"),
-            ));
+            return Err(error(object, format!("{field}.operator"), format!("unknown operator {other:?}")));
         }
     };
-    Ok(SelectorRequirement {
-        key: r.key.clone(),
-        operator,
-    })
+    Ok(SelectorRequirement { key: r.key.clone(), operator })
 }
 
 fn term(t: &K8sTerm, object: &str, field: &str) -> Result<NodeSelectorTerm, TranslateError> {
@@ -198,10 +153,7 @@ fn term(t: &K8sTerm, object: &str, field: &str) -> Result<NodeSelectorTerm, Tran
             requirement(r, object, &f)
         })
         .collect::<Result<_, _>>()?;
-    Ok(NodeSelectorTerm {
-        match_labels,
-        match_node_name,
-    })
+    Ok(NodeSelectorTerm { match_labels, match_node_name })
 }
 
 fn taint_effect(effect: &str) -> Option<TaintEffect> {
@@ -224,18 +176,9 @@ pub fn pod_object_name(pod: &Pod) -> String {
 pub fn pod_info(pod: &Pod) -> Result<PodInfo, TranslateError> {
     let object = pod_object_name(pod);
     let meta = &pod.metadata;
-    let spec = pod
-        .spec
-        .as_ref()
-        .ok_or_else(|| error(&object, "spec", "missing"))?;
-    let uid = meta
-        .uid
-        .clone()
-        .ok_or_else(|| error(&object, "metadata.uid", "missing"))?;
-    let affinity = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref());
+    let spec = pod.spec.as_ref().ok_or_else(|| error(&object, "spec", "missing"))?;
+    let uid = meta.uid.clone().ok_or_else(|| error(&object, "metadata.uid", "missing"))?;
+    let affinity = spec.affinity.as_ref().and_then(|a| a.node_affinity.as_ref());
     let required_terms = affinity
         .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref())
         .map(|sel| {
@@ -254,21 +197,13 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, TranslateError> {
         .transpose()?
         .unwrap_or_default();
     let preferred_terms = affinity
-        .and_then(|a| {
-            a.preferred_during_scheduling_ignored_during_execution
-                .as_ref()
-        })
+        .and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_ref())
         .into_iter()
         .flatten()
         .enumerate()
         .map(|(i, p)| {
-            let f = format!(
-                "spec.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[{i}]"
-            );
-            Ok(PreferredTerm {
-                weight: p.weight,
-                term: term(&p.preference, &object, &format!("{f}.preference"))?,
-            })
+            let f = format!("spec.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[{i}]");
+            Ok(PreferredTerm { weight: p.weight, term: term(&p.preference, &object, &format!("{f}.preference"))? })
         })
         .collect::<Result<Vec<_>, TranslateError>>()?;
     let tolerations = spec
@@ -280,33 +215,20 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, TranslateError> {
             let field = format!("spec.tolerations[{i}]");
             let effect = match t.effect.as_deref() {
                 None | Some("") => None,
-                Some(e) => Some(taint_effect(e).ok_or_else(|| {
-                    error(
-                        &object,
-                        format!("{field}.effect"),
-                        format!("unknown effect {e:?}"),
-                    )
-                })?),
+                Some(e) => Some(
+                    taint_effect(e)
+                        .ok_or_else(|| error(&object, format!("{field}.effect"), format!("unknown effect {e:?}")))?,
+                ),
             };
             let key = t.key.clone().filter(|k| !k.is_empty());
             let operator = match t.operator.as_deref() {
-                None | Some("Equal") => {
-                    TolerationOperator::Equal(t.value.clone().unwrap_or_default())
-                }
+                None | Some("Equal") => TolerationOperator::Equal(t.value.clone().unwrap_or_default()),
                 Some("Exists") => TolerationOperator::Exists,
                 Some(other) => {
-                    return Err(error(
-                        &object,
-                        format!("{field}.operator"),
-                        format!("unknown operator {other:?}"),
-                    ));
+                    return Err(error(&object, format!("{field}.operator"), format!("unknown operator {other:?}")));
                 }
             };
-            Ok(Toleration {
-                key,
-                operator,
-                effect,
-            })
+            Ok(Toleration { key, operator, effect })
         })
         .collect::<Result<Vec<_>, TranslateError>>()?;
     let phase = match pod.status.as_ref().and_then(|s| s.phase.as_deref()) {
@@ -321,10 +243,7 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, TranslateError> {
             name: meta.name.clone().unwrap_or_default(),
         },
         resource_version: meta.resource_version.clone(),
-        scheduler_name: spec
-            .scheduler_name
-            .clone()
-            .unwrap_or_else(|| "default-scheduler".into()),
+        scheduler_name: spec.scheduler_name.clone().unwrap_or_else(|| "default-scheduler".into()),
         node_name: spec.node_name.clone().filter(|n| !n.is_empty()),
         phase,
         terminating: meta.deletion_timestamp.is_some(),
@@ -334,19 +253,51 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, TranslateError> {
         preferred_terms,
         tolerations,
         priority: spec.priority.unwrap_or(0),
-        created: meta
-            .creation_timestamp
-            .as_ref()
-            .map_or(0, |t| t.0.as_second()),
+        created: meta.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second()),
+        job: job_key(pod),
+        gpu_indices: gpu_annotation(pod, &object)?,
     })
+}
+
+pub const POD_GROUP_LABEL: &str = "scheduling.x-k8s.io/pod-group";
+pub const KUBEFLOW_JOB_LABEL: &str = "training.kubeflow.org/job-name";
+pub const GPUS_ANNOTATION: &str = "phalanx.dev/gpus";
+
+/// The job a pod belongs to: its PodGroup, else its Kubeflow training job.
+fn job_key(pod: &Pod) -> Option<String> {
+    let labels = pod.metadata.labels.as_ref()?;
+    let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+    labels
+        .get(POD_GROUP_LABEL)
+        .map(|g| format!("podgroup:{ns}/{g}"))
+        .or_else(|| labels.get(KUBEFLOW_JOB_LABEL).map(|j| format!("kubeflow:{ns}/{j}")))
+}
+
+/// `phalanx.dev/gpus: "0,1,2,3"`.
+fn gpu_annotation(pod: &Pod, object: &str) -> Result<Option<Vec<u32>>, TranslateError> {
+    let Some(text) = pod.metadata.annotations.as_ref().and_then(|a| a.get(GPUS_ANNOTATION)) else {
+        return Ok(None);
+    };
+    if text.trim().is_empty() {
+        return Ok(Some(vec![]));
+    }
+    text.split(',').map(|part| part.trim().parse::<u32>()).collect::<Result<Vec<_>, _>>().map(Some).map_err(|_| {
+        error(
+            object,
+            format!("metadata.annotations[{GPUS_ANNOTATION}]"),
+            format!("{text:?} is not a comma-separated list of GPU indices"),
+        )
+    })
+}
+
+/// The annotation value for a set of GPU indices.
+pub fn gpu_annotation_value(indices: &[u32]) -> String {
+    indices.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
 }
 
 /// Pods held back by `spec.schedulingGates` are not scheduled until the gates are gone.
 pub fn is_gated(pod: &Pod) -> bool {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.scheduling_gates.as_ref())
-        .is_some_and(|g| !g.is_empty())
+    pod.spec.as_ref().and_then(|s| s.scheduling_gates.as_ref()).is_some_and(|g| !g.is_empty())
 }
 
 pub fn node_spec(node: &Node) -> Result<NodeSpec, TranslateError> {
@@ -365,17 +316,9 @@ pub fn node_spec(node: &Node) -> Result<NodeSpec, TranslateError> {
         .enumerate()
         .map(|(i, t)| {
             let effect = taint_effect(&t.effect).ok_or_else(|| {
-                error(
-                    &object,
-                    format!("spec.taints[{i}].effect"),
-                    format!("unknown effect {:?}", t.effect),
-                )
+                error(&object, format!("spec.taints[{i}].effect"), format!("unknown effect {:?}", t.effect))
             })?;
-            Ok(Taint {
-                key: t.key.clone(),
-                value: t.value.clone().unwrap_or_default(),
-                effect,
-            })
+            Ok(Taint { key: t.key.clone(), value: t.value.clone().unwrap_or_default(), effect })
         })
         .collect::<Result<Vec<_>, TranslateError>>()?;
     let ready = status
@@ -391,6 +334,48 @@ pub fn node_spec(node: &Node) -> Result<NodeSpec, TranslateError> {
         ready,
         allocatable,
     })
+}
+
+/// What the scheduler takes from a GPUTopology resource: the node it
+/// describes, its topology, and the GPU indices each pod really holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopologyReport {
+    pub node: String,
+    pub topology: GpuTopology,
+    pub pod_gpus: Vec<(PodKey, Vec<u32>)>,
+}
+
+pub fn topology_report(report: &GPUTopology) -> Result<TopologyReport, TranslateError> {
+    let node = report.metadata.name.clone().unwrap_or_default();
+    let object = format!("gputopology {node}");
+    let topology = report.spec.topology.clone();
+    topology.validate().map_err(|e| error(&object, "spec", e.to_string()))?;
+    let index_of = |id: &str| {
+        topology
+            .gpus
+            .iter()
+            .find(|g| g.uuid.as_deref() == Some(id))
+            .map(|g| g.index)
+            .or_else(|| id.parse::<u32>().ok().filter(|i| topology.gpus.iter().any(|g| g.index == *i)))
+    };
+    let mut pod_gpus = Vec::new();
+    for (i, pd) in report.status.iter().flat_map(|s| &s.pod_devices).enumerate() {
+        let indices = pd
+            .device_ids
+            .iter()
+            .map(|id| {
+                index_of(id).ok_or_else(|| {
+                    error(
+                        &object,
+                        format!("status.podDevices[{i}].deviceIds"),
+                        format!("{id:?} is not a GPU of this node"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        pod_gpus.push((PodKey { namespace: pd.namespace.clone(), name: pd.name.clone() }, indices));
+    }
+    Ok(TopologyReport { node, topology, pod_gpus })
 }
 
 #[cfg(test)]
@@ -422,16 +407,26 @@ mod tests {
             "overhead": {"memory": "10Mi"}
         }));
         let info = pod_info(&p).unwrap();
-        assert_eq!(
-            info.requests.get(CPU),
-            3000,
-            "init peak dominates 1.5 + 0.1"
-        );
+        assert_eq!(info.requests.get(CPU), 3000, "init peak dominates 1.5 + 0.1");
         assert_eq!(info.requests.get(GPU), 4, "a limit alone sets the request");
         assert_eq!(info.requests.get(MEMORY), (1 << 30) + 10 * (1 << 20));
         assert_eq!(info.requests.get(PODS), 1);
         assert_eq!(info.scheduler_name, "phalanx");
         assert_eq!(info.created, 1_767_225_600);
+        assert_eq!(info.job, None);
+    }
+
+    #[test]
+    fn jobs_and_gpu_annotations_are_read() {
+        let mut p = pod(json!({"containers": [{"name": "a"}]}));
+        p.metadata.labels = Some([(KUBEFLOW_JOB_LABEL.to_string(), "llama".to_string())].into());
+        p.metadata.annotations = Some([(GPUS_ANNOTATION.to_string(), "4, 5,6".to_string())].into());
+        let info = pod_info(&p).unwrap();
+        assert_eq!(info.job.as_deref(), Some("kubeflow:team-a/llama"));
+        assert_eq!(info.gpu_indices, Some(vec![4, 5, 6]));
+        assert_eq!(gpu_annotation_value(&[4, 5, 6]), "4,5,6");
+        p.metadata.annotations = Some([(GPUS_ANNOTATION.to_string(), "all".to_string())].into());
+        assert_eq!(pod_info(&p).unwrap_err().field, "metadata.annotations[phalanx.dev/gpus]");
     }
 
     #[test]
@@ -450,45 +445,23 @@ mod tests {
         }));
         let info = pod_info(&p).unwrap();
         assert_eq!(info.scheduler_name, "default-scheduler");
-        assert_eq!(
-            info.required_terms[0].match_labels[0].operator,
-            SelectorOperator::Gt(4)
-        );
+        assert_eq!(info.required_terms[0].match_labels[0].operator, SelectorOperator::Gt(4));
         assert_eq!(info.preferred_terms[0].weight, 10);
-        assert_eq!(
-            info.tolerations[1],
-            Toleration {
-                key: None,
-                operator: TolerationOperator::Exists,
-                effect: None
-            }
-        );
+        assert_eq!(info.tolerations[1], Toleration { key: None, operator: TolerationOperator::Exists, effect: None });
     }
 
     #[test]
     fn bad_values_name_object_and_field() {
-        let p = pod(
-            json!({"containers": [{"name": "a", "resources": {"requests": {"nvidia.com/gpu": "lots"}}}]}),
-        );
+        let p = pod(json!({"containers": [{"name": "a", "resources": {"requests": {"nvidia.com/gpu": "lots"}}}]}));
         let err = pod_info(&p).unwrap_err();
         assert_eq!(err.object, "pod team-a/w-0");
-        assert_eq!(
-            err.field,
-            "spec.containers[0].resources.requests[nvidia.com/gpu]"
-        );
+        assert_eq!(err.field, "spec.containers[0].resources.requests[nvidia.com/gpu]");
 
-        let p = pod(
-            json!({"containers": [{"name": "a"}], "affinity": {"nodeAffinity": {
+        let p = pod(json!({"containers": [{"name": "a"}], "affinity": {"nodeAffinity": {
             "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-                {"matchExpressions": [{"key": "gpus", "operator": "Gt", "values": ["many"]}]}]}}}}),
-        );
+                {"matchExpressions": [{"key": "gpus", "operator": "Gt", "values": ["many"]}]}]}}}}));
         let err = pod_info(&p).unwrap_err();
-        assert!(
-            err.field
-                .ends_with("nodeSelectorTerms[0].matchExpressions[0].values"),
-            "{}",
-            err.field
-        );
+        assert!(err.field.ends_with("nodeSelectorTerms[0].matchExpressions[0].values"), "{}", err.field);
     }
 
     #[test]
@@ -512,9 +485,39 @@ mod tests {
             "metadata": {"name": "gpu-2"}, "status": {"allocatable": {"nvidia.com/gpu": "1E40"}}
         }))
         .unwrap();
-        assert_eq!(
-            node_spec(&absurd).unwrap_err().field,
-            "status.allocatable[nvidia.com/gpu]"
-        );
+        assert_eq!(node_spec(&absurd).unwrap_err().field, "status.allocatable[nvidia.com/gpu]");
+    }
+}
+
+#[cfg(test)]
+mod topology_report_tests {
+    use super::*;
+    use crate::api::gpu_topology::{GpuTopologySpec, GpuTopologyStatus, PodDevices};
+    use crate::core::topology::templates;
+
+    fn report(status: Vec<PodDevices>) -> GPUTopology {
+        let mut topology = templates::nvswitch(8, 18, "H100");
+        topology.gpus[3].uuid = Some("GPU-abc".into());
+        let mut r = GPUTopology::new("gpu-1", GpuTopologySpec { source: "file".into(), topology });
+        r.status = Some(GpuTopologyStatus { pod_devices: status });
+        r
+    }
+
+    #[test]
+    fn device_ids_map_to_indices_by_uuid_or_number() {
+        let pd = PodDevices { namespace: "a".into(), name: "w".into(), device_ids: vec!["GPU-abc".into(), "5".into()] };
+        let r = topology_report(&report(vec![pd])).unwrap();
+        assert_eq!(r.node, "gpu-1");
+        assert_eq!(r.pod_gpus[0].1, vec![3, 5]);
+    }
+
+    #[test]
+    fn a_topology_naming_gpus_that_do_not_exist_is_rejected() {
+        let pd = PodDevices { namespace: "a".into(), name: "w".into(), device_ids: vec!["17".into()] };
+        let err = topology_report(&report(vec![pd])).unwrap_err();
+        assert_eq!(err.field, "status.podDevices[0].deviceIds");
+        let mut bad = report(vec![]);
+        bad.spec.topology.links[0].pop();
+        assert_eq!(topology_report(&bad).unwrap_err().field, "spec");
     }
 }

@@ -30,18 +30,13 @@ pub fn kubeconfig_path() -> PathBuf {
     std::env::var_os("PHALANX_E2E_KUBECONFIG")
         .or_else(|| std::env::var_os("KUBECONFIG"))
         .map(PathBuf::from)
-        .expect(
-            "set PHALANX_E2E_KUBECONFIG (or KUBECONFIG) to a cluster; `e2e/cluster up` prints one",
-        )
+        .expect("set PHALANX_E2E_KUBECONFIG (or KUBECONFIG) to a cluster; `e2e/cluster up` prints one")
 }
 
 pub async fn client() -> Client {
     let path = kubeconfig_path();
-    let kc =
-        Kubeconfig::read_from(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .expect("kubeconfig");
+    let kc = Kubeconfig::read_from(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("kubeconfig");
     Client::try_from(config).expect("client")
 }
 
@@ -78,32 +73,18 @@ impl TestEnv {
     pub async fn new(test: &str) -> Self {
         let client = client().await;
         let name = format!("e2e-{test}-{:06x}", random() & 0xff_ffff);
-        let ns: Namespace = serde_json::from_value(
-            json!({"metadata": {"name": name, "labels": {ENV_LABEL: name}}}),
-        )
-        .unwrap();
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("create namespace");
+        let ns: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": {ENV_LABEL: name}}})).unwrap();
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create namespace");
         // Pods are refused until the namespace's default ServiceAccount exists.
         let sa: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
-        eventually(
-            Duration::from_secs(30),
-            "the default ServiceAccount",
-            || async { sa.get_opt("default").await.ok().flatten() },
-        )
+        eventually(Duration::from_secs(30), "the default ServiceAccount", || async {
+            sa.get_opt("default").await.ok().flatten()
+        })
         .await;
         let workdir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&workdir).unwrap();
-        Self {
-            client,
-            scheduler_name: format!("phalanx-{name}"),
-            name,
-            scheduler: None,
-            http_port: 0,
-            workdir,
-        }
+        Self { client, scheduler_name: format!("phalanx-{name}"), name, scheduler: None, http_port: 0, workdir }
     }
 
     pub fn pods(&self) -> Api<Pod> {
@@ -119,8 +100,7 @@ impl TestEnv {
     /// Returns once kwok reports them all Ready.
     pub async fn add_pools(&self, pools_yaml: &str) -> Vec<String> {
         let text = format!("apiVersion: phalanx.dev/v1alpha1\nkind: Fleet\npools:\n{pools_yaml}");
-        let mut fleet =
-            FleetSpec::parse(&text).unwrap_or_else(|(f, m)| panic!("test fleet: {f}: {m}"));
+        let mut fleet = FleetSpec::parse(&text).unwrap_or_else(|(f, m)| panic!("test fleet: {f}: {m}"));
         for pool in &mut fleet.pools {
             pool.name = format!("{}-{}", self.name, pool.name);
             pool.labels.insert(ENV_LABEL.into(), self.name.clone());
@@ -142,10 +122,7 @@ impl TestEnv {
             let api = api.clone();
             let selector = selector.clone();
             async move {
-                let list = api
-                    .list(&ListParams::default().labels(&selector))
-                    .await
-                    .ok()?;
+                let list = api.list(&ListParams::default().labels(&selector)).await.ok()?;
                 let ready = list
                     .items
                     .iter()
@@ -154,16 +131,10 @@ impl TestEnv {
                             .status
                             .as_ref()
                             .and_then(|s| s.conditions.as_ref())
-                            .is_some_and(|c| {
-                                c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                            });
+                            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
                         // The not-ready taint added at creation goes once the
                         // node lifecycle controller has seen the node Ready.
-                        let untainted = n
-                            .spec
-                            .as_ref()
-                            .and_then(|s| s.taints.as_ref())
-                            .is_none_or(|t| t.is_empty());
+                        let untainted = n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_none_or(|t| t.is_empty());
                         status_ready && untainted
                     })
                     .count();
@@ -194,9 +165,7 @@ impl TestEnv {
         self.scheduler = Some(child);
         let port = self.http_port;
         eventually(Duration::from_secs(30), "phalanx /readyz", || async move {
-            http_get(port, "/readyz")
-                .await
-                .filter(|(code, _)| *code == 200)
+            http_get(port, "/readyz").await.filter(|(code, _)| *code == 200)
         })
         .await;
     }
@@ -240,10 +209,7 @@ impl TestEnv {
     }
 
     pub async fn create(&self, pod: &Pod) -> Pod {
-        self.pods()
-            .create(&PostParams::default(), pod)
-            .await
-            .expect("create pod")
+        self.pods().create(&PostParams::default(), pod).await.expect("create pod")
     }
 
     pub async fn wait_bound(&self, name: &str, limit: Duration) -> String {
@@ -262,9 +228,7 @@ impl TestEnv {
             let pods = pods.clone();
             async move {
                 let conditions = pods.get(name).await.ok()?.status?.conditions?;
-                conditions
-                    .into_iter()
-                    .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+                conditions.into_iter().find(|c| c.type_ == "PodScheduled" && c.status == "False")
             }
         })
         .await
@@ -291,51 +255,30 @@ impl TestEnv {
             let _ = child.kill().await;
         }
         let selector = format!("{ENV_LABEL}={}", self.name);
-        let _ = self
-            .nodes()
-            .delete_collection(
-                &DeleteParams::default(),
-                &ListParams::default().labels(&selector),
-            )
-            .await;
-        let _ = Api::<Namespace>::all(self.client.clone())
-            .delete(&self.name, &DeleteParams::default())
-            .await;
+        let _ =
+            self.nodes().delete_collection(&DeleteParams::default(), &ListParams::default().labels(&selector)).await;
+        let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.name, &DeleteParams::default()).await;
     }
 }
 
 /// Randomly seeded by the standard library; enough to keep test names apart.
 fn random() -> u64 {
     use std::hash::{BuildHasher, Hasher};
-    std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish()
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A bare HTTP/1.0 GET against 127.0.0.1: status code and body.
 pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await.ok()?;
     let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((code, body))
 }
 
@@ -350,16 +293,7 @@ pub fn gpus_by_node(pods: &[Pod]) -> BTreeMap<String, i64> {
             .spec
             .iter()
             .flat_map(|s| &s.containers)
-            .filter_map(|c| {
-                c.resources
-                    .as_ref()?
-                    .limits
-                    .as_ref()?
-                    .get("nvidia.com/gpu")?
-                    .0
-                    .parse::<i64>()
-                    .ok()
-            })
+            .filter_map(|c| c.resources.as_ref()?.limits.as_ref()?.get("nvidia.com/gpu")?.0.parse::<i64>().ok())
             .sum();
         *used.entry(node).or_default() += gpus;
     }

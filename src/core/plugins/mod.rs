@@ -1,20 +1,23 @@
 //! The built-in plugins and the names the configuration knows them by.
 
+mod gpu_topology;
 mod node_affinity;
 mod node_ready;
 mod node_resources_fit;
 mod node_unschedulable;
 mod taint_toleration;
+mod topology_domain;
 
+pub use gpu_topology::{GpuTopology, GpuTopologyArgs};
 pub use node_affinity::NodeAffinity;
 pub use node_ready::NodeReady;
-pub use node_resources_fit::{
-    NodeResourcesFit, NodeResourcesFitArgs, ResourceWeight, ScoringStrategy,
-};
+pub use node_resources_fit::{NodeResourcesFit, NodeResourcesFitArgs, ResourceWeight, ScoringStrategy};
 pub use node_unschedulable::NodeUnschedulable;
 pub use taint_toleration::{TaintToleration, tolerates};
+pub use topology_domain::{TopologyDomain, target_domain};
 
 use super::framework::{FilterPlugin, Profile, ScorePlugin, WeightedScore};
+use super::topology::domains::DomainLevels;
 
 /// Filter plugins enabled when the configuration says nothing, in the order they run.
 pub const DEFAULT_FILTERS: &[&str] = &[
@@ -23,6 +26,7 @@ pub const DEFAULT_FILTERS: &[&str] = &[
     NodeAffinity::NAME,
     TaintToleration::NAME,
     NodeResourcesFit::NAME,
+    GpuTopology::NAME,
 ];
 
 /// Score plugins enabled by default, with their weights (kube-scheduler's).
@@ -30,6 +34,8 @@ pub const DEFAULT_SCORES: &[(&str, i64)] = &[
     (NodeResourcesFit::NAME, 1),
     (NodeAffinity::NAME, 2),
     (TaintToleration::NAME, 3),
+    (GpuTopology::NAME, 3),
+    (TopologyDomain::NAME, 5),
 ];
 
 pub const QUEUE_SORT_PLUGINS: &[&str] = &["PrioritySort"];
@@ -40,6 +46,14 @@ pub struct PluginArgs {
     pub node_resources_fit: NodeResourcesFitArgs,
 }
 
+/// Arguments that describe the cluster rather than one profile; every
+/// profile that sets them must agree.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SharedArgs {
+    pub gpu_topology: GpuTopologyArgs,
+    pub topology_domain: DomainLevels,
+}
+
 pub fn filter_plugin(name: &str, args: &PluginArgs) -> Option<Box<dyn FilterPlugin>> {
     Some(match name {
         NodeUnschedulable::NAME => Box::new(NodeUnschedulable),
@@ -47,6 +61,7 @@ pub fn filter_plugin(name: &str, args: &PluginArgs) -> Option<Box<dyn FilterPlug
         NodeAffinity::NAME => Box::new(NodeAffinity),
         TaintToleration::NAME => Box::new(TaintToleration),
         NodeResourcesFit::NAME => Box::new(NodeResourcesFit::new(args.node_resources_fit.clone())),
+        GpuTopology::NAME => Box::new(GpuTopology),
         _ => return None,
     })
 }
@@ -56,18 +71,15 @@ pub fn score_plugin(name: &str, args: &PluginArgs) -> Option<Box<dyn ScorePlugin
         NodeAffinity::NAME => Box::new(NodeAffinity),
         TaintToleration::NAME => Box::new(TaintToleration),
         NodeResourcesFit::NAME => Box::new(NodeResourcesFit::new(args.node_resources_fit.clone())),
+        GpuTopology::NAME => Box::new(GpuTopology),
+        TopologyDomain::NAME => Box::new(TopologyDomain),
         _ => return None,
     })
 }
 
 /// Builds a profile from plugin names the configuration loader has already
 /// checked. An unknown name here is a bug, not bad input.
-pub fn build_profile(
-    scheduler_name: &str,
-    filters: &[&str],
-    scores: &[(&str, i64)],
-    args: &PluginArgs,
-) -> Profile {
+pub fn build_profile(scheduler_name: &str, filters: &[&str], scores: &[(&str, i64)], args: &PluginArgs) -> Profile {
     Profile {
         scheduler_name: scheduler_name.to_string(),
         filters: filters
@@ -85,10 +97,5 @@ pub fn build_profile(
 }
 
 pub fn default_profile(scheduler_name: &str) -> Profile {
-    build_profile(
-        scheduler_name,
-        DEFAULT_FILTERS,
-        DEFAULT_SCORES,
-        &PluginArgs::default(),
-    )
+    build_profile(scheduler_name, DEFAULT_FILTERS, DEFAULT_SCORES, &PluginArgs::default())
 }

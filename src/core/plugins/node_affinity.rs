@@ -1,6 +1,6 @@
 //! `nodeSelector` and node affinity: required terms filter, preferred terms score.
 
-use crate::core::framework::{FilterPlugin, Rejection, ScorePlugin, normalize_to_max};
+use crate::core::framework::{FilterPlugin, Rejection, ScoreContext, ScorePlugin, normalize_to_max};
 use crate::core::node::{NodeInfo, NodeSpec};
 use crate::core::pod::{NodeSelectorTerm, PodInfo, SelectorOperator, SelectorRequirement};
 
@@ -29,13 +29,8 @@ pub fn term_matches(term: &NodeSelectorTerm, node: &NodeSpec) -> bool {
     if term.match_labels.is_empty() && term.match_node_name.is_empty() {
         return false;
     }
-    term.match_labels
-        .iter()
-        .all(|r| requirement_holds(r, node.labels.get(&r.key).map(String::as_str)))
-        && term
-            .match_node_name
-            .iter()
-            .all(|r| requirement_holds(r, Some(node.name.as_str())))
+    term.match_labels.iter().all(|r| requirement_holds(r, node.labels.get(&r.key).map(String::as_str)))
+        && term.match_node_name.iter().all(|r| requirement_holds(r, Some(node.name.as_str())))
 }
 
 impl FilterPlugin for NodeAffinity {
@@ -44,18 +39,12 @@ impl FilterPlugin for NodeAffinity {
     }
 
     fn filter(&self, pod: &PodInfo, node: &NodeSpec, _: &NodeInfo) -> Result<(), Rejection> {
-        let selector_ok = pod
-            .node_selector
-            .iter()
-            .all(|(k, v)| node.labels.get(k) == Some(v));
-        let affinity_ok = pod.required_terms.is_empty()
-            || pod.required_terms.iter().any(|t| term_matches(t, node));
+        let selector_ok = pod.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v));
+        let affinity_ok = pod.required_terms.is_empty() || pod.required_terms.iter().any(|t| term_matches(t, node));
         if selector_ok && affinity_ok {
             Ok(())
         } else {
-            Err(Rejection::because(
-                "node(s) didn't match Pod's node affinity/selector",
-            ))
+            Err(Rejection::because("node(s) didn't match Pod's node affinity/selector"))
         }
     }
 }
@@ -65,12 +54,8 @@ impl ScorePlugin for NodeAffinity {
         Self::NAME
     }
 
-    fn score(&self, pod: &PodInfo, node: &NodeSpec, _: &NodeInfo) -> i64 {
-        pod.preferred_terms
-            .iter()
-            .filter(|p| term_matches(&p.term, node))
-            .map(|p| i64::from(p.weight))
-            .sum()
+    fn score(&self, ctx: &ScoreContext<'_>, node: &NodeSpec, _: &NodeInfo) -> i64 {
+        ctx.pod.preferred_terms.iter().filter(|p| term_matches(&p.term, node)).map(|p| i64::from(p.weight)).sum()
     }
 
     fn normalize(&self, scores: &mut [i64]) {
@@ -86,19 +71,13 @@ mod tests {
     fn node_with(labels: &[(&str, &str)]) -> NodeSpec {
         NodeSpec {
             name: "n1".into(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             ..Default::default()
         }
     }
 
     fn req(key: &str, operator: SelectorOperator) -> SelectorRequirement {
-        SelectorRequirement {
-            key: key.into(),
-            operator,
-        }
+        SelectorRequirement { key: key.into(), operator }
     }
 
     #[rstest]
@@ -112,10 +91,7 @@ mod tests {
     #[case(req("rack", SelectorOperator::Gt(1)), false)]
     fn label_requirements(#[case] r: SelectorRequirement, #[case] expected: bool) {
         let node = node_with(&[("rack", "r1"), ("gpus", "8")]);
-        let term = NodeSelectorTerm {
-            match_labels: vec![r],
-            match_node_name: vec![],
-        };
+        let term = NodeSelectorTerm { match_labels: vec![r], match_node_name: vec![] };
         assert_eq!(term_matches(&term, &node), expected);
     }
 
@@ -125,10 +101,7 @@ mod tests {
         assert!(!term_matches(&NodeSelectorTerm::default(), &node));
         let by_name = NodeSelectorTerm {
             match_labels: vec![],
-            match_node_name: vec![req(
-                "metadata.name",
-                SelectorOperator::In(vec!["n1".into()]),
-            )],
+            match_node_name: vec![req("metadata.name", SelectorOperator::In(vec!["n1".into()]))],
         };
         assert!(term_matches(&by_name, &node));
     }

@@ -21,10 +21,6 @@ impl FilterPlugin for NodeReady {
         if node.ready {
             return Ok(());
         }
-        reject_unless_tolerated(
-            pod,
-            "node.kubernetes.io/not-ready",
-            "node(s) were not ready",
-        )
+        reject_unless_tolerated(pod, "node.kubernetes.io/not-ready", "node(s) were not ready")
     }
 }

@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 
-use crate::core::framework::{FilterPlugin, Rejection, ScorePlugin};
+use crate::core::framework::{FilterPlugin, Rejection, ScoreContext, ScorePlugin};
 use crate::core::node::{NodeInfo, NodeSpec};
 use crate::core::pod::PodInfo;
 use crate::core::resources::{CPU, GPU, MEMORY, PODS};
@@ -36,18 +36,9 @@ impl Default for NodeResourcesFitArgs {
         Self {
             strategy: ScoringStrategy::MostAllocated,
             resources: vec![
-                ResourceWeight {
-                    name: GPU.into(),
-                    weight: 5,
-                },
-                ResourceWeight {
-                    name: CPU.into(),
-                    weight: 1,
-                },
-                ResourceWeight {
-                    name: MEMORY.into(),
-                    weight: 1,
-                },
+                ResourceWeight { name: GPU.into(), weight: 5 },
+                ResourceWeight { name: CPU.into(), weight: 1 },
+                ResourceWeight { name: MEMORY.into(), weight: 1 },
             ],
         }
     }
@@ -79,11 +70,7 @@ impl FilterPlugin for NodeResourcesFit {
                 other => format!("Insufficient {other}"),
             })
             .collect();
-        if reasons.is_empty() {
-            Ok(())
-        } else {
-            Err(Rejection(reasons))
-        }
+        if reasons.is_empty() { Ok(()) } else { Err(Rejection(reasons)) }
     }
 }
 
@@ -94,7 +81,8 @@ impl ScorePlugin for NodeResourcesFit {
 
     /// Weighted mean, over the configured resources the node has, of the
     /// share (0..=100) that would be allocated (or left free) after placing the pod.
-    fn score(&self, pod: &PodInfo, node: &NodeSpec, usage: &NodeInfo) -> i64 {
+    fn score(&self, ctx: &ScoreContext<'_>, node: &NodeSpec, usage: &NodeInfo) -> i64 {
+        let pod = ctx.pod;
         let (mut total, mut weights) = (0i64, 0i64);
         for ResourceWeight { name, weight } in &self.args.resources {
             let capacity = node.allocatable.get(name);
@@ -117,6 +105,7 @@ impl ScorePlugin for NodeResourcesFit {
 mod tests {
     use super::*;
     use crate::core::resources::Resources;
+    use crate::core::snapshot::ClusterSnapshot;
     use crate::core::testing::{gpu_node, gpu_pod};
 
     #[test]
@@ -125,36 +114,23 @@ mod tests {
         let usage = NodeInfo {
             spec: Some(gpu_node("n", 8)),
             requested: Resources::new().with(GPU, 7).with(PODS, 109),
-            pod_count: 109,
+            ..Default::default()
         };
-        assert!(
-            plugin
-                .filter(&gpu_pod("p", 1), &gpu_node("n", 8), &usage)
-                .is_ok()
-        );
-        let full = NodeInfo {
-            requested: Resources::new().with(GPU, 7).with(PODS, 110),
-            ..usage
-        };
-        let err = plugin
-            .filter(&gpu_pod("p", 2), &gpu_node("n", 8), &full)
-            .unwrap_err();
+        assert!(plugin.filter(&gpu_pod("p", 1), &gpu_node("n", 8), &usage).is_ok());
+        let full = NodeInfo { requested: Resources::new().with(GPU, 7).with(PODS, 110), ..usage };
+        let err = plugin.filter(&gpu_pod("p", 2), &gpu_node("n", 8), &full).unwrap_err();
         assert_eq!(err.0, vec!["Insufficient nvidia.com/gpu", "Too many pods"]);
     }
 
     #[test]
     fn most_allocated_prefers_the_fuller_node() {
         let plugin = NodeResourcesFit::new(Default::default());
-        let half_used = NodeInfo {
-            requested: Resources::new().with(GPU, 4),
-            ..Default::default()
-        };
+        let half_used = NodeInfo { requested: Resources::new().with(GPU, 4), ..Default::default() };
         let empty = NodeInfo::default();
         let pod = gpu_pod("p", 2);
-        assert!(
-            plugin.score(&pod, &gpu_node("n", 8), &half_used)
-                > plugin.score(&pod, &gpu_node("n", 8), &empty)
-        );
+        let snapshot = ClusterSnapshot::new();
+        let ctx = ScoreContext { pod: &pod, snapshot: &snapshot, job: None };
+        assert!(plugin.score(&ctx, &gpu_node("n", 8), &half_used) > plugin.score(&ctx, &gpu_node("n", 8), &empty));
     }
 
     #[test]
@@ -163,14 +139,13 @@ mod tests {
             strategy: ScoringStrategy::LeastAllocated,
             ..Default::default()
         });
-        let half_used = NodeInfo {
-            requested: Resources::new().with(GPU, 4),
-            ..Default::default()
-        };
+        let half_used = NodeInfo { requested: Resources::new().with(GPU, 4), ..Default::default() };
         let pod = gpu_pod("p", 2);
+        let snapshot = ClusterSnapshot::new();
+        let ctx = ScoreContext { pod: &pod, snapshot: &snapshot, job: None };
         assert!(
-            plugin.score(&pod, &gpu_node("n", 8), &half_used)
-                < plugin.score(&pod, &gpu_node("n", 8), &NodeInfo::default())
+            plugin.score(&ctx, &gpu_node("n", 8), &half_used)
+                < plugin.score(&ctx, &gpu_node("n", 8), &NodeInfo::default())
         );
     }
 }

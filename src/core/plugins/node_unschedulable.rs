@@ -20,10 +20,6 @@ impl FilterPlugin for NodeUnschedulable {
         if !node.unschedulable {
             return Ok(());
         }
-        reject_unless_tolerated(
-            pod,
-            "node.kubernetes.io/unschedulable",
-            "node(s) were unschedulable",
-        )
+        reject_unless_tolerated(pod, "node.kubernetes.io/unschedulable", "node(s) were unschedulable")
     }
 }

@@ -1,7 +1,7 @@
 //! Taints and tolerations: a NoSchedule or NoExecute taint keeps every pod
 //! that does not tolerate it away; PreferNoSchedule only lowers the score.
 
-use crate::core::framework::{FilterPlugin, Rejection, ScorePlugin, normalize_to_max};
+use crate::core::framework::{FilterPlugin, Rejection, ScoreContext, ScorePlugin, normalize_to_max};
 use crate::core::node::{NodeInfo, NodeSpec, Taint, TaintEffect};
 use crate::core::pod::{PodInfo, Toleration, TolerationOperator};
 
@@ -26,21 +26,9 @@ pub fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
 
 /// Cordoned and not-ready nodes keep away every pod that does not tolerate
 /// the NoSchedule taint Kubernetes names for that condition.
-pub fn reject_unless_tolerated(
-    pod: &PodInfo,
-    taint_key: &str,
-    reason: &str,
-) -> Result<(), Rejection> {
-    let taint = Taint {
-        key: taint_key.into(),
-        value: String::new(),
-        effect: TaintEffect::NoSchedule,
-    };
-    if tolerates(&pod.tolerations, &taint) {
-        Ok(())
-    } else {
-        Err(Rejection::because(reason))
-    }
+pub fn reject_unless_tolerated(pod: &PodInfo, taint_key: &str, reason: &str) -> Result<(), Rejection> {
+    let taint = Taint { key: taint_key.into(), value: String::new(), effect: TaintEffect::NoSchedule };
+    if tolerates(&pod.tolerations, &taint) { Ok(()) } else { Err(Rejection::because(reason)) }
 }
 
 impl FilterPlugin for TaintToleration {
@@ -49,13 +37,14 @@ impl FilterPlugin for TaintToleration {
     }
 
     fn filter(&self, pod: &PodInfo, node: &NodeSpec, _: &NodeInfo) -> Result<(), Rejection> {
-        match node.taints.iter().find(|taint| {
-            taint.effect != TaintEffect::PreferNoSchedule && !tolerates(&pod.tolerations, taint)
-        }) {
-            Some(taint) => Err(Rejection::because(format!(
-                "node(s) had untolerated taint {{{}: {}}}",
-                taint.key, taint.value
-            ))),
+        match node
+            .taints
+            .iter()
+            .find(|taint| taint.effect != TaintEffect::PreferNoSchedule && !tolerates(&pod.tolerations, taint))
+        {
+            Some(taint) => {
+                Err(Rejection::because(format!("node(s) had untolerated taint {{{}: {}}}", taint.key, taint.value)))
+            }
             None => Ok(()),
         }
     }
@@ -66,12 +55,11 @@ impl ScorePlugin for TaintToleration {
         Self::NAME
     }
 
-    fn score(&self, pod: &PodInfo, node: &NodeSpec, _: &NodeInfo) -> i64 {
+    fn score(&self, ctx: &ScoreContext<'_>, node: &NodeSpec, _: &NodeInfo) -> i64 {
+        let pod = ctx.pod;
         node.taints
             .iter()
-            .filter(|t| {
-                t.effect == TaintEffect::PreferNoSchedule && !tolerates(&pod.tolerations, t)
-            })
+            .filter(|t| t.effect == TaintEffect::PreferNoSchedule && !tolerates(&pod.tolerations, t))
             .count() as i64
     }
 
@@ -86,39 +74,21 @@ mod tests {
     use rstest::rstest;
 
     fn taint(key: &str, value: &str, effect: TaintEffect) -> Taint {
-        Taint {
-            key: key.into(),
-            value: value.into(),
-            effect,
-        }
+        Taint { key: key.into(), value: value.into(), effect }
     }
 
-    fn toleration(
-        key: Option<&str>,
-        op: TolerationOperator,
-        effect: Option<TaintEffect>,
-    ) -> Toleration {
-        Toleration {
-            key: key.map(Into::into),
-            operator: op,
-            effect,
-        }
+    fn toleration(key: Option<&str>, op: TolerationOperator, effect: Option<TaintEffect>) -> Toleration {
+        Toleration { key: key.map(Into::into), operator: op, effect }
     }
 
     #[rstest]
     #[case(toleration(Some("gpu"), TolerationOperator::Equal("true".into()), Some(TaintEffect::NoSchedule)), true)]
     #[case(toleration(Some("gpu"), TolerationOperator::Equal("false".into()), None), false)]
     #[case(toleration(Some("gpu"), TolerationOperator::Exists, None), true)]
-    #[case(
-        toleration(Some("gpu"), TolerationOperator::Exists, Some(TaintEffect::NoExecute)),
-        false
-    )]
+    #[case(toleration(Some("gpu"), TolerationOperator::Exists, Some(TaintEffect::NoExecute)), false)]
     #[case(toleration(None, TolerationOperator::Exists, None), true)]
     #[case(toleration(Some("other"), TolerationOperator::Exists, None), false)]
     fn toleration_matching(#[case] t: Toleration, #[case] expected: bool) {
-        assert_eq!(
-            tolerates(&[t], &taint("gpu", "true", TaintEffect::NoSchedule)),
-            expected
-        );
+        assert_eq!(tolerates(&[t], &taint("gpu", "true", TaintEffect::NoSchedule)), expected);
     }
 }

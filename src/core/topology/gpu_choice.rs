@@ -91,29 +91,19 @@ impl NodeGpuModel {
     }
 
     pub fn all_gpus(&self) -> GpuMask {
-        if self.gpu_count() >= 64 {
-            u64::MAX
-        } else {
-            (1 << self.gpu_count()) - 1
-        }
+        if self.gpu_count() >= 64 { u64::MAX } else { (1 << self.gpu_count()) - 1 }
     }
 
     /// The device indices (as the device plugin numbers them) of a set.
     pub fn device_indices(&self, mask: GpuMask) -> Vec<u32> {
-        bits(mask)
-            .filter_map(|p| self.topology.gpus.get(p).map(|g| g.index))
-            .collect()
+        bits(mask).filter_map(|p| self.topology.gpus.get(p).map(|g| g.index)).collect()
     }
 
     /// The set of positions holding these device indices; `None` if one is unknown.
     pub fn mask_of_indices(&self, indices: &[u32]) -> Option<GpuMask> {
-        indices.iter().try_fold(0, |mask, idx| {
-            self.topology
-                .gpus
-                .iter()
-                .position(|g| g.index == *idx)
-                .map(|p| mask | (1 << p))
-        })
+        indices
+            .iter()
+            .try_fold(0, |mask, idx| self.topology.gpus.iter().position(|g| g.index == *idx).map(|p| mask | (1 << p)))
     }
 
     /// Modelled all-reduce bandwidth over a set of GPUs.
@@ -152,9 +142,7 @@ impl NodeGpuModel {
 
     fn leftover_of(&self, rest: GpuMask) -> f64 {
         let n = self.gpu_count();
-        (2..=rest.count_ones() as usize)
-            .map(|m| self.best_of_size[rest as usize * (n + 1) + m])
-            .sum()
+        (2..=rest.count_ones() as usize).map(|m| self.best_of_size[rest as usize * (n + 1) + m]).sum()
     }
 
     fn evaluate(&self, free: GpuMask, pick: GpuMask) -> GpuChoice {
@@ -162,11 +150,7 @@ impl NodeGpuModel {
             gpus: pick,
             ring_bandwidth: self.ring_bandwidth(pick),
             sockets: self.sockets_of(pick),
-            leftover: if self.best_of_size.is_empty() {
-                0.0
-            } else {
-                self.leftover_of(free & !pick)
-            },
+            leftover: if self.best_of_size.is_empty() { 0.0 } else { self.leftover_of(free & !pick) },
         }
     }
 
@@ -197,15 +181,8 @@ impl NodeGpuModel {
         for _ in 0..k {
             let next = bits(free & !pick)
                 .max_by(|&a, &b| {
-                    let (ca, cb) = (
-                        self.evaluate(free, pick | 1 << a),
-                        self.evaluate(free, pick | 1 << b),
-                    );
-                    if better(&ca, &cb) {
-                        std::cmp::Ordering::Greater
-                    } else {
-                        std::cmp::Ordering::Less
-                    }
+                    let (ca, cb) = (self.evaluate(free, pick | 1 << a), self.evaluate(free, pick | 1 << b));
+                    if better(&ca, &cb) { std::cmp::Ordering::Greater } else { std::cmp::Ordering::Less }
                 })
                 .expect("k <= free GPUs");
             pick |= 1 << next;
@@ -329,22 +306,12 @@ mod tests {
 
     /// A topology from rows of link names, GPUs on sockets by `numa`.
     pub fn topology(rows: &[&str], numa: &[u32]) -> GpuTopology {
-        let links: Vec<Vec<Link>> = rows
-            .iter()
-            .map(|r| r.split_whitespace().map(|c| c.parse().unwrap()).collect())
-            .collect();
+        let links: Vec<Vec<Link>> =
+            rows.iter().map(|r| r.split_whitespace().map(|c| c.parse().unwrap()).collect()).collect();
         let gpus = (0..rows.len())
-            .map(|i| GpuDevice {
-                index: i as u32,
-                numa_node: numa.get(i).copied(),
-                ..Default::default()
-            })
+            .map(|i| GpuDevice { index: i as u32, numa_node: numa.get(i).copied(), ..Default::default() })
             .collect();
-        let t = GpuTopology {
-            gpus,
-            links,
-            nics: vec![],
-        };
+        let t = GpuTopology { gpus, links, nics: vec![] };
         t.validate().unwrap();
         t
     }
@@ -385,28 +352,18 @@ mod tests {
 
     #[test]
     fn four_gpus_stay_on_one_socket_of_a_pcie_box() {
-        let model = NodeGpuModel::new(
-            templates::pcie_two_sockets(8, "RTX"),
-            &LinkBandwidth::default(),
-        );
+        let model = NodeGpuModel::new(templates::pcie_two_sockets(8, "RTX"), &LinkBandwidth::default());
         let free = model.all_gpus() & !mask(&[0]);
         let four = model.choose(free, 4).unwrap();
         assert_eq!(four.gpus, mask(&[4, 5, 6, 7]));
         assert_eq!(four.sockets, 1);
-        assert_eq!(
-            model.first_fit(free, 4),
-            Some(mask(&[1, 2, 3, 4])),
-            "first fit crosses sockets"
-        );
+        assert_eq!(model.first_fit(free, 4), Some(mask(&[1, 2, 3, 4])), "first fit crosses sockets");
         assert!(model.ring_bandwidth(mask(&[1, 2, 3, 4])) < four.ring_bandwidth);
     }
 
     #[test]
     fn a_single_gpu_goes_where_it_breaks_the_least() {
-        let model = NodeGpuModel::new(
-            templates::pcie_two_sockets(8, "RTX"),
-            &LinkBandwidth::default(),
-        );
+        let model = NodeGpuModel::new(templates::pcie_two_sockets(8, "RTX"), &LinkBandwidth::default());
         // Socket 0 has three free, socket 1 four: take from the broken socket.
         let one = model.choose(model.all_gpus() & !mask(&[0]), 1).unwrap();
         assert!(one.gpus & mask(&[1, 2, 3]) != 0);
@@ -414,15 +371,9 @@ mod tests {
 
     #[test]
     fn nvswitch_rings_run_at_full_nvlink_speed() {
-        let model = NodeGpuModel::new(
-            templates::nvswitch(8, 18, "H100"),
-            &LinkBandwidth::default(),
-        );
+        let model = NodeGpuModel::new(templates::nvswitch(8, 18, "H100"), &LinkBandwidth::default());
         for k in 2..=8 {
-            assert_eq!(
-                model.choose(model.all_gpus(), k).unwrap().ring_bandwidth,
-                450.0
-            );
+            assert_eq!(model.choose(model.all_gpus(), k).unwrap().ring_bandwidth, 450.0);
         }
         assert_eq!(model.choose(mask(&[1, 2]), 3), None);
         assert_eq!(model.device_indices(mask(&[1, 5])), vec![1, 5]);
@@ -433,34 +384,14 @@ mod tests {
     #[test]
     fn the_graph_recovers_sockets_switches_and_nvswitch() {
         use crate::core::topology::graph::Vertex;
-        let model = NodeGpuModel::new(
-            templates::pcie_two_sockets(8, "RTX"),
-            &LinkBandwidth::default(),
-        );
+        let model = NodeGpuModel::new(templates::pcie_two_sockets(8, "RTX"), &LinkBandwidth::default());
         assert_eq!(model.socket, vec![0, 0, 0, 0, 1, 1, 1, 1]);
-        let count = |v: Vertex| {
-            model
-                .graph
-                .graph
-                .node_weights()
-                .filter(|w| **w == v)
-                .count()
-        };
+        let count = |v: Vertex| model.graph.graph.node_weights().filter(|w| **w == v).count();
         assert_eq!(count(Vertex::PcieSwitch), 2);
         assert_eq!(model.bandwidth[0][1], LinkBandwidth::default().pix);
         assert_eq!(model.bandwidth[0][7], LinkBandwidth::default().sys);
-        let h100 = NodeGpuModel::new(
-            templates::nvswitch(8, 18, "H100"),
-            &LinkBandwidth::default(),
-        );
-        assert_eq!(
-            h100.graph
-                .graph
-                .node_weights()
-                .filter(|w| **w == Vertex::NvSwitch)
-                .count(),
-            1
-        );
+        let h100 = NodeGpuModel::new(templates::nvswitch(8, 18, "H100"), &LinkBandwidth::default());
+        assert_eq!(h100.graph.graph.node_weights().filter(|w| **w == Vertex::NvSwitch).count(), 1);
         assert!(h100.graph.to_dot().contains("NVSwitch"));
     }
 

@@ -51,14 +51,7 @@ pub struct LinkBandwidth {
 
 impl Default for LinkBandwidth {
     fn default() -> Self {
-        Self {
-            nvlink_per_link: 25.0,
-            pix: 35.0,
-            pxb: 30.0,
-            phb: 25.0,
-            node: 20.0,
-            sys: 12.0,
-        }
+        Self { nvlink_per_link: 25.0, pix: 35.0, pxb: 30.0, phb: 25.0, node: 20.0, sys: 12.0 }
     }
 }
 
@@ -155,16 +148,8 @@ impl TopologyGraph {
             }
         };
         let mut graph = UnGraph::new_undirected();
-        let gpus: Vec<NodeIndex> = topo
-            .gpus
-            .iter()
-            .map(|g| graph.add_node(Vertex::Gpu(g.index)))
-            .collect();
-        let nics: Vec<NodeIndex> = topo
-            .nics
-            .iter()
-            .map(|c| graph.add_node(Vertex::Nic(c.name.clone())))
-            .collect();
+        let gpus: Vec<NodeIndex> = topo.gpus.iter().map(|g| graph.add_node(Vertex::Gpu(g.index))).collect();
+        let nics: Vec<NodeIndex> = topo.nics.iter().map(|c| graph.add_node(Vertex::Nic(c.name.clone()))).collect();
         let device_vertex = |d: usize| if d < n { gpus[d] } else { nics[d - n] };
 
         // Which vertex each device currently hangs from (itself at first).
@@ -189,22 +174,14 @@ impl TopologyGraph {
             let mut component_vertex: Vec<Option<NodeIndex>> = vec![None; devices];
             for d in 0..devices {
                 let root = find(&mut parent, d);
-                let size = (0..devices)
-                    .filter(|&o| find(&mut parent, o) == root)
-                    .count();
+                let size = (0..devices).filter(|&o| find(&mut parent, o) == root).count();
                 // A component of one device that is not a socket adds nothing.
                 if size < 2 && !is_numa_level {
                     continue;
                 }
                 let v = *component_vertex[root].get_or_insert_with(|| {
-                    let numa = (0..n)
-                        .filter(|&g| find(&mut parent, g) == root)
-                        .find_map(|g| topo.gpus[g].numa_node);
-                    let v = graph.add_node(if is_numa_level {
-                        Vertex::NumaNode(numa)
-                    } else {
-                        vertex()
-                    });
+                    let numa = (0..n).filter(|&g| find(&mut parent, g) == root).find_map(|g| topo.gpus[g].numa_node);
+                    let v = graph.add_node(if is_numa_level { Vertex::NumaNode(numa) } else { vertex() });
                     if is_numa_level {
                         numa_vertices.push(v);
                     }
@@ -238,8 +215,7 @@ impl TopologyGraph {
                 _ => None,
             })
             .collect();
-        let all_to_all =
-            n >= 3 && counts.len() == n * (n - 1) && counts.iter().all(|&c| c == counts[0]);
+        let all_to_all = n >= 3 && counts.len() == n * (n - 1) && counts.iter().all(|&c| c == counts[0]);
         if all_to_all {
             let switch = graph.add_node(Vertex::NvSwitch);
             for &g in gpus {
@@ -266,16 +242,10 @@ impl TopologyGraph {
             .graph
             .edges(a)
             .filter_map(|e| {
-                let other = if e.source() == a {
-                    e.target()
-                } else {
-                    e.source()
-                };
+                let other = if e.source() == a { e.target() } else { e.source() };
                 match *e.weight() {
                     Edge::NvLink(c) if other == b => Some(table.of(Edge::NvLink(c))),
-                    Edge::NvSwitch(c) if self.graph.find_edge(other, b).is_some() => {
-                        Some(table.of(Edge::NvSwitch(c)))
-                    }
+                    Edge::NvSwitch(c) if self.graph.find_edge(other, b).is_some() => Some(table.of(Edge::NvSwitch(c))),
                     _ => None,
                 }
             })
@@ -297,11 +267,7 @@ impl TopologyGraph {
                 if matches!(e.weight(), Edge::NvLink(_) | Edge::NvSwitch(_)) {
                     continue;
                 }
-                let other = if e.source() == v {
-                    e.target()
-                } else {
-                    e.source()
-                };
+                let other = if e.source() == v { e.target() } else { e.source() };
                 let through = here.min(table.of(*e.weight()));
                 if best[other.index()].is_none_or(|old| through > old) {
                     best[other.index()] = Some(through);
@@ -314,25 +280,14 @@ impl TopologyGraph {
 
     /// GPU-to-GPU bandwidth matrix in GB/s (diagonal: infinity).
     pub fn bandwidth_matrix(&self, table: &LinkBandwidth) -> Vec<Vec<f64>> {
-        self.gpus
-            .iter()
-            .map(|&a| {
-                self.gpus
-                    .iter()
-                    .map(|&b| self.bandwidth(a, b, table))
-                    .collect()
-            })
-            .collect()
+        self.gpus.iter().map(|&a| self.gpus.iter().map(|&b| self.bandwidth(a, b, table)).collect()).collect()
     }
 
     /// The NUMA node vertex each GPU hangs under, as a socket number: the
     /// reported NUMA node when known, else the socket's position.
     pub fn gpu_sockets(&self) -> Vec<usize> {
-        let sockets: Vec<NodeIndex> = self
-            .graph
-            .node_indices()
-            .filter(|&v| matches!(self.graph[v], Vertex::NumaNode(_)))
-            .collect();
+        let sockets: Vec<NodeIndex> =
+            self.graph.node_indices().filter(|&v| matches!(self.graph[v], Vertex::NumaNode(_))).collect();
         self.gpus
             .iter()
             .map(|&g| {
@@ -360,11 +315,7 @@ impl TopologyGraph {
             }
             for e in self.graph.edges(v) {
                 if matches!(e.weight(), Edge::Pix | Edge::Pxb | Edge::Phb | Edge::Node) {
-                    stack.push(if e.source() == v {
-                        e.target()
-                    } else {
-                        e.source()
-                    });
+                    stack.push(if e.source() == v { e.target() } else { e.source() });
                 }
             }
         }
@@ -410,11 +361,7 @@ impl TopologyGraph {
                 Edge::NvSwitch(c) => format!("NV{c}"),
                 other => format!("{other:?}").to_uppercase(),
             };
-            out.push_str(&format!(
-                "  v{} -- v{} [label=\"{label}\"];\n",
-                e.source().index(),
-                e.target().index()
-            ));
+            out.push_str(&format!("  v{} -- v{} [label=\"{label}\"];\n", e.source().index(), e.target().index()));
         }
         out.push_str("}\n");
         out

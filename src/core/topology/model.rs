@@ -6,6 +6,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// How two devices are connected, nearest first (`nvidia-smi topo -m` legend).
@@ -73,6 +74,20 @@ impl Serialize for Link {
     }
 }
 
+impl JsonSchema for Link {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Link".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^(X|NV[1-9][0-9]*|PIX|PXB|PHB|NODE|SYS|SOC)$",
+            "description": "A link as nvidia-smi topo -m names it"
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for Link {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -80,7 +95,7 @@ impl<'de> Deserialize<'de> for Link {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GpuDevice {
     /// The index the device plugin and `CUDA_VISIBLE_DEVICES` use.
@@ -100,7 +115,7 @@ pub struct GpuDevice {
     pub memory_mib: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NicDevice {
     /// "NIC0", or the device name when known ("mlx5_0").
@@ -111,7 +126,7 @@ pub struct NicDevice {
 
 /// A node's GPU topology as reported. `links[i][j]` is the link between the
 /// i-th and j-th entry of `gpus`; the diagonal is `Link::Own`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GpuTopology {
     pub gpus: Vec<GpuDevice>,
@@ -149,18 +164,11 @@ impl GpuTopology {
             return Err(TopologyError::TooManyGpus(n));
         }
         if self.links.len() != n {
-            return Err(TopologyError::RowCount {
-                rows: self.links.len(),
-                gpus: n,
-            });
+            return Err(TopologyError::RowCount { rows: self.links.len(), gpus: n });
         }
         for (i, row) in self.links.iter().enumerate() {
             if row.len() != n {
-                return Err(TopologyError::RowLength {
-                    row: i,
-                    len: row.len(),
-                    gpus: n,
-                });
+                return Err(TopologyError::RowLength { row: i, len: row.len(), gpus: n });
             }
             for (j, link) in row.iter().enumerate() {
                 match (i == j, *link) {
@@ -181,11 +189,7 @@ impl GpuTopology {
         }
         for (k, nic) in self.nics.iter().enumerate() {
             if nic.gpu_links.len() != n {
-                return Err(TopologyError::NicLinks {
-                    nic: k,
-                    len: nic.gpu_links.len(),
-                    gpus: n,
-                });
+                return Err(TopologyError::NicLinks { nic: k, len: nic.gpu_links.len(), gpus: n });
             }
         }
         Ok(())
@@ -209,24 +213,15 @@ mod tests {
 
     #[test]
     fn validation_catches_bad_shapes() {
-        let gpu = |i| GpuDevice {
-            index: i,
-            ..Default::default()
-        };
+        let gpu = |i| GpuDevice { index: i, ..Default::default() };
         let mut t = GpuTopology {
             gpus: vec![gpu(0), gpu(1)],
-            links: vec![
-                vec![Link::Own, Link::NvLink(4)],
-                vec![Link::NvLink(4), Link::Own],
-            ],
+            links: vec![vec![Link::Own, Link::NvLink(4)], vec![Link::NvLink(4), Link::Own]],
             nics: vec![],
         };
         assert_eq!(t.validate(), Ok(()));
         t.links[1][0] = Link::Sys;
-        assert!(matches!(
-            t.validate(),
-            Err(TopologyError::Asymmetric(0, 1, _, _))
-        ));
+        assert!(matches!(t.validate(), Err(TopologyError::Asymmetric(0, 1, _, _))));
         t.links[1][0] = Link::NvLink(4);
         t.gpus[1].index = 0;
         assert_eq!(t.validate(), Err(TopologyError::DuplicateIndex(1, 0)));

@@ -12,8 +12,5 @@ pub struct TopoParseError {
 
 /// Parses the text `nvidia-smi topo -m` prints.
 pub fn parse(_text: &str) -> Result<GpuTopology, TopoParseError> {
-    Err(TopoParseError {
-        line: 1,
-        message: "not written yet".into(),
-    })
+    Err(TopoParseError { line: 1, message: "not written yet".into() })
 }

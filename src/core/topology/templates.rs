@@ -37,13 +37,7 @@ fn devices(count: usize, product: &str, numa: impl Fn(usize) -> Option<u32>) -> 
 }
 
 fn matrix(count: usize, link: impl Fn(usize, usize) -> Link) -> Vec<Vec<Link>> {
-    (0..count)
-        .map(|a| {
-            (0..count)
-                .map(|b| if a == b { Link::Own } else { link(a, b) })
-                .collect()
-        })
-        .collect()
+    (0..count).map(|a| (0..count).map(|b| if a == b { Link::Own } else { link(a, b) }).collect()).collect()
 }
 
 /// Every GPU reaches every other over `links` NVLinks through NVSwitch;
@@ -62,23 +56,13 @@ pub fn pcie_two_sockets(count: usize, product: &str) -> GpuTopology {
     let half = count.div_ceil(2).max(1);
     GpuTopology {
         gpus: devices(count, product, |i| Some((i / half) as u32)),
-        links: matrix(count, |a, b| {
-            if a / half == b / half {
-                Link::Pix
-            } else {
-                Link::Sys
-            }
-        }),
+        links: matrix(count, |a, b| if a / half == b / half { Link::Pix } else { Link::Sys }),
         nics: vec![],
     }
 }
 
 pub fn one_host_bridge(count: usize, product: &str) -> GpuTopology {
-    GpuTopology {
-        gpus: devices(count, product, |_| Some(0)),
-        links: matrix(count, |_, _| Link::Phb),
-        nics: vec![],
-    }
+    GpuTopology { gpus: devices(count, product, |_| Some(0)), links: matrix(count, |_, _| Link::Phb), nics: vec![] }
 }
 
 #[cfg(test)]
