@@ -1,8 +1,10 @@
 //! Phalanx: a secondary Kubernetes scheduler for distributed GPU training.
 //!
 //! `core` decides (pure, no I/O); `shell` watches and writes; `config` reads
-//! `deploy/scheduler-config.yaml`; `fleet` describes simulated GPU fleets.
+//! `deploy/scheduler-config.yaml`; `fleet` describes simulated GPU fleets;
+//! `agent` discovers a node's GPUs (NVML) and who holds them (kubelet).
 
+pub mod agent;
 pub mod api;
 pub mod config;
 pub mod core;

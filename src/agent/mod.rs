@@ -1,0 +1,6 @@
+//! The node agent's sources of truth: NVML for what GPUs a node has and how
+//! they are wired, and the kubelet's pod-resources API for which pods hold
+//! which of them.
+
+pub mod nvml;
+pub mod pod_resources;
