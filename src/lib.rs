@@ -8,5 +8,6 @@ pub mod agent;
 pub mod api;
 pub mod config;
 pub mod core;
+pub mod explain;
 pub mod fleet;
 pub mod shell;

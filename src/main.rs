@@ -28,6 +28,43 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0:10351")]
         http_address: SocketAddr,
     },
+    /// Publish this node's GPU topology (and the kubelet's GPU assignments).
+    Agent {
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+        /// The node this agent runs on (in a DaemonSet: from spec.nodeName).
+        #[arg(long, env = "NODE_NAME")]
+        node_name: String,
+        /// Read a saved `nvidia-smi topo -m` output instead of asking the GPUs.
+        #[arg(long)]
+        topology_file: Option<PathBuf>,
+        /// The kubelet's pod-resources socket.
+        #[arg(long, default_value = "/var/lib/kubelet/pod-resources/kubelet.sock")]
+        pod_resources_socket: PathBuf,
+        /// Seconds between rounds.
+        #[arg(long, default_value_t = 60)]
+        interval_seconds: u64,
+        /// One round, then exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Explain a node's GPU topology and who holds which GPU: `node/NAME`.
+    Explain {
+        target: String,
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+        /// Print the topology graph as Graphviz DOT instead.
+        #[arg(long)]
+        dot: bool,
+        /// Scheduler configuration for link bandwidths and topology levels.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the CustomResourceDefinitions phalanx defines, or write them into a directory.
+    Crds {
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
     /// Create (or update) the fake GPU nodes a fleet file describes.
     Fleet {
         /// The fleet file (see e2e/fleets/).
@@ -50,6 +87,29 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Run { kubeconfig, config, http_address } => cli::run::run(kubeconfig, &config, http_address).await,
             Command::Fleet { file, kubeconfig } => cli::fleet::apply(kubeconfig, &file).await,
+            Command::Agent { kubeconfig, node_name, topology_file, pod_resources_socket, interval_seconds, once } => {
+                cli::agent::run(cli::agent::AgentOptions {
+                    kubeconfig,
+                    node_name,
+                    topology_file,
+                    pod_resources_socket,
+                    interval: std::time::Duration::from_secs(interval_seconds),
+                    once,
+                })
+                .await
+            }
+            Command::Explain { target, kubeconfig, dot, config } => {
+                cli::explain::run(kubeconfig, &target, dot, config).await
+            }
+            Command::Crds { write } => {
+                for (file, yaml) in phalanx::api::crd_manifests() {
+                    match &write {
+                        Some(dir) => std::fs::write(dir.join(&file), yaml)?,
+                        None => println!("---\n{yaml}"),
+                    }
+                }
+                Ok(())
+            }
         }
     })
 }

@@ -2,5 +2,7 @@
 //! they are wired, and the kubelet's pod-resources API for which pods hold
 //! which of them.
 
+pub mod discovery;
 pub mod nvml;
 pub mod pod_resources;
+pub mod publish;

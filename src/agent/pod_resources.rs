@@ -6,6 +6,7 @@
 //! read (protobuf skips unknown fields, so newer kubelets still decode); no
 //! protoc or build script is needed.
 
+pub use crate::api::gpu_topology::PodDevices;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -80,14 +81,6 @@ pub(crate) struct TopologyInfo {
 pub(crate) struct NumaNode {
     #[prost(int64, tag = "1")]
     pub id: i64,
-}
-
-/// The GPUs (`nvidia.com/gpu` device ids, over all containers) one pod holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodDevices {
-    pub namespace: String,
-    pub name: String,
-    pub device_ids: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

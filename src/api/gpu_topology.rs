@@ -17,7 +17,6 @@ use crate::core::topology::model::GpuTopology;
     plural = "gputopologies",
     shortname = "gputopo",
     status = "GpuTopologyStatus",
-    printcolumn = r#"{"name":"GPUs","type":"integer","jsonPath":".spec.gpus[*].index"}"#,
     printcolumn = r#"{"name":"Source","type":"string","jsonPath":".spec.source"}"#
 )]
 #[serde(rename_all = "camelCase")]

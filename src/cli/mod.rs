@@ -1,5 +1,7 @@
 //! Subcommands. Each wires library pieces together and reports errors with context.
 
+pub mod agent;
+pub mod explain;
 pub mod fleet;
 pub mod run;
 
@@ -20,4 +22,20 @@ pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
         None => kube::Config::infer().await.context("finding a kubeconfig (none given)")?,
     };
     kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }

@@ -63,7 +63,7 @@ pub async fn run(kubeconfig: Option<PathBuf>, config_path: &Path, http_address: 
     info!(%instance, profiles = ?names, %http_address, "phalanx starting");
     let loop_task = tokio::spawn(scheduling.run(event_rx, outcome_rx, shutdown_rx));
 
-    shutdown_signal().await;
+    super::shutdown_signal().await;
     info!("shutting down");
     let _ = shutdown_tx.send(true);
     let _ = loop_task.await;
@@ -73,19 +73,4 @@ pub async fn run(kubeconfig: Option<PathBuf>, config_path: &Path, http_address: 
     http_task.await.context("http server task")?.context("http server")?;
     info!("stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

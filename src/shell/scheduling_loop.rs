@@ -266,6 +266,12 @@ impl SchedulingLoop {
             self.binding.insert(pod.uid.clone(), pod);
             return false;
         }
+        if self.snapshot.placement(&pod.uid).is_some() {
+            // Already placed: this is an older, unbound view of the pod (such
+            // as the GPU annotation written just before the bind) arriving
+            // after the bind's outcome. Scheduling it again would bind twice.
+            return false;
+        }
         self.enqueue(pod, Instant::now());
         false
     }

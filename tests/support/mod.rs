@@ -234,6 +234,31 @@ impl TestEnv {
         .await
     }
 
+    /// A pod bound straight to `node` (as another scheduler would), holding
+    /// the GPUs named in its `phalanx.dev/gpus` annotation.
+    pub async fn bind_foreign(&self, name: &str, node: &str, gpus: &[u32]) {
+        let mut pod = self.pod_for(name, gpus.len() as u32, "another-scheduler");
+        let value = gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        pod.metadata.annotations = Some([("phalanx.dev/gpus".to_string(), value)].into());
+        let created = self.create(&pod).await;
+        let binding: k8s_openapi::api::core::v1::Binding = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": self.name, "uid": created.metadata.uid},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node}
+        }))
+        .unwrap();
+        self.pods()
+            .create_subresource::<_, kube::core::Status>("binding", name, &PostParams::default(), &binding)
+            .await
+            .expect("bind foreign pod");
+    }
+
+    /// The GPU indices phalanx recorded on a pod.
+    pub async fn recorded_gpus(&self, name: &str) -> Vec<u32> {
+        let pod = self.pods().get(name).await.expect("pod");
+        let text = pod.metadata.annotations.and_then(|a| a.get("phalanx.dev/gpus").cloned()).unwrap_or_default();
+        text.split(',').filter(|s| !s.is_empty()).map(|s| s.parse().expect("index")).collect()
+    }
+
     /// Events about one object of this namespace, newest last.
     pub async fn events_for(&self, name: &str) -> Vec<Event> {
         let api: Api<Event> = Api::namespaced(self.client.clone(), &self.name);
@@ -259,6 +284,23 @@ impl TestEnv {
             self.nodes().delete_collection(&DeleteParams::default(), &ListParams::default().labels(&selector)).await;
         let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.name, &DeleteParams::default()).await;
     }
+}
+
+/// Runs `phalanx` with arguments (the agent, explain) and returns its output.
+pub async fn phalanx(args: &[&str]) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_phalanx"))
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(kubeconfig_path())
+        .output()
+        .await
+        .expect("run phalanx");
+    assert!(out.status.success(), "phalanx {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+pub fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/nvidia-smi-topo/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// Randomly seeded by the standard library; enough to keep test names apart.

@@ -90,8 +90,12 @@ fn pcie_edge(link: Link) -> Option<Edge> {
     })
 }
 
+/// One PCIe distance level: the link that defines it, the edge up to its
+/// component, and the vertex that stands for the component.
+type Level = (Link, Edge, fn() -> Vertex);
+
 /// PCIe distance levels, nearest first; SYS joins NUMA nodes and has no component.
-const LEVELS: [(Link, Edge, fn() -> Vertex); 4] = [
+const LEVELS: [Level; 4] = [
     (Link::Pix, Edge::Pix, || Vertex::PcieSwitch),
     (Link::Pxb, Edge::Pxb, || Vertex::PcieComplex),
     (Link::Phb, Edge::Phb, || Vertex::HostBridge),
@@ -172,6 +176,7 @@ impl TopologyGraph {
             }
             let is_numa_level = level == LEVELS.len() - 1;
             let mut component_vertex: Vec<Option<NodeIndex>> = vec![None; devices];
+            #[allow(clippy::needless_range_loop)] // `d` also feeds the union-find
             for d in 0..devices {
                 let root = find(&mut parent, d);
                 let size = (0..devices).filter(|&o| find(&mut parent, o) == root).count();

@@ -1,0 +1,104 @@
+//! End-to-end topology: GPU choice inside a node (from templates and from
+//! the agent's GPUTopology resource) and job placement across racks.
+
+mod support;
+
+use std::time::Duration;
+
+use kube::api::{Api, PostParams};
+use phalanx::api::gpu_topology::GPUTopology;
+use support::{TestEnv, eventually, fixture, phalanx};
+
+const BIND: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn four_gpus_on_a_two_socket_pcie_node_stay_on_one_socket() {
+    let mut env = TestEnv::new("socket").await;
+    let nodes = env.add_pools("- {name: rtx, count: 1, gpus: 8, gpuProduct: NVIDIA-GeForce-RTX-4090}\n").await;
+    // GPU 0 is taken, so the lowest free four (1-4) would straddle the sockets.
+    env.bind_foreign("holder", &nodes[0], &[0]).await;
+    env.start_scheduler().await;
+    env.create(&env.pod("four", 4)).await;
+    env.wait_bound("four", BIND).await;
+    assert_eq!(env.recorded_gpus("four").await, vec![4, 5, 6, 7]);
+    let explained = phalanx(&["explain", &format!("node/{}", nodes[0])]).await;
+    let text = String::from_utf8_lossy(&explained.stdout);
+    assert!(text.lines().any(|l| l.starts_with("GPU6") && l.ends_with(&format!("{}/four", env.name))), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("GPU0") && l.ends_with(&format!("{}/holder", env.name))), "{text}");
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn the_agents_report_is_used_a_pair_takes_the_nvlink_pair_and_a_single_does_not_break_it() {
+    let mut env = TestEnv::new("nvpair").await;
+    // Labelled as a PCIe A100 box, whose template knows nothing of NVLink bridges.
+    let nodes = env.add_pools("- {name: a100, count: 1, gpus: 8, gpuProduct: NVIDIA-A100-PCIE-40GB}\n").await;
+    let node = &nodes[0];
+    phalanx(&[
+        "agent",
+        "--node-name",
+        node,
+        "--topology-file",
+        &fixture("pcie-a100-nvlink-bridge-pairs.txt"),
+        "--once",
+    ])
+    .await;
+    let report = Api::<GPUTopology>::all(env.client.clone()).get(node).await.expect("the agent's GPUTopology");
+    assert_eq!(report.spec.source, "file");
+    assert_eq!(report.spec.topology.links[0][1].to_string(), "NV12");
+    // Free: the NVLink pair 2-3 and loose GPUs 1, 4 and 6.
+    for (name, gpu) in [("h0", 0), ("h5", 5), ("h7", 7)] {
+        env.bind_foreign(name, node, &[gpu]).await;
+    }
+    env.start_scheduler().await;
+    env.create(&env.pod("pair", 2)).await;
+    env.wait_bound("pair", BIND).await;
+    // The template would pick 4 and 6 (same socket, PIX); the report says 2-3 is NV12.
+    assert_eq!(env.recorded_gpus("pair").await, vec![2, 3]);
+    env.pods().delete("pair", &Default::default()).await.unwrap();
+    let pods = env.pods();
+    eventually(BIND, "pair gone", || async { pods.get_opt("pair").await.ok().flatten().is_none().then_some(()) }).await;
+    env.create(&env.pod("single", 1)).await;
+    env.wait_bound("single", BIND).await;
+    let single = env.recorded_gpus("single").await;
+    assert!(single == vec![1] || single == vec![4] || single == vec![6], "took {single:?}, breaking the pair");
+    // Publishing the same topology again writes nothing.
+    let again = phalanx(&[
+        "agent",
+        "--node-name",
+        node,
+        "--topology-file",
+        &fixture("pcie-a100-nvlink-bridge-pairs.txt"),
+        "--once",
+    ])
+    .await;
+    assert!(String::from_utf8_lossy(&again.stderr).contains("spec_written: false"));
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn a_four_pod_job_lands_inside_the_one_rack_that_can_hold_it() {
+    let mut env = TestEnv::new("rack").await;
+    let nodes = env
+        .add_pools(
+            "- {name: a, count: 4, gpus: 8, gpuProduct: NVIDIA-H100-80GB-HBM3, labels: {network.topology.nvidia.com/block: rack-a}}\n\
+             - {name: b, count: 4, gpus: 8, gpuProduct: NVIDIA-H100-80GB-HBM3, labels: {network.topology.nvidia.com/block: rack-b}}\n",
+        )
+        .await;
+    // Rack a has 28 GPUs free: three whole nodes and half of one.
+    env.bind_foreign("tenant", &nodes[0], &[0, 1, 2, 3]).await;
+    for i in 0..4 {
+        let mut pod = env.pod(&format!("llm-worker-{i}"), 8);
+        pod.metadata.labels = Some([("training.kubeflow.org/job-name".to_string(), "llm".to_string())].into());
+        env.pods().create(&PostParams::default(), &pod).await.unwrap();
+    }
+    // Started after the job's pods exist: without gang scheduling (next step),
+    // the job's size is what the scheduler has seen of it.
+    env.start_scheduler().await;
+    let rack_b = format!("{}-b-", env.name);
+    for i in 0..4 {
+        let node = env.wait_bound(&format!("llm-worker-{i}"), BIND).await;
+        assert!(node.starts_with(&rack_b), "worker {i} on {node}, outside rack b");
+    }
+    env.teardown().await;
+}
