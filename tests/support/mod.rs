@@ -66,6 +66,7 @@ pub struct TestEnv {
     scheduler: Option<Child>,
     pub http_port: u16,
     workdir: PathBuf,
+    torn_down: bool,
 }
 
 impl TestEnv {
@@ -84,7 +85,15 @@ impl TestEnv {
         .await;
         let workdir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&workdir).unwrap();
-        Self { client, scheduler_name: format!("phalanx-{name}"), name, scheduler: None, http_port: 0, workdir }
+        Self {
+            client,
+            scheduler_name: format!("phalanx-{name}"),
+            name,
+            scheduler: None,
+            http_port: 0,
+            workdir,
+            torn_down: false,
+        }
     }
 
     pub fn pods(&self) -> Api<Pod> {
