@@ -166,10 +166,14 @@ impl GpuTopology {
         if self.links.len() != n {
             return Err(TopologyError::RowCount { rows: self.links.len(), gpus: n });
         }
+        // All row lengths first: the symmetry check below reads links[j][i]
+        // for rows it has not reached yet.
         for (i, row) in self.links.iter().enumerate() {
             if row.len() != n {
                 return Err(TopologyError::RowLength { row: i, len: row.len(), gpus: n });
             }
+        }
+        for (i, row) in self.links.iter().enumerate() {
             for (j, link) in row.iter().enumerate() {
                 match (i == j, *link) {
                     (true, Link::Own) => {}
@@ -228,5 +232,8 @@ mod tests {
         t.gpus[1].index = 1;
         t.links.pop();
         assert!(matches!(t.validate(), Err(TopologyError::RowCount { .. })));
+        // A short row after a good one is reported, not read past its end.
+        t.links.push(vec![]);
+        assert!(matches!(t.validate(), Err(TopologyError::RowLength { row: 1, len: 0, gpus: 2 })));
     }
 }
