@@ -8,10 +8,22 @@ pub const MEMORY: &str = "memory";
 pub const PODS: &str = "pods";
 pub const GPU: &str = "nvidia.com/gpu";
 
+/// The resources every decision looks at, kept in fixed slots: a decision
+/// reads them for every node, and a map keyed by strings was its main cost.
+const KNOWN: [&str; 4] = [CPU, MEMORY, GPU, PODS];
+
 /// Amounts by resource name. CPU is counted in millicores, everything else in
 /// whole units (bytes, pods, devices), as kube-scheduler counts them.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct Resources(BTreeMap<String, i64>);
+pub struct Resources {
+    known: [i64; 4],
+    /// Every other resource with a non-zero amount.
+    other: BTreeMap<String, i64>,
+}
+
+fn slot(name: &str) -> Option<usize> {
+    KNOWN.iter().position(|k| *k == name)
+}
 
 impl Resources {
     pub fn new() -> Self {
@@ -24,19 +36,32 @@ impl Resources {
     }
 
     pub fn set(&mut self, name: &str, amount: i64) {
-        if amount == 0 {
-            self.0.remove(name);
-        } else {
-            self.0.insert(name.to_string(), amount);
+        match slot(name) {
+            Some(i) => self.known[i] = amount,
+            None if amount == 0 => {
+                self.other.remove(name);
+            }
+            None => {
+                self.other.insert(name.to_string(), amount);
+            }
         }
     }
 
     pub fn get(&self, name: &str) -> i64 {
-        self.0.get(name).copied().unwrap_or(0)
+        match slot(name) {
+            Some(i) => self.known[i],
+            None => self.other.get(name).copied().unwrap_or(0),
+        }
     }
 
+    /// Non-zero amounts: cpu, memory, nvidia.com/gpu, pods, then the rest by name.
     pub fn iter(&self) -> impl Iterator<Item = (&str, i64)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), *v))
+        KNOWN
+            .iter()
+            .zip(self.known)
+            .filter(|(_, v)| *v != 0)
+            .map(|(k, v)| (*k, v))
+            .chain(self.other.iter().map(|(k, v)| (k.as_str(), *v)))
     }
 
     pub fn add(&mut self, other: &Resources) {
@@ -62,16 +87,21 @@ impl Resources {
         }
     }
 
-    /// The names of the resources in `request` that `self` (the free amount)
-    /// cannot cover.
-    pub fn shortfalls<'a>(&'a self, request: &'a Resources) -> impl Iterator<Item = &'a str> + 'a {
-        request.iter().filter(|(name, amount)| *amount > self.get(name)).map(|(name, _)| name)
+    /// The names of the resources in this request that a node with
+    /// `allocatable`, of which `requested` is taken, cannot cover. Allocates
+    /// nothing: it runs for every node in every decision.
+    pub fn shortfalls<'a>(
+        &'a self,
+        allocatable: &'a Resources,
+        requested: &'a Resources,
+    ) -> impl Iterator<Item = &'a str> + 'a {
+        self.iter().filter(|(name, amount)| *amount > allocatable.get(name) - requested.get(name)).map(|(name, _)| name)
     }
 }
 
 impl fmt::Debug for Resources {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.0.iter()).finish()
+        f.debug_map().entries(self.iter()).finish()
     }
 }
 
@@ -102,9 +132,10 @@ mod tests {
 
     #[test]
     fn shortfalls_name_each_missing_resource() {
-        let free = Resources::new().with(CPU, 1000).with(GPU, 1);
+        let allocatable = Resources::new().with(CPU, 2000).with(GPU, 8);
+        let taken = Resources::new().with(CPU, 1000).with(GPU, 7);
         let ask = Resources::new().with(CPU, 500).with(GPU, 2).with(MEMORY, 1);
-        let missing: Vec<_> = free.shortfalls(&ask).collect();
+        let missing: Vec<_> = ask.shortfalls(&allocatable, &taken).collect();
         assert_eq!(missing, vec![MEMORY, GPU]);
     }
 }

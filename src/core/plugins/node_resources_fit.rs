@@ -61,10 +61,10 @@ impl FilterPlugin for NodeResourcesFit {
         Self::NAME
     }
 
-    fn filter(&self, pod: &PodInfo, _: &NodeSpec, usage: &NodeInfo) -> Result<(), Rejection> {
-        let reasons: Vec<String> = usage
-            .free()
-            .shortfalls(&pod.requests)
+    fn filter(&self, pod: &PodInfo, node: &NodeSpec, usage: &NodeInfo) -> Result<(), Rejection> {
+        let reasons: Vec<String> = pod
+            .requests
+            .shortfalls(&node.allocatable, &usage.requested)
             .map(|name| match name {
                 PODS => "Too many pods".to_string(),
                 other => format!("Insufficient {other}"),

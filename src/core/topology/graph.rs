@@ -372,3 +372,70 @@ impl TopologyGraph {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::topology::nvidia_smi;
+
+    fn fixture(name: &str) -> GpuTopology {
+        let path = format!("{}/tests/fixtures/nvidia-smi-topo/{name}", env!("CARGO_MANIFEST_DIR"));
+        nvidia_smi::parse(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    const ALL: [&str; 5] = [
+        "dgx1-v100-hybrid-cube-mesh.txt",
+        "dgx-a100-nvswitch.txt",
+        "hgx-h100-nvswitch.txt",
+        "pcie-8x-rtx4090-two-sockets.txt",
+        "pcie-a100-nvlink-bridge-pairs.txt",
+    ];
+
+    #[test]
+    fn on_every_fixture_the_graph_agrees_with_the_link_matrix() {
+        let table = LinkBandwidth::default();
+        for name in ALL {
+            let topo = fixture(name);
+            let graph = TopologyGraph::build(&topo);
+            let bw = graph.bandwidth_matrix(&table);
+            for (i, row) in topo.links.iter().enumerate() {
+                for (j, link) in row.iter().enumerate() {
+                    // NVLink pairs may also share a PCIe path; the faster link counts.
+                    let expected = table.of_link(*link);
+                    assert_eq!(bw[i][j], expected, "{name}: GPU{i}-GPU{j} is {link}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sockets_switches_and_nics_are_recovered() {
+        let table = LinkBandwidth::default();
+        let count = |g: &TopologyGraph, v: Vertex| g.graph.node_weights().filter(|w| **w == v).count();
+
+        let rtx = TopologyGraph::build(&fixture("pcie-8x-rtx4090-two-sockets.txt"));
+        assert_eq!(rtx.gpu_sockets(), vec![0, 0, 0, 0, 1, 1, 1, 1]);
+        assert_eq!(count(&rtx, Vertex::PcieSwitch), 2, "one switch per socket; GPUs 0-3 share theirs with the NIC");
+        assert_eq!(rtx.nearest_nics(&table)[0], Some(0));
+
+        let a100 = TopologyGraph::build(&fixture("dgx-a100-nvswitch.txt"));
+        assert_eq!(count(&a100, Vertex::NvSwitch), 1);
+        assert_eq!(a100.gpu_sockets(), vec![3, 3, 1, 1, 7, 7, 5, 5]);
+        let nics = a100.nearest_nics(&table);
+        assert_eq!((nics[0], nics[2], nics[7]), (Some(0), Some(2), Some(6)));
+
+        let dgx1 = TopologyGraph::build(&fixture("dgx1-v100-hybrid-cube-mesh.txt"));
+        assert_eq!(count(&dgx1, Vertex::NvSwitch), 0, "the cube mesh is direct links");
+        assert_eq!(
+            dgx1.graph.edge_weights().filter(|e| matches!(e, Edge::NvLink(_))).count(),
+            16,
+            "four NVLink peers per GPU"
+        );
+        let mlx = dgx1.nearest_nics(&table);
+        assert_eq!(dgx1.graph[dgx1.nics[mlx[0].unwrap()]], Vertex::Nic("mlx5_0".into()));
+
+        let pairs = TopologyGraph::build(&fixture("pcie-a100-nvlink-bridge-pairs.txt"));
+        assert_eq!(pairs.gpu_sockets(), vec![0, 0, 0, 0, 1, 1, 1, 1]);
+        assert!(pairs.to_dot().contains("NV12"));
+    }
+}
