@@ -87,6 +87,10 @@ fn pod(gpus: i64) -> PodInfo {
 }
 
 fn main() {
+    // `cargo bench` passes --bench; `cargo test` runs this as a quick smoke
+    // test with small counts and leaves the results file alone.
+    let full = std::env::args().any(|a| a == "--bench");
+    let scale = |n: usize| if full { n } else { (n / 50).max(2) };
     let table = LinkBandwidth::default();
     let mut report = String::new();
     let _ = writeln!(report, "# Topology benchmarks\n");
@@ -105,7 +109,7 @@ fn main() {
         let start = Instant::now();
         let model = NodeGpuModel::new(topology, &table);
         let build = start.elapsed();
-        let cases: Vec<(GpuMask, usize)> = (0..10_000)
+        let cases: Vec<(GpuMask, usize)> = (0..scale(10_000))
             .map(|_| {
                 let free = rng.next() & model.all_gpus();
                 (free, 1 + (rng.next() as usize % free.count_ones().max(1) as usize))
@@ -133,7 +137,7 @@ fn main() {
     for (name, topology) in fixtures() {
         let model = NodeGpuModel::new(topology, &table);
         let (mut sum_ours, mut sum_ff, mut worst_ours, mut worst_ff, mut cases) = (0.0, 0.0, 1.0f64, 1.0f64, 0usize);
-        for _ in 0..300 {
+        for _ in 0..scale(300) {
             let free = rng.next() & model.all_gpus();
             for k in 2..=free.count_ones() as usize {
                 let best = (0..=model.all_gpus())
@@ -202,7 +206,7 @@ fn main() {
         for gpus in [1, 4, 8] {
             let p = pod(gpus);
             let demand = JobDemand { pending_pods: 1, gpus_per_pod: gpus as usize };
-            let (mean, p50, p99) = time_each(50, |_| {
+            let (mean, p50, p99) = time_each(scale(50), |_| {
                 std::hint::black_box(choose_node(&profile, &p, &snapshot, Some(&demand)).ok());
             });
             let _ =
@@ -211,6 +215,9 @@ fn main() {
     }
 
     print!("{report}");
+    if !full {
+        return;
+    }
     let out = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/results");
     std::fs::create_dir_all(out).expect("results dir");
     std::fs::write(format!("{out}/topology.md"), &report).expect("write results");
