@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use phalanx::core::framework::JobDemand;
 use phalanx::core::node::NodeSpec;
 use phalanx::core::plugins::default_profile;
-use phalanx::core::pod::{PodInfo, PodKey, PodPhase};
+use phalanx::core::pod::PodInfo;
 use phalanx::core::resources::{CPU, GPU, PODS, Resources};
 use phalanx::core::schedule::choose_node;
 use phalanx::core::snapshot::{ClusterSnapshot, GPU_PRODUCT_LABEL};
+use phalanx::core::testing;
 use phalanx::core::topology::gpu_choice::{GpuMask, NodeGpuModel, ring_by_search};
 use phalanx::core::topology::graph::LinkBandwidth;
 use phalanx::core::topology::model::GpuTopology;
@@ -66,24 +67,7 @@ fn fixtures() -> Vec<(String, GpuTopology)> {
 }
 
 fn pod(gpus: i64) -> PodInfo {
-    PodInfo {
-        uid: "bench".into(),
-        key: PodKey { namespace: "bench".into(), name: "p".into() },
-        resource_version: None,
-        scheduler_name: "phalanx".into(),
-        node_name: None,
-        phase: PodPhase::Pending,
-        terminating: false,
-        requests: Resources::new().with(GPU, gpus).with(CPU, 4000).with(PODS, 1),
-        node_selector: Default::default(),
-        required_terms: vec![],
-        preferred_terms: vec![],
-        tolerations: vec![],
-        priority: 0,
-        created: 0,
-        job: None,
-        gpu_indices: None,
-    }
+    testing::test_pod("bench", Resources::new().with(GPU, gpus).with(CPU, 4000).with(PODS, 1))
 }
 
 fn main() {

@@ -11,6 +11,11 @@ use support::{TestEnv, eventually, fixture, phalanx};
 
 const BIND: Duration = Duration::from_secs(30);
 
+/// One round of `phalanx agent` for `node`, reading a saved `nvidia-smi topo -m`.
+async fn publish_fixture(node: &str, file: &str) -> std::process::Output {
+    phalanx(&["agent", "--node-name", node, "--topology-file", &fixture(file), "--once"]).await
+}
+
 #[tokio::test]
 async fn four_gpus_on_a_two_socket_pcie_node_stay_on_one_socket() {
     let mut env = TestEnv::new("socket").await;
@@ -34,15 +39,7 @@ async fn the_agents_report_is_used_a_pair_takes_the_nvlink_pair_and_a_single_doe
     // Labelled as a PCIe A100 box, whose template knows nothing of NVLink bridges.
     let nodes = env.add_pools("- {name: a100, count: 1, gpus: 8, gpuProduct: NVIDIA-A100-PCIE-40GB}\n").await;
     let node = &nodes[0];
-    phalanx(&[
-        "agent",
-        "--node-name",
-        node,
-        "--topology-file",
-        &fixture("pcie-a100-nvlink-bridge-pairs.txt"),
-        "--once",
-    ])
-    .await;
+    publish_fixture(node, "pcie-a100-nvlink-bridge-pairs.txt").await;
     let report = Api::<GPUTopology>::all(env.client.clone()).get(node).await.expect("the agent's GPUTopology");
     assert_eq!(report.spec.source, "file");
     assert_eq!(report.spec.topology.links[0][1].to_string(), "NV12");
@@ -63,15 +60,7 @@ async fn the_agents_report_is_used_a_pair_takes_the_nvlink_pair_and_a_single_doe
     let single = env.recorded_gpus("single").await;
     assert!(single == vec![1] || single == vec![4] || single == vec![6], "took {single:?}, breaking the pair");
     // Publishing the same topology again writes nothing.
-    let again = phalanx(&[
-        "agent",
-        "--node-name",
-        node,
-        "--topology-file",
-        &fixture("pcie-a100-nvlink-bridge-pairs.txt"),
-        "--once",
-    ])
-    .await;
+    let again = publish_fixture(node, "pcie-a100-nvlink-bridge-pairs.txt").await;
     assert!(String::from_utf8_lossy(&again.stderr).contains("spec_written: false"));
     env.teardown().await;
 }

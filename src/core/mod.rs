@@ -12,5 +12,5 @@ pub mod schedule;
 pub mod snapshot;
 pub mod topology;
 
-#[cfg(test)]
-pub(crate) mod testing;
+/// Builders for unit tests and benchmarks.
+pub mod testing;

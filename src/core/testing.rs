@@ -1,4 +1,4 @@
-//! Builders shared by the core's unit tests.
+//! Builders shared by the core's unit tests and the benchmarks.
 
 use super::framework::Profile;
 use super::node::NodeSpec;
