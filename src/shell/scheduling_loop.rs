@@ -14,9 +14,10 @@ use tracing::{debug, info, info_span, warn};
 use super::binder::{BindOutcome, BindResult, Binder};
 use super::informers::ClusterEvent;
 use super::metrics::Metrics;
-use super::reporter::{Report, Reporter};
+use super::reporter::Report;
+use super::reporter::Reporter;
 use crate::core::framework::{JobDemand, Profile};
-use crate::core::pod::{PodInfo, PodPhase};
+use crate::core::pod::{PodInfo, PodKey, PodPhase};
 use crate::core::queue::SchedulingQueue;
 use crate::core::schedule::choose_node;
 use crate::core::snapshot::{ClusterSnapshot, PlacementState};
@@ -30,7 +31,30 @@ const UNSCHEDULABLE_FLUSH: Duration = Duration::from_secs(60);
 /// An unchanged unschedulable message is reported again only after this long.
 const REPORT_REPEAT: Duration = Duration::from_secs(30);
 
-pub struct SchedulingLoop {
+/// Where the loop sends its decisions: the binder in production, a
+/// recorder in the loop's unit tests.
+pub trait BindRequests {
+    fn bind(&self, uid: String, key: PodKey, node: String, gpus: Vec<u32>);
+}
+
+/// Where the loop sends what users should read.
+pub trait Reports {
+    fn send(&self, report: Report);
+}
+
+impl BindRequests for Binder {
+    fn bind(&self, uid: String, key: PodKey, node: String, gpus: Vec<u32>) {
+        Binder::bind(self, uid, key, node, gpus);
+    }
+}
+
+impl Reports for Reporter {
+    fn send(&self, report: Report) {
+        Reporter::send(self, report);
+    }
+}
+
+pub struct SchedulingLoop<B = Binder, R = Reporter> {
     profiles: HashMap<String, Profile>,
     snapshot: ClusterSnapshot,
     queue: SchedulingQueue,
@@ -39,21 +63,21 @@ pub struct SchedulingLoop {
     /// Queued pods of each job and their GPU requests: the job's remaining demand.
     pending_jobs: HashMap<String, HashMap<String, usize>>,
     last_report: HashMap<String, (String, Instant)>,
-    binder: Binder,
-    reporter: Reporter,
+    binder: B,
+    reporter: R,
     metrics: Metrics,
     nodes_listed: bool,
     pods_listed: bool,
     ready: Arc<AtomicBool>,
 }
 
-impl SchedulingLoop {
+impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
     pub fn new(
         profiles: Vec<Profile>,
         snapshot: ClusterSnapshot,
         queue: SchedulingQueue,
-        binder: Binder,
-        reporter: Reporter,
+        binder: B,
+        reporter: R,
         metrics: Metrics,
         ready: Arc<AtomicBool>,
     ) -> Self {
@@ -353,5 +377,165 @@ impl SchedulingLoop {
         self.metrics.set_pending("backoff", l.backoff);
         self.metrics.set_pending("unschedulable", l.unschedulable);
         self.metrics.set_pending("binding", self.binding.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+    use crate::core::plugins::default_profile;
+    use crate::core::queue::BackoffPolicy;
+    use crate::core::testing::{gpu_node, gpu_pod};
+
+    /// Records what the loop asks of the binder and the reporter.
+    #[derive(Clone, Default)]
+    struct Recorder {
+        binds: Arc<Mutex<Vec<(String, String, Vec<u32>)>>>,
+        reports: Arc<Mutex<Vec<Report>>>,
+    }
+
+    impl BindRequests for Recorder {
+        fn bind(&self, _uid: String, key: PodKey, node: String, gpus: Vec<u32>) {
+            self.binds.lock().unwrap().push((key.name, node, gpus));
+        }
+    }
+
+    impl Reports for Recorder {
+        fn send(&self, report: Report) {
+            self.reports.lock().unwrap().push(report);
+        }
+    }
+
+    impl Recorder {
+        fn bind_count(&self) -> usize {
+            self.binds.lock().unwrap().len()
+        }
+
+        fn unschedulable_reports(&self) -> Vec<String> {
+            let reports = self.reports.lock().unwrap();
+            reports
+                .iter()
+                .filter_map(|r| match r {
+                    Report::Unschedulable { message, .. } => Some(message.clone()),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    /// A synced loop with one 8-GPU node and no backoff (so retries are immediate).
+    fn synced_loop() -> (SchedulingLoop<Recorder, Recorder>, Recorder) {
+        let recorder = Recorder::default();
+        let policy = BackoffPolicy { initial: Duration::ZERO, max: Duration::ZERO };
+        let mut l = SchedulingLoop::new(
+            vec![default_profile("phalanx")],
+            ClusterSnapshot::new(),
+            SchedulingQueue::new(policy),
+            recorder.clone(),
+            recorder.clone(),
+            Metrics::register(&mut Registry::default()),
+            Arc::new(AtomicBool::new(false)),
+        );
+        assert!(!l.is_ready(), "nothing is decided before the caches are synced");
+        l.apply_event(ClusterEvent::NodeApplied(gpu_node("n1", 8)));
+        l.apply_event(ClusterEvent::NodesListed(HashSet::from(["n1".to_string()])));
+        l.apply_event(ClusterEvent::PodsListed(HashSet::new()));
+        assert!(l.is_ready());
+        (l, recorder)
+    }
+
+    fn outcome(pod: &PodInfo, node: &str, result: BindResult) -> BindOutcome {
+        BindOutcome { uid: pod.uid.clone(), key: pod.key.clone(), node: node.into(), result }
+    }
+
+    #[test]
+    fn a_stale_unbound_view_after_the_bind_does_not_bind_again() {
+        let (mut l, rec) = synced_loop();
+        let pod = gpu_pod("p", 2);
+        l.apply_event(ClusterEvent::PodApplied { pod: pod.clone(), gated: false });
+        l.schedule_round();
+        assert_eq!(rec.binds.lock().unwrap()[0], ("p".to_string(), "n1".to_string(), vec![0, 1]));
+        l.apply_outcome(outcome(&pod, "n1", BindResult::Bound));
+        // The annotation write, seen after the bind's outcome.
+        let mut stale = pod.clone();
+        stale.gpu_indices = Some(vec![0, 1]);
+        l.apply_event(ClusterEvent::PodApplied { pod: stale, gated: false });
+        l.schedule_round();
+        assert_eq!(rec.bind_count(), 1);
+        let mut bound = pod.clone();
+        bound.node_name = Some("n1".into());
+        bound.gpu_indices = Some(vec![0, 1]);
+        l.apply_event(ClusterEvent::PodApplied { pod: bound, gated: false });
+        assert_eq!(l.snapshot.placement(&pod.uid).unwrap().state, PlacementState::Bound);
+        assert_eq!(l.snapshot.node("n1").unwrap().free_gpus(), 0b1111_1100);
+    }
+
+    #[test]
+    fn a_conflict_retries_unless_the_watch_shows_the_pod_bound() {
+        let (mut l, rec) = synced_loop();
+        let pod = gpu_pod("p", 1);
+        l.apply_event(ClusterEvent::PodApplied { pod: pod.clone(), gated: false });
+        l.schedule_round();
+        l.apply_outcome(outcome(&pod, "n1", BindResult::Conflict("UID mismatch".into())));
+        assert!(l.snapshot.placement(&pod.uid).is_none(), "the assumption is forgotten");
+        assert!(l.queue.contains(&pod.uid), "and the pod retried");
+        l.schedule_round();
+        assert_eq!(rec.bind_count(), 2);
+        // This time the watch is first: bound (by the second bind).
+        let mut bound = pod.clone();
+        bound.node_name = Some("n1".into());
+        l.apply_event(ClusterEvent::PodApplied { pod: bound, gated: false });
+        l.apply_outcome(outcome(&pod, "n1", BindResult::Failed("timeout".into())));
+        assert!(!l.queue.contains(&pod.uid), "a bound pod is not retried");
+        assert_eq!(l.snapshot.placement(&pod.uid).unwrap().state, PlacementState::Bound);
+    }
+
+    #[test]
+    fn a_pod_deleted_while_binding_releases_its_gpus() {
+        let (mut l, _) = synced_loop();
+        let pod = gpu_pod("p", 8);
+        l.apply_event(ClusterEvent::PodApplied { pod: pod.clone(), gated: false });
+        l.schedule_round();
+        assert_eq!(l.snapshot.node("n1").unwrap().free_gpus(), 0);
+        l.apply_outcome(outcome(&pod, "n1", BindResult::PodGone));
+        assert_eq!(l.snapshot.node("n1").unwrap().free_gpus(), 0xff);
+        assert!(!l.queue.contains(&pod.uid));
+    }
+
+    #[test]
+    fn a_relist_drops_what_is_gone_but_keeps_binds_in_flight() {
+        let (mut l, _) = synced_loop();
+        let (gone, flying) = (gpu_pod("gone", 1), gpu_pod("flying", 1));
+        let mut bound = gone.clone();
+        bound.node_name = Some("n1".into());
+        l.apply_event(ClusterEvent::PodApplied { pod: bound, gated: false });
+        l.apply_event(ClusterEvent::PodApplied { pod: flying.clone(), gated: false });
+        l.schedule_round();
+        l.apply_event(ClusterEvent::PodsListed(HashSet::new()));
+        assert!(l.snapshot.placement(&gone.uid).is_none());
+        assert!(l.snapshot.placement(&flying.uid).is_some(), "its bind's outcome settles it");
+    }
+
+    #[test]
+    fn an_unchanged_reason_is_reported_once_and_a_new_one_again() {
+        let (mut l, rec) = synced_loop();
+        let pod = gpu_pod("big", 12);
+        l.apply_event(ClusterEvent::PodApplied { pod: pod.clone(), gated: false });
+        l.schedule_round();
+        l.queue.cluster_changed(Instant::now());
+        l.schedule_round();
+        assert_eq!(rec.unschedulable_reports(), vec!["0/1 nodes are available: 1 Insufficient nvidia.com/gpu."]);
+        let mut cordoned = gpu_node("n2", 8);
+        cordoned.unschedulable = true;
+        l.apply_event(ClusterEvent::NodeApplied(cordoned));
+        l.queue.cluster_changed(Instant::now());
+        l.schedule_round();
+        assert_eq!(rec.unschedulable_reports().len(), 2);
+        assert!(rec.unschedulable_reports()[1].contains("1 node(s) were unschedulable"));
     }
 }
