@@ -392,10 +392,13 @@ mod tests {
     use crate::core::queue::BackoffPolicy;
     use crate::core::testing::{gpu_node, gpu_pod};
 
+    /// A bind request: pod name, node, GPU indices.
+    type BindRequest = (String, String, Vec<u32>);
+
     /// Records what the loop asks of the binder and the reporter.
     #[derive(Clone, Default)]
     struct Recorder {
-        binds: Arc<Mutex<Vec<(String, String, Vec<u32>)>>>,
+        binds: Arc<Mutex<Vec<BindRequest>>>,
         reports: Arc<Mutex<Vec<Report>>>,
     }
 
