@@ -29,7 +29,10 @@ pub async fn run(
     let client = super::client(kubeconfig.as_deref()).await?;
     let node = Api::<Node>::all(client.clone()).get(node_name).await.with_context(|| format!("node {node_name}"))?;
     let spec = node_spec(&node)?;
-    let report = Api::<GPUTopology>::all(client.clone()).get_opt(node_name).await.unwrap_or(None);
+    let report = Api::<GPUTopology>::all(client.clone())
+        .get_opt(node_name)
+        .await
+        .with_context(|| format!("reading the GPUTopology of {node_name}"))?;
     let mut snapshot = ClusterSnapshot::with_settings(settings);
     let source = match &report {
         Some(r) => {

@@ -195,11 +195,6 @@ impl SchedulingQueue {
         }
     }
 
-    /// The pod was placed; it leaves the queue.
-    pub fn done(&mut self, uid: &str) {
-        self.remove(uid);
-    }
-
     /// Something changed that may let waiting pods fit: wake them all.
     pub fn cluster_changed(&mut self, now: Instant) {
         self.cluster_changes += 1;

@@ -6,7 +6,7 @@
 //! so the next decision already sees the resources as taken; the watch later
 //! *confirms* it, or a failed bind *forgets* it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::node::{NodeInfo, NodeSpec};
@@ -309,15 +309,6 @@ impl ClusterSnapshot {
                 job: pod.job.map(str::to_string),
             },
         );
-    }
-
-    /// Pods placed on a node, for `explain`.
-    pub fn pods_on(&self, node: &str) -> Vec<&Placement> {
-        let empty = HashSet::new();
-        let uids = self.nodes.get(node).map_or(&empty, |n| &n.pods);
-        let mut pods: Vec<&Placement> = uids.iter().filter_map(|u| self.placements.get(u)).collect();
-        pods.sort_by(|a, b| a.key.cmp(&b.key));
-        pods
     }
 }
 

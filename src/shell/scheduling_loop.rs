@@ -105,8 +105,13 @@ impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut next_flush = Instant::now() + UNSCHEDULABLE_FLUSH;
+        // Whether anything applied since the last round may let waiting pods fit.
+        let mut changed = false;
         loop {
-            let mut changed = false;
+            if *shutdown.borrow() {
+                info!(binds_in_flight = self.binding.len(), "scheduling loop stopping");
+                return;
+            }
             while let Ok(event) = events.try_recv() {
                 changed |= self.apply_event(event);
             }
@@ -118,7 +123,7 @@ impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
                 changed = true;
                 next_flush = now + UNSCHEDULABLE_FLUSH;
             }
-            if changed {
+            if std::mem::take(&mut changed) {
                 self.queue.cluster_changed(now);
             }
             let busy = self.is_ready() && self.schedule_round();
@@ -130,18 +135,12 @@ impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
             let wake_at = self.queue.next_wakeup().map_or(next_flush, |t| t.min(next_flush));
             tokio::select! {
                 event = events.recv() => match event {
-                    Some(event) => { let c = self.apply_event(event); if c { self.queue.cluster_changed(Instant::now()); } }
+                    Some(event) => changed |= self.apply_event(event),
                     None => return,
                 },
-                Some(outcome) = outcomes.recv() => {
-                    if self.apply_outcome(outcome) { self.queue.cluster_changed(Instant::now()); }
-                }
+                Some(outcome) = outcomes.recv() => changed |= self.apply_outcome(outcome),
                 _ = tokio::time::sleep_until(wake_at.into()) => {}
                 _ = shutdown.changed() => {}
-            }
-            if *shutdown.borrow() {
-                info!(binds_in_flight = self.binding.len(), "scheduling loop stopping");
-                return;
             }
         }
     }

@@ -125,10 +125,6 @@ impl DomainIndex {
             None => format!("domain {id}"),
         }
     }
-
-    pub fn level_of(&self, id: DomainId) -> Option<usize> {
-        self.names.get(id as usize).map(|(l, _)| *l)
-    }
 }
 
 #[cfg(test)]
