@@ -64,6 +64,9 @@ enum Command {
     Crds {
         #[arg(long)]
         write: Option<PathBuf>,
+        /// The CRDs of other projects that the test control plane installs (e2e/crds/).
+        #[arg(long)]
+        test_only: bool,
     },
     /// Create (or update) the fake GPU nodes a fleet file describes.
     Fleet {
@@ -101,8 +104,10 @@ fn main() -> anyhow::Result<()> {
             Command::Explain { target, kubeconfig, dot, config } => {
                 cli::explain::run(kubeconfig, &target, dot, config).await
             }
-            Command::Crds { write } => {
-                for (file, yaml) in phalanx::api::crd_manifests() {
+            Command::Crds { write, test_only } => {
+                let manifests =
+                    if test_only { phalanx::api::test_crd_manifests() } else { phalanx::api::crd_manifests() };
+                for (file, yaml) in manifests {
                     match &write {
                         Some(dir) => std::fs::write(dir.join(&file), yaml)?,
                         None => println!("---\n{yaml}"),
