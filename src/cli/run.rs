@@ -54,12 +54,13 @@ pub async fn run(kubeconfig: Option<PathBuf>, config_path: &Path, http_address: 
 
     let names: HashSet<String> = cfg.profiles.iter().map(|p| p.scheduler_name.clone()).collect();
     let (event_tx, event_rx) = mpsc::channel(8192);
-    informers::spawn(client, Arc::new(names.clone()), event_tx);
+    let gang_kinds = informers::served_gang_kinds(&client).await;
+    informers::spawn(client, Arc::new(names.clone()), &gang_kinds, event_tx);
 
     let profiles = cfg.profiles.iter().map(config::ProfileSpec::build).collect();
     let snapshot = ClusterSnapshot::with_settings(cfg.topology.clone());
-    let scheduling =
-        SchedulingLoop::new(profiles, snapshot, SchedulingQueue::new(cfg.backoff), binder, reporter, metrics, ready);
+    let queue = SchedulingQueue::new(cfg.backoff);
+    let scheduling = SchedulingLoop::new(profiles, snapshot, queue, gang_kinds, binder, reporter, metrics, ready);
     info!(%instance, profiles = ?names, %http_address, "phalanx starting");
     let loop_task = tokio::spawn(scheduling.run(event_rx, outcome_rx, shutdown_rx));
 

@@ -20,6 +20,12 @@ impl Rejection {
 pub trait FilterPlugin: Send + Sync {
     fn name(&self) -> &'static str;
     fn filter(&self, pod: &PodInfo, node: &NodeSpec, usage: &NodeInfo) -> Result<(), Rejection>;
+    /// Whether the verdict depends on what other pods hold (free resources,
+    /// free GPUs) rather than on the node alone. Such filters are skipped when
+    /// judging whether a node could ever take the pod.
+    fn reads_usage(&self) -> bool {
+        false
+    }
 }
 
 /// The members of a pod's job still waiting for a node (the pod included).

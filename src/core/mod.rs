@@ -2,6 +2,9 @@
 //! runtime. The shell feeds it events and carries out what it decides.
 
 pub mod framework;
+pub mod gang;
+pub mod gang_placement;
+pub mod gang_scheduler;
 pub mod node;
 pub mod plugins;
 pub mod pod;

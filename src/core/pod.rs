@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use super::gang::GangId;
 use super::node::TaintEffect;
 use super::resources::{GPU, Resources};
 use super::snapshot::PodPlacement;
@@ -96,8 +97,8 @@ pub struct PodInfo {
     pub priority: i32,
     /// Creation time in seconds since the epoch; orders pods of equal priority.
     pub created: i64,
-    /// The distributed job (pod group, training job) the pod belongs to.
-    pub job: Option<String>,
+    /// The gang (pod group, training job) the pod belongs to; `None`: a gang of one.
+    pub job: Option<GangId>,
     /// GPU indices recorded on the pod (`phalanx.dev/gpus`), once chosen.
     pub gpu_indices: Option<Vec<u32>>,
 }
@@ -110,7 +111,7 @@ impl PodInfo {
 
     /// How the snapshot records this pod on `node`.
     pub fn placement<'a>(&'a self, node: &'a str) -> PodPlacement<'a> {
-        PodPlacement { uid: &self.uid, key: &self.key, node, requests: &self.requests, job: self.job.as_deref() }
+        PodPlacement { uid: &self.uid, key: &self.key, node, requests: &self.requests, job: self.job.as_ref() }
     }
 
     /// Whether the scheduling-relevant parts differ (and a new attempt might succeed).

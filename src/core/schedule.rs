@@ -52,16 +52,49 @@ pub fn filter_node(profile: &Profile, pod: &PodInfo, node: &NodeSpec, usage: &No
     Ok(())
 }
 
+/// Whether a decision may look at a node at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeGate {
+    Open,
+    /// Outside the topology domain being tried: not counted.
+    OutOfScope,
+    /// Held for a gang waiting ahead: counted, with this reason.
+    Held,
+}
+
+/// The reason shown for nodes held for another gang.
+pub const HELD_REASON: &str = "node(s) were held for a gang waiting ahead";
+
 pub fn choose_node(
     profile: &Profile,
     pod: &PodInfo,
     snapshot: &ClusterSnapshot,
     job: Option<&JobDemand>,
 ) -> Result<NodeChoice, FitError> {
+    choose_node_gated(profile, pod, snapshot, job, |_, _| NodeGate::Open)
+}
+
+/// `choose_node` over the nodes `gate` lets through.
+pub fn choose_node_gated(
+    profile: &Profile,
+    pod: &PodInfo,
+    snapshot: &ClusterSnapshot,
+    job: Option<&JobDemand>,
+    gate: impl Fn(&NodeSpec, &NodeInfo) -> NodeGate,
+) -> Result<NodeChoice, FitError> {
     let mut feasible: Vec<(&NodeSpec, &NodeInfo)> = Vec::new();
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut total_nodes = 0;
     for (spec, usage) in snapshot.nodes() {
+        match gate(spec, usage) {
+            NodeGate::Open => {}
+            NodeGate::OutOfScope => continue,
+            NodeGate::Held => {
+                total_nodes += 1;
+                *reasons.entry(HELD_REASON.to_string()).or_default() += 1;
+                continue;
+            }
+        }
         total_nodes += 1;
         match filter_node(profile, pod, spec, usage) {
             Ok(()) => feasible.push((spec, usage)),

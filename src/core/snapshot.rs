@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use super::gang::GangId;
 use super::node::{NodeInfo, NodeSpec};
 use super::pod::PodKey;
 use super::resources::{GPU, Resources};
@@ -36,8 +37,8 @@ pub struct Placement {
     pub state: PlacementState,
     /// The GPUs (positions in the node's topology) the pod holds.
     pub gpus: GpuMask,
-    /// The distributed job the pod belongs to, if any.
-    pub job: Option<String>,
+    /// The gang the pod belongs to, if any.
+    pub job: Option<GangId>,
 }
 
 /// What a new placement says about itself.
@@ -47,7 +48,7 @@ pub struct PodPlacement<'a> {
     pub key: &'a PodKey,
     pub node: &'a str,
     pub requests: &'a Resources,
-    pub job: Option<&'a str>,
+    pub job: Option<&'a GangId>,
 }
 
 /// Topology settings shared by every node.
@@ -68,7 +69,7 @@ pub struct ClusterSnapshot {
     reported: HashMap<String, GpuTopology>,
     domains: DomainIndex,
     /// Where each job's placed pods are: node -> pod count.
-    jobs: HashMap<String, BTreeMap<String, usize>>,
+    jobs: HashMap<GangId, BTreeMap<String, usize>>,
 }
 
 impl ClusterSnapshot {
@@ -195,7 +196,7 @@ impl ClusterSnapshot {
     }
 
     /// Nodes holding pods of `job`, with how many each.
-    pub fn job_nodes(&self, job: &str) -> Option<&BTreeMap<String, usize>> {
+    pub fn job_nodes(&self, job: &GangId) -> Option<&BTreeMap<String, usize>> {
         self.jobs.get(job)
     }
 
@@ -296,7 +297,7 @@ impl ClusterSnapshot {
         info.pods.insert(pod.uid.to_string());
         add_holders(&mut info.gpu_holders, gpus);
         if let Some(job) = pod.job {
-            *self.jobs.entry(job.to_string()).or_default().entry(pod.node.to_string()).or_default() += 1;
+            *self.jobs.entry(job.clone()).or_default().entry(pod.node.to_string()).or_default() += 1;
         }
         self.placements.insert(
             pod.uid.to_string(),
@@ -306,7 +307,7 @@ impl ClusterSnapshot {
                 requests: pod.requests.clone(),
                 state,
                 gpus,
-                job: pod.job.map(str::to_string),
+                job: pod.job.cloned(),
             },
         );
     }
@@ -433,11 +434,12 @@ mod tests {
         s.upsert_node(node("a", 8));
         let ask = Resources::new().with(GPU, 1);
         let (k1, k2) = (key("w0"), key("w1"));
-        s.assume(PodPlacement { job: Some("j"), ..pod("u1", &k1, "a", &ask) }, 0b1);
-        s.assume(PodPlacement { job: Some("j"), ..pod("u2", &k2, "a", &ask) }, 0b10);
-        assert_eq!(s.job_nodes("j").unwrap().get("a"), Some(&2));
+        let j = GangId::new(crate::core::gang::GangKind::PodGroup, "default", "j");
+        s.assume(PodPlacement { job: Some(&j), ..pod("u1", &k1, "a", &ask) }, 0b1);
+        s.assume(PodPlacement { job: Some(&j), ..pod("u2", &k2, "a", &ask) }, 0b10);
+        assert_eq!(s.job_nodes(&j).unwrap().get("a"), Some(&2));
         s.release("u1");
         s.release("u2");
-        assert!(s.job_nodes("j").is_none());
+        assert!(s.job_nodes(&j).is_none());
     }
 }

@@ -20,6 +20,9 @@ use super::rate_limit::RateLimiter;
 use super::translate::{GPUS_ANNOTATION, gpu_annotation_value};
 use crate::core::pod::PodKey;
 
+/// Waits between attempts of a bind that failed for a reason other than 404/409.
+const RETRY_DELAYS: [Duration; 3] = [Duration::from_millis(200), Duration::from_millis(800), Duration::from_secs(2)];
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BindResult {
     Bound,
@@ -74,10 +77,17 @@ impl Binder {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
             let started = Instant::now();
-            let result = match this.record_gpus(&uid, &key, &gpus).await {
-                Ok(()) => this.post_binding(&uid, &key, &node).await,
-                Err(failed) => failed,
-            };
+            let mut result = this.try_bind(&uid, &key, &node, &gpus).await;
+            // A transient failure (a timeout, a 5xx, the API server restarting)
+            // is retried here, so a gang's member keeps the place its gang was
+            // given instead of going back to the queue on its own.
+            for delay in RETRY_DELAYS {
+                if !matches!(result, BindResult::Failed(_)) {
+                    break;
+                }
+                tokio::time::sleep(delay).await;
+                result = this.try_bind(&uid, &key, &node, &gpus).await;
+            }
             let label = match &result {
                 BindResult::Bound => "bound",
                 BindResult::PodGone => "gone",
@@ -93,6 +103,13 @@ impl Binder {
             let _ = this.outcomes.send(BindOutcome { uid, key, node, result });
             this.in_flight.fetch_sub(1, Ordering::AcqRel);
         });
+    }
+
+    async fn try_bind(&self, uid: &str, key: &PodKey, node: &str, gpus: &[u32]) -> BindResult {
+        match self.record_gpus(uid, key, gpus).await {
+            Ok(()) => self.post_binding(uid, key, node).await,
+            Err(failed) => failed,
+        }
     }
 
     /// The annotation carries the UID, so it cannot land on a pod recreated

@@ -1,4 +1,5 @@
-//! Watches nodes and pods and turns each change into a `ClusterEvent` for
+//! Watches nodes, pods, GPU topologies and gang objects (PodGroups,
+//! PyTorchJobs) and turns each change into a `ClusterEvent` for
 //! the scheduling loop. Objects are translated here and dropped: no cache of
 //! full objects is kept. After every (re-)list, a `*Listed` event carries
 //! the complete set of names, so anything missed while disconnected (a 410
@@ -16,8 +17,14 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::translate::{TopologyReport, TranslateError, is_gated, node_spec, pod_info, topology_report};
+use super::gang_objects;
+use super::translate::{
+    KUBEFLOW_JOB_LABEL, POD_GROUP_LABEL, TopologyReport, TranslateError, is_gated, node_spec, pod_info, topology_report,
+};
 use crate::api::gpu_topology::GPUTopology;
+use crate::api::pod_group::PodGroup;
+use crate::api::pytorch_job::PyTorchJob;
+use crate::core::gang::{GangId, GangKind, GangObject};
 use crate::core::node::NodeSpec;
 use crate::core::pod::PodInfo;
 
@@ -38,6 +45,16 @@ pub enum ClusterEvent {
     TopologyApplied(TopologyReport),
     TopologyDeleted(String),
     TopologiesListed(HashSet<String>),
+    /// A gang object (PodGroup, PyTorchJob) added or changed.
+    GangApplied {
+        id: GangId,
+        object: GangObject,
+    },
+    GangDeleted(GangId),
+    GangsListed {
+        kind: GangKind,
+        ids: HashSet<GangId>,
+    },
     Invalid {
         regarding: ObjectReference,
         error: TranslateError,
@@ -48,10 +65,49 @@ pub enum ClusterEvent {
 /// the API server turns a pod's move to Succeeded/Failed into a delete event.
 const POD_FIELDS: &str = "status.phase!=Succeeded,status.phase!=Failed";
 
-pub fn spawn(client: Client, scheduler_names: Arc<HashSet<String>>, tx: mpsc::Sender<ClusterEvent>) {
+/// Starts every watch; gang objects only of the kinds the API server serves.
+pub fn spawn(
+    client: Client,
+    scheduler_names: Arc<HashSet<String>>,
+    gang_kinds: &HashSet<GangKind>,
+    tx: mpsc::Sender<ClusterEvent>,
+) {
     tokio::spawn(watch_nodes(Api::all(client.clone()), tx.clone()));
     tokio::spawn(watch_topologies(Api::all(client.clone()), tx.clone()));
+    for kind in gang_kinds {
+        let (client, tx) = (client.clone(), tx.clone());
+        match kind {
+            GangKind::PodGroup => {
+                tokio::spawn(watch_gangs(Api::<PodGroup>::all(client), *kind, tx, gang_objects::pod_group))
+            }
+            GangKind::PyTorchJob => {
+                tokio::spawn(watch_gangs(Api::<PyTorchJob>::all(client), *kind, tx, gang_objects::pytorch_job))
+            }
+            GangKind::UpstreamPodGroup => {
+                tokio::spawn(watch_gangs(Api::all(client), *kind, tx, gang_objects::upstream_pod_group))
+            }
+        };
+    }
     tokio::spawn(watch_pods(Api::all(client), scheduler_names, tx));
+}
+
+/// The gang kinds whose API the server serves, found by discovery. A kind
+/// that is not served is not watched (and its gangs wait with a message).
+pub async fn served_gang_kinds(client: &Client) -> HashSet<GangKind> {
+    let mut served = HashSet::new();
+    for (kind, plural) in [
+        (GangKind::PodGroup, "podgroups"),
+        (GangKind::UpstreamPodGroup, "podgroups"),
+        (GangKind::PyTorchJob, "pytorchjobs"),
+    ] {
+        match client.list_api_group_resources(kind.api_version()).await {
+            Ok(list) if list.resources.iter().any(|r| r.name == plural) => {
+                served.insert(kind);
+            }
+            Ok(_) | Err(_) => tracing::info!(api = kind.api_version(), "not served; its gangs are not recognised"),
+        }
+    }
+    served
 }
 
 fn reference<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {
@@ -131,7 +187,11 @@ async fn watch_pods(api: Api<Pod>, scheduler_names: Arc<HashSet<String>>, tx: mp
         let spec = pod.spec.as_ref();
         let bound = spec.and_then(|s| s.node_name.as_ref()).is_some_and(|n| !n.is_empty());
         let ours = spec.and_then(|s| s.scheduler_name.as_ref()).is_some_and(|n| scheduler_names.contains(n));
-        if !bound && !ours {
+        // Pending pods of other schedulers matter only as members of a gang
+        // (to warn that the gang's members disagree).
+        let labels = pod.metadata.labels.as_ref();
+        let gang_member = labels.is_some_and(|l| l.contains_key(POD_GROUP_LABEL) || l.contains_key(KUBEFLOW_JOB_LABEL));
+        if !bound && !ours && !gang_member {
             return Applied::Ignored;
         }
         match pod_info(&pod) {
@@ -151,4 +211,27 @@ async fn watch_topologies(api: Api<GPUTopology>, tx: mpsc::Sender<ClusterEvent>)
     };
     let on_delete = |report: GPUTopology| Some(ClusterEvent::TopologyDeleted(report.name_any()));
     pump(api, watcher::Config::default(), tx, on_apply, on_delete, ClusterEvent::TopologiesListed).await;
+}
+
+async fn watch_gangs<K>(
+    api: Api<K>,
+    kind: GangKind,
+    tx: mpsc::Sender<ClusterEvent>,
+    translate: impl Fn(&K) -> (GangId, GangObject),
+) where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let on_apply = |object: K| {
+        let (id, object) = translate(&object);
+        Applied::Event(format!("{}/{}", id.namespace, id.name), ClusterEvent::GangApplied { id, object })
+    };
+    let on_delete = |object: K| {
+        let namespace = object.meta().namespace.clone().unwrap_or_default();
+        Some(ClusterEvent::GangDeleted(GangId::new(kind, &namespace, &object.name_any())))
+    };
+    let on_listed = move |keys: HashSet<String>| ClusterEvent::GangsListed {
+        kind,
+        ids: keys.iter().filter_map(|k| k.split_once('/')).map(|(ns, name)| GangId::new(kind, ns, name)).collect(),
+    };
+    pump(api, watcher::Config::default(), tx, on_apply, on_delete, on_listed).await;
 }

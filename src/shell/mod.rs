@@ -2,6 +2,7 @@
 //! the core decides (bindings, status, Events). Also the HTTP endpoints.
 
 pub mod binder;
+pub mod gang_objects;
 pub mod http;
 pub mod informers;
 pub mod metrics;

@@ -29,8 +29,8 @@ pub enum Report {
     Unschedulable { key: PodKey, uid: String, resource_version: Option<String>, message: String },
     /// Bound: a Normal Event, as kube-scheduler writes.
     Scheduled { key: PodKey, uid: String, node: String },
-    /// An object phalanx cannot read: a Warning Event on it.
-    InvalidObject { regarding: ObjectReference, message: String },
+    /// An Event about any object (an unreadable object, a gang's PodGroup).
+    Event { regarding: ObjectReference, warning: bool, reason: &'static str, message: String },
 }
 
 #[derive(Clone)]
@@ -119,8 +119,9 @@ impl Writer {
                 )
                 .await
             }
-            Report::InvalidObject { regarding, message } => {
-                self.event(regarding.clone(), "Warning", "InvalidObject", message).await
+            Report::Event { regarding, warning, reason, message } => {
+                let type_ = if *warning { "Warning" } else { "Normal" };
+                self.event(regarding.clone(), type_, reason, message).await
             }
         }
     }

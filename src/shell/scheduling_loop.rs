@@ -1,25 +1,26 @@
 //! The one task that owns the snapshot and the queue. It applies watch
-//! events and bind outcomes in arrival order, asks the core for decisions,
-//! and hands the results to the binder and the reporter. Nothing else
-//! mutates scheduling state, so no locks are needed.
+//! events and bind outcomes in arrival order, asks the core for a decision
+//! on each gang, and hands the results to the binder and the reporter.
+//! Nothing else mutates scheduling state, so no locks are needed.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, info_span, warn};
 
 use super::binder::{BindOutcome, BindResult, Binder};
 use super::informers::ClusterEvent;
 use super::metrics::Metrics;
-use super::reporter::Report;
-use super::reporter::Reporter;
-use crate::core::framework::{JobDemand, Profile};
+use super::reporter::{Report, Reporter};
+use crate::core::framework::Profile;
+use crate::core::gang::{GangId, GangKind, GangObject};
+use crate::core::gang_scheduler::{GangDecision, GangScheduler};
 use crate::core::pod::{PodInfo, PodKey, PodPhase};
-use crate::core::queue::SchedulingQueue;
-use crate::core::schedule::choose_node;
+use crate::core::queue::{GangKey, SchedulingQueue};
 use crate::core::snapshot::{ClusterSnapshot, PlacementState};
 
 /// Decisions made between two looks at the event channels: enough to amortise
@@ -58,41 +59,49 @@ pub struct SchedulingLoop<B = Binder, R = Reporter> {
     profiles: HashMap<String, Profile>,
     snapshot: ClusterSnapshot,
     queue: SchedulingQueue,
+    gangs: GangScheduler,
     /// Pods whose bind is in flight, to requeue them if it fails.
     binding: HashMap<String, PodInfo>,
-    /// Queued pods of each job and their GPU requests: the job's remaining demand.
-    pending_jobs: HashMap<String, HashMap<String, usize>>,
+    /// The last message reported about each pod (by UID) or gang object.
     last_report: HashMap<String, (String, Instant)>,
     binder: B,
     reporter: R,
     metrics: Metrics,
-    nodes_listed: bool,
-    pods_listed: bool,
+    /// Watches whose first list has not arrived; scheduling waits for them.
+    unlisted: HashSet<&'static str>,
     ready: Arc<AtomicBool>,
 }
 
+/// The watches every decision depends on, besides one per served gang kind.
+const NODES: &str = "nodes";
+const PODS: &str = "pods";
+
 impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
+    /// `gang_kinds`: the gang objects the API server serves (and the informers watch).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         profiles: Vec<Profile>,
         snapshot: ClusterSnapshot,
         queue: SchedulingQueue,
+        gang_kinds: HashSet<GangKind>,
         binder: B,
         reporter: R,
         metrics: Metrics,
         ready: Arc<AtomicBool>,
     ) -> Self {
+        let mut unlisted: HashSet<&'static str> = [NODES, PODS].into();
+        unlisted.extend(gang_kinds.iter().map(|k| k.api_version()));
         Self {
             profiles: profiles.into_iter().map(|p| (p.scheduler_name.clone(), p)).collect(),
             snapshot,
             queue,
+            gangs: GangScheduler::new(gang_kinds),
             binding: HashMap::new(),
-            pending_jobs: HashMap::new(),
             last_report: HashMap::new(),
             binder,
             reporter,
             metrics,
-            nodes_listed: false,
-            pods_listed: false,
+            unlisted,
             ready,
         }
     }
@@ -146,71 +155,122 @@ impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
     }
 
     fn is_ready(&mut self) -> bool {
-        let ready = self.nodes_listed && self.pods_listed;
+        let ready = self.unlisted.is_empty();
         if ready && !self.ready.swap(true, Ordering::Relaxed) {
             info!(nodes = self.snapshot.node_count(), "caches synced; scheduling starts");
         }
         ready
     }
 
-    /// Decides for up to a round of pods. Returns whether pods are left.
+    /// Decides for up to a round of gangs. Returns whether gangs are left.
     fn schedule_round(&mut self) -> bool {
         for _ in 0..DECISIONS_PER_ROUND {
-            let Some(pod) = self.queue.pop(Instant::now()) else {
+            let Some(key) = self.queue.pop(Instant::now()) else {
                 return false;
             };
-            self.schedule_one(pod);
+            self.schedule_gang(key);
         }
         true
     }
 
-    fn schedule_one(&mut self, pod: PodInfo) {
-        let span = info_span!("schedule", pod = %pod.key, profile = %pod.scheduler_name);
+    fn schedule_gang(&mut self, key: GangKey) {
+        let span =
+            info_span!("schedule", gang = %gang_name(&key, &self.queue), members = self.queue.member_count(&key));
         let _entered = span.enter();
-        let Some(profile) = self.profiles.get(&pod.scheduler_name) else {
-            self.dequeue(&pod.uid);
-            return;
-        };
         let started = Instant::now();
-        let demand = pod.job.as_ref().and_then(|j| self.pending_jobs.get(j)).map(|members| JobDemand {
-            pending_pods: members.len(),
-            gpus_per_pod: members.values().copied().max().unwrap_or(0),
-        });
-        match choose_node(profile, &pod, &self.snapshot, demand.as_ref()) {
-            Ok(choice) => {
-                debug!(node = %choice.node, score = choice.score, feasible = choice.feasible, "placed");
-                self.metrics.attempt("scheduled", &pod.scheduler_name, started.elapsed().as_secs_f64());
-                self.snapshot.assume(pod.placement(&choice.node), choice.gpus);
-                self.dequeue(&pod.uid);
-                self.last_report.remove(&pod.uid);
-                self.binder.bind(pod.uid.clone(), pod.key.clone(), choice.node, choice.gpu_indices);
-                self.binding.insert(pod.uid.clone(), pod);
+        let now = Instant::now();
+        let verdict = self.gangs.decide(&key, &self.profiles, &mut self.snapshot, &self.queue, now);
+        let profile = self.queue.members(&key).next().map(|p| p.scheduler_name.clone()).unwrap_or_default();
+        for warning in verdict.warnings {
+            self.report_gang(&key, "GangMembersDisagree", warning);
+        }
+        match verdict.decision {
+            GangDecision::Bind(placement) => {
+                debug!(members = placement.members.len(), scope = ?placement.scope, "placed");
+                self.metrics.attempt("scheduled", &profile, started.elapsed().as_secs_f64());
+                for member in placement.members {
+                    let Some(pod) = self.queue.remove(&member.uid) else { continue };
+                    self.last_report.remove(&member.uid);
+                    self.binder.bind(member.uid.clone(), member.key, member.node, member.gpu_indices);
+                    self.binding.insert(member.uid, pod);
+                }
+                if self.queue.member_count(&key) > 0 {
+                    // Members beyond minMember that found no room yet.
+                    self.queue.mark_unschedulable(&key, now);
+                }
+                self.last_report.remove(&report_key(&key));
             }
-            Err(fit) => {
-                let message = fit.to_string();
-                debug!(%message, attempts = self.queue.attempts(&pod.uid), "unschedulable");
-                self.metrics.attempt("unschedulable", &pod.scheduler_name, started.elapsed().as_secs_f64());
-                self.queue.mark_unschedulable(&pod.uid, Instant::now());
-                self.report_unschedulable(&pod, message);
+            GangDecision::Wait(message) => {
+                debug!(%message, "waiting");
+                self.queue.wait(&key);
+                self.report_members(&key, &message);
+                self.report_gang(&key, "Waiting", message);
+            }
+            GangDecision::Unschedulable { message, timed_out } => {
+                debug!(%message, attempts = self.queue.attempts(&key), "unschedulable");
+                self.metrics.attempt("unschedulable", &profile, started.elapsed().as_secs_f64());
+                if timed_out.is_some() {
+                    self.queue.restart_clock(&key);
+                    self.queue.retry_later(&key, now);
+                    self.report_gang(&key, "GangTimeout", message.clone());
+                } else {
+                    self.queue.mark_unschedulable(&key, now);
+                    self.report_gang(&key, "FailedScheduling", message.clone());
+                }
+                self.report_members(&key, &message);
+            }
+            GangDecision::Drop => {
+                for uid in self.queue.members(&key).map(|p| p.uid.clone()).collect::<Vec<_>>() {
+                    self.queue.remove(&uid);
+                }
             }
         }
     }
 
-    fn report_unschedulable(&mut self, pod: &PodInfo, message: String) {
-        let now = Instant::now();
-        if let Some((last, at)) = self.last_report.get(&pod.uid)
-            && *last == message
-            && now.duration_since(*at) < REPORT_REPEAT
-        {
+    /// The condition and a FailedScheduling Event on every pending member.
+    fn report_members(&mut self, key: &GangKey, message: &str) {
+        let members: Vec<(PodKey, String, Option<String>)> =
+            self.queue.members(key).map(|p| (p.key.clone(), p.uid.clone(), p.resource_version.clone())).collect();
+        for (pod, uid, resource_version) in members {
+            if self.repeated(&uid, message) {
+                continue;
+            }
+            self.reporter.send(Report::Unschedulable { key: pod, uid, resource_version, message: message.to_string() });
+        }
+    }
+
+    /// A Warning Event on the gang's object (its PodGroup or job).
+    fn report_gang(&mut self, key: &GangKey, reason: &'static str, message: String) {
+        let object = key.gang().and_then(|id| self.gangs.object(id)).cloned();
+        self.report_gang_object(key, object.as_ref(), reason, message);
+    }
+
+    fn report_gang_object(
+        &mut self,
+        key: &GangKey,
+        object: Option<&GangObject>,
+        reason: &'static str,
+        message: String,
+    ) {
+        let Some(id) = key.gang() else { return };
+        if self.repeated(&report_key(key), &message) {
             return;
         }
-        self.last_report.insert(pod.uid.clone(), (message.clone(), now));
-        self.reporter.send(Report::Unschedulable {
-            key: pod.key.clone(),
-            uid: pod.uid.clone(),
-            resource_version: pod.resource_version.clone(),
-            message,
-        });
+        let regarding = gang_reference(id, object);
+        self.reporter.send(Report::Event { regarding, warning: true, reason, message });
+    }
+
+    /// Whether `message` was just reported about `about` (and records it if not).
+    fn repeated(&mut self, about: &str, message: &str) -> bool {
+        let now = Instant::now();
+        if let Some((last, at)) = self.last_report.get(about)
+            && last == message
+            && now.duration_since(*at) < REPORT_REPEAT
+        {
+            return true;
+        }
+        self.last_report.insert(about.to_string(), (message.to_string(), now));
+        false
     }
 
     /// Applies one watch event. Returns whether capacity may have been freed
@@ -223,7 +283,7 @@ impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
                 false
             }
             ClusterEvent::NodesListed(names) => {
-                self.nodes_listed = true;
+                self.unlisted.remove(NODES);
                 let gone: Vec<String> =
                     self.snapshot.node_names().filter(|n| !names.contains(*n)).map(str::to_string).collect();
                 for name in gone {
@@ -245,8 +305,32 @@ impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
                 }
                 true
             }
+            ClusterEvent::GangApplied { id, object } => {
+                if let GangObject::Invalid(invalid) = &object {
+                    let key = GangKey::Gang(id.clone());
+                    warn!(error = %invalid, "invalid gang object");
+                    self.metrics.invalid_objects.inc();
+                    self.report_gang_object(&key, Some(&object), "InvalidObject", invalid.to_string());
+                }
+                if self.gangs.set_object(id.clone(), Some(object)) {
+                    self.queue.wake(&GangKey::Gang(id), Instant::now());
+                }
+                false
+            }
+            ClusterEvent::GangDeleted(id) => {
+                self.gangs.set_object(id.clone(), None);
+                self.queue.wake(&GangKey::Gang(id), Instant::now());
+                false
+            }
+            ClusterEvent::GangsListed { kind, ids } => {
+                self.unlisted.remove(kind.api_version());
+                for id in self.gangs.objects_listed(kind, &ids) {
+                    self.queue.wake(&GangKey::Gang(id), Instant::now());
+                }
+                false
+            }
             ClusterEvent::PodsListed(uids) => {
-                self.pods_listed = true;
+                self.unlisted.remove(PODS);
                 self.resync_pods(&uids);
                 true
             }
@@ -263,7 +347,12 @@ impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
                 {
                     self.snapshot.remove_node(name);
                 }
-                self.reporter.send(Report::InvalidObject { regarding, message: error.to_string() });
+                self.reporter.send(Report::Event {
+                    regarding,
+                    warning: true,
+                    reason: "InvalidObject",
+                    message: error.to_string(),
+                });
                 false
             }
         }
@@ -280,7 +369,11 @@ impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
             self.last_report.remove(&pod.uid);
             return false;
         }
-        if pod.terminating || gated || !self.profiles.contains_key(&pod.scheduler_name) {
+        let ours = self.profiles.contains_key(&pod.scheduler_name);
+        if let Some(gang) = &pod.job {
+            self.gangs.set_foreign_member(gang, &pod.key.name, !ours && !pod.terminating);
+        }
+        if pod.terminating || gated || !ours {
             self.dequeue(&pod.uid);
             return false;
         }
@@ -300,23 +393,11 @@ impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
     }
 
     fn enqueue(&mut self, pod: PodInfo, now: Instant) {
-        if let Some(job) = &pod.job {
-            self.pending_jobs.entry(job.clone()).or_default().insert(pod.uid.clone(), pod.gpu_count());
-        }
         self.queue.upsert(pod, now);
     }
 
-    /// Takes a pod out of the queue and out of its job's pending demand.
     fn dequeue(&mut self, uid: &str) {
-        if let Some(pod) = self.queue.remove(uid)
-            && let Some(job) = &pod.job
-            && let Some(members) = self.pending_jobs.get_mut(job)
-        {
-            members.remove(uid);
-            if members.is_empty() {
-                self.pending_jobs.remove(job);
-            }
-        }
+        self.queue.remove(uid);
     }
 
     fn forget_pod(&mut self, uid: &str) -> bool {
@@ -361,9 +442,9 @@ impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
                 if !confirmed {
                     info!(pod = %outcome.key, node = %outcome.node, %why, "bind did not succeed; retrying after backoff");
                     let now = Instant::now();
-                    let uid = pod.uid.clone();
+                    let key = GangKey::of(&pod);
                     self.enqueue(pod, now);
-                    self.queue.retry_later(&uid, now);
+                    self.queue.retry_later(&key, now);
                 }
                 released
             }
@@ -375,7 +456,35 @@ impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
         self.metrics.set_pending("active", l.active);
         self.metrics.set_pending("backoff", l.backoff);
         self.metrics.set_pending("unschedulable", l.unschedulable);
+        self.metrics.set_pending("waiting", l.waiting);
         self.metrics.set_pending("binding", self.binding.len());
+    }
+}
+
+fn gang_name(key: &GangKey, queue: &SchedulingQueue) -> String {
+    match key {
+        GangKey::Gang(id) => id.to_string(),
+        GangKey::Pod(_) => queue.members(key).next().map(|p| format!("Pod {}", p.key)).unwrap_or_default(),
+    }
+}
+
+/// What reports about a gang's object are deduplicated under.
+fn report_key(key: &GangKey) -> String {
+    match key {
+        GangKey::Gang(id) => id.to_string(),
+        GangKey::Pod(uid) => uid.clone(),
+    }
+}
+
+fn gang_reference(id: &GangId, object: Option<&GangObject>) -> ObjectReference {
+    let uid = object.and_then(GangObject::uid).map(str::to_string);
+    ObjectReference {
+        api_version: Some(id.kind.api_version().into()),
+        kind: Some(id.kind.object_kind().into()),
+        namespace: Some(id.namespace.clone()),
+        name: Some(id.name.clone()),
+        uid,
+        ..Default::default()
     }
 }
 
@@ -387,6 +496,7 @@ mod tests {
     use prometheus_client::registry::Registry;
 
     use super::*;
+    use crate::core::gang::{GangSpec, InvalidGang};
     use crate::core::plugins::default_profile;
     use crate::core::queue::BackoffPolicy;
     use crate::core::testing::{gpu_node, gpu_pod};
@@ -438,6 +548,7 @@ mod tests {
             vec![default_profile("phalanx")],
             ClusterSnapshot::new(),
             SchedulingQueue::new(policy),
+            HashSet::from([GangKind::PodGroup]),
             recorder.clone(),
             recorder.clone(),
             Metrics::register(&mut Registry::default()),
@@ -447,8 +558,87 @@ mod tests {
         l.apply_event(ClusterEvent::NodeApplied(gpu_node("n1", 8)));
         l.apply_event(ClusterEvent::NodesListed(HashSet::from(["n1".to_string()])));
         l.apply_event(ClusterEvent::PodsListed(HashSet::new()));
+        assert!(!l.is_ready(), "PodGroups are not listed yet");
+        l.apply_event(ClusterEvent::GangsListed { kind: GangKind::PodGroup, ids: HashSet::new() });
         assert!(l.is_ready());
         (l, recorder)
+    }
+
+    fn member(name: &str, gpus: i64, group: &str) -> PodInfo {
+        let mut pod = gpu_pod(name, gpus);
+        pod.job = Some(GangId::new(GangKind::PodGroup, "default", group));
+        pod
+    }
+
+    fn group(l: &mut SchedulingLoop<Recorder, Recorder>, name: &str, object: GangObject) {
+        l.apply_event(ClusterEvent::GangApplied { id: GangId::new(GangKind::PodGroup, "default", name), object });
+    }
+
+    fn events(rec: &Recorder) -> Vec<(&'static str, String)> {
+        let reports = rec.reports.lock().unwrap();
+        reports
+            .iter()
+            .filter_map(|r| match r {
+                Report::Event { reason, message, .. } => Some((*reason, message.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_gang_binds_only_once_min_member_pods_exist_and_then_all_at_once() {
+        let (mut l, rec) = synced_loop();
+        group(&mut l, "g", GangObject::Valid(GangSpec::of_size(3)));
+        for i in 0..2 {
+            l.apply_event(ClusterEvent::PodApplied { pod: member(&format!("w{i}"), 2, "g"), gated: false });
+        }
+        l.schedule_round();
+        assert_eq!(rec.bind_count(), 0);
+        assert_eq!(rec.unschedulable_reports()[0], "waiting for members of PodGroup default/g: 2 of 3 members created");
+        assert!(events(&rec).iter().any(|(reason, m)| *reason == "Waiting" && m.contains("2 of 3")));
+        l.apply_event(ClusterEvent::PodApplied { pod: member("w2", 2, "g"), gated: false });
+        l.schedule_round();
+        assert_eq!(rec.bind_count(), 3, "the third member completes the gang");
+        assert_eq!(l.snapshot.node("n1").unwrap().free_gpus().count_ones(), 2);
+    }
+
+    #[test]
+    fn a_gang_that_does_not_fit_binds_nothing() {
+        let (mut l, rec) = synced_loop();
+        group(&mut l, "g", GangObject::Valid(GangSpec::of_size(2)));
+        l.apply_event(ClusterEvent::PodApplied { pod: member("a", 4, "g"), gated: false });
+        l.apply_event(ClusterEvent::PodApplied { pod: member("b", 6, "g"), gated: false });
+        l.schedule_round();
+        assert_eq!(rec.bind_count(), 0);
+        assert_eq!(l.snapshot.node("n1").unwrap().free_gpus(), 0xff, "nothing stays reserved");
+        let message = &rec.unschedulable_reports()[0];
+        assert!(message.starts_with("gang needs 2 pods placed together (12 GPUs), only 1 have room"), "{message}");
+    }
+
+    #[test]
+    fn an_invalid_pod_group_is_reported_and_its_pods_wait() {
+        let (mut l, rec) = synced_loop();
+        let invalid = InvalidGang {
+            gang: GangId::new(GangKind::PodGroup, "default", "bad"),
+            uid: Some("pg".into()),
+            field: "spec.minMember".into(),
+            problem: "is 0; a gang needs at least one member".into(),
+        };
+        group(&mut l, "bad", GangObject::Invalid(invalid));
+        l.apply_event(ClusterEvent::PodApplied { pod: member("w0", 1, "bad"), gated: false });
+        l.apply_event(ClusterEvent::PodApplied { pod: gpu_pod("solo", 1), gated: false });
+        l.schedule_round();
+        assert_eq!(rec.bind_count(), 1, "the rest of the queue keeps moving");
+        assert!(events(&rec).iter().any(|(reason, m)| *reason == "InvalidObject" && m.contains("spec.minMember is 0")));
+        assert!(rec.unschedulable_reports()[0].contains("waiting for a valid PodGroup"));
+        // A missing PodGroup: its pods wait too.
+        l.apply_event(ClusterEvent::PodApplied { pod: member("x", 1, "missing"), gated: false });
+        l.schedule_round();
+        assert!(
+            rec.unschedulable_reports()
+                .iter()
+                .any(|m| m.contains("default/missing, which the pods name but which does not exist"))
+        );
     }
 
     fn outcome(pod: &PodInfo, node: &str, result: BindResult) -> BindOutcome {

@@ -9,6 +9,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use thiserror::Error;
 
 use crate::api::gpu_topology::GPUTopology;
+use crate::core::gang::{GangId, GangKind};
 use crate::core::node::{NodeSpec, Taint, TaintEffect};
 use crate::core::pod::{
     NodeSelectorTerm, PodInfo, PodKey, PodPhase, PreferredTerm, SelectorOperator, SelectorRequirement, Toleration,
@@ -263,14 +264,28 @@ pub const POD_GROUP_LABEL: &str = "scheduling.x-k8s.io/pod-group";
 pub const KUBEFLOW_JOB_LABEL: &str = "training.kubeflow.org/job-name";
 pub const GPUS_ANNOTATION: &str = "phalanx.dev/gpus";
 
-/// The job a pod belongs to: its PodGroup, else its Kubeflow training job.
-fn job_key(pod: &Pod) -> Option<String> {
-    let labels = pod.metadata.labels.as_ref()?;
+/// The gang a pod belongs to, in DESIGN.md's order of precedence: its
+/// PodGroup label, its upstream scheduling group, the PyTorchJob that owns it
+/// (by owner reference, else by the training-operator's job label).
+fn job_key(pod: &Pod) -> Option<GangId> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
-    labels
-        .get(POD_GROUP_LABEL)
-        .map(|g| format!("podgroup:{ns}/{g}"))
-        .or_else(|| labels.get(KUBEFLOW_JOB_LABEL).map(|j| format!("kubeflow:{ns}/{j}")))
+    let labels = pod.metadata.labels.as_ref();
+    let label = |key: &str| labels.and_then(|l| l.get(key)).filter(|v| !v.is_empty());
+    if let Some(group) = label(POD_GROUP_LABEL) {
+        return Some(GangId::new(GangKind::PodGroup, ns, group));
+    }
+    let upstream = pod.spec.as_ref().and_then(|s| s.scheduling_group.as_ref()).and_then(|g| g.pod_group_name.as_ref());
+    if let Some(group) = upstream.filter(|g| !g.is_empty()) {
+        return Some(GangId::new(GangKind::UpstreamPodGroup, ns, group));
+    }
+    let owner =
+        pod.metadata.owner_references.iter().flatten().find(|o| {
+            o.kind == GangKind::PyTorchJob.object_kind() && o.api_version == GangKind::PyTorchJob.api_version()
+        });
+    owner
+        .map(|o| o.name.as_str())
+        .or(label(KUBEFLOW_JOB_LABEL).map(String::as_str))
+        .map(|job| GangId::new(GangKind::PyTorchJob, ns, job))
 }
 
 /// `phalanx.dev/gpus: "0,1,2,3"`.
@@ -422,7 +437,7 @@ mod tests {
         p.metadata.labels = Some([(KUBEFLOW_JOB_LABEL.to_string(), "llama".to_string())].into());
         p.metadata.annotations = Some([(GPUS_ANNOTATION.to_string(), "4, 5,6".to_string())].into());
         let info = pod_info(&p).unwrap();
-        assert_eq!(info.job.as_deref(), Some("kubeflow:team-a/llama"));
+        assert_eq!(info.job, Some(GangId::new(GangKind::PyTorchJob, "team-a", "llama")));
         assert_eq!(info.gpu_indices, Some(vec![4, 5, 6]));
         assert_eq!(gpu_annotation_value(&[4, 5, 6]), "4,5,6");
         p.metadata.annotations = Some([(GPUS_ANNOTATION.to_string(), "all".to_string())].into());

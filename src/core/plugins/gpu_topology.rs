@@ -31,6 +31,10 @@ impl FilterPlugin for GpuTopology {
         Self::NAME
     }
 
+    fn reads_usage(&self) -> bool {
+        true
+    }
+
     fn filter(&self, pod: &PodInfo, _: &NodeSpec, usage: &NodeInfo) -> Result<(), Rejection> {
         let wanted = pod.gpu_count();
         match &usage.gpu_model {

@@ -61,6 +61,10 @@ impl FilterPlugin for NodeResourcesFit {
         Self::NAME
     }
 
+    fn reads_usage(&self) -> bool {
+        true
+    }
+
     fn filter(&self, pod: &PodInfo, node: &NodeSpec, usage: &NodeInfo) -> Result<(), Rejection> {
         let reasons: Vec<String> = pod
             .requests

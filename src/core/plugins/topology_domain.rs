@@ -60,7 +60,7 @@ impl ScorePlugin for TopologyDomain {
 
     fn score_all(&self, ctx: &ScoreContext<'_>, nodes: &[(&NodeSpec, &NodeInfo)], out: &mut [i64]) {
         out.iter_mut().for_each(|s| *s = 0);
-        let (Some(job), Some(demand)) = (ctx.pod.job.as_deref(), ctx.job) else { return };
+        let (Some(job), Some(demand)) = (ctx.pod.job.as_ref(), ctx.job) else { return };
         let levels = ctx.snapshot.settings().levels.len();
         let domains_of = |name: &str| ctx.snapshot.node(name).map(|n| n.domains.clone()).unwrap_or_default();
         // Members already placed: stay as close to them as possible.
@@ -102,6 +102,7 @@ impl ScorePlugin for TopologyDomain {
 mod tests {
     use super::*;
     use crate::core::framework::JobDemand;
+    use crate::core::gang::{GangId, GangKind};
     use crate::core::snapshot::ClusterSnapshot;
     use crate::core::testing::{gpu_node, gpu_pod};
 
@@ -125,7 +126,7 @@ mod tests {
 
     fn job_pod(name: &str) -> crate::core::pod::PodInfo {
         let mut p = gpu_pod(name, 8);
-        p.job = Some("kubeflow:default/llm".into());
+        p.job = Some(GangId::new(GangKind::PyTorchJob, "default", "llm"));
         p
     }
 

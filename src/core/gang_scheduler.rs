@@ -1,0 +1,379 @@
+//! One decision for one gang popped from the queue: is it ready to be tried
+//! (its object known and valid, enough members created), where does it go
+//! (`gang_placement`), and, when it does not fit, which nodes are held for it
+//! so that it is not starved by smaller gangs behind it.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use super::framework::Profile;
+use super::gang::{GangId, GangKind, GangObject, GangSpec};
+use super::gang_placement::{GangPlacement, GangRequest, nodes_to_hold, place_gang};
+use super::pod::PodInfo;
+use super::queue::{GangKey, SchedulingQueue};
+use super::resources::PODS;
+use super::snapshot::ClusterSnapshot;
+
+/// What to do with the gang.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GangDecision {
+    /// Bind these members; they are reserved in the snapshot already.
+    Bind(GangPlacement),
+    /// Cannot be tried until its members or its object change.
+    Wait(String),
+    /// No placement now; try again when the cluster changes. `timed_out`:
+    /// its scheduleTimeoutSeconds passed without a placement.
+    Unschedulable { message: String, timed_out: Option<Duration> },
+    /// No member names a profile of this scheduler any more.
+    Drop,
+}
+
+/// The decision plus what users should be told about the gang's object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GangVerdict {
+    pub decision: GangDecision,
+    /// Problems with the gang's members (conflicting priorities or schedulers).
+    pub warnings: Vec<String>,
+}
+
+/// Nodes held for the gang at the head of the line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Hold {
+    owner: GangKey,
+    rank: (i32, i64),
+    nodes: HashSet<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct GangScheduler {
+    /// Gang objects (PodGroups, PyTorchJobs) as last seen.
+    objects: HashMap<GangId, GangObject>,
+    /// Kinds of gang object the API server serves (and phalanx watches).
+    served: HashSet<GangKind>,
+    /// Members of our gangs that name another scheduler: gang -> pod names.
+    foreign: HashMap<GangId, BTreeSet<String>>,
+    hold: Option<Hold>,
+}
+
+/// Higher priority first, then older.
+fn ranks_above(a: (i32, i64), b: (i32, i64)) -> bool {
+    a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)
+}
+
+impl GangScheduler {
+    pub fn new(served: HashSet<GangKind>) -> Self {
+        Self { served, ..Self::default() }
+    }
+
+    /// A gang object was added or changed (`None`: deleted).
+    pub fn set_object(&mut self, id: GangId, object: Option<GangObject>) -> bool {
+        let changed = self.objects.get(&id) != object.as_ref();
+        match object {
+            Some(o) => self.objects.insert(id, o),
+            None => self.objects.remove(&id),
+        };
+        changed
+    }
+
+    /// After a (re-)list of one kind: objects not listed are gone.
+    pub fn objects_listed(&mut self, kind: GangKind, listed: &HashSet<GangId>) -> Vec<GangId> {
+        let gone: Vec<GangId> =
+            self.objects.keys().filter(|id| id.kind == kind && !listed.contains(*id)).cloned().collect();
+        for id in &gone {
+            self.objects.remove(id);
+        }
+        gone
+    }
+
+    pub fn object(&self, id: &GangId) -> Option<&GangObject> {
+        self.objects.get(id)
+    }
+
+    /// A pending member of one of our gangs that names another scheduler.
+    pub fn set_foreign_member(&mut self, gang: &GangId, pod: &str, foreign: bool) {
+        let names = self.foreign.entry(gang.clone()).or_default();
+        if foreign {
+            names.insert(pod.to_string());
+        } else {
+            names.remove(pod);
+        }
+        if names.is_empty() {
+            self.foreign.remove(gang);
+        }
+    }
+
+    /// The nodes currently held, and for which gang.
+    pub fn held_nodes(&self) -> Option<(&GangKey, &HashSet<String>)> {
+        self.hold.as_ref().map(|h| (&h.owner, &h.nodes))
+    }
+
+    /// Decides for the gang `key` just popped from `queue`.
+    pub fn decide(
+        &mut self,
+        key: &GangKey,
+        profiles: &HashMap<String, Profile>,
+        snapshot: &mut ClusterSnapshot,
+        queue: &SchedulingQueue,
+        now: Instant,
+    ) -> GangVerdict {
+        if let Some(hold) = &self.hold
+            && queue.rank(&hold.owner).is_none()
+        {
+            self.hold = None;
+        }
+        let members: Vec<&PodInfo> = queue.members(key).collect();
+        let Some(profile) = members.iter().find_map(|m| profiles.get(&m.scheduler_name)) else {
+            return GangVerdict { decision: GangDecision::Drop, warnings: vec![] };
+        };
+        let warnings = self.member_warnings(key, &members, &profile.scheduler_name);
+        let spec = match self.spec_of(key) {
+            Ok(spec) => spec,
+            Err(why) => return GangVerdict { decision: GangDecision::Wait(why), warnings },
+        };
+        let placed = key.gang().and_then(|g| snapshot.job_nodes(g)).map_or(0, |nodes| nodes.values().sum());
+        if let Some(why) = self.too_few(key, &spec, placed, members.len(), snapshot) {
+            return GangVerdict { decision: GangDecision::Wait(why), warnings };
+        }
+        let rank = queue.rank(key).unwrap_or_default();
+        let held = match &self.hold {
+            Some(h) if h.owner != *key && !ranks_above(rank, h.rank) => h.nodes.clone(),
+            _ => HashSet::new(),
+        };
+        let request = GangRequest { gang: key.gang(), members, required: spec.min_member.saturating_sub(placed) };
+        match place_gang(profile, &request, snapshot, &held) {
+            Ok(placement) if !placement.members.is_empty() => {
+                if self.hold.as_ref().is_some_and(|h| h.owner == *key) {
+                    self.hold = None;
+                }
+                GangVerdict { decision: GangDecision::Bind(placement), warnings }
+            }
+            Ok(_) => {
+                let message = "all required members are placed; no room for more members".to_string();
+                GangVerdict { decision: GangDecision::Unschedulable { message, timed_out: None }, warnings }
+            }
+            Err(unschedulable) => {
+                if request.required > 0
+                    && self.hold.as_ref().is_none_or(|h| h.owner == *key || ranks_above(rank, h.rank))
+                {
+                    let before = self.hold.take().filter(|h| h.owner == *key).map(|h| h.nodes).unwrap_or_default();
+                    let nodes = nodes_to_hold(profile, &request, snapshot, &before);
+                    self.hold = (!nodes.is_empty()).then(|| Hold { owner: key.clone(), rank, nodes });
+                }
+                let timed_out = spec
+                    .schedule_timeout
+                    .filter(|limit| queue.trying_since(key).is_some_and(|since| now.duration_since(since) >= *limit));
+                let mut message = unschedulable.to_string();
+                if let Some(limit) = timed_out {
+                    message = format!(
+                        "gang found no placement within scheduleTimeoutSeconds ({}s): {message}",
+                        limit.as_secs()
+                    );
+                }
+                GangVerdict { decision: GangDecision::Unschedulable { message, timed_out }, warnings }
+            }
+        }
+    }
+
+    /// The gang's size and timeout, or why it cannot be tried.
+    fn spec_of(&self, key: &GangKey) -> Result<GangSpec, String> {
+        let Some(id) = key.gang() else { return Ok(GangSpec::of_size(1)) };
+        if !self.served.contains(&id.kind) {
+            return Err(format!(
+                "waiting for {id}: the API server does not serve {} {}s, so the gang's size is unknown",
+                id.kind.api_version(),
+                id.kind.object_kind()
+            ));
+        }
+        match self.objects.get(id) {
+            Some(GangObject::Valid(spec)) => Ok(spec.clone()),
+            Some(GangObject::Invalid(invalid)) => {
+                Err(format!("waiting for a valid {}: {invalid}", id.kind.object_kind()))
+            }
+            None => Err(format!("waiting for {id}, which the pods name but which does not exist")),
+        }
+    }
+
+    /// Why the gang has too few members to be tried, if it has.
+    fn too_few(
+        &self,
+        key: &GangKey,
+        spec: &GangSpec,
+        placed: usize,
+        pending: usize,
+        snapshot: &ClusterSnapshot,
+    ) -> Option<String> {
+        let id = key.gang()?;
+        let created = placed + pending;
+        let mut problems = Vec::new();
+        if let Some(max) = spec.max_member.filter(|max| spec.min_member > *max) {
+            problems.push(format!("minMember {} is more than the {max} pods its job creates", spec.min_member));
+        }
+        let node_room: usize = snapshot.nodes().map(|(spec, _)| spec.allocatable.get(PODS).max(0) as usize).sum();
+        if spec.min_member > node_room && snapshot.node_count() > 0 {
+            problems
+                .push(format!("minMember {} is more pods than all nodes together hold ({node_room})", spec.min_member));
+        }
+        if created >= spec.min_member && problems.is_empty() {
+            return None;
+        }
+        let mut message = format!("waiting for members of {id}: {created} of {} members created", spec.min_member);
+        for p in problems {
+            message.push_str("; ");
+            message.push_str(&p);
+        }
+        Some(message)
+    }
+
+    /// Members that disagree on priority or scheduler.
+    fn member_warnings(&self, key: &GangKey, members: &[&PodInfo], profile: &str) -> Vec<String> {
+        let Some(id) = key.gang() else { return vec![] };
+        let mut warnings = Vec::new();
+        let priorities: BTreeSet<i32> = members.iter().map(|m| m.priority).collect();
+        if priorities.len() > 1 {
+            let top = priorities.last().copied().unwrap_or_default();
+            warnings.push(format!(
+                "members of {id} disagree on spec.priority ({}); the gang is ranked at {top}, its highest",
+                priorities.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        let schedulers: BTreeSet<&str> = members.iter().map(|m| m.scheduler_name.as_str()).collect();
+        if schedulers.len() > 1 {
+            warnings.push(format!(
+                "members of {id} name different schedulers in spec.schedulerName ({}); the gang is placed by {profile}",
+                schedulers.iter().copied().collect::<Vec<_>>().join(", "),
+            ));
+        }
+        if let Some(foreign) = self.foreign.get(id) {
+            warnings.push(format!(
+                "members of {id} name another scheduler in spec.schedulerName ({}); phalanx does not count them",
+                foreign.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        warnings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::gang::GangObject;
+    use crate::core::plugins::default_profile;
+    use crate::core::queue::BackoffPolicy;
+    use crate::core::testing::{gpu_node, gpu_pod};
+
+    fn setup(nodes: usize) -> (GangScheduler, HashMap<String, Profile>, ClusterSnapshot, SchedulingQueue) {
+        let mut snapshot = ClusterSnapshot::new();
+        for n in 0..nodes {
+            snapshot.upsert_node(gpu_node(&format!("n{n}"), 8));
+        }
+        let profiles = HashMap::from([("phalanx".to_string(), default_profile("phalanx"))]);
+        let queue = SchedulingQueue::new(BackoffPolicy { initial: Duration::ZERO, max: Duration::ZERO });
+        (GangScheduler::new(HashSet::from([GangKind::PodGroup])), profiles, snapshot, queue)
+    }
+
+    fn add_gang(g: &mut GangScheduler, q: &mut SchedulingQueue, name: &str, pods: usize, created: i64) -> GangKey {
+        let id = GangId::new(GangKind::PodGroup, "default", name);
+        g.set_object(id.clone(), Some(GangObject::Valid(GangSpec::of_size(pods))));
+        for i in 0..pods {
+            let mut p = gpu_pod(&format!("{name}-{i}"), 8);
+            p.job = Some(id.clone());
+            p.created = created;
+            q.upsert(p, Instant::now());
+        }
+        GangKey::Gang(id)
+    }
+
+    #[test]
+    fn a_big_gang_is_not_starved_by_small_ones_behind_it() {
+        let (mut g, profiles, mut s, mut q) = setup(4);
+        // Three nodes busy; a 4-node gang waits, then small gangs arrive.
+        for n in 0..3 {
+            s.observe_bound(gpu_pod(&format!("busy{n}"), 8).placement(&format!("n{n}")), None);
+        }
+        let big = add_gang(&mut g, &mut q, "big", 4, 0);
+        let now = Instant::now();
+        assert_eq!(q.pop(now), Some(big.clone()));
+        let verdict = g.decide(&big, &profiles, &mut s, &q, now);
+        assert!(matches!(verdict.decision, GangDecision::Unschedulable { .. }));
+        q.mark_unschedulable(&big, now);
+        assert_eq!(g.held_nodes().unwrap().1.len(), 4);
+        // A small gang would fit on the free node, but that node is held.
+        let small = add_gang(&mut g, &mut q, "small", 1, 1);
+        assert_eq!(q.pop(now), Some(small.clone()));
+        let verdict = g.decide(&small, &profiles, &mut s, &q, now);
+        let GangDecision::Unschedulable { message, .. } = verdict.decision else { panic!("{verdict:?}") };
+        assert!(message.contains("held for a gang waiting ahead"), "{message}");
+        // The busy pods finish: the big gang gets all four nodes.
+        for n in 0..3 {
+            s.release(&format!("uid-busy{n}"));
+        }
+        q.cluster_changed(now);
+        assert_eq!(q.pop(now), Some(big.clone()), "the big gang is still first");
+        let GangDecision::Bind(placement) = g.decide(&big, &profiles, &mut s, &q, now).decision else { panic!() };
+        assert_eq!(placement.members.len(), 4);
+        assert!(g.held_nodes().is_none(), "the hold ends with the placement");
+    }
+
+    #[test]
+    fn a_timeout_is_reported_once_the_gang_has_tried_for_long_enough() {
+        let (mut g, profiles, mut s, mut q) = setup(1);
+        let id = GangId::new(GangKind::PodGroup, "default", "t");
+        let spec = GangSpec { schedule_timeout: Some(Duration::from_secs(5)), ..GangSpec::of_size(2) };
+        g.set_object(id.clone(), Some(GangObject::Valid(spec)));
+        for i in 0..2 {
+            let mut p = gpu_pod(&format!("t-{i}"), 8);
+            p.job = Some(id.clone());
+            q.upsert(p, Instant::now());
+        }
+        let key = GangKey::Gang(id);
+        let t0 = Instant::now();
+        q.pop(t0);
+        let GangDecision::Unschedulable { timed_out, .. } = g.decide(&key, &profiles, &mut s, &q, t0).decision else {
+            panic!()
+        };
+        assert_eq!(timed_out, None);
+        q.mark_unschedulable(&key, t0);
+        q.cluster_changed(t0);
+        q.pop(t0 + Duration::from_secs(6));
+        let later = t0 + Duration::from_secs(6);
+        let GangDecision::Unschedulable { timed_out, message } = g.decide(&key, &profiles, &mut s, &q, later).decision
+        else {
+            panic!()
+        };
+        assert_eq!(timed_out, Some(Duration::from_secs(5)));
+        assert!(message.starts_with("gang found no placement within scheduleTimeoutSeconds (5s)"), "{message}");
+    }
+
+    #[test]
+    fn members_that_disagree_are_warned_about() {
+        let (mut g, profiles, mut s, mut q) = setup(2);
+        let key = add_gang(&mut g, &mut q, "mixed", 2, 0);
+        let mut high = q.members(&key).next().unwrap().clone();
+        high.priority = 1000;
+        q.upsert(high, Instant::now());
+        g.set_foreign_member(key.gang().unwrap(), "stray", true);
+        q.pop(Instant::now());
+        let verdict = g.decide(&key, &profiles, &mut s, &q, Instant::now());
+        assert!(matches!(verdict.decision, GangDecision::Bind(_)));
+        assert_eq!(verdict.warnings.len(), 2, "{:?}", verdict.warnings);
+        assert!(verdict.warnings[0].contains("spec.priority (0, 1000)"));
+        assert!(verdict.warnings[1].contains("stray"));
+    }
+
+    #[test]
+    fn an_impossible_min_member_says_so() {
+        let (mut g, profiles, mut s, mut q) = setup(1);
+        let id = GangId::new(GangKind::PodGroup, "default", "huge");
+        g.set_object(id.clone(), Some(GangObject::Valid(GangSpec::of_size(1_000_000))));
+        let mut p = gpu_pod("huge-0", 1);
+        p.job = Some(id.clone());
+        q.upsert(p, Instant::now());
+        let key = GangKey::Gang(id);
+        q.pop(Instant::now());
+        let GangDecision::Wait(message) = g.decide(&key, &profiles, &mut s, &q, Instant::now()).decision else {
+            panic!()
+        };
+        assert!(message.contains("1 of 1000000 members created"), "{message}");
+        assert!(message.contains("more pods than all nodes together hold (110)"), "{message}");
+    }
+}
