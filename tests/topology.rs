@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use phalanx::api::gpu_topology::GPUTopology;
 use support::{TestEnv, eventually, fixture, phalanx};
 
@@ -62,32 +62,5 @@ async fn the_agents_report_is_used_a_pair_takes_the_nvlink_pair_and_a_single_doe
     // Publishing the same topology again writes nothing.
     let again = publish_fixture(node, "pcie-a100-nvlink-bridge-pairs.txt").await;
     assert!(String::from_utf8_lossy(&again.stderr).contains("spec_written: false"));
-    env.teardown().await;
-}
-
-#[tokio::test]
-async fn a_four_pod_job_lands_inside_the_one_rack_that_can_hold_it() {
-    let mut env = TestEnv::new("rack").await;
-    let nodes = env
-        .add_pools(
-            "- {name: a, count: 4, gpus: 8, gpuProduct: NVIDIA-H100-80GB-HBM3, labels: {network.topology.nvidia.com/block: rack-a}}\n\
-             - {name: b, count: 4, gpus: 8, gpuProduct: NVIDIA-H100-80GB-HBM3, labels: {network.topology.nvidia.com/block: rack-b}}\n",
-        )
-        .await;
-    // Rack a has 28 GPUs free: three whole nodes and half of one.
-    env.bind_foreign("tenant", &nodes[0], &[0, 1, 2, 3]).await;
-    for i in 0..4 {
-        let mut pod = env.pod(&format!("llm-worker-{i}"), 8);
-        pod.metadata.labels = Some([("training.kubeflow.org/job-name".to_string(), "llm".to_string())].into());
-        env.pods().create(&PostParams::default(), &pod).await.unwrap();
-    }
-    // Started after the job's pods exist: without gang scheduling (next step),
-    // the job's size is what the scheduler has seen of it.
-    env.start_scheduler().await;
-    let rack_b = format!("{}-b-", env.name);
-    for i in 0..4 {
-        let node = env.wait_bound(&format!("llm-worker-{i}"), BIND).await;
-        assert!(node.starts_with(&rack_b), "worker {i} on {node}, outside rack b");
-    }
     env.teardown().await;
 }

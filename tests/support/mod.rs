@@ -156,8 +156,16 @@ impl TestEnv {
 
     /// Starts `phalanx run` with a configuration naming this env's scheduler.
     pub async fn start_scheduler(&mut self) {
+        let text = self.config_text();
+        self.start_scheduler_with(&text).await;
+    }
+
+    /// Starts `phalanx run` with this configuration text; the log of an
+    /// earlier run of this env is kept (appended to).
+    pub async fn start_scheduler_with(&mut self, config_text: &str) {
         let config = self.workdir.join("scheduler-config.yaml");
-        std::fs::write(&config, self.config_text()).unwrap();
+        std::fs::write(&config, config_text).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.workdir.join("phalanx.log")).unwrap();
         self.http_port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_phalanx"))
             .args(["run", "--config"])
@@ -167,7 +175,7 @@ impl TestEnv {
             .args(["--http-address", &format!("127.0.0.1:{}", self.http_port)])
             .env("RUST_LOG", "info,phalanx=debug,kube=warn")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.workdir.join("phalanx.log")).unwrap())
+            .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .expect("start phalanx");
@@ -180,8 +188,13 @@ impl TestEnv {
     }
 
     pub fn config_text(&self) -> String {
+        self.config_with_client(100, 200)
+    }
+
+    /// The configuration with these client rate limits.
+    pub fn config_with_client(&self, qps: u32, burst: u32) -> String {
         format!(
-            "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nclientConnection: {{qps: 100, burst: 200}}\nprofiles:\n- schedulerName: {}\n",
+            "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nclientConnection: {{qps: {qps}, burst: {burst}}}\nprofiles:\n- schedulerName: {}\n",
             self.scheduler_name
         )
     }

@@ -1,0 +1,305 @@
+//! Gang scheduling end to end, against the local control plane with kwok
+//! running the fake nodes: whole gangs or nothing, in one rack when one
+//! holds them, waiting for every member, surviving a restart mid-bind,
+//! timing out with an Event, and bad gang objects reported by field.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, PostParams};
+use phalanx::api::pod_group::PodGroup;
+use phalanx::api::pytorch_job::PyTorchJob;
+use serde_json::json;
+use support::{TestEnv, eventually};
+
+const BIND: Duration = Duration::from_secs(30);
+const BLOCK: &str = "network.topology.nvidia.com/block";
+
+/// Two racks of `per_rack` 8-GPU H100 nodes.
+fn two_racks(per_rack: usize) -> String {
+    ["a", "b"]
+        .iter()
+        .map(|r| {
+            format!("- {{name: {r}, count: {per_rack}, gpus: 8, gpuProduct: NVIDIA-H100-80GB-HBM3, labels: {{{BLOCK}: rack-{r}}}}}\n")
+        })
+        .collect()
+}
+
+async fn create_pod_group(env: &TestEnv, name: &str, spec: serde_json::Value) {
+    let group: PodGroup = serde_json::from_value(json!({
+        "apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "PodGroup",
+        "metadata": {"name": name, "namespace": env.name}, "spec": spec,
+    }))
+    .unwrap();
+    Api::<PodGroup>::namespaced(env.client.clone(), &env.name).create(&PostParams::default(), &group).await.unwrap();
+}
+
+/// A member of a PodGroup, finishing `run_for` after it starts (kwok).
+fn member(env: &TestEnv, name: &str, gpus: u32, group: &str, run_for: Option<&str>) -> Pod {
+    let mut pod = env.pod(name, gpus);
+    pod.metadata.labels = Some([("scheduling.x-k8s.io/pod-group".to_string(), group.to_string())].into());
+    if let Some(d) = run_for {
+        pod.metadata.annotations = Some([("e2e.phalanx.dev/run-for".to_string(), d.to_string())].into());
+    }
+    pod
+}
+
+/// Pods of the env by name: node (if bound) and phase.
+async fn pod_states(env: &TestEnv) -> BTreeMap<String, (Option<String>, String)> {
+    let list = env.pods().list(&ListParams::default()).await.expect("list pods");
+    list.items
+        .into_iter()
+        .map(|p| {
+            let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+            let phase = p.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+            (p.metadata.name.unwrap_or_default(), (node, phase))
+        })
+        .collect()
+}
+
+fn bound_with_prefix(states: &BTreeMap<String, (Option<String>, String)>, prefix: &str) -> usize {
+    states.iter().filter(|(n, (node, _))| n.starts_with(prefix) && node.is_some()).count()
+}
+
+async fn event_reasons(env: &TestEnv, name: &str) -> Vec<(String, String)> {
+    env.events_for(name).await.into_iter().map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default())).collect()
+}
+
+#[tokio::test]
+async fn a_pytorch_job_of_four_8_gpu_pods_binds_all_at_once_into_one_rack() {
+    let mut env = TestEnv::new("pytorchjob").await;
+    let nodes = env.add_pools(&two_racks(4)).await;
+    // Rack a has 28 GPUs free (three whole nodes and half of one): not enough.
+    env.bind_foreign("tenant", &nodes[0], &[0, 1, 2, 3]).await;
+    env.start_scheduler().await;
+    let jobs: Api<PyTorchJob> = Api::namespaced(env.client.clone(), &env.name);
+    let template = json!({"spec": {"containers": [{"name": "pytorch", "image": "pytorch/pytorch"}]}});
+    let job: PyTorchJob = serde_json::from_value(json!({
+        "apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
+        "metadata": {"name": "llm", "namespace": env.name},
+        "spec": {"pytorchReplicaSpecs": {
+            "Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": template},
+            "Worker": {"replicas": 3, "restartPolicy": "OnFailure", "template": template}}}
+    }))
+    .unwrap();
+    let job = jobs.create(&PostParams::default(), &job).await.expect("a real PyTorchJob object");
+    // The pods, as the training-operator creates them: owned by the job and
+    // labelled with its name, replica type and index; created one by one.
+    let names = ["llm-master-0", "llm-worker-0", "llm-worker-1", "llm-worker-2"];
+    for (i, name) in names.iter().enumerate() {
+        let mut pod = env.pod(name, 8);
+        let (kind, index) = if i == 0 { ("master", 0) } else { ("worker", i - 1) };
+        pod.metadata.labels = Some(
+            [
+                ("training.kubeflow.org/job-name", "llm".to_string()),
+                ("training.kubeflow.org/operator-name", "pytorchjob-controller".to_string()),
+                ("training.kubeflow.org/replica-type", kind.to_string()),
+                ("training.kubeflow.org/replica-index", index.to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        );
+        pod.metadata.owner_references = Some(vec![
+            serde_json::from_value(json!({
+                "apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "name": "llm",
+                "uid": job.metadata.uid, "controller": true, "blockOwnerDeletion": true
+            }))
+            .unwrap(),
+        ]);
+        env.create(&pod).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if i < 3 {
+            let states = pod_states(&env).await;
+            assert_eq!(bound_with_prefix(&states, "llm-"), 0, "a member bound with only {} of 4 created", i + 1);
+        }
+    }
+    let first = Instant::now();
+    let rack_b = format!("{}-b-", env.name);
+    for name in names {
+        let node = env.wait_bound(name, BIND).await;
+        assert!(node.starts_with(&rack_b), "{name} on {node}, outside rack b");
+    }
+    assert!(first.elapsed() < Duration::from_secs(10), "the members bound together");
+    let on: BTreeSet<String> =
+        futures::future::join_all(names.iter().map(|n| env.wait_bound(n, BIND))).await.into_iter().collect();
+    assert_eq!(on.len(), 4, "one 8-GPU pod per node: {on:?}");
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn of_two_gangs_needing_three_quarters_of_the_fleet_one_binds_whole_and_the_other_waits_whole() {
+    let mut env = TestEnv::new("two-gangs").await;
+    env.add_pools("- {name: n, count: 4, gpus: 8, gpuProduct: NVIDIA-H100-80GB-HBM3}\n").await;
+    env.start_scheduler().await;
+    for g in ["first", "second"] {
+        create_pod_group(&env, g, json!({"minMember": 3})).await;
+    }
+    for g in ["first", "second"] {
+        for i in 0..3 {
+            env.create(&member(&env, &format!("{g}-{i}"), 8, g, Some("6s"))).await;
+        }
+    }
+    // Whichever wins, the other has nothing bound until the winner finishes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut winner: Option<&str> = None;
+    let mut seen_second_whole = false;
+    while Instant::now() < deadline && !seen_second_whole {
+        let states = pod_states(&env).await;
+        let (a, b) = (bound_with_prefix(&states, "first-"), bound_with_prefix(&states, "second-"));
+        let running = |prefix: &str| {
+            states
+                .iter()
+                .filter(|(n, (node, phase))| n.starts_with(prefix) && node.is_some() && phase != "Succeeded")
+                .count()
+        };
+        if winner.is_none() && (a == 3 || b == 3) {
+            winner = Some(if a == 3 { "first-" } else { "second-" });
+        }
+        if let Some(w) = winner {
+            let loser = if w == "first-" { "second-" } else { "first-" };
+            let lost = bound_with_prefix(&states, loser);
+            if running(w) > 0 {
+                assert_eq!(lost, 0, "{loser} has {lost} bound while {w} still runs");
+            }
+            seen_second_whole = lost == 3;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(winner.is_some(), "neither gang bound");
+    assert!(seen_second_whole, "the second gang never bound whole");
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn a_gang_whose_members_trickle_in_binds_only_when_the_last_one_exists() {
+    let mut env = TestEnv::new("trickle").await;
+    env.add_pools("- {name: n, count: 4, gpus: 8, gpuProduct: NVIDIA-H100-80GB-HBM3}\n").await;
+    env.start_scheduler().await;
+    create_pod_group(&env, "slow", json!({"minMember": 4})).await;
+    for i in 0..4 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(3300)).await;
+            let states = pod_states(&env).await;
+            assert_eq!(bound_with_prefix(&states, "slow-"), 0, "bound with {i} of 4 members created");
+        }
+        env.create(&member(&env, &format!("slow-{i}"), 4, "slow", None)).await;
+        if i == 1 {
+            let condition = env.wait_unschedulable("slow-0", BIND).await;
+            let message = condition.message.unwrap_or_default();
+            assert!(message.contains("of 4 members created"), "{message}");
+        }
+    }
+    for i in 0..4 {
+        env.wait_bound(&format!("slow-{i}"), BIND).await;
+    }
+    let reasons = event_reasons(&env, "slow").await;
+    assert!(reasons.iter().any(|(r, m)| r == "Waiting" && m.contains("members created")), "{reasons:?}");
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn a_restart_in_the_middle_of_binding_a_16_pod_gang_ends_with_one_consistent_placement() {
+    let mut env = TestEnv::new("restart").await;
+    env.add_pools(&two_racks(8)).await;
+    // Slow client: 16 members x 2 calls (GPU annotation, binding) at 4/s.
+    let slow = env.config_with_client(4, 1);
+    env.start_scheduler_with(&slow).await;
+    create_pod_group(&env, "big", json!({"minMember": 16})).await;
+    for i in 0..16 {
+        env.create(&member(&env, &format!("big-{i:02}"), 4, "big", None)).await;
+    }
+    let bound_before = eventually(Duration::from_secs(60), "a few members bound", || async {
+        let n = bound_with_prefix(&pod_states(&env).await, "big-");
+        (n >= 3).then_some(n)
+    })
+    .await;
+    env.scheduler().start_kill().expect("kill phalanx");
+    let _ = env.scheduler().wait().await;
+    let after_kill = bound_with_prefix(&pod_states(&env).await, "big-");
+    assert!(after_kill < 16, "killed too late: {after_kill} of 16 bound (saw {bound_before})");
+    env.start_scheduler().await;
+    let nodes: Vec<String> = futures::future::join_all((0..16).map(|i| {
+        let env = &env;
+        async move { env.wait_bound(&format!("big-{i:02}"), Duration::from_secs(60)).await }
+    }))
+    .await;
+    let racks: BTreeSet<&str> = nodes.iter().map(|n| if n.contains("-a-") { "a" } else { "b" }).collect();
+    assert_eq!(racks.len(), 1, "the gang was split across racks after the restart: {nodes:?}");
+    // No GPU handed out twice on any node.
+    let mut per_node: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for (i, node) in nodes.iter().enumerate() {
+        per_node.entry(node).or_default().extend(env.recorded_gpus(&format!("big-{i:02}")).await);
+    }
+    for (node, gpus) in &per_node {
+        let unique: BTreeSet<&u32> = gpus.iter().collect();
+        assert_eq!(unique.len(), gpus.len(), "GPUs over-committed on {node}: {gpus:?}");
+        assert!(gpus.len() <= 8);
+    }
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn a_gang_that_can_never_fit_times_out_with_an_event() {
+    let mut env = TestEnv::new("timeout").await;
+    env.add_pools("- {name: n, count: 1, gpus: 8, gpuProduct: NVIDIA-H100-80GB-HBM3}\n").await;
+    env.start_scheduler().await;
+    create_pod_group(&env, "toobig", json!({"minMember": 2, "scheduleTimeoutSeconds": 2})).await;
+    for i in 0..2 {
+        env.create(&member(&env, &format!("toobig-{i}"), 8, "toobig", None)).await;
+    }
+    let reasons = eventually(Duration::from_secs(40), "a GangTimeout Event on the PodGroup", || async {
+        let reasons = event_reasons(&env, "toobig").await;
+        reasons.iter().any(|(r, _)| r == "GangTimeout").then_some(reasons)
+    })
+    .await;
+    let (_, message) = reasons.iter().find(|(r, _)| r == "GangTimeout").unwrap();
+    assert!(message.contains("scheduleTimeoutSeconds (2s)") && message.contains("gang needs 2 pods"), "{message}");
+    let states = pod_states(&env).await;
+    assert_eq!(bound_with_prefix(&states, "toobig-"), 0);
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn bad_gang_objects_are_reported_by_field_and_the_queue_keeps_moving() {
+    let mut env = TestEnv::new("badgang").await;
+    env.add_pools("- {name: n, count: 1, gpus: 8, gpuProduct: NVIDIA-H100-80GB-HBM3}\n").await;
+    env.start_scheduler().await;
+    create_pod_group(&env, "zero", json!({"minMember": 0})).await;
+    env.create(&member(&env, "zero-0", 1, "zero", None)).await;
+    env.create(&member(&env, "orphan-0", 1, "no-such-group", None)).await;
+    let jobs: Api<PyTorchJob> = Api::namespaced(env.client.clone(), &env.name);
+    let job: PyTorchJob = serde_json::from_value(json!({
+        "apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": "noworkers", "namespace": env.name},
+        "spec": {"pytorchReplicaSpecs": {"Master": {"replicas": 1, "template": {}}, "Worker": {"replicas": 0, "template": {}}}}
+    }))
+    .unwrap();
+    jobs.create(&PostParams::default(), &job).await.unwrap();
+    let mut master = env.pod("noworkers-master-0", 1);
+    master.metadata.labels = Some([("training.kubeflow.org/job-name".to_string(), "noworkers".to_string())].into());
+    env.create(&master).await;
+    env.create(&env.pod("lone", 1)).await;
+    env.wait_bound("lone", BIND).await;
+
+    let zero = eventually(BIND, "an InvalidObject Event on the PodGroup", || async {
+        event_reasons(&env, "zero").await.into_iter().find(|(r, _)| r == "InvalidObject")
+    })
+    .await;
+    assert!(zero.1.contains("PodGroup") && zero.1.contains("spec.minMember is 0"), "{zero:?}");
+    let orphan = env.wait_unschedulable("orphan-0", BIND).await.message.unwrap_or_default();
+    assert!(orphan.contains("no-such-group") && orphan.contains("does not exist"), "{orphan}");
+    let job_event = eventually(BIND, "an InvalidObject Event on the PyTorchJob", || async {
+        event_reasons(&env, "noworkers").await.into_iter().find(|(r, _)| r == "InvalidObject")
+    })
+    .await;
+    assert!(job_event.1.contains("spec.pytorchReplicaSpecs.Worker.replicas is 0"), "{job_event:?}");
+    let states = pod_states(&env).await;
+    assert_eq!(states["zero-0"].0, None);
+    assert_eq!(states["noworkers-master-0"].0, None);
+    assert!(env.log().contains("invalid gang object"), "logged, not crashed");
+    assert_eq!(env.scheduler().try_wait().unwrap(), None, "the scheduler is still running");
+    env.teardown().await;
+}
