@@ -108,22 +108,17 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn object<K: serde::de::DeserializeOwned>(name: &str, uid: &str, spec: serde_json::Value) -> K {
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": "team-a", "uid": uid}, "spec": spec}))
+            .unwrap()
+    }
+
     fn group(spec: serde_json::Value) -> PodGroup {
-        serde_json::from_value(json!({
-            "apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "PodGroup",
-            "metadata": {"name": "llm", "namespace": "team-a", "uid": "pg-1"},
-            "spec": spec,
-        }))
-        .unwrap()
+        object("llm", "pg-1", spec)
     }
 
     fn job(spec: serde_json::Value) -> PyTorchJob {
-        serde_json::from_value(json!({
-            "apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
-            "metadata": {"name": "bert", "namespace": "team-a", "uid": "job-1"},
-            "spec": spec,
-        }))
-        .unwrap()
+        object("bert", "job-1", spec)
     }
 
     fn problem(object: GangObject) -> String {
