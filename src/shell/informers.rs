@@ -114,23 +114,23 @@ fn reference<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {
     obj.object_ref(&())
 }
 
-/// What one applied object means for the loop.
-enum Applied {
+/// What one applied object means for the consumer of a watch.
+pub(super) enum Applied<E> {
     Ignored,
     /// A relevant object, with the key it is listed under.
-    Event(String, ClusterEvent),
-    Invalid(ClusterEvent),
+    Event(String, E),
+    Invalid(E),
 }
 
 /// Runs one watch for ever (the watcher re-lists and backs off on its own),
-/// translating each event with the given functions.
-async fn pump<K>(
+/// translating each event with the given functions and sending the result.
+pub(super) async fn pump<K, E>(
     api: Api<K>,
     config: watcher::Config,
-    tx: mpsc::Sender<ClusterEvent>,
-    on_apply: impl Fn(K) -> Applied,
-    on_delete: impl Fn(K) -> Option<ClusterEvent>,
-    on_listed: impl Fn(HashSet<String>) -> ClusterEvent,
+    tx: mpsc::Sender<E>,
+    on_apply: impl Fn(K) -> Applied<E>,
+    on_delete: impl Fn(K) -> Option<E>,
+    on_listed: impl Fn(HashSet<String>) -> E,
 ) where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
