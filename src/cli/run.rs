@@ -9,12 +9,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use phalanx::config;
+use phalanx::core::gang::GangKind;
 use phalanx::core::queue::SchedulingQueue;
 use phalanx::core::snapshot::ClusterSnapshot;
 use phalanx::shell::binder::Binder;
 use phalanx::shell::http::{self, HealthState};
 use phalanx::shell::informers;
 use phalanx::shell::metrics::Metrics;
+use phalanx::shell::pod_group_status;
 use phalanx::shell::rate_limit::RateLimiter;
 use phalanx::shell::reporter::Reporter;
 use phalanx::shell::scheduling_loop::SchedulingLoop;
@@ -50,11 +52,15 @@ pub async fn run(kubeconfig: Option<PathBuf>, config_path: &Path, http_address: 
     let (outcome_tx, outcome_rx) = mpsc::unbounded_channel();
     let binder = Binder::new(client.clone(), bind_limiter, outcome_tx, metrics.clone());
     let draining = binder.clone();
-    let reporter = Reporter::start(client.clone(), report_limiter, instance.clone(), metrics.clone());
+    let reporter = Reporter::start(client.clone(), report_limiter.clone(), instance.clone(), metrics.clone());
 
     let names: HashSet<String> = cfg.profiles.iter().map(|p| p.scheduler_name.clone()).collect();
     let (event_tx, event_rx) = mpsc::channel(8192);
     let gang_kinds = informers::served_gang_kinds(&client).await;
+    if gang_kinds.contains(&GangKind::PodGroup) {
+        // PodGroup status, with watches of its own, shares the Events' budget.
+        pod_group_status::spawn(client.clone(), Arc::new(names.clone()), report_limiter);
+    }
     informers::spawn(client, Arc::new(names.clone()), &gang_kinds, event_tx);
 
     let profiles = cfg.profiles.iter().map(config::ProfileSpec::build).collect();

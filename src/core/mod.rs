@@ -8,6 +8,7 @@ pub mod gang_scheduler;
 pub mod node;
 pub mod plugins;
 pub mod pod;
+pub mod pod_group_status;
 pub mod quantity;
 pub mod queue;
 pub mod resources;

@@ -6,6 +6,7 @@ pub mod gang_objects;
 pub mod http;
 pub mod informers;
 pub mod metrics;
+pub mod pod_group_status;
 pub mod rate_limit;
 pub mod reporter;
 pub mod scheduling_loop;
