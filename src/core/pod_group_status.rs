@@ -7,7 +7,7 @@
 //!
 //! | phase | when |
 //! |---|---|
-//! | Pending | fewer pods exist than `minMember` |
+//! | Pending | fewer pods exist than `minMember` (or it is below 1, which is invalid) |
 //! | PreScheduling | enough pods exist; none is bound yet |
 //! | Scheduling | some members are bound, fewer than `minMember` |
 //! | Scheduled | at least `minMember` are bound |
@@ -132,7 +132,8 @@ pub struct MemberSummary {
 #[derive(Debug, Clone, Copy)]
 pub struct GroupView<'a> {
     pub namespace: &'a str,
-    /// `spec.minMember`; anything below 1 counts as 1.
+    /// `spec.minMember`. Below 1 the group is unreadable (the scheduler
+    /// reports it and its pods wait), so it stays Pending.
     pub min_member: i32,
     pub members: &'a [MemberSummary],
 }
@@ -165,7 +166,10 @@ fn tally(members: &[MemberSummary]) -> Tally {
 /// The phase the counts put a group in; checked from the last phase back,
 /// so that the furthest one reached wins (Finished over Failed, as a gang
 /// that did its work is finished even if a spare member failed).
-fn phase_of(t: Tally, min: u32) -> GroupPhase {
+fn phase_of(t: Tally, min_member: i32) -> GroupPhase {
+    let Some(min) = u32::try_from(min_member).ok().filter(|m| *m >= 1) else {
+        return GroupPhase::Pending;
+    };
     if t.members < min {
         GroupPhase::Pending
     } else if t.succeeded >= min {
@@ -199,7 +203,8 @@ fn occupant(namespace: &str, members: &[MemberSummary]) -> Option<String> {
 /// - Counts are recomputed from the members every time: `scheduled` is the
 ///   number bound to a node, the others count members by pod phase.
 /// - The phase follows from the counts (see the module table); a group that
-///   loses members falls back to Pending.
+///   loses members falls back to Pending, and one with minMember below 1
+///   stays there.
 /// - `scheduleStartTime` is set to `now` (whole seconds) the first time any
 ///   member is bound, and kept after that.
 /// - `occupiedBy` is filled once the group has all its members, from the
@@ -208,9 +213,8 @@ pub fn next_status(current: &GroupStatus, group: GroupView<'_>, now: Timestamp) 
     if current.phase.is_some_and(GroupPhase::is_final) {
         return current.clone();
     }
-    let min = u32::try_from(group.min_member.max(1)).unwrap_or(1);
     let t = tally(group.members);
-    let phase = phase_of(t, min);
+    let phase = phase_of(t, group.min_member);
     let schedule_start_time = current
         .schedule_start_time
         .or_else(|| (t.scheduled > 0).then(|| Timestamp::from_second(now.as_second()).unwrap_or(now)));
@@ -311,10 +315,10 @@ mod tests {
     #[case(Some(Running), 2, "rp", Scheduling)]
     // An Unknown phase (set by someone else) is recomputed.
     #[case(Some(Unknown), 2, "rr", Running)]
-    // minMember below 1 counts as 1.
+    // minMember below 1 is unreadable: its pods wait, the group is Pending.
     #[case(None, 0, "", Pending)]
-    #[case(None, 0, "p", PreScheduling)]
-    #[case(None, -3, "s", Finished)]
+    #[case(None, 0, "pp", Pending)]
+    #[case(Some(Running), -3, "rr", Pending)]
     fn phase_transitions(
         #[case] from: Option<GroupPhase>,
         #[case] min: i32,
