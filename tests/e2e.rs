@@ -71,9 +71,11 @@ async fn an_impossible_pod_gets_the_unschedulable_condition_and_an_event() {
     // Every node in the cluster is counted; ours fail on GPUs, the rest on the selector.
     assert!(message.starts_with("0/"), "{message}");
     assert!(message.contains("2 Insufficient nvidia.com/gpu"), "{message}");
-    let events = env.events_for("greedy").await;
-    let failed =
-        events.iter().find(|e| e.reason.as_deref() == Some("FailedScheduling")).expect("FailedScheduling event");
+    // The Event is written just after the condition.
+    let failed = eventually(BIND, "a FailedScheduling Event", || async {
+        env.events_for("greedy").await.into_iter().find(|e| e.reason.as_deref() == Some("FailedScheduling"))
+    })
+    .await;
     assert_eq!(failed.type_.as_deref(), Some("Warning"));
     assert_eq!(failed.note.as_deref(), Some(message.as_str()));
     assert_eq!(pods.get("greedy").await.unwrap().spec.unwrap().node_name, None);
