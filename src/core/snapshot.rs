@@ -37,6 +37,10 @@ pub struct Placement {
     pub state: PlacementState,
     /// The GPUs (positions in the node's topology) the pod holds.
     pub gpus: GpuMask,
+    /// The device indices recorded on the pod (`phalanx.dev/gpus`), kept so
+    /// that `gpus` can be worked out again when the node's model changes (or
+    /// arrives after the pod).
+    pub gpu_indices: Option<Vec<u32>>,
     /// The gang the pod belongs to, if any.
     pub job: Option<GangId>,
 }
@@ -157,11 +161,29 @@ impl ClusterSnapshot {
         info.gpu_model = model;
         info.gpu_holders = vec![0; info.gpu_model.as_ref().map_or(0, |m| m.gpu_count())];
         let all = info.gpu_model.as_ref().map_or(0, |m| m.all_gpus());
+        // Pods with recorded indices first, so the others are fitted around them.
+        let mut unrecorded = Vec::new();
         for uid in info.pods.clone() {
-            if let Some(p) = self.placements.get_mut(&uid) {
-                p.gpus &= all;
-                add_holders(&mut info.gpu_holders, p.gpus);
+            let Some(p) = self.placements.get_mut(&uid) else { continue };
+            let recorded = p.gpu_indices.as_deref().and_then(|idx| info.gpu_model.as_ref()?.mask_of_indices(idx));
+            match recorded {
+                Some(mask) => p.gpus = mask,
+                None => {
+                    p.gpus &= all;
+                    if (p.gpus.count_ones() as i64) < p.requests.get(GPU) {
+                        unrecorded.push(uid.clone());
+                        continue;
+                    }
+                }
             }
+            add_holders(&mut info.gpu_holders, p.gpus);
+        }
+        for uid in unrecorded {
+            let Some(p) = self.placements.get_mut(&uid) else { continue };
+            let wanted = p.requests.get(GPU).max(0) as usize;
+            let free = info.free_gpus();
+            p.gpus = info.gpu_model.as_ref().and_then(|m| m.choose(free, wanted)).map_or(0, |c| c.gpus);
+            add_holders(&mut info.gpu_holders, p.gpus);
         }
     }
 
@@ -219,7 +241,11 @@ impl ClusterSnapshot {
     /// otherwise the GPUs it would most likely have got are marked.
     pub fn observe_bound(&mut self, pod: PodPlacement<'_>, gpu_indices: Option<&[u32]>) {
         let gpus = gpu_indices.and_then(|idx| self.nodes.get(pod.node)?.gpu_model.as_ref()?.mask_of_indices(idx));
+        let uid = pod.uid;
         self.place(pod, PlacementState::Bound, gpus);
+        if let (Some(p), Some(idx)) = (self.placements.get_mut(uid), gpu_indices) {
+            p.gpu_indices = Some(idx.to_vec());
+        }
     }
 
     /// Applies the devices the kubelet really gave each pod on `node` (from
@@ -236,6 +262,7 @@ impl ClusterSnapshot {
                 remove_holders(&mut info.gpu_holders, p.gpus);
                 add_holders(&mut info.gpu_holders, mask);
                 p.gpus = mask;
+                p.gpu_indices = Some(indices.clone());
                 changed += 1;
             }
         }
@@ -307,6 +334,7 @@ impl ClusterSnapshot {
                 requests: pod.requests.clone(),
                 state,
                 gpus,
+                gpu_indices: None,
                 job: pod.job.cloned(),
             },
         );
@@ -388,6 +416,19 @@ mod tests {
         s.remove_node("a");
         s.release("p1");
         assert!(s.node("a").is_none(), "empty ghost nodes are dropped");
+    }
+
+    #[test]
+    fn gpus_recorded_on_a_pod_seen_before_its_node_are_kept() {
+        let mut s = ClusterSnapshot::new();
+        let (k0, k1) = (key("h0"), key("any"));
+        s.observe_bound(pod("u0", &k0, "a", &Resources::new().with(GPU, 1)), Some(&[5]));
+        s.observe_bound(pod("u1", &k1, "a", &Resources::new().with(GPU, 2)), None);
+        s.upsert_node(node("a", 8));
+        assert_eq!(s.placement("u0").unwrap().gpus, 1 << 5);
+        let other = s.placement("u1").unwrap().gpus;
+        assert_eq!((other.count_ones(), other & (1 << 5)), (2, 0), "fitted around the recorded one");
+        assert_eq!(s.node("a").unwrap().free_gpus().count_ones(), 5);
     }
 
     #[test]
