@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::scheduling::v1alpha2::PodGroup as UpstreamPodGroup;
 use kube::api::{Api, ListParams, PostParams};
 use phalanx::api::pod_group::PodGroup;
 use phalanx::api::pytorch_job::PyTorchJob;
@@ -301,5 +302,34 @@ async fn bad_gang_objects_are_reported_by_field_and_the_queue_keeps_moving() {
     assert_eq!(states["noworkers-master-0"].0, None);
     assert!(env.log().contains("invalid gang object"), "logged, not crashed");
     assert_eq!(env.scheduler().try_wait().unwrap(), None, "the scheduler is still running");
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn an_upstream_pod_group_is_a_gang_where_the_api_server_serves_it() {
+    let mut env = TestEnv::new("upstream").await;
+    env.add_pools("- {name: n, count: 2, gpus: 8, gpuProduct: NVIDIA-H100-80GB-HBM3}\n").await;
+    env.start_scheduler().await;
+    let group: UpstreamPodGroup = serde_json::from_value(json!({
+        "metadata": {"name": "up", "namespace": env.name},
+        "spec": {"schedulingPolicy": {"gang": {"minCount": 2}}}
+    }))
+    .unwrap();
+    Api::<UpstreamPodGroup>::namespaced(env.client.clone(), &env.name)
+        .create(&PostParams::default(), &group)
+        .await
+        .expect("scheduling.k8s.io/v1alpha2 PodGroups are served by the test control plane");
+    let upstream_member = |name: &str| {
+        let mut pod = env.pod(name, 8);
+        pod.spec.as_mut().unwrap().scheduling_group =
+            Some(serde_json::from_value(json!({"podGroupName": "up"})).unwrap());
+        pod
+    };
+    env.create(&upstream_member("up-0")).await;
+    let waiting = env.wait_unschedulable("up-0", BIND).await.message.unwrap_or_default();
+    assert!(waiting.contains("PodGroup") && waiting.contains("1 of 2 members created"), "{waiting}");
+    env.create(&upstream_member("up-1")).await;
+    let nodes: BTreeSet<String> = [env.wait_bound("up-0", BIND).await, env.wait_bound("up-1", BIND).await].into();
+    assert_eq!(nodes.len(), 2);
     env.teardown().await;
 }
