@@ -361,6 +361,19 @@ mod tests {
     }
 
     #[test]
+    fn a_gang_kind_the_api_server_does_not_serve_waits_with_a_reason() {
+        let (mut g, profiles, mut s, mut q) = setup(1);
+        let mut p = gpu_pod("w0", 1);
+        p.job = Some(GangId::new(GangKind::UpstreamPodGroup, "default", "up"));
+        q.upsert(p, Instant::now());
+        let key = q.pop(Instant::now()).unwrap();
+        let GangDecision::Wait(message) = g.decide(&key, &profiles, &mut s, &q, Instant::now()).decision else {
+            panic!()
+        };
+        assert!(message.contains("does not serve scheduling.k8s.io/v1alpha2 PodGroups"), "{message}");
+    }
+
+    #[test]
     fn an_impossible_min_member_says_so() {
         let (mut g, profiles, mut s, mut q) = setup(1);
         let id = GangId::new(GangKind::PodGroup, "default", "huge");
