@@ -45,6 +45,23 @@ pub struct SelectorRequirement {
     pub operator: SelectorOperator,
 }
 
+impl SelectorRequirement {
+    /// Whether a label (or name) with this value satisfies the requirement.
+    pub fn holds(&self, value: Option<&str>) -> bool {
+        match (&self.operator, value) {
+            (SelectorOperator::In(values), Some(v)) => values.iter().any(|x| x == v),
+            (SelectorOperator::In(_), None) => false,
+            (SelectorOperator::NotIn(values), Some(v)) => !values.iter().any(|x| x == v),
+            (SelectorOperator::NotIn(_), None) => true,
+            (SelectorOperator::Exists, v) => v.is_some(),
+            (SelectorOperator::DoesNotExist, v) => v.is_none(),
+            (SelectorOperator::Gt(bound), Some(v)) => v.parse::<i64>().is_ok_and(|n| n > *bound),
+            (SelectorOperator::Lt(bound), Some(v)) => v.parse::<i64>().is_ok_and(|n| n < *bound),
+            (SelectorOperator::Gt(_) | SelectorOperator::Lt(_), None) => false,
+        }
+    }
+}
+
 /// A node selector term: all its requirements must hold.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NodeSelectorTerm {

@@ -2,7 +2,7 @@
 
 use crate::core::framework::{FilterPlugin, Rejection, ScoreContext, ScorePlugin, normalize_to_max};
 use crate::core::node::{NodeInfo, NodeSpec};
-use crate::core::pod::{NodeSelectorTerm, PodInfo, SelectorOperator, SelectorRequirement};
+use crate::core::pod::{NodeSelectorTerm, PodInfo};
 
 pub struct NodeAffinity;
 
@@ -10,27 +10,14 @@ impl NodeAffinity {
     pub const NAME: &'static str = "NodeAffinity";
 }
 
-fn requirement_holds(req: &SelectorRequirement, value: Option<&str>) -> bool {
-    match (&req.operator, value) {
-        (SelectorOperator::In(values), Some(v)) => values.iter().any(|x| x == v),
-        (SelectorOperator::In(_), None) => false,
-        (SelectorOperator::NotIn(values), Some(v)) => !values.iter().any(|x| x == v),
-        (SelectorOperator::NotIn(_), None) => true,
-        (SelectorOperator::Exists, v) => v.is_some(),
-        (SelectorOperator::DoesNotExist, v) => v.is_none(),
-        (SelectorOperator::Gt(bound), Some(v)) => v.parse::<i64>().is_ok_and(|n| n > *bound),
-        (SelectorOperator::Lt(bound), Some(v)) => v.parse::<i64>().is_ok_and(|n| n < *bound),
-        (SelectorOperator::Gt(_) | SelectorOperator::Lt(_), None) => false,
-    }
-}
 
 /// An empty term matches no node, as in Kubernetes.
 pub fn term_matches(term: &NodeSelectorTerm, node: &NodeSpec) -> bool {
     if term.match_labels.is_empty() && term.match_node_name.is_empty() {
         return false;
     }
-    term.match_labels.iter().all(|r| requirement_holds(r, node.labels.get(&r.key).map(String::as_str)))
-        && term.match_node_name.iter().all(|r| requirement_holds(r, Some(node.name.as_str())))
+    term.match_labels.iter().all(|r| r.holds(node.labels.get(&r.key).map(String::as_str)))
+        && term.match_node_name.iter().all(|r| r.holds(Some(node.name.as_str())))
 }
 
 impl FilterPlugin for NodeAffinity {
@@ -66,6 +53,7 @@ impl ScorePlugin for NodeAffinity {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::pod::{SelectorOperator, SelectorRequirement};
     use rstest::rstest;
 
     fn node_with(labels: &[(&str, &str)]) -> NodeSpec {
