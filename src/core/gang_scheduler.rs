@@ -3,14 +3,16 @@
 //! (`gang_placement`), and, when it does not fit, which nodes are held for it
 //! so that it is not starved by smaller gangs behind it.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use super::disruption::DisruptionBudget;
 use super::framework::Profile;
 use super::gang::{GangId, GangKind, GangObject, GangSpec};
 use super::gang_placement::{GangPlacement, GangRequest, nodes_to_hold, place_gang};
 use super::pod::PodInfo;
 use super::queue::{GangKey, SchedulingQueue};
+use super::quota::QuotaBook;
 use super::resources::PODS;
 use super::snapshot::ClusterSnapshot;
 
@@ -53,6 +55,9 @@ pub struct GangScheduler {
     /// Members of our gangs that name another scheduler: gang -> pod names.
     foreign: HashMap<GangId, BTreeSet<String>>,
     hold: Option<Hold>,
+    quotas: QuotaBook,
+    /// PodDisruptionBudgets by (namespace, name).
+    budgets: BTreeMap<(String, String), DisruptionBudget>,
 }
 
 /// Higher priority first, then older.
@@ -100,6 +105,33 @@ impl GangScheduler {
         if names.is_empty() {
             self.foreign.remove(gang);
         }
+    }
+
+    pub fn quotas(&self) -> &QuotaBook {
+        &self.quotas
+    }
+
+    /// Quotas change through here (the shell applies watch events).
+    pub fn quotas_mut(&mut self) -> &mut QuotaBook {
+        &mut self.quotas
+    }
+
+    /// A PodDisruptionBudget added or changed (`None`: deleted).
+    pub fn set_budget(&mut self, namespace: &str, name: &str, budget: Option<DisruptionBudget>) {
+        let key = (namespace.to_string(), name.to_string());
+        match budget {
+            Some(b) => self.budgets.insert(key, b),
+            None => self.budgets.remove(&key),
+        };
+    }
+
+    /// After a (re-)list: budgets not listed are gone.
+    pub fn budgets_listed(&mut self, listed: &[(String, String)]) {
+        self.budgets.retain(|key, _| listed.contains(key));
+    }
+
+    pub fn budgets(&self) -> impl Iterator<Item = &DisruptionBudget> {
+        self.budgets.values()
     }
 
     /// The nodes currently held, and for which gang.

@@ -1,6 +1,7 @@
 //! The decision core: pure code with no Kubernetes client and no async
 //! runtime. The shell feeds it events and carries out what it decides.
 
+pub mod disruption;
 pub mod framework;
 pub mod gang;
 pub mod gang_placement;
@@ -11,6 +12,7 @@ pub mod pod;
 pub mod pod_group_status;
 pub mod quantity;
 pub mod queue;
+pub mod quota;
 pub mod resources;
 pub mod schedule;
 pub mod snapshot;

@@ -112,6 +112,10 @@ pub struct PodInfo {
     pub preferred_terms: Vec<PreferredTerm>,
     pub tolerations: Vec<Toleration>,
     pub priority: i32,
+    /// `preemptionPolicy: Never`: the pod waits but never evicts others.
+    pub preempt_never: bool,
+    /// The pod's labels (disruption budgets select by them).
+    pub labels: BTreeMap<String, String>,
     /// Creation time in seconds since the epoch; orders pods of equal priority.
     pub created: i64,
     /// The gang (pod group, training job) the pod belongs to; `None`: a gang of one.
@@ -128,7 +132,16 @@ impl PodInfo {
 
     /// How the snapshot records this pod on `node`.
     pub fn placement<'a>(&'a self, node: &'a str) -> PodPlacement<'a> {
-        PodPlacement { uid: &self.uid, key: &self.key, node, requests: &self.requests, job: self.job.as_ref() }
+        PodPlacement {
+            uid: &self.uid,
+            key: &self.key,
+            node,
+            requests: &self.requests,
+            job: self.job.as_ref(),
+            priority: self.priority,
+            created: self.created,
+            labels: &self.labels,
+        }
     }
 
     /// Whether the scheduling-relevant parts differ (and a new attempt might succeed).

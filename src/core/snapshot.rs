@@ -43,6 +43,10 @@ pub struct Placement {
     pub gpu_indices: Option<Vec<u32>>,
     /// The gang the pod belongs to, if any.
     pub job: Option<GangId>,
+    /// What preemption weighs: the pod's priority, age and labels (for disruption budgets).
+    pub priority: i32,
+    pub created: i64,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What a new placement says about itself.
@@ -53,6 +57,9 @@ pub struct PodPlacement<'a> {
     pub node: &'a str,
     pub requests: &'a Resources,
     pub job: Option<&'a GangId>,
+    pub priority: i32,
+    pub created: i64,
+    pub labels: &'a BTreeMap<String, String>,
 }
 
 /// Topology settings shared by every node.
@@ -74,6 +81,8 @@ pub struct ClusterSnapshot {
     domains: DomainIndex,
     /// Where each job's placed pods are: node -> pod count.
     jobs: HashMap<GangId, BTreeMap<String, usize>>,
+    /// What each namespace's placed pods request (for quotas).
+    namespace_usage: HashMap<String, Resources>,
 }
 
 impl ClusterSnapshot {
@@ -217,6 +226,16 @@ impl ClusterSnapshot {
         self.placements.keys().map(String::as_str)
     }
 
+    /// What the placed pods of a namespace request.
+    pub fn namespace_usage(&self, namespace: &str) -> Option<&Resources> {
+        self.namespace_usage.get(namespace)
+    }
+
+    /// Every placement, for preemption to weigh.
+    pub fn placements(&self) -> impl Iterator<Item = (&str, &Placement)> {
+        self.placements.iter().map(|(uid, p)| (uid.as_str(), p))
+    }
+
     /// Nodes holding pods of `job`, with how many each.
     pub fn job_nodes(&self, job: &GangId) -> Option<&BTreeMap<String, usize>> {
         self.jobs.get(job)
@@ -283,6 +302,9 @@ impl ClusterSnapshot {
         let Some(old) = self.placements.remove(uid) else {
             return false;
         };
+        if let Some(usage) = self.namespace_usage.get_mut(&old.key.namespace) {
+            usage.subtract(&old.requests);
+        }
         if let Some(job) = &old.job
             && let Some(nodes) = self.jobs.get_mut(job)
         {
@@ -326,6 +348,7 @@ impl ClusterSnapshot {
         if let Some(job) = pod.job {
             *self.jobs.entry(job.clone()).or_default().entry(pod.node.to_string()).or_default() += 1;
         }
+        self.namespace_usage.entry(pod.key.namespace.clone()).or_default().add(pod.requests);
         self.placements.insert(
             pod.uid.to_string(),
             Placement {
@@ -336,6 +359,9 @@ impl ClusterSnapshot {
                 gpus,
                 gpu_indices: None,
                 job: pod.job.cloned(),
+                priority: pod.priority,
+                created: pod.created,
+                labels: pod.labels.clone(),
             },
         );
     }
@@ -363,12 +389,14 @@ mod tests {
     use crate::core::resources::GPU;
     use crate::core::testing::gpu_node as node;
 
+    static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
     fn key(name: &str) -> PodKey {
         PodKey { namespace: "default".into(), name: name.into() }
     }
 
     fn pod<'a>(uid: &'a str, k: &'a PodKey, node: &'a str, requests: &'a Resources) -> PodPlacement<'a> {
-        PodPlacement { uid, key: k, node, requests, job: None }
+        PodPlacement { uid, key: k, node, requests, job: None, priority: 0, created: 0, labels: &NO_LABELS }
     }
 
     #[test]

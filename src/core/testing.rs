@@ -21,6 +21,8 @@ pub fn test_pod(name: &str, requests: Resources) -> PodInfo {
         preferred_terms: vec![],
         tolerations: vec![],
         priority: 0,
+        preempt_never: false,
+        labels: Default::default(),
         created: 0,
         job: None,
         gpu_indices: None,

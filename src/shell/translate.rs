@@ -254,6 +254,8 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, TranslateError> {
         preferred_terms,
         tolerations,
         priority: spec.priority.unwrap_or(0),
+        preempt_never: spec.preemption_policy.as_deref() == Some("Never"),
+        labels: meta.labels.clone().unwrap_or_default(),
         created: meta.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second()),
         job: job_key(pod),
         gpu_indices: gpu_annotation(pod, &object)?,

@@ -10,7 +10,6 @@ impl NodeAffinity {
     pub const NAME: &'static str = "NodeAffinity";
 }
 
-
 /// An empty term matches no node, as in Kubernetes.
 pub fn term_matches(term: &NodeSelectorTerm, node: &NodeSpec) -> bool {
     if term.match_labels.is_empty() && term.match_node_name.is_empty() {
