@@ -2,7 +2,8 @@
 //!
 //! `core` decides (pure, no I/O); `shell` watches and writes; `config` reads
 //! `deploy/scheduler-config.yaml`; `fleet` describes simulated GPU fleets;
-//! `agent` discovers a node's GPUs (NVML) and who holds them (kubelet).
+//! `agent` discovers a node's GPUs (NVML) and who holds them (kubelet);
+//! `workload` describes benchmark workloads (jobs to submit).
 
 pub mod agent;
 pub mod api;
@@ -11,3 +12,4 @@ pub mod core;
 pub mod explain;
 pub mod fleet;
 pub mod shell;
+pub mod workload;

@@ -104,15 +104,32 @@ impl TestEnv {
         Api::all(self.client.clone())
     }
 
-    /// Adds fake nodes from fleet-file pools (YAML list under `pools:`); pool
-    /// names are prefixed with the env's name and every node gets its label.
-    /// Returns once kwok reports them all Ready.
+    /// Adds fake nodes from fleet-file pools (YAML list under `pools:`); see
+    /// [`TestEnv::add_fleet`].
     pub async fn add_pools(&self, pools_yaml: &str) -> Vec<String> {
         let text = format!("apiVersion: phalanx.dev/v1alpha1\nkind: Fleet\npools:\n{pools_yaml}");
-        let mut fleet = FleetSpec::parse(&text).unwrap_or_else(|(f, m)| panic!("test fleet: {f}: {m}"));
+        let fleet = FleetSpec::parse(&text).unwrap_or_else(|(f, m)| panic!("test fleet: {f}: {m}"));
+        self.add_fleet(fleet).await
+    }
+
+    /// Adds the fake nodes of a fleet file (`e2e/fleets/...`, relative to the
+    /// repository); see [`TestEnv::add_fleet`].
+    pub async fn add_fleet_file(&self, path: &str) -> Vec<String> {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path);
+        self.add_fleet(FleetSpec::load(&path).unwrap_or_else(|e| panic!("{e}"))).await
+    }
+
+    /// Adds a fleet's fake nodes. Pool names and topology domain values are
+    /// prefixed with the env's name (so two envs never share a rack), and
+    /// every node gets the env's label. Returns once kwok reports them all
+    /// Ready.
+    pub async fn add_fleet(&self, mut fleet: FleetSpec) -> Vec<String> {
         for pool in &mut fleet.pools {
             pool.name = format!("{}-{}", self.name, pool.name);
             pool.labels.insert(ENV_LABEL.into(), self.name.clone());
+            for level in &mut pool.domains {
+                level.prefix = format!("{}-{}", self.name, level.prefix);
+            }
         }
         let api = self.nodes();
         let names: Vec<String> = fleet.nodes().iter().map(|n| n.name_any()).collect();
