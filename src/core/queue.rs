@@ -77,6 +77,9 @@ struct Entry {
     /// Matches the heap item that currently represents this entry; older
     /// heap items are stale and skipped.
     ticket: u64,
+    /// Order of arrival: breaks ties between gangs created in the same second
+    /// (creation timestamps have whole seconds), so submission order holds.
+    arrival: u64,
 }
 
 impl Entry {
@@ -93,6 +96,7 @@ impl Entry {
 struct ActiveItem {
     priority: i32,
     created: i64,
+    arrival: u64,
     ticket: u64,
     key: GangKey,
 }
@@ -102,6 +106,7 @@ impl Ord for ActiveItem {
         self.priority
             .cmp(&other.priority)
             .then_with(|| other.created.cmp(&self.created))
+            .then_with(|| other.arrival.cmp(&self.arrival))
             .then_with(|| other.ticket.cmp(&self.ticket))
     }
 }
@@ -187,8 +192,16 @@ impl SchedulingQueue {
         let Some(entry) = self.entries.get_mut(&key) else {
             self.lengths.active += 1;
             let members = BTreeMap::from([(uid.clone(), pod)]);
-            let entry =
-                Entry { members, attempts: 0, last_attempt: None, trying_since: None, state: State::Active, ticket: 0 };
+            self.next_ticket += 1;
+            let entry = Entry {
+                members,
+                attempts: 0,
+                last_attempt: None,
+                trying_since: None,
+                state: State::Active,
+                ticket: 0,
+                arrival: self.next_ticket,
+            };
             self.entries.insert(key.clone(), entry);
             self.member_of.insert(uid, key.clone());
             self.push_active(&key);
@@ -316,6 +329,16 @@ impl SchedulingQueue {
         }
     }
 
+    /// Tries an unschedulable or backing-off gang at once: for the gang at
+    /// the head of the line when capacity may have freed, so held nodes do
+    /// not sit idle through a backoff.
+    pub fn retry_now(&mut self, key: &GangKey) {
+        if matches!(self.entries.get(key).map(|e| e.state), Some(State::Unschedulable | State::Backoff(_))) {
+            self.unschedulable.remove(key);
+            self.push_active(key);
+        }
+    }
+
     /// When the earliest gang in backoff becomes ready.
     pub fn next_wakeup(&self) -> Option<Instant> {
         self.backoff.peek().map(|Reverse((at, _, _))| *at)
@@ -367,8 +390,8 @@ impl SchedulingQueue {
         self.next_ticket += 1;
         entry.ticket = self.next_ticket;
         set_state(&mut self.lengths, entry, State::Active);
-        let (priority, created) = (entry.priority(), entry.created());
-        self.active.push(ActiveItem { priority, created, ticket: entry.ticket, key: key.clone() });
+        let (priority, created, arrival) = (entry.priority(), entry.created(), entry.arrival);
+        self.active.push(ActiveItem { priority, created, arrival, ticket: entry.ticket, key: key.clone() });
     }
 
     fn flush_backoff(&mut self, now: Instant) {
@@ -445,6 +468,31 @@ mod tests {
         assert_eq!(order, ["llm", "old", "solo"]);
         assert_eq!(q.member_count(&GangKey::Gang(GangId::new(GangKind::PodGroup, "default", "llm"))), 2);
         assert_eq!(q.lengths().in_flight, 3);
+    }
+
+    #[test]
+    fn gangs_created_in_the_same_second_keep_their_order_of_arrival() {
+        let now = Instant::now();
+        let mut q = SchedulingQueue::new(policy());
+        for name in ["zeta", "alpha", "mid"] {
+            q.upsert(member(&format!("{name}-0"), name, 0, 7), now);
+        }
+        let keys: Vec<_> = std::iter::from_fn(|| q.pop(now)).collect();
+        let order: Vec<_> = keys.iter().map(|k| name_of(&q, k)).collect();
+        assert_eq!(order, ["zeta", "alpha", "mid"]);
+    }
+
+    #[test]
+    fn the_head_gang_can_skip_its_backoff() {
+        let t0 = Instant::now();
+        let mut q = SchedulingQueue::new(policy());
+        q.upsert(pod("big", 0, 0), t0);
+        let key = q.pop(t0).unwrap();
+        q.mark_unschedulable(&key, t0);
+        q.cluster_changed(t0);
+        assert!(q.pop(t0).is_none(), "backing off");
+        q.retry_now(&key);
+        assert_eq!(q.pop(t0), Some(key));
     }
 
     #[test]

@@ -134,6 +134,10 @@ impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
             }
             if std::mem::take(&mut changed) {
                 self.queue.cluster_changed(now);
+                if let Some((head, _)) = self.gangs.held_nodes() {
+                    let head = head.clone();
+                    self.queue.retry_now(&head);
+                }
             }
             let busy = self.is_ready() && self.schedule_round();
             self.publish_queue_lengths();
