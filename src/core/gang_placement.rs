@@ -102,7 +102,7 @@ impl fmt::Display for GangUnschedulable {
 
 /// Members in placement order: the largest GPU requests first (they are the
 /// hardest to fit), then by name so decisions are reproducible.
-fn placement_order<'a>(members: &[&'a PodInfo]) -> Vec<&'a PodInfo> {
+pub(crate) fn placement_order<'a>(members: &[&'a PodInfo]) -> Vec<&'a PodInfo> {
     let mut order = members.to_vec();
     order.sort_by(|a, b| (Reverse(a.gpu_count()), &a.key).cmp(&(Reverse(b.gpu_count()), &b.key)));
     order
@@ -142,7 +142,7 @@ pub fn place_gang(
 
 /// Places every member within `scope`, or rolls back and says how many had
 /// a place and why the next had none.
-fn place_all(
+pub(crate) fn place_all(
     profile: &Profile,
     members: &[&PodInfo],
     snapshot: &mut ClusterSnapshot,
@@ -176,9 +176,7 @@ fn place_all(
 }
 
 fn gate(scope: Scope, held: &HashSet<String>, spec: &NodeSpec, usage: &NodeInfo) -> NodeGate {
-    if let Scope::Domain { level, id } = scope
-        && usage.domains.get(level) != Some(&Some(id))
-    {
+    if !scope.contains(usage) {
         return NodeGate::OutOfScope;
     }
     if held.contains(&spec.name) { NodeGate::Held } else { NodeGate::Open }
@@ -259,6 +257,54 @@ fn node_room(pod: &PodInfo, spec: &NodeSpec, usage: &NodeInfo) -> (usize, usize)
     let empty = pods_that_fit(pod, &spec.allocatable, all_gpus);
     let now = pods_that_fit(pod, &usage.free(), usage.free_gpus().count_ones() as usize);
     (empty, now.min(empty))
+}
+
+/// Scopes where the gang would fit if enough were evicted: per level, the
+/// domains whose nodes could hold it when empty (the freest first), then
+/// the whole cluster.
+pub(crate) fn scopes_that_could_hold(
+    profile: &Profile,
+    largest: &PodInfo,
+    required: usize,
+    snapshot: &ClusterSnapshot,
+) -> Vec<Scope> {
+    let mut room: HashMap<(usize, DomainId), (usize, usize)> = HashMap::new();
+    for (spec, usage) in snapshot.nodes() {
+        if !could_ever_take(profile, largest, spec, usage) {
+            continue;
+        }
+        let (empty, now) = node_room(largest, spec, usage);
+        for (level, id) in usage.domains.iter().enumerate() {
+            if let Some(id) = id {
+                let r = room.entry((level, *id)).or_default();
+                r.0 += empty;
+                r.1 += now;
+            }
+        }
+    }
+    let mut big_enough: Vec<((usize, DomainId), (usize, usize))> =
+        room.into_iter().filter(|(_, (empty, _))| *empty >= required).collect();
+    big_enough.sort_by_key(|((level, id), (_, now))| (*level, Reverse(*now), *id));
+    let mut per_level: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut scopes = Vec::new();
+    for ((level, id), _) in big_enough {
+        let tried = per_level.entry(level).or_default();
+        if *tried < DOMAINS_PER_LEVEL {
+            *tried += 1;
+            scopes.push(Scope::Domain { level, id });
+        }
+    }
+    scopes.push(Scope::Cluster);
+    scopes
+}
+
+impl Scope {
+    pub fn contains(&self, usage: &NodeInfo) -> bool {
+        match self {
+            Scope::Domain { level, id } => usage.domains.get(*level) == Some(&Some(*id)),
+            Scope::Cluster => true,
+        }
+    }
 }
 
 /// A node's room for pods of one shape.

@@ -10,6 +10,7 @@ pub mod node;
 pub mod plugins;
 pub mod pod;
 pub mod pod_group_status;
+pub mod preemption;
 pub mod quantity;
 pub mod queue;
 pub mod quota;

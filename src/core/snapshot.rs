@@ -297,6 +297,32 @@ impl ClusterSnapshot {
         }
     }
 
+    /// Removes a placement for a what-if (preemption's search), returning it
+    /// so that `restore` can put it back exactly.
+    pub fn take(&mut self, uid: &str) -> Option<Placement> {
+        let placement = self.placements.get(uid)?.clone();
+        self.release(uid);
+        Some(placement)
+    }
+
+    /// Puts back a placement removed by `take`.
+    pub fn restore(&mut self, uid: &str, p: Placement) {
+        let pod = PodPlacement {
+            uid,
+            key: &p.key,
+            node: &p.node,
+            requests: &p.requests,
+            job: p.job.as_ref(),
+            priority: p.priority,
+            created: p.created,
+            labels: &p.labels,
+        };
+        self.place(pod, p.state, Some(p.gpus));
+        if let Some(restored) = self.placements.get_mut(uid) {
+            restored.gpu_indices = p.gpu_indices;
+        }
+    }
+
     /// Releases whatever the pod held (it was deleted or finished).
     pub fn release(&mut self, uid: &str) -> bool {
         let Some(old) = self.placements.remove(uid) else {
@@ -457,6 +483,22 @@ mod tests {
         let other = s.placement("u1").unwrap().gpus;
         assert_eq!((other.count_ones(), other & (1 << 5)), (2, 0), "fitted around the recorded one");
         assert_eq!(s.node("a").unwrap().free_gpus().count_ones(), 5);
+    }
+
+    #[test]
+    fn a_placement_taken_for_a_what_if_is_restored_exactly() {
+        let mut s = ClusterSnapshot::new();
+        s.upsert_node(node("a", 8));
+        let k = key("p");
+        s.observe_bound(pod("u", &k, "a", &Resources::new().with(GPU, 2)), Some(&[6, 7]));
+        let before = s.placement("u").cloned().unwrap();
+        let taken = s.take("u").unwrap();
+        assert_eq!(s.node("a").unwrap().free_gpus(), 0xff);
+        assert_eq!(s.namespace_usage("default").unwrap().get(GPU), 0);
+        s.restore("u", taken);
+        assert_eq!(s.placement("u"), Some(&before));
+        assert_eq!(s.node("a").unwrap().free_gpus(), 0x3f);
+        assert_eq!(s.namespace_usage("default").unwrap().get(GPU), 2);
     }
 
     #[test]
