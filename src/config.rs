@@ -11,6 +11,7 @@ use thiserror::Error;
 
 use crate::core::framework::Profile;
 use crate::core::plugins::{self, GpuTopologyArgs, NodeResourcesFitArgs, PluginArgs};
+use crate::core::preemption::PreemptionSettings;
 use crate::core::queue::BackoffPolicy;
 use crate::core::snapshot::TopologySettings;
 use crate::core::topology::domains::DomainLevels;
@@ -36,6 +37,7 @@ pub struct SchedulerConfig {
     /// Link table and topology levels (from GpuTopology / TopologyDomain
     /// pluginConfig); they describe the cluster, so all profiles share them.
     pub topology: TopologySettings,
+    pub preemption: PreemptionSettings,
 }
 
 /// Cluster-wide settings and the field that set each, to report disagreements.
@@ -101,6 +103,8 @@ struct RawConfig {
     pod_max_backoff_seconds: u64,
     #[serde(default)]
     profiles: Vec<RawProfile>,
+    #[serde(default)]
+    preemption: PreemptionSettings,
 }
 
 fn default_initial_backoff() -> u64 {
@@ -254,6 +258,7 @@ fn parse(text: &str) -> Result<SchedulerConfig, FieldError> {
         },
         profiles,
         topology: shared.topology,
+        preemption: raw.preemption,
     })
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use phalanx::config;
 use phalanx::core::gang::GangKind;
+use phalanx::core::gang_scheduler::GangScheduler;
 use phalanx::core::queue::SchedulingQueue;
 use phalanx::core::snapshot::ClusterSnapshot;
 use phalanx::shell::binder::Binder;
@@ -66,7 +67,8 @@ pub async fn run(kubeconfig: Option<PathBuf>, config_path: &Path, http_address: 
     let profiles = cfg.profiles.iter().map(config::ProfileSpec::build).collect();
     let snapshot = ClusterSnapshot::with_settings(cfg.topology.clone());
     let queue = SchedulingQueue::new(cfg.backoff);
-    let scheduling = SchedulingLoop::new(profiles, snapshot, queue, gang_kinds, binder, reporter, metrics, ready);
+    let gangs = GangScheduler::new(gang_kinds, cfg.preemption);
+    let scheduling = SchedulingLoop::new(profiles, snapshot, queue, gangs, binder, reporter, metrics, ready);
     info!(%instance, profiles = ?names, %http_address, "phalanx starting");
     let loop_task = tokio::spawn(scheduling.run(event_rx, outcome_rx, shutdown_rx));
 

@@ -9,25 +9,52 @@ use std::time::{Duration, Instant};
 use super::disruption::DisruptionBudget;
 use super::framework::Profile;
 use super::gang::{GangId, GangKind, GangObject, GangSpec};
-use super::gang_placement::{GangPlacement, GangRequest, nodes_to_hold, place_gang};
+use super::gang_placement::{GangPlacement, GangRequest, Scope, nodes_to_hold, place_gang, placement_order};
 use super::pod::PodInfo;
+use super::preemption::{PreemptionPlan, PreemptionRules, PreemptionSettings, plan_preemption};
 use super::queue::{GangKey, SchedulingQueue};
 use super::quota::QuotaBook;
 use super::resources::PODS;
+use super::resources::{GPU, Resources};
 use super::snapshot::ClusterSnapshot;
+use super::snapshot::PlacementState;
 
 /// What to do with the gang.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GangDecision {
     /// Bind these members; they are reserved in the snapshot already.
     Bind(GangPlacement),
+    /// Evict these victims; the gang's placement after their eviction is
+    /// proven, and its nodes are held for it (its members are nominated).
+    Preempt { plan: PreemptionPlan, message: String },
     /// Cannot be tried until its members or its object change.
     Wait(String),
     /// No placement now; try again when the cluster changes. `timed_out`:
     /// its scheduleTimeoutSeconds passed without a placement.
-    Unschedulable { message: String, timed_out: Option<Duration> },
+    Unschedulable { message: String, timed_out: Option<Duration>, reason: WaitReason },
     /// No member names a profile of this scheduler any more.
     Drop,
+}
+
+/// Why a gang waits (for messages and the `gangs_waiting` metric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WaitReason {
+    /// No room in the cluster (preemption found nothing, or may not run).
+    Capacity,
+    /// Its namespace's quota does not allow it.
+    Quota,
+    /// Its victims are still terminating.
+    Preempting,
+}
+
+impl WaitReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WaitReason::Capacity => "capacity",
+            WaitReason::Quota => "quota",
+            WaitReason::Preempting => "preempting",
+        }
+    }
 }
 
 /// The decision plus what users should be told about the gang's object.
@@ -56,6 +83,10 @@ pub struct GangScheduler {
     foreign: HashMap<GangId, BTreeSet<String>>,
     hold: Option<Hold>,
     quotas: QuotaBook,
+    preemption: PreemptionSettings,
+    /// Gangs that evicted victims, with the victims not yet gone: they do not
+    /// preempt again meanwhile.
+    preempting: HashMap<GangKey, HashSet<String>>,
     /// PodDisruptionBudgets by (namespace, name).
     budgets: BTreeMap<(String, String), DisruptionBudget>,
 }
@@ -66,8 +97,8 @@ fn ranks_above(a: (i32, i64), b: (i32, i64)) -> bool {
 }
 
 impl GangScheduler {
-    pub fn new(served: HashSet<GangKind>) -> Self {
-        Self { served, ..Self::default() }
+    pub fn new(served: HashSet<GangKind>, preemption: PreemptionSettings) -> Self {
+        Self { served, preemption, ..Self::default() }
     }
 
     /// A gang object was added or changed (`None`: deleted).
@@ -105,6 +136,10 @@ impl GangScheduler {
         if names.is_empty() {
             self.foreign.remove(gang);
         }
+    }
+
+    pub fn served_kinds(&self) -> impl Iterator<Item = GangKind> + '_ {
+        self.served.iter().copied()
     }
 
     pub fn quotas(&self) -> &QuotaBook {
@@ -171,39 +206,134 @@ impl GangScheduler {
             Some(h) if h.owner != *key && !ranks_above(rank, h.rank) => h.nodes.clone(),
             _ => HashSet::new(),
         };
-        let request = GangRequest { gang: key.gang(), members, required: spec.min_member.saturating_sub(placed) };
+        let timed_out = spec
+            .schedule_timeout
+            .filter(|limit| queue.trying_since(key).is_some_and(|since| now.duration_since(since) >= *limit));
+        let unschedulable = |message: String, reason: WaitReason| {
+            let message = match timed_out {
+                Some(limit) => {
+                    format!("gang found no placement within scheduleTimeoutSeconds ({}s): {message}", limit.as_secs())
+                }
+                None => message,
+            };
+            GangDecision::Unschedulable { message, timed_out, reason }
+        };
+        let namespace = members[0].key.namespace.clone();
+        let required = spec.min_member.saturating_sub(placed);
+        let mut request = GangRequest { gang: key.gang(), members, required };
+        // Quotas hold for the whole gang before any member binds: all its
+        // pending members if the quota allows, else the required ones only.
+        let ordered = placement_order(&request.members);
+        let need_all = total_requests(&ordered);
+        let need_required = total_requests(&ordered[..required.min(ordered.len())]);
+        if self.quotas.check(&namespace, &need_all, |ns| snapshot.namespace_usage(ns)).is_err() {
+            match self.quotas.check(&namespace, &need_required, |ns| snapshot.namespace_usage(ns)) {
+                Ok(()) => request.members = ordered[..required.min(ordered.len())].to_vec(),
+                Err(exceeded) => {
+                    return GangVerdict { decision: unschedulable(exceeded.to_string(), WaitReason::Quota), warnings };
+                }
+            }
+        }
         match place_gang(profile, &request, snapshot, &held) {
             Ok(placement) if !placement.members.is_empty() => {
                 if self.hold.as_ref().is_some_and(|h| h.owner == *key) {
                     self.hold = None;
                 }
+                self.preempting.remove(key);
                 GangVerdict { decision: GangDecision::Bind(placement), warnings }
             }
             Ok(_) => {
                 let message = "all required members are placed; no room for more members".to_string();
-                GangVerdict { decision: GangDecision::Unschedulable { message, timed_out: None }, warnings }
+                GangVerdict { decision: unschedulable(message, WaitReason::Capacity), warnings }
             }
-            Err(unschedulable) => {
-                if request.required > 0
-                    && self.hold.as_ref().is_none_or(|h| h.owner == *key || ranks_above(rank, h.rank))
-                {
+            Err(failure) => {
+                let mut message = failure.to_string();
+                let mut reason = WaitReason::Capacity;
+                if required > 0 {
+                    match self.try_preemption(key, profile, &request, rank.0, &need_required, snapshot) {
+                        Ok(plan) => {
+                            let nodes: HashSet<String> = plan.placement.iter().map(|m| m.node.clone()).collect();
+                            self.hold = Some(Hold { owner: key.clone(), rank, nodes });
+                            self.preempting.insert(key.clone(), plan.victims.iter().map(|v| v.uid.clone()).collect());
+                            let message = describe_preemption(&plan, snapshot);
+                            return GangVerdict { decision: GangDecision::Preempt { plan, message }, warnings };
+                        }
+                        Err((why, terminating)) => {
+                            message = format!("{message} preemption: {why}");
+                            if terminating {
+                                reason = WaitReason::Preempting;
+                            }
+                        }
+                    }
+                }
+                let may_hold = self.hold.as_ref().is_none_or(|h| h.owner == *key || ranks_above(rank, h.rank));
+                if required > 0 && reason == WaitReason::Capacity && may_hold {
                     let before = self.hold.take().filter(|h| h.owner == *key).map(|h| h.nodes).unwrap_or_default();
                     let nodes = nodes_to_hold(profile, &request, snapshot, &before);
                     self.hold = (!nodes.is_empty()).then(|| Hold { owner: key.clone(), rank, nodes });
                 }
-                let timed_out = spec
-                    .schedule_timeout
-                    .filter(|limit| queue.trying_since(key).is_some_and(|since| now.duration_since(since) >= *limit));
-                let mut message = unschedulable.to_string();
-                if let Some(limit) = timed_out {
-                    message = format!(
-                        "gang found no placement within scheduleTimeoutSeconds ({}s): {message}",
-                        limit.as_secs()
-                    );
-                }
-                GangVerdict { decision: GangDecision::Unschedulable { message, timed_out }, warnings }
+                GangVerdict { decision: unschedulable(message, reason), warnings }
             }
         }
+    }
+
+    /// A victim set whose eviction lets the gang fit, or why there is none
+    /// (and whether that is because earlier victims are still terminating).
+    fn try_preemption(
+        &mut self,
+        key: &GangKey,
+        profile: &Profile,
+        request: &GangRequest<'_>,
+        priority: i32,
+        need: &Resources,
+        snapshot: &mut ClusterSnapshot,
+    ) -> Result<PreemptionPlan, (String, bool)> {
+        if let Some(victims) = self.preempting.get_mut(key) {
+            victims.retain(|uid| snapshot.placement(uid).is_some_and(|p| p.state == PlacementState::Bound));
+            if !victims.is_empty() {
+                return Err((format!("waiting for {} preempted pods to terminate", victims.len()), true));
+            }
+            self.preempting.remove(key);
+        }
+        if !self.preemption.enabled {
+            return Err(("disabled".into(), false));
+        }
+        if request.members.iter().any(|m| m.preempt_never) {
+            return Err(("not attempted, preemptionPolicy is Never".into(), false));
+        }
+        let namespace = request.members.first().map(|m| m.key.namespace.as_str()).unwrap_or_default();
+        let empty = Resources::new();
+        let used = snapshot.namespace_usage(namespace).unwrap_or(&empty);
+        // Below its min even with this gang placed: it may take back what others borrow.
+        let reclaims = self.quotas.elastic(namespace).is_some()
+            && self.quotas.below_min(namespace, GPU, used) >= need.get(GPU)
+            && need.get(GPU) > 0;
+        let reclaimable: HashMap<String, i64> = if reclaims {
+            self.quotas
+                .elastic_quotas()
+                .filter(|q| q.namespace != namespace)
+                .map(|q| {
+                    let used = snapshot.namespace_usage(&q.namespace).unwrap_or(&empty);
+                    (q.namespace.clone(), self.quotas.borrowed(&q.namespace, GPU, used))
+                })
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let min_member = |id: &GangId| match self.objects.get(id) {
+            Some(GangObject::Valid(spec)) => Some(spec.min_member),
+            _ => None,
+        };
+        let rules = PreemptionRules {
+            priority,
+            namespace,
+            reclaimable,
+            min_member: &min_member,
+            budgets: self.budgets.values().collect(),
+            allow_budget_violation: self.preemption.allow_pod_disruption_budget_violation,
+        };
+        plan_preemption(profile, request, snapshot, &rules)
+            .ok_or_else(|| ("no set of lower-priority pods whose eviction makes room".into(), false))
     }
 
     /// The gang's size and timeout, or why it cannot be tried.
@@ -285,6 +415,34 @@ impl GangScheduler {
     }
 }
 
+/// What the pods of a gang request together.
+fn total_requests(members: &[&PodInfo]) -> Resources {
+    let mut total = Resources::new();
+    for m in members {
+        total.add(&m.requests);
+    }
+    total
+}
+
+/// "preempting 4 pods of 2 gangs (priority up to 10, 32 GPUs) in block rack-1"
+fn describe_preemption(plan: &PreemptionPlan, snapshot: &ClusterSnapshot) -> String {
+    let gangs: HashSet<String> =
+        plan.victims.iter().map(|v| v.gang.as_ref().map_or_else(|| v.key.to_string(), |g| g.to_string())).collect();
+    let place = match plan.scope {
+        Scope::Domain { level, id } => {
+            format!(" in {} {}", snapshot.settings().levels.levels[level].name, snapshot.domain_index().describe(id))
+        }
+        Scope::Cluster => String::new(),
+    };
+    format!(
+        "preempting {} pods of {} gangs (priority up to {}, {} GPUs){place} to make room",
+        plan.victims.len(),
+        gangs.len(),
+        plan.cost.top_priority,
+        plan.cost.gpus
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,7 +458,7 @@ mod tests {
         }
         let profiles = HashMap::from([("phalanx".to_string(), default_profile("phalanx"))]);
         let queue = SchedulingQueue::new(BackoffPolicy { initial: Duration::ZERO, max: Duration::ZERO });
-        (GangScheduler::new(HashSet::from([GangKind::PodGroup])), profiles, snapshot, queue)
+        (GangScheduler::new(HashSet::from([GangKind::PodGroup]), Default::default()), profiles, snapshot, queue)
     }
 
     fn add_gang(g: &mut GangScheduler, q: &mut SchedulingQueue, name: &str, pods: usize, created: i64) -> GangKey {
@@ -368,7 +526,8 @@ mod tests {
         q.cluster_changed(t0);
         q.pop(t0 + Duration::from_secs(6));
         let later = t0 + Duration::from_secs(6);
-        let GangDecision::Unschedulable { timed_out, message } = g.decide(&key, &profiles, &mut s, &q, later).decision
+        let GangDecision::Unschedulable { timed_out, message, .. } =
+            g.decide(&key, &profiles, &mut s, &q, later).decision
         else {
             panic!()
         };

@@ -23,6 +23,21 @@ use super::pod::{PodInfo, PodKey};
 use super::resources::GPU;
 use super::snapshot::{ClusterSnapshot, Placement};
 
+/// The `preemption` section of the scheduler configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct PreemptionSettings {
+    pub enabled: bool,
+    /// Evict through a PodDisruptionBudget when no other victim set exists.
+    pub allow_pod_disruption_budget_violation: bool,
+}
+
+impl Default for PreemptionSettings {
+    fn default() -> Self {
+        Self { enabled: true, allow_pod_disruption_budget_violation: false }
+    }
+}
+
 /// Who may be evicted for this preemptor.
 pub struct PreemptionRules<'a> {
     pub priority: i32,

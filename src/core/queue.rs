@@ -339,6 +339,16 @@ impl SchedulingQueue {
         }
     }
 
+    /// The highest-ranked gang that found no placement and waits (unschedulable
+    /// or backing off): the next gang at the head of the line.
+    pub fn head_waiting(&self) -> Option<&GangKey> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| matches!(e.state, State::Unschedulable | State::Backoff(_)))
+            .max_by_key(|(_, e)| (e.priority(), Reverse(e.created()), Reverse(e.arrival)))
+            .map(|(k, _)| k)
+    }
+
     /// When the earliest gang in backoff becomes ready.
     pub fn next_wakeup(&self) -> Option<Instant> {
         self.backoff.peek().map(|Reverse((at, _, _))| *at)
@@ -491,8 +501,10 @@ mod tests {
         q.mark_unschedulable(&key, t0);
         q.cluster_changed(t0);
         assert!(q.pop(t0).is_none(), "backing off");
+        assert_eq!(q.head_waiting(), Some(&key));
         q.retry_now(&key);
         assert_eq!(q.pop(t0), Some(key));
+        assert_eq!(q.head_waiting(), None, "in flight");
     }
 
     #[test]

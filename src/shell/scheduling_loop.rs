@@ -17,7 +17,7 @@ use super::informers::ClusterEvent;
 use super::metrics::Metrics;
 use super::reporter::{Report, Reporter};
 use crate::core::framework::Profile;
-use crate::core::gang::{GangId, GangKind, GangObject};
+use crate::core::gang::{GangId, GangObject};
 use crate::core::gang_scheduler::{GangDecision, GangScheduler};
 use crate::core::pod::{PodInfo, PodKey, PodPhase};
 use crate::core::queue::{GangKey, SchedulingQueue};
@@ -77,25 +77,25 @@ const NODES: &str = "nodes";
 const PODS: &str = "pods";
 
 impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
-    /// `gang_kinds`: the gang objects the API server serves (and the informers watch).
+    /// `gangs`: knows which gang objects the API server serves (and the informers watch).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         profiles: Vec<Profile>,
         snapshot: ClusterSnapshot,
         queue: SchedulingQueue,
-        gang_kinds: HashSet<GangKind>,
+        gangs: GangScheduler,
         binder: B,
         reporter: R,
         metrics: Metrics,
         ready: Arc<AtomicBool>,
     ) -> Self {
         let mut unlisted: HashSet<&'static str> = [NODES, PODS].into();
-        unlisted.extend(gang_kinds.iter().map(|k| k.api_version()));
+        unlisted.extend(gangs.served_kinds().map(|k| k.api_version()));
         Self {
             profiles: profiles.into_iter().map(|p| (p.scheduler_name.clone(), p)).collect(),
             snapshot,
             queue,
-            gangs: GangScheduler::new(gang_kinds),
+            gangs,
             binding: HashMap::new(),
             last_report: HashMap::new(),
             binder,
@@ -134,10 +134,7 @@ impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
             }
             if std::mem::take(&mut changed) {
                 self.queue.cluster_changed(now);
-                if let Some((head, _)) = self.gangs.held_nodes() {
-                    let head = head.clone();
-                    self.queue.retry_now(&head);
-                }
+                self.retry_head();
             }
             let busy = self.is_ready() && self.schedule_round();
             self.publish_queue_lengths();
@@ -190,6 +187,7 @@ impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
         }
         match verdict.decision {
             GangDecision::Bind(placement) => {
+                let was_head = self.gangs.held_nodes().is_some_and(|(owner, _)| *owner == key);
                 debug!(members = placement.members.len(), scope = ?placement.scope, "placed");
                 self.metrics.attempt("scheduled", &profile, started.elapsed().as_secs_f64());
                 for member in placement.members {
@@ -203,6 +201,11 @@ impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
                     self.queue.mark_unschedulable(&key, now);
                 }
                 self.last_report.remove(&report_key(&key));
+                if was_head {
+                    // The next gang in line is tried now, before smaller ones
+                    // coming out of backoff take what it needs.
+                    self.retry_head();
+                }
             }
             GangDecision::Wait(message) => {
                 debug!(%message, "waiting");
@@ -210,7 +213,14 @@ impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
                 self.report_members(&key, &message);
                 self.report_gang(&key, "Waiting", message);
             }
-            GangDecision::Unschedulable { message, timed_out } => {
+            GangDecision::Preempt { plan, message } => {
+                // Evictions are wired in with the evictor; until then the gang waits.
+                debug!(%message, victims = plan.victims.len(), "preemption planned");
+                self.queue.mark_unschedulable(&key, now);
+                self.report_gang(&key, "Preempting", message.clone());
+                self.report_members(&key, &message);
+            }
+            GangDecision::Unschedulable { message, timed_out, reason: _ } => {
                 debug!(%message, attempts = self.queue.attempts(&key), "unschedulable");
                 self.metrics.attempt("unschedulable", &profile, started.elapsed().as_secs_f64());
                 if timed_out.is_some() {
@@ -228,6 +238,18 @@ impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
                     self.queue.remove(&uid);
                 }
             }
+        }
+    }
+
+    /// The gang at the head of the line skips its backoff when capacity may
+    /// have freed: the one holding nodes, else the highest-ranked waiting one.
+    fn retry_head(&mut self) {
+        let head = match self.gangs.held_nodes() {
+            Some((owner, _)) => Some(owner.clone()),
+            None => self.queue.head_waiting().cloned(),
+        };
+        if let Some(head) = head {
+            self.queue.retry_now(&head);
         }
     }
 
@@ -500,7 +522,7 @@ mod tests {
     use prometheus_client::registry::Registry;
 
     use super::*;
-    use crate::core::gang::{GangSpec, InvalidGang};
+    use crate::core::gang::{GangKind, GangSpec, InvalidGang};
     use crate::core::plugins::default_profile;
     use crate::core::queue::BackoffPolicy;
     use crate::core::testing::{gpu_node, gpu_pod};
@@ -552,7 +574,7 @@ mod tests {
             vec![default_profile("phalanx")],
             ClusterSnapshot::new(),
             SchedulingQueue::new(policy),
-            HashSet::from([GangKind::PodGroup]),
+            GangScheduler::new(HashSet::from([GangKind::PodGroup]), Default::default()),
             recorder.clone(),
             recorder.clone(),
             Metrics::register(&mut Registry::default()),
@@ -725,7 +747,9 @@ mod tests {
         l.schedule_round();
         l.queue.cluster_changed(Instant::now());
         l.schedule_round();
-        assert_eq!(rec.unschedulable_reports(), vec!["0/1 nodes are available: 1 Insufficient nvidia.com/gpu."]);
+        let reports = rec.unschedulable_reports();
+        assert_eq!(reports.len(), 1);
+        assert!(reports[0].starts_with("0/1 nodes are available: 1 Insufficient nvidia.com/gpu. preemption: "));
         let mut cordoned = gpu_node("n2", 8);
         cordoned.unschedulable = true;
         l.apply_event(ClusterEvent::NodeApplied(cordoned));
