@@ -169,6 +169,17 @@ impl GangScheduler {
         self.budgets.values()
     }
 
+    /// An eviction of this gang's plan was refused (a disruption budget, an
+    /// error): the gang may plan again at its next attempt.
+    pub fn abandon_preemption(&mut self, key: &GangKey) {
+        self.preempting.remove(key);
+    }
+
+    /// The gang that evicted this pod, if a plan did.
+    pub fn preemptor_of(&self, victim: &str) -> Option<&GangKey> {
+        self.preempting.iter().find(|(_, victims)| victims.contains(victim)).map(|(k, _)| k)
+    }
+
     /// The nodes currently held, and for which gang.
     pub fn held_nodes(&self) -> Option<(&GangKey, &HashSet<String>)> {
         self.hold.as_ref().map(|h| (&h.owner, &h.nodes))
