@@ -2,6 +2,7 @@
 //! manifests in `deploy/crds/` are generated from these (`phalanx crds`) and a
 //! test keeps them in sync.
 
+pub mod elastic_quota;
 pub mod gpu_topology;
 pub mod pod_group;
 pub mod pytorch_job;
@@ -12,13 +13,25 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 
 /// Every CRD phalanx ships: file name in `deploy/crds/` and YAML.
 pub fn crd_manifests() -> Vec<(String, String)> {
-    [gpu_topology::GPUTopology::crd(), pod_group::PodGroup::crd()].iter().map(manifest).collect()
+    [gpu_topology::GPUTopology::crd(), pod_group::PodGroup::crd(), elastic_quota::ElasticQuota::crd()]
+        .iter()
+        .map(manifest)
+        .collect()
 }
 
 /// CRDs of other projects that the test control plane needs (`e2e/crds/`),
 /// where their controllers do not run.
 pub fn test_crd_manifests() -> Vec<(String, String)> {
     [pytorch_job::PyTorchJob::crd()].iter().map(manifest).collect()
+}
+
+/// A resource list, as core types declare it (quantities as int or string).
+fn resource_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "nullable": true,
+        "additionalProperties": {"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": true}
+    })
 }
 
 fn manifest(crd: &CustomResourceDefinition) -> (String, String) {

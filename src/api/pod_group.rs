@@ -36,7 +36,7 @@ pub struct PodGroupSpec {
     pub min_member: Option<i32>,
     /// The least resources the gang needs to run (checked before placement).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "resource_list")]
+    #[schemars(schema_with = "super::resource_list")]
     pub min_resources: Option<BTreeMap<String, Quantity>>,
     /// How long the gang may wait for a placement before it is marked failed to schedule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -63,13 +63,4 @@ pub struct PodGroupStatus {
     /// When the scheduler started trying to place the group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule_start_time: Option<Time>,
-}
-
-/// A resource list, as core types declare it (quantities as int or string).
-fn resource_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({
-        "type": "object",
-        "nullable": true,
-        "additionalProperties": {"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": true}
-    })
 }

@@ -12,7 +12,12 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 /// A client from an explicit kubeconfig, or else inferred (in-cluster, $KUBECONFIG, ~/.kube/config).
 pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
-    let config = match kubeconfig {
+    kube::Client::try_from(config(kubeconfig).await?).context("building the Kubernetes client")
+}
+
+/// The client configuration from an explicit kubeconfig, or else inferred.
+pub async fn config(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Config> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
             kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
@@ -20,8 +25,7 @@ pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
                 .with_context(|| format!("using kubeconfig {}", path.display()))?
         }
         None => kube::Config::infer().await.context("finding a kubeconfig (none given)")?,
-    };
-    kube::Client::try_from(config).context("building the Kubernetes client")
+    })
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -14,6 +14,7 @@ use phalanx::core::gang_scheduler::GangScheduler;
 use phalanx::core::queue::SchedulingQueue;
 use phalanx::core::snapshot::ClusterSnapshot;
 use phalanx::shell::binder::Binder;
+use phalanx::shell::evictor::Evictor;
 use phalanx::shell::http::{self, HealthState};
 use phalanx::shell::informers;
 use phalanx::shell::metrics::Metrics;
@@ -31,7 +32,8 @@ const DRAIN: Duration = Duration::from_secs(5);
 pub async fn run(kubeconfig: Option<PathBuf>, config_path: &Path, http_address: SocketAddr) -> anyhow::Result<()> {
     let cfg = config::load(config_path)?;
     let kubeconfig = kubeconfig.or_else(|| cfg.client.kubeconfig.clone().map(PathBuf::from));
-    let client = super::client(kubeconfig.as_deref()).await?;
+    let client_config = super::config(kubeconfig.as_deref()).await?;
+    let client = kube::Client::try_from(client_config.clone()).context("building the Kubernetes client")?;
     let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| format!("phalanx-{}", std::process::id()));
 
     let mut registry = Registry::default();
@@ -51,26 +53,41 @@ pub async fn run(kubeconfig: Option<PathBuf>, config_path: &Path, http_address: 
     let bind_limiter = Arc::new(RateLimiter::new(cfg.client.qps, cfg.client.burst));
     let report_limiter = Arc::new(RateLimiter::new(cfg.client.qps, cfg.client.burst));
     let (outcome_tx, outcome_rx) = mpsc::unbounded_channel();
-    let binder = Binder::new(client.clone(), bind_limiter, outcome_tx, metrics.clone());
+    let binder = Binder::new(client.clone(), bind_limiter.clone(), outcome_tx, metrics.clone());
+    // Evictions share the binds' budget: both decide where pods run.
+    let (eviction_tx, eviction_rx) = mpsc::unbounded_channel();
+    let evictor = Evictor::new(client_config, bind_limiter, eviction_tx, metrics.clone())
+        .context("building the Kubernetes client for evictions")?;
     let draining = binder.clone();
     let reporter = Reporter::start(client.clone(), report_limiter.clone(), instance.clone(), metrics.clone());
 
     let names: HashSet<String> = cfg.profiles.iter().map(|p| p.scheduler_name.clone()).collect();
     let (event_tx, event_rx) = mpsc::channel(8192);
-    let gang_kinds = informers::served_gang_kinds(&client).await;
-    if gang_kinds.contains(&GangKind::PodGroup) {
+    let served = informers::Served::discover(&client).await;
+    if served.gang_kinds.contains(&GangKind::PodGroup) {
         // PodGroup status, with watches of its own, shares the Events' budget.
         pod_group_status::spawn(client.clone(), Arc::new(names.clone()), report_limiter);
     }
-    informers::spawn(client, Arc::new(names.clone()), &gang_kinds, event_tx);
+    informers::spawn(client, Arc::new(names.clone()), &served, event_tx);
 
     let profiles = cfg.profiles.iter().map(config::ProfileSpec::build).collect();
     let snapshot = ClusterSnapshot::with_settings(cfg.topology.clone());
     let queue = SchedulingQueue::new(cfg.backoff);
-    let gangs = GangScheduler::new(gang_kinds, cfg.preemption);
-    let scheduling = SchedulingLoop::new(profiles, snapshot, queue, gangs, binder, reporter, metrics, ready);
+    let gangs = GangScheduler::new(served.gang_kinds.clone(), cfg.preemption);
+    let scheduling = SchedulingLoop::new(
+        profiles,
+        snapshot,
+        queue,
+        gangs,
+        served.elastic_quotas,
+        binder,
+        reporter,
+        evictor,
+        metrics,
+        ready,
+    );
     info!(%instance, profiles = ?names, %http_address, "phalanx starting");
-    let loop_task = tokio::spawn(scheduling.run(event_rx, outcome_rx, shutdown_rx));
+    let loop_task = tokio::spawn(scheduling.run(event_rx, outcome_rx, eviction_rx, shutdown_rx));
 
     super::shutdown_signal().await;
     info!("shutting down");

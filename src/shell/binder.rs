@@ -20,7 +20,8 @@ use super::rate_limit::RateLimiter;
 use super::translate::{GPUS_ANNOTATION, gpu_annotation_value};
 use crate::core::pod::PodKey;
 
-/// Waits between attempts of a bind that failed for a reason other than 404/409.
+/// Waits between attempts of a write (a bind, an eviction) that failed for a
+/// reason worth another try.
 const RETRY_DELAYS: [Duration; 3] = [Duration::from_millis(200), Duration::from_millis(800), Duration::from_secs(2)];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,17 +78,11 @@ impl Binder {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
             let started = Instant::now();
-            let mut result = this.try_bind(&uid, &key, &node, &gpus).await;
             // A transient failure (a timeout, a 5xx, the API server restarting)
             // is retried here, so a gang's member keeps the place its gang was
             // given instead of going back to the queue on its own.
-            for delay in RETRY_DELAYS {
-                if !matches!(result, BindResult::Failed(_)) {
-                    break;
-                }
-                tokio::time::sleep(delay).await;
-                result = this.try_bind(&uid, &key, &node, &gpus).await;
-            }
+            let result =
+                retrying(|| this.try_bind(&uid, &key, &node, &gpus), |r| matches!(r, BindResult::Failed(_))).await;
             let label = match &result {
                 BindResult::Bound => "bound",
                 BindResult::PodGone => "gone",
@@ -152,6 +147,23 @@ impl Binder {
             Err(e) => classify(e, key),
         }
     }
+}
+
+/// Runs `attempt`, and again after each of `RETRY_DELAYS` while its result
+/// is `transient`.
+pub(super) async fn retrying<T, F>(mut attempt: impl FnMut() -> F, transient: impl Fn(&T) -> bool) -> T
+where
+    F: Future<Output = T>,
+{
+    let mut result = attempt().await;
+    for delay in RETRY_DELAYS {
+        if !transient(&result) {
+            break;
+        }
+        tokio::time::sleep(delay).await;
+        result = attempt().await;
+    }
+    result
 }
 
 fn classify(error: kube::Error, key: &PodKey) -> BindResult {

@@ -1,5 +1,6 @@
-//! Watches nodes, pods, GPU topologies and gang objects (PodGroups,
-//! PyTorchJobs) and turns each change into a `ClusterEvent` for
+//! Watches nodes, pods, GPU topologies, gang objects (PodGroups,
+//! PyTorchJobs), quotas (ElasticQuotas, ResourceQuotas) and
+//! PodDisruptionBudgets, and turns each change into a `ClusterEvent` for
 //! the scheduling loop. Objects are translated here and dropped: no cache of
 //! full objects is kept. After every (re-)list, a `*Listed` event carries
 //! the complete set of names, so anything missed while disconnected (a 410
@@ -9,7 +10,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, ResourceQuota};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -18,15 +20,19 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::gang_objects;
+use super::quota_objects::{self, Quota};
 use super::translate::{
     KUBEFLOW_JOB_LABEL, POD_GROUP_LABEL, TopologyReport, TranslateError, is_gated, node_spec, pod_info, topology_report,
 };
+use crate::api::elastic_quota::ElasticQuota;
 use crate::api::gpu_topology::GPUTopology;
 use crate::api::pod_group::PodGroup;
 use crate::api::pytorch_job::PyTorchJob;
+use crate::core::disruption::DisruptionBudget;
 use crate::core::gang::{GangId, GangKind, GangObject};
 use crate::core::node::NodeSpec;
 use crate::core::pod::PodInfo;
+use crate::core::quota::QuotaKind;
 
 #[derive(Debug)]
 pub enum ClusterEvent {
@@ -55,26 +61,85 @@ pub enum ClusterEvent {
         kind: GangKind,
         ids: HashSet<GangId>,
     },
+    /// An ElasticQuota or ResourceQuota added or changed.
+    QuotaApplied(Quota),
+    QuotaDeleted {
+        kind: QuotaKind,
+        namespace: String,
+        name: String,
+    },
+    /// Namespace and name of every quota of one kind after a (re-)list.
+    QuotasListed {
+        kind: QuotaKind,
+        keys: Vec<(String, String)>,
+    },
+    /// A PodDisruptionBudget added or changed; `budget: None`: it has no
+    /// selector, so it protects no pod.
+    BudgetApplied {
+        namespace: String,
+        name: String,
+        budget: Option<DisruptionBudget>,
+    },
+    BudgetDeleted {
+        namespace: String,
+        name: String,
+    },
+    /// Namespace and name of every PodDisruptionBudget after a (re-)list.
+    BudgetsListed(Vec<(String, String)>),
     Invalid {
         regarding: ObjectReference,
         error: TranslateError,
     },
 }
 
+/// The optional APIs the API server serves, found by discovery at start:
+/// what is watched, and so what the loop waits for before scheduling.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Served {
+    pub gang_kinds: HashSet<GangKind>,
+    /// `scheduling.x-k8s.io/v1alpha1` ElasticQuotas.
+    pub elastic_quotas: bool,
+}
+
+impl Served {
+    pub async fn discover(client: &Client) -> Self {
+        let mut served = Self::default();
+        for (kind, plural) in [
+            (GangKind::PodGroup, "podgroups"),
+            (GangKind::UpstreamPodGroup, "podgroups"),
+            (GangKind::PyTorchJob, "pytorchjobs"),
+        ] {
+            if serves(client, kind.api_version(), plural, "its gangs are not recognised").await {
+                served.gang_kinds.insert(kind);
+            }
+        }
+        let version = ElasticQuota::api_version(&());
+        served.elastic_quotas = serves(client, &version, "elasticquotas", "no ElasticQuota applies").await;
+        served
+    }
+}
+
+/// Whether the API server serves `plural` in `api_version`; says so if not.
+async fn serves(client: &Client, api_version: &str, plural: &str, consequence: &str) -> bool {
+    match client.list_api_group_resources(api_version).await {
+        Ok(list) if list.resources.iter().any(|r| r.name == plural) => true,
+        Ok(_) | Err(_) => {
+            tracing::info!(api = api_version, resource = plural, "not served; {consequence}");
+            false
+        }
+    }
+}
+
 /// Pods are watched unless finished: finished pods hold no resources, and
 /// the API server turns a pod's move to Succeeded/Failed into a delete event.
 const POD_FIELDS: &str = "status.phase!=Succeeded,status.phase!=Failed";
 
-/// Starts every watch; gang objects only of the kinds the API server serves.
-pub fn spawn(
-    client: Client,
-    scheduler_names: Arc<HashSet<String>>,
-    gang_kinds: &HashSet<GangKind>,
-    tx: mpsc::Sender<ClusterEvent>,
-) {
+/// Starts every watch; gang objects and ElasticQuotas only where the API
+/// server serves them.
+pub fn spawn(client: Client, scheduler_names: Arc<HashSet<String>>, served: &Served, tx: mpsc::Sender<ClusterEvent>) {
     tokio::spawn(watch_nodes(Api::all(client.clone()), tx.clone()));
     tokio::spawn(watch_topologies(Api::all(client.clone()), tx.clone()));
-    for kind in gang_kinds {
+    for kind in &served.gang_kinds {
         let (client, tx) = (client.clone(), tx.clone());
         match kind {
             GangKind::PodGroup => {
@@ -88,26 +153,14 @@ pub fn spawn(
             }
         };
     }
-    tokio::spawn(watch_pods(Api::all(client), scheduler_names, tx));
-}
-
-/// The gang kinds whose API the server serves, found by discovery. A kind
-/// that is not served is not watched (and its gangs wait with a message).
-pub async fn served_gang_kinds(client: &Client) -> HashSet<GangKind> {
-    let mut served = HashSet::new();
-    for (kind, plural) in [
-        (GangKind::PodGroup, "podgroups"),
-        (GangKind::UpstreamPodGroup, "podgroups"),
-        (GangKind::PyTorchJob, "pytorchjobs"),
-    ] {
-        match client.list_api_group_resources(kind.api_version()).await {
-            Ok(list) if list.resources.iter().any(|r| r.name == plural) => {
-                served.insert(kind);
-            }
-            Ok(_) | Err(_) => tracing::info!(api = kind.api_version(), "not served; its gangs are not recognised"),
-        }
+    if served.elastic_quotas {
+        let translate = |q: &ElasticQuota| quota_objects::elastic_quota(q).map(Quota::Elastic);
+        tokio::spawn(watch_quotas(Api::all(client.clone()), QuotaKind::Elastic, tx.clone(), translate));
     }
-    served
+    let translate = |q: &ResourceQuota| quota_objects::resource_quota(q).map(Quota::Hard);
+    tokio::spawn(watch_quotas(Api::all(client.clone()), QuotaKind::Hard, tx.clone(), translate));
+    tokio::spawn(watch_budgets(Api::all(client.clone()), tx.clone()));
+    tokio::spawn(watch_pods(Api::all(client), scheduler_names, tx));
 }
 
 fn reference<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {
@@ -120,6 +173,9 @@ pub(super) enum Applied<E> {
     /// A relevant object, with the key it is listed under.
     Event(String, E),
     Invalid(E),
+    /// An object that cannot be read but whose last readable version stays
+    /// in force: listed under its key, so a re-list does not drop it.
+    InvalidKept(String, E),
 }
 
 /// Runs one watch for ever (the watcher re-lists and backs off on its own),
@@ -159,6 +215,10 @@ pub(super) async fn pump<K, E>(
                     event
                 }
                 Applied::Invalid(event) => event,
+                Applied::InvalidKept(key, event) => {
+                    listed.insert(key);
+                    event
+                }
             },
             Event::Delete(obj) => match on_delete(obj) {
                 Some(event) => event,
@@ -226,12 +286,70 @@ async fn watch_gangs<K>(
         Applied::Event(format!("{}/{}", id.namespace, id.name), ClusterEvent::GangApplied { id, object })
     };
     let on_delete = |object: K| {
-        let namespace = object.meta().namespace.clone().unwrap_or_default();
-        Some(ClusterEvent::GangDeleted(GangId::new(kind, &namespace, &object.name_any())))
+        let (namespace, name) = namespaced_key(&object);
+        Some(ClusterEvent::GangDeleted(GangId::new(kind, &namespace, &name)))
     };
     let on_listed = move |keys: HashSet<String>| ClusterEvent::GangsListed {
         kind,
-        ids: keys.iter().filter_map(|k| k.split_once('/')).map(|(ns, name)| GangId::new(kind, ns, name)).collect(),
+        ids: split_keys(keys).iter().map(|(ns, name)| GangId::new(kind, ns, name)).collect(),
     };
+    pump(api, watcher::Config::default(), tx, on_apply, on_delete, on_listed).await;
+}
+
+/// Namespace and name of a namespaced object.
+fn namespaced_key(object: &impl Resource) -> (String, String) {
+    (object.meta().namespace.clone().unwrap_or_default(), object.meta().name.clone().unwrap_or_default())
+}
+
+/// The "namespace/name" keys a watch lists namespaced objects under.
+fn list_key(object: &impl Resource) -> String {
+    let (namespace, name) = namespaced_key(object);
+    format!("{namespace}/{name}")
+}
+
+fn split_keys(keys: HashSet<String>) -> Vec<(String, String)> {
+    keys.iter().filter_map(|k| k.split_once('/')).map(|(ns, name)| (ns.to_string(), name.to_string())).collect()
+}
+
+/// ElasticQuotas or ResourceQuotas. An unreadable one is reported, and the
+/// version read before it stays in force.
+async fn watch_quotas<K>(
+    api: Api<K>,
+    kind: QuotaKind,
+    tx: mpsc::Sender<ClusterEvent>,
+    translate: impl Fn(&K) -> Result<Quota, TranslateError>,
+) where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let on_apply = |object: K| match translate(&object) {
+        Ok(quota) => Applied::Event(list_key(&object), ClusterEvent::QuotaApplied(quota)),
+        Err(error) => {
+            Applied::InvalidKept(list_key(&object), ClusterEvent::Invalid { regarding: reference(&object), error })
+        }
+    };
+    let on_delete = move |object: K| {
+        let (namespace, name) = namespaced_key(&object);
+        Some(ClusterEvent::QuotaDeleted { kind, namespace, name })
+    };
+    let on_listed = move |keys: HashSet<String>| ClusterEvent::QuotasListed { kind, keys: split_keys(keys) };
+    pump(api, watcher::Config::default(), tx, on_apply, on_delete, on_listed).await;
+}
+
+async fn watch_budgets(api: Api<PodDisruptionBudget>, tx: mpsc::Sender<ClusterEvent>) {
+    let on_apply = |object: PodDisruptionBudget| {
+        let key = list_key(&object);
+        match quota_objects::disruption_budget(&object) {
+            Ok(budget) => {
+                let (namespace, name) = namespaced_key(&object);
+                Applied::Event(key, ClusterEvent::BudgetApplied { namespace, name, budget })
+            }
+            Err(error) => Applied::InvalidKept(key, ClusterEvent::Invalid { regarding: reference(&object), error }),
+        }
+    };
+    let on_delete = |object: PodDisruptionBudget| {
+        let (namespace, name) = namespaced_key(&object);
+        Some(ClusterEvent::BudgetDeleted { namespace, name })
+    };
+    let on_listed = |keys: HashSet<String>| ClusterEvent::BudgetsListed(split_keys(keys));
     pump(api, watcher::Config::default(), tx, on_apply, on_delete, on_listed).await;
 }

@@ -31,6 +31,12 @@ pub enum Report {
     Scheduled { key: PodKey, uid: String, node: String },
     /// An Event about any object (an unreadable object, a gang's PodGroup).
     Event { regarding: ObjectReference, warning: bool, reason: &'static str, message: String },
+    /// A victim was evicted: a Warning Event `Preempted` on it naming the
+    /// preemptor (a gang or pod), then `message` if not empty.
+    Preempted { key: PodKey, uid: String, preemptor: String, message: String },
+    /// Capacity is held for the preemptor on `node`: its `status.nominatedNodeName`
+    /// (as kube-scheduler records it). An empty `node` clears it.
+    Nominated { key: PodKey, uid: String, node: String },
 }
 
 #[derive(Clone)]
@@ -108,20 +114,26 @@ impl Writer {
                 Api::<Pod>::namespaced(self.client.clone(), &key.namespace)
                     .patch_status(&key.name, &PatchParams::default(), &Patch::Strategic(&patch))
                     .await?;
-                self.event(pod_reference(key, uid), "Warning", "FailedScheduling", message).await
+                self.event(pod_reference(key, uid), "Warning", "FailedScheduling", "Scheduling", message).await
             }
             Report::Scheduled { key, uid, node } => {
-                self.event(
-                    pod_reference(key, uid),
-                    "Normal",
-                    "Scheduled",
-                    &format!("Successfully assigned {key} to {node}"),
-                )
-                .await
+                let note = format!("Successfully assigned {key} to {node}");
+                self.event(pod_reference(key, uid), "Normal", "Scheduled", "Scheduling", &note).await
             }
             Report::Event { regarding, warning, reason, message } => {
                 let type_ = if *warning { "Warning" } else { "Normal" };
-                self.event(regarding.clone(), type_, reason, message).await
+                self.event(regarding.clone(), type_, reason, "Scheduling", message).await
+            }
+            Report::Preempted { key, uid, preemptor, message } => {
+                let note = preempted_note(preemptor, message);
+                self.event(pod_reference(key, uid), "Warning", "Preempted", "Preempting", &note).await
+            }
+            Report::Nominated { key, uid, node } => {
+                self.limiter.acquire().await;
+                Api::<Pod>::namespaced(self.client.clone(), &key.namespace)
+                    .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&nomination(uid, node)))
+                    .await
+                    .map(|_| ())
             }
         }
     }
@@ -131,6 +143,7 @@ impl Writer {
         regarding: ObjectReference,
         type_: &str,
         reason: &str,
+        action: &str,
         note: &str,
     ) -> Result<(), kube::Error> {
         self.limiter.acquire().await;
@@ -140,7 +153,7 @@ impl Writer {
         let event = Event {
             metadata: ObjectMeta { name: Some(name), namespace: Some(namespace.clone()), ..Default::default() },
             event_time: Some(MicroTime(now)),
-            action: Some("Scheduling".into()),
+            action: Some(action.into()),
             reason: Some(reason.into()),
             note: Some(truncate(note, 1024)),
             regarding: Some(regarding),
@@ -154,6 +167,21 @@ impl Writer {
             .await
             .map(|_| ())
     }
+}
+
+fn preempted_note(preemptor: &str, message: &str) -> String {
+    if message.is_empty() {
+        format!("Preempted by {preemptor}")
+    } else {
+        format!("Preempted by {preemptor}: {message}")
+    }
+}
+
+/// The status merge patch that nominates `node` (clears the nomination when
+/// empty); the UID keeps it off a pod recreated under the same name.
+fn nomination(uid: &str, node: &str) -> serde_json::Value {
+    let node = if node.is_empty() { serde_json::Value::Null } else { json!(node) };
+    json!({"metadata": {"uid": uid}, "status": {"nominatedNodeName": node}})
 }
 
 /// Events reject notes over 1 kB; cut on a character boundary.
@@ -170,7 +198,25 @@ fn truncate(text: &str, max: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::truncate;
+    use super::*;
+
+    #[test]
+    fn a_preempted_event_names_the_preemptor() {
+        assert_eq!(preempted_note("PodGroup team-a/llm", ""), "Preempted by PodGroup team-a/llm");
+        assert_eq!(
+            preempted_note("PodGroup team-a/llm", "priority 1000 over 10"),
+            "Preempted by PodGroup team-a/llm: priority 1000 over 10"
+        );
+    }
+
+    #[test]
+    fn a_nomination_sets_or_clears_the_nominated_node() {
+        assert_eq!(
+            nomination("u1", "gpu-3"),
+            json!({"metadata": {"uid": "u1"}, "status": {"nominatedNodeName": "gpu-3"}})
+        );
+        assert_eq!(nomination("u1", "")["status"]["nominatedNodeName"], serde_json::Value::Null);
+    }
 
     #[test]
     fn long_notes_are_cut_on_a_character_boundary() {

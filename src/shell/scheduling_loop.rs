@@ -1,9 +1,10 @@
 //! The one task that owns the snapshot and the queue. It applies watch
-//! events and bind outcomes in arrival order, asks the core for a decision
-//! on each gang, and hands the results to the binder and the reporter.
+//! events, bind outcomes and eviction outcomes in arrival order, asks the
+//! core for a decision on each gang, and hands the results to the binder,
+//! the evictor and the reporter.
 //! Nothing else mutates scheduling state, so no locks are needed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -13,14 +14,19 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, info_span, warn};
 
 use super::binder::{BindOutcome, BindResult, Binder};
+use super::evictor::{EvictOutcome, EvictResult, Evictor};
 use super::informers::ClusterEvent;
-use super::metrics::Metrics;
+use super::metrics::{Metrics, QuotaUsage};
+use super::quota_objects::Quota;
 use super::reporter::{Report, Reporter};
+use crate::core::disruption::DisruptionBudget;
 use crate::core::framework::Profile;
 use crate::core::gang::{GangId, GangObject};
 use crate::core::gang_scheduler::{GangDecision, GangScheduler};
 use crate::core::pod::{PodInfo, PodKey, PodPhase};
 use crate::core::queue::{GangKey, SchedulingQueue};
+use crate::core::quota::QuotaKind;
+use crate::core::resources::Resources;
 use crate::core::snapshot::{ClusterSnapshot, PlacementState};
 
 /// Decisions made between two looks at the event channels: enough to amortise
@@ -31,6 +37,8 @@ const DECISIONS_PER_ROUND: usize = 128;
 const UNSCHEDULABLE_FLUSH: Duration = Duration::from_secs(60);
 /// An unchanged unschedulable message is reported again only after this long.
 const REPORT_REPEAT: Duration = Duration::from_secs(30);
+/// How often quota usage is published as metrics.
+const QUOTA_METRICS_EVERY: Duration = Duration::from_secs(1);
 
 /// Where the loop sends its decisions: the binder in production, a
 /// recorder in the loop's unit tests.
@@ -38,9 +46,22 @@ pub trait BindRequests {
     fn bind(&self, uid: String, key: PodKey, node: String, gpus: Vec<u32>);
 }
 
+/// Where the loop sends preemption victims: the evictor in production, a
+/// recorder in the loop's unit tests. `preemptor` names who the victim makes
+/// room for, as users should read it ("PodGroup team-a/llm").
+pub trait Evictions {
+    fn evict(&self, uid: String, key: PodKey, preemptor: String);
+}
+
 /// Where the loop sends what users should read.
 pub trait Reports {
     fn send(&self, report: Report);
+}
+
+impl Evictions for Evictor {
+    fn evict(&self, uid: String, key: PodKey, preemptor: String) {
+        Evictor::evict(self, uid, key, preemptor);
+    }
 }
 
 impl BindRequests for Binder {
@@ -55,7 +76,15 @@ impl Reports for Reporter {
     }
 }
 
-pub struct SchedulingLoop<B = Binder, R = Reporter> {
+/// A victim whose eviction is in flight.
+#[derive(Debug, Clone)]
+struct Eviction {
+    preemptor: GangKey,
+    /// Why, for the victim's `Preempted` Event.
+    message: String,
+}
+
+pub struct SchedulingLoop<B = Binder, R = Reporter, E = Evictor> {
     profiles: HashMap<String, Profile>,
     snapshot: ClusterSnapshot,
     queue: SchedulingQueue,
@@ -64,33 +93,54 @@ pub struct SchedulingLoop<B = Binder, R = Reporter> {
     binding: HashMap<String, PodInfo>,
     /// The last message reported about each pod (by UID) or gang object.
     last_report: HashMap<String, (String, Instant)>,
+    /// Victims whose eviction is in flight, by UID.
+    evicting: HashMap<String, Eviction>,
     binder: B,
     reporter: R,
+    evictor: E,
     metrics: Metrics,
+    next_quota_metrics: Instant,
     /// Watches whose first list has not arrived; scheduling waits for them.
     unlisted: HashSet<&'static str>,
     ready: Arc<AtomicBool>,
 }
 
-/// The watches every decision depends on, besides one per served gang kind.
+/// The watches every decision depends on, besides one per served gang kind
+/// and ElasticQuotas where served.
 const NODES: &str = "nodes";
 const PODS: &str = "pods";
+const RESOURCE_QUOTAS: &str = "resourcequotas";
+const ELASTIC_QUOTAS: &str = "elasticquotas";
+const BUDGETS: &str = "poddisruptionbudgets";
 
-impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
-    /// `gangs`: knows which gang objects the API server serves (and the informers watch).
+fn quota_watch(kind: QuotaKind) -> &'static str {
+    match kind {
+        QuotaKind::Elastic => ELASTIC_QUOTAS,
+        QuotaKind::Hard => RESOURCE_QUOTAS,
+    }
+}
+
+impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
+    /// `gangs`: knows which gang objects the API server serves (and the informers watch);
+    /// `elastic_quotas`: whether it serves ElasticQuotas (and the informers watch them).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         profiles: Vec<Profile>,
         snapshot: ClusterSnapshot,
         queue: SchedulingQueue,
         gangs: GangScheduler,
+        elastic_quotas: bool,
         binder: B,
         reporter: R,
+        evictor: E,
         metrics: Metrics,
         ready: Arc<AtomicBool>,
     ) -> Self {
-        let mut unlisted: HashSet<&'static str> = [NODES, PODS].into();
+        let mut unlisted: HashSet<&'static str> = [NODES, PODS, RESOURCE_QUOTAS, BUDGETS].into();
         unlisted.extend(gangs.served_kinds().map(|k| k.api_version()));
+        if elastic_quotas {
+            unlisted.insert(ELASTIC_QUOTAS);
+        }
         Self {
             profiles: profiles.into_iter().map(|p| (p.scheduler_name.clone(), p)).collect(),
             snapshot,
@@ -98,9 +148,12 @@ impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
             gangs,
             binding: HashMap::new(),
             last_report: HashMap::new(),
+            evicting: HashMap::new(),
             binder,
             reporter,
+            evictor,
             metrics,
+            next_quota_metrics: Instant::now(),
             unlisted,
             ready,
         }
@@ -111,6 +164,7 @@ impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
         mut self,
         mut events: mpsc::Receiver<ClusterEvent>,
         mut outcomes: mpsc::UnboundedReceiver<BindOutcome>,
+        mut evictions: mpsc::UnboundedReceiver<EvictOutcome>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut next_flush = Instant::now() + UNSCHEDULABLE_FLUSH;
@@ -127,6 +181,9 @@ impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
             while let Ok(outcome) = outcomes.try_recv() {
                 changed |= self.apply_outcome(outcome);
             }
+            while let Ok(outcome) = evictions.try_recv() {
+                self.apply_eviction(outcome);
+            }
             let now = Instant::now();
             if now >= next_flush {
                 changed = true;
@@ -138,6 +195,7 @@ impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
             }
             let busy = self.is_ready() && self.schedule_round();
             self.publish_queue_lengths();
+            self.publish_quota_usage(now);
             if busy {
                 tokio::task::yield_now().await;
                 continue;
@@ -149,6 +207,7 @@ impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
                     None => return,
                 },
                 Some(outcome) = outcomes.recv() => changed |= self.apply_outcome(outcome),
+                Some(outcome) = evictions.recv() => self.apply_eviction(outcome),
                 _ = tokio::time::sleep_until(wake_at.into()) => {}
                 _ = shutdown.changed() => {}
             }
@@ -360,6 +419,39 @@ impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
                 self.resync_pods(&uids);
                 true
             }
+            // A quota changed may let a gang in (a limit raised, a quota
+            // gone); gangs that wait for room are tried again.
+            ClusterEvent::QuotaApplied(quota) => {
+                let (namespace, name) = quota.key();
+                debug!(kind = ?quota.kind(), %namespace, %name, "quota applied");
+                let quotas = self.gangs.quotas_mut();
+                match quota {
+                    Quota::Elastic(q) => quotas.set_elastic(q),
+                    Quota::Hard(q) => quotas.set_hard(q),
+                }
+            }
+            ClusterEvent::QuotaDeleted { kind, namespace, name } => {
+                debug!(?kind, %namespace, %name, "quota deleted");
+                self.gangs.quotas_mut().remove(kind, &namespace, &name)
+            }
+            ClusterEvent::QuotasListed { kind, keys } => {
+                self.unlisted.remove(quota_watch(kind));
+                self.gangs.quotas_mut().listed(kind, &keys);
+                true
+            }
+            ClusterEvent::BudgetApplied { namespace, name, budget } => {
+                debug!(%namespace, %name, allowed = ?budget.as_ref().map(|b| b.disruptions_allowed), "disruption budget applied");
+                self.set_budget(&namespace, &name, budget)
+            }
+            ClusterEvent::BudgetDeleted { namespace, name } => {
+                debug!(%namespace, %name, "disruption budget deleted");
+                self.set_budget(&namespace, &name, None)
+            }
+            ClusterEvent::BudgetsListed(keys) => {
+                self.unlisted.remove(BUDGETS);
+                self.gangs.budgets_listed(&keys);
+                true
+            }
             ClusterEvent::Invalid { regarding, error } => {
                 warn!(%error, "ignoring an object phalanx cannot read");
                 self.metrics.invalid_objects.inc();
@@ -382,6 +474,20 @@ impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
                 false
             }
         }
+    }
+
+    /// Applies a budget. Returns whether it may let a preemption through that
+    /// was refused before: it allows more disruptions, selects other pods,
+    /// or is gone. A new budget only protects.
+    fn set_budget(&mut self, namespace: &str, name: &str, budget: Option<DisruptionBudget>) -> bool {
+        let old = self.gangs.budgets().find(|b| b.namespace == namespace && b.name == name).cloned();
+        let loosened = match (&old, &budget) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(old), Some(new)) => new.disruptions_allowed > old.disruptions_allowed || new.selector != old.selector,
+        };
+        self.gangs.set_budget(namespace, name, budget);
+        loosened
     }
 
     fn apply_pod(&mut self, pod: PodInfo, gated: bool) -> bool {
@@ -477,6 +583,72 @@ impl<B: BindRequests, R: Reports> SchedulingLoop<B, R> {
         }
     }
 
+    /// Asks for `victim`'s eviction on behalf of the gang `preemptor`;
+    /// `message` says why, in the victim's `Preempted` Event. A victim whose
+    /// eviction is already in flight is not asked for twice.
+    pub fn evict(&mut self, victim: &PodKey, uid: &str, preemptor: &GangKey, message: String) {
+        if self.evicting.contains_key(uid) {
+            return;
+        }
+        let name = gang_name(preemptor, &self.queue);
+        info!(pod = %victim, preemptor = %name, %message, "evicting");
+        self.evicting.insert(uid.to_string(), Eviction { preemptor: preemptor.clone(), message });
+        self.evictor.evict(uid.to_string(), victim.clone(), name);
+    }
+
+    /// Whether any eviction on behalf of `preemptor` is still in flight.
+    pub fn evictions_in_flight(&self, preemptor: &GangKey) -> bool {
+        self.evicting.values().any(|e| e.preemptor == *preemptor)
+    }
+
+    /// Applies an eviction outcome. An evicted victim gets its Event and
+    /// frees its resources once the watch sees it gone; a refused or failed
+    /// eviction abandons the preemptor's plan and sends it back to try again
+    /// after backoff (with budgets and pods as the watches then show them).
+    fn apply_eviction(&mut self, outcome: EvictOutcome) {
+        let eviction = self.evicting.remove(&outcome.uid);
+        match outcome.result {
+            EvictResult::Evicted => {
+                let message = eviction.map(|e| e.message).unwrap_or_default();
+                let EvictOutcome { key, uid, preemptor, .. } = outcome;
+                self.reporter.send(Report::Preempted { key, uid, preemptor, message });
+            }
+            EvictResult::PodGone => debug!(pod = %outcome.key, "victim gone before its eviction"),
+            EvictResult::Blocked(why) | EvictResult::Failed(why) => {
+                info!(pod = %outcome.key, preemptor = %outcome.preemptor, %why, "victim not evicted");
+                if let Some(e) = eviction {
+                    self.gangs.abandon_preemption(&e.preemptor);
+                    self.queue.retry_later(&e.preemptor, Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Every ElasticQuota namespace's use and borrowing of the resources its
+    /// quota names, at most once per `QUOTA_METRICS_EVERY`.
+    fn publish_quota_usage(&mut self, now: Instant) {
+        if now < self.next_quota_metrics {
+            return;
+        }
+        self.next_quota_metrics = now + QUOTA_METRICS_EVERY;
+        let quotas = self.gangs.quotas();
+        let none = Resources::new();
+        let mut rows = Vec::new();
+        for quota in quotas.elastic_quotas() {
+            let used = self.snapshot.namespace_usage(&quota.namespace).unwrap_or(&none);
+            let resources: BTreeSet<&String> = quota.min.0.keys().chain(quota.max.0.keys()).collect();
+            for resource in resources {
+                rows.push(QuotaUsage {
+                    namespace: quota.namespace.clone(),
+                    resource: resource.clone(),
+                    used: used.get(resource),
+                    borrowed: quotas.borrowed(&quota.namespace, resource, used),
+                });
+            }
+        }
+        self.metrics.set_quota_usage(&rows);
+    }
+
     fn publish_queue_lengths(&self) {
         let l = self.queue.lengths();
         self.metrics.set_pending("active", l.active);
@@ -525,16 +697,28 @@ mod tests {
     use crate::core::gang::{GangKind, GangSpec, InvalidGang};
     use crate::core::plugins::default_profile;
     use crate::core::queue::BackoffPolicy;
+    use crate::core::quota::{ElasticQuota, HardQuota, Limits};
+    use crate::core::resources::GPU;
     use crate::core::testing::{gpu_node, gpu_pod};
+    use crate::shell::metrics::QuotaLabels;
+    use crate::shell::translate::TranslateError;
 
     /// A bind request: pod name, node, GPU indices.
     type BindRequest = (String, String, Vec<u32>);
 
-    /// Records what the loop asks of the binder and the reporter.
+    /// Records what the loop asks of the binder, the evictor and the reporter.
     #[derive(Clone, Default)]
     struct Recorder {
         binds: Arc<Mutex<Vec<BindRequest>>>,
+        /// Victim name and preemptor.
+        evictions: Arc<Mutex<Vec<(String, String)>>>,
         reports: Arc<Mutex<Vec<Report>>>,
+    }
+
+    impl Evictions for Recorder {
+        fn evict(&self, _uid: String, key: PodKey, preemptor: String) {
+            self.evictions.lock().unwrap().push((key.name, preemptor));
+        }
     }
 
     impl BindRequests for Recorder {
@@ -566,8 +750,10 @@ mod tests {
         }
     }
 
+    type TestLoop = SchedulingLoop<Recorder, Recorder, Recorder>;
+
     /// A synced loop with one 8-GPU node and no backoff (so retries are immediate).
-    fn synced_loop() -> (SchedulingLoop<Recorder, Recorder>, Recorder) {
+    fn synced_loop() -> (TestLoop, Recorder) {
         let recorder = Recorder::default();
         let policy = BackoffPolicy { initial: Duration::ZERO, max: Duration::ZERO };
         let mut l = SchedulingLoop::new(
@@ -575,6 +761,8 @@ mod tests {
             ClusterSnapshot::new(),
             SchedulingQueue::new(policy),
             GangScheduler::new(HashSet::from([GangKind::PodGroup]), Default::default()),
+            true,
+            recorder.clone(),
             recorder.clone(),
             recorder.clone(),
             Metrics::register(&mut Registry::default()),
@@ -586,6 +774,12 @@ mod tests {
         l.apply_event(ClusterEvent::PodsListed(HashSet::new()));
         assert!(!l.is_ready(), "PodGroups are not listed yet");
         l.apply_event(ClusterEvent::GangsListed { kind: GangKind::PodGroup, ids: HashSet::new() });
+        for kind in [QuotaKind::Elastic, QuotaKind::Hard] {
+            assert!(!l.is_ready(), "quotas are not all listed yet");
+            l.apply_event(ClusterEvent::QuotasListed { kind, keys: vec![] });
+        }
+        assert!(!l.is_ready(), "disruption budgets are not listed yet");
+        l.apply_event(ClusterEvent::BudgetsListed(vec![]));
         assert!(l.is_ready());
         (l, recorder)
     }
@@ -596,7 +790,7 @@ mod tests {
         pod
     }
 
-    fn group(l: &mut SchedulingLoop<Recorder, Recorder>, name: &str, object: GangObject) {
+    fn group(l: &mut TestLoop, name: &str, object: GangObject) {
         l.apply_event(ClusterEvent::GangApplied { id: GangId::new(GangKind::PodGroup, "default", name), object });
     }
 
@@ -757,5 +951,125 @@ mod tests {
         l.schedule_round();
         assert_eq!(rec.unschedulable_reports().len(), 2);
         assert!(rec.unschedulable_reports()[1].contains("1 node(s) were unschedulable"));
+    }
+
+    fn elastic(namespace: &str, max_gpus: i64) -> Quota {
+        Quota::Elastic(ElasticQuota {
+            namespace: namespace.into(),
+            name: "quota".into(),
+            min: Limits([(GPU.to_string(), 4)].into()),
+            max: Limits([(GPU.to_string(), max_gpus)].into()),
+        })
+    }
+
+    #[test]
+    fn quotas_apply_and_a_change_counts_as_a_cluster_change() {
+        let (mut l, rec) = synced_loop();
+        assert!(l.apply_event(ClusterEvent::QuotaApplied(elastic("default", 8))), "a new quota");
+        assert!(!l.apply_event(ClusterEvent::QuotaApplied(elastic("default", 8))), "the same again");
+        assert!(l.apply_event(ClusterEvent::QuotaApplied(elastic("default", 16))), "a limit raised");
+        assert_eq!(l.gangs.quotas().elastic("default").unwrap().max.get(GPU), Some(16));
+        let hard = HardQuota { namespace: "default".into(), name: "rq".into(), hard: Limits::default() };
+        assert!(l.apply_event(ClusterEvent::QuotaApplied(Quota::Hard(hard))));
+        // An unreadable quota is reported; the version read before stays.
+        let regarding = ObjectReference {
+            kind: Some("ElasticQuota".into()),
+            namespace: Some("default".into()),
+            name: Some("quota".into()),
+            ..Default::default()
+        };
+        let error = TranslateError {
+            object: "elasticquota default/quota".into(),
+            field: "spec.max[nvidia.com/gpu]".into(),
+            message: "\"-1\" is negative".into(),
+        };
+        l.apply_event(ClusterEvent::Invalid { regarding, error });
+        assert!(
+            events(&rec).iter().any(|(reason, m)| *reason == "InvalidObject" && m.contains("spec.max[nvidia.com/gpu]"))
+        );
+        assert_eq!(l.gangs.quotas().elastic("default").unwrap().max.get(GPU), Some(16));
+        let deleted =
+            ClusterEvent::QuotaDeleted { kind: QuotaKind::Elastic, namespace: "default".into(), name: "quota".into() };
+        assert!(l.apply_event(deleted));
+        assert!(l.gangs.quotas().elastic("default").is_none());
+        l.apply_event(ClusterEvent::QuotaApplied(elastic("other", 8)));
+        l.apply_event(ClusterEvent::QuotasListed { kind: QuotaKind::Elastic, keys: vec![] });
+        assert!(l.gangs.quotas().elastic("other").is_none(), "not listed, gone");
+    }
+
+    #[test]
+    fn quota_usage_is_published_for_elastic_quota_namespaces() {
+        let (mut l, _) = synced_loop();
+        l.apply_event(ClusterEvent::QuotaApplied(elastic("default", 8)));
+        let mut bound = gpu_pod("p", 6);
+        bound.node_name = Some("n1".into());
+        l.apply_event(ClusterEvent::PodApplied { pod: bound, gated: false });
+        l.publish_quota_usage(Instant::now() + QUOTA_METRICS_EVERY);
+        let labels = QuotaLabels { namespace: "default".into(), resource: GPU.into() };
+        assert_eq!(l.metrics.quota_used.get(&labels).map(|g| g.get()), Some(6));
+        assert_eq!(l.metrics.quota_borrowed.get(&labels).map(|g| g.get()), Some(2), "6 used over a min of 4");
+    }
+
+    fn budget(allowed: u32) -> Option<DisruptionBudget> {
+        Some(DisruptionBudget {
+            namespace: "default".into(),
+            name: "pdb".into(),
+            selector: Default::default(),
+            disruptions_allowed: allowed,
+        })
+    }
+
+    #[test]
+    fn budgets_apply_and_only_a_loosened_one_counts_as_a_change() {
+        let (mut l, _) = synced_loop();
+        let applied = |allowed| ClusterEvent::BudgetApplied {
+            namespace: "default".into(),
+            name: "pdb".into(),
+            budget: budget(allowed),
+        };
+        assert!(!l.apply_event(applied(0)), "a new budget only protects");
+        assert_eq!(l.gangs.budgets().count(), 1);
+        assert!(l.apply_event(applied(1)), "one more disruption allowed");
+        assert!(!l.apply_event(applied(0)));
+        assert!(l.apply_event(ClusterEvent::BudgetDeleted { namespace: "default".into(), name: "pdb".into() }));
+        assert_eq!(l.gangs.budgets().count(), 0);
+        l.apply_event(applied(0));
+        l.apply_event(ClusterEvent::BudgetsListed(vec![]));
+        assert_eq!(l.gangs.budgets().count(), 0, "not listed, gone");
+    }
+
+    fn evicted(victim: &PodInfo, preemptor: &str, result: EvictResult) -> EvictOutcome {
+        EvictOutcome { uid: victim.uid.clone(), key: victim.key.clone(), preemptor: preemptor.into(), result }
+    }
+
+    #[test]
+    fn an_eviction_is_asked_once_and_an_evicted_victim_gets_an_event_naming_the_preemptor() {
+        let (mut l, rec) = synced_loop();
+        let victim = gpu_pod("victim", 8);
+        let preemptor = GangKey::Gang(GangId::new(GangKind::PodGroup, "default", "big"));
+        l.evict(&victim.key, &victim.uid, &preemptor, "priority 100 over 0".into());
+        l.evict(&victim.key, &victim.uid, &preemptor, "priority 100 over 0".into());
+        assert_eq!(*rec.evictions.lock().unwrap(), vec![("victim".to_string(), "PodGroup default/big".to_string())]);
+        assert!(l.evictions_in_flight(&preemptor));
+        l.apply_eviction(evicted(&victim, "PodGroup default/big", EvictResult::Evicted));
+        assert!(!l.evictions_in_flight(&preemptor));
+        let reports = rec.reports.lock().unwrap();
+        let Some(Report::Preempted { key, preemptor, message, .. }) = reports.last() else { panic!("{reports:?}") };
+        assert_eq!((key.name.as_str(), preemptor.as_str()), ("victim", "PodGroup default/big"));
+        assert_eq!(message, "priority 100 over 0");
+    }
+
+    #[test]
+    fn a_refused_eviction_sends_the_preemptor_back_to_try_again() {
+        let (mut l, rec) = synced_loop();
+        let big = gpu_pod("big", 12);
+        l.apply_event(ClusterEvent::PodApplied { pod: big.clone(), gated: false });
+        l.schedule_round();
+        assert_eq!(l.queue.lengths().unschedulable, 1);
+        let victim = gpu_pod("victim", 8);
+        l.evict(&victim.key, &victim.uid, &GangKey::of(&big), String::new());
+        l.apply_eviction(evicted(&victim, "Pod default/big", EvictResult::Blocked("budget".into())));
+        assert_eq!(l.queue.lengths().unschedulable, 0, "in backoff, to be tried again");
+        assert!(!rec.reports.lock().unwrap().iter().any(|r| matches!(r, Report::Preempted { .. })));
     }
 }

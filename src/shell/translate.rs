@@ -15,7 +15,7 @@ use crate::core::pod::{
     NodeSelectorTerm, PodInfo, PodKey, PodPhase, PreferredTerm, SelectorOperator, SelectorRequirement, Toleration,
     TolerationOperator,
 };
-use crate::core::quantity::{parse_milli, parse_units};
+use crate::core::quantity::{QuantityError, parse_milli, parse_units};
 use crate::core::resources::{CPU, PODS, Resources};
 use crate::core::topology::model::GpuTopology;
 
@@ -28,7 +28,7 @@ pub struct TranslateError {
     pub message: String,
 }
 
-fn error(object: &str, field: impl Into<String>, message: impl Into<String>) -> TranslateError {
+pub(super) fn error(object: &str, field: impl Into<String>, message: impl Into<String>) -> TranslateError {
     TranslateError { object: object.to_string(), field: field.into(), message: message.into() }
 }
 
@@ -40,11 +40,15 @@ fn add_quantities(
     field: &str,
 ) -> Result<(), TranslateError> {
     for (name, q) in list.into_iter().flatten() {
-        let amount = if name == CPU { parse_milli(&q.0) } else { parse_units(&q.0) }
-            .map_err(|e| error(object, format!("{field}[{name}]"), e.to_string()))?;
+        let amount = amount(name, q).map_err(|e| error(object, format!("{field}[{name}]"), e.to_string()))?;
         into.add(&[(name.as_str(), amount)].into_iter().collect());
     }
     Ok(())
+}
+
+/// An amount of `resource` as the core counts it: cpu in millicores, the rest in units.
+pub(super) fn amount(resource: &str, q: &Quantity) -> Result<i64, QuantityError> {
+    if resource == CPU { parse_milli(&q.0) } else { parse_units(&q.0) }
 }
 
 fn container_requests(c: &Container, object: &str, field: &str) -> Result<Resources, TranslateError> {
@@ -105,28 +109,38 @@ pub fn pod_requests(pod: &Pod, object: &str) -> Result<Resources, TranslateError
 }
 
 fn requirement(r: &NodeSelectorRequirement, object: &str, field: &str) -> Result<SelectorRequirement, TranslateError> {
-    let values = || r.values.clone().unwrap_or_default();
-    let bound = || {
-        let v = values();
-        match v.as_slice() {
-            [one] => one
-                .parse::<i64>()
-                .map_err(|_| error(object, format!("{field}.values"), format!("{one:?} is not an integer"))),
-            _ => Err(error(object, format!("{field}.values"), "Gt and Lt take exactly one value")),
-        }
+    selector_requirement(&r.key, &r.operator, r.values.as_deref(), true, object, field)
+}
+
+/// One requirement of a node selector (`numeric`: Gt and Lt allowed) or of a
+/// label selector (In, NotIn, Exists, DoesNotExist only).
+pub(super) fn selector_requirement(
+    key: &str,
+    operator: &str,
+    values: Option<&[String]>,
+    numeric: bool,
+    object: &str,
+    field: &str,
+) -> Result<SelectorRequirement, TranslateError> {
+    let values = || values.unwrap_or_default().to_vec();
+    let bound = || match values().as_slice() {
+        [one] => one
+            .parse::<i64>()
+            .map_err(|_| error(object, format!("{field}.values"), format!("{one:?} is not an integer"))),
+        _ => Err(error(object, format!("{field}.values"), "Gt and Lt take exactly one value")),
     };
-    let operator = match r.operator.as_str() {
+    let operator = match operator {
         "In" => SelectorOperator::In(values()),
         "NotIn" => SelectorOperator::NotIn(values()),
         "Exists" => SelectorOperator::Exists,
         "DoesNotExist" => SelectorOperator::DoesNotExist,
-        "Gt" => SelectorOperator::Gt(bound()?),
-        "Lt" => SelectorOperator::Lt(bound()?),
+        "Gt" if numeric => SelectorOperator::Gt(bound()?),
+        "Lt" if numeric => SelectorOperator::Lt(bound()?),
         other => {
             return Err(error(object, format!("{field}.operator"), format!("unknown operator {other:?}")));
         }
     };
-    Ok(SelectorRequirement { key: r.key.clone(), operator })
+    Ok(SelectorRequirement { key: key.to_string(), operator })
 }
 
 fn term(t: &K8sTerm, object: &str, field: &str) -> Result<NodeSelectorTerm, TranslateError> {

@@ -34,10 +34,13 @@ pub fn kubeconfig_path() -> PathBuf {
 }
 
 pub async fn client() -> Client {
+    Client::try_from(config().await).expect("client")
+}
+
+pub async fn config() -> kube::Config {
     let path = kubeconfig_path();
     let kc = Kubeconfig::read_from(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("kubeconfig");
-    Client::try_from(config).expect("client")
+    kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("kubeconfig")
 }
 
 /// Polls `check` every 200 ms until it returns `Some`, or panics after `limit`.
@@ -323,6 +326,53 @@ impl TestEnv {
             self.nodes().delete_collection(&DeleteParams::default(), &ListParams::default().labels(&selector)).await;
         let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.name, &DeleteParams::default()).await;
     }
+}
+
+/// Installs the CRDs phalanx ships that the cluster lacks (a control plane
+/// started before a CRD was added to `deploy/crds/`), and waits until the API
+/// server serves them.
+pub async fn ensure_crds(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (file, yaml) in phalanx::api::crd_manifests() {
+        let crd: CustomResourceDefinition = serde_yaml_ng::from_str(&yaml).unwrap_or_else(|e| panic!("{file}: {e}"));
+        match api.create(&PostParams::default(), &crd).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => panic!("installing {file}: {e}"),
+        }
+        let spec = &crd.spec;
+        let version = spec.versions.iter().find(|v| v.served).map(|v| v.name.clone()).unwrap_or_default();
+        let group_version = format!("{}/{version}", spec.group);
+        let plural = spec.names.plural.clone();
+        eventually(Duration::from_secs(30), &format!("{plural}.{} served", spec.group), || {
+            let (client, group_version, plural) = (client.clone(), group_version.clone(), plural.clone());
+            async move {
+                let list = client.list_api_group_resources(&group_version).await.ok()?;
+                list.resources.iter().any(|r| r.name == plural).then_some(())
+            }
+        })
+        .await;
+    }
+}
+
+/// The scheduler's log without terminal colours, for matching `key=value` fields.
+pub fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // An escape sequence: ESC [ parameters, ending with a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Runs `phalanx` with arguments (the agent, explain) and returns its output.

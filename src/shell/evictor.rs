@@ -1,0 +1,233 @@
+//! Evicts preemption victims through the Eviction API (`POST
+//! pods/{name}/eviction`, policy/v1), with the pod's UID as a precondition so
+//! that a pod recreated under the same name is never evicted by mistake. The
+//! API server checks PodDisruptionBudgets and refuses (429) an eviction that
+//! would break one (so the evictor's client does not retry 429s, unlike
+//! kube's default). Calls run concurrently, paced by the binder's rate
+//! limiter (evictions and binds are one budget of writes that decide where
+//! pods run); each outcome goes back to the scheduling loop.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::policy::v1::Eviction;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, ObjectMeta, Preconditions};
+use kube::Client;
+use kube::api::{Api, PostParams};
+use kube::core::Status;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::binder::retrying;
+use super::metrics::Metrics;
+use super::rate_limit::RateLimiter;
+use crate::core::pod::PodKey;
+
+/// The cause the API server gives when a budget refuses an eviction.
+const BUDGET_CAUSE: &str = "DisruptionBudget";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EvictResult {
+    /// Accepted: the pod is being deleted (its graceful deletion follows).
+    Evicted,
+    /// 404, or 409 on the UID precondition: the victim is gone already.
+    PodGone,
+    /// 429 from a PodDisruptionBudget: the pod stays. The API server's words.
+    Blocked(String),
+    /// Anything else, after retries.
+    Failed(String),
+}
+
+impl EvictResult {
+    /// The metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            EvictResult::Evicted => "evicted",
+            EvictResult::PodGone => "gone",
+            EvictResult::Blocked(_) => "blocked",
+            EvictResult::Failed(_) => "error",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct EvictOutcome {
+    pub uid: String,
+    pub key: PodKey,
+    /// Who the victim makes room for, as the request named it.
+    pub preemptor: String,
+    pub result: EvictResult,
+}
+
+#[derive(Clone)]
+pub struct Evictor {
+    client: Client,
+    limiter: Arc<RateLimiter>,
+    outcomes: mpsc::UnboundedSender<EvictOutcome>,
+    metrics: Metrics,
+}
+
+impl Evictor {
+    /// The evictor has a client of its own, built from `config` without
+    /// kube's default retry of 429s: a budget's refusal is an answer, which
+    /// that retry would only repeat for minutes.
+    pub fn new(
+        mut config: kube::Config,
+        limiter: Arc<RateLimiter>,
+        outcomes: mpsc::UnboundedSender<EvictOutcome>,
+        metrics: Metrics,
+    ) -> Result<Self, kube::Error> {
+        config.default_retry = false;
+        Ok(Self { client: Client::try_from(config)?, limiter, outcomes, metrics })
+    }
+
+    /// Starts the eviction in the background; the outcome arrives on the channel.
+    pub fn evict(&self, uid: String, key: PodKey, preemptor: String) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let result = retrying(|| this.try_evict(&uid, &key), |r| matches!(r, EvictResult::Failed(_))).await;
+            this.metrics.eviction(result.label());
+            debug!(pod = %key, %preemptor, ?result, "eviction finished");
+            // The loop only goes away at shutdown, when outcomes no longer matter.
+            let _ = this.outcomes.send(EvictOutcome { uid, key, preemptor, result });
+        });
+    }
+
+    async fn try_evict(&self, uid: &str, key: &PodKey) -> EvictResult {
+        self.limiter.acquire().await;
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
+        match api
+            .create_subresource::<_, Status>("eviction", &key.name, &PostParams::default(), &eviction(uid, key))
+            .await
+        {
+            Ok(_) => EvictResult::Evicted,
+            Err(e) => {
+                let result = classify(e);
+                if let EvictResult::Failed(why) = &result {
+                    warn!(pod = %key, error = %why, "eviction failed");
+                }
+                result
+            }
+        }
+    }
+}
+
+/// The request body: policy/v1 Eviction whose deletion holds only for `uid`.
+pub fn eviction(uid: &str, key: &PodKey) -> Eviction {
+    Eviction {
+        metadata: ObjectMeta {
+            name: Some(key.name.clone()),
+            namespace: Some(key.namespace.clone()),
+            ..Default::default()
+        },
+        delete_options: Some(DeleteOptions {
+            preconditions: Some(Preconditions { uid: Some(uid.to_string()), resource_version: None }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// What a refused eviction means. A 429 is a budget's refusal only when the
+/// API server says so (a cause `DisruptionBudget`); otherwise it is the API
+/// server's own throttling, and worth a retry. A 409 comes from the
+/// preconditions: a UID that no longer matches means the victim is gone.
+pub fn classify(error: kube::Error) -> EvictResult {
+    let kube::Error::Api(status) = error else {
+        return EvictResult::Failed(error.to_string());
+    };
+    let causes: Vec<&str> = status.details.iter().flat_map(|d| &d.causes).map(|c| c.message.as_str()).collect();
+    let budget = status.details.iter().flat_map(|d| &d.causes).any(|c| c.reason == BUDGET_CAUSE);
+    match status.code {
+        404 => EvictResult::PodGone,
+        409 if status.message.contains("UID") => EvictResult::PodGone,
+        429 if budget || status.message.contains("disruption budget") => {
+            let mut message = status.message.clone();
+            for cause in causes.into_iter().filter(|c| !c.is_empty()) {
+                message.push(' ');
+                message.push_str(cause);
+            }
+            EvictResult::Blocked(message)
+        }
+        _ => EvictResult::Failed(format!("{} ({})", status.message, status.code)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::response::{StatusCause, StatusDetails};
+
+    fn api_error(code: u16, message: &str, causes: &[(&str, &str)]) -> kube::Error {
+        let details = (!causes.is_empty()).then(|| StatusDetails {
+            causes: causes
+                .iter()
+                .map(|(reason, message)| StatusCause {
+                    reason: reason.to_string(),
+                    message: message.to_string(),
+                    field: String::new(),
+                })
+                .collect(),
+            name: String::new(),
+            group: String::new(),
+            kind: String::new(),
+            uid: String::new(),
+            retry_after_seconds: 0,
+        });
+        kube::Error::Api(Status { code, message: message.into(), details, ..Default::default() }.boxed())
+    }
+
+    #[test]
+    fn a_budget_refusal_is_blocked_and_keeps_the_api_servers_words() {
+        let refused = api_error(
+            429,
+            "Cannot evict pod as it would violate the pod's disruption budget.",
+            &[(BUDGET_CAUSE, "The disruption budget train needs 4 healthy pods and has 4 currently")],
+        );
+        assert_eq!(
+            classify(refused),
+            EvictResult::Blocked(
+                "Cannot evict pod as it would violate the pod's disruption budget. The disruption budget train needs 4 healthy pods and has 4 currently".into()
+            )
+        );
+    }
+
+    #[test]
+    fn throttling_is_a_failure_to_retry_not_a_budget() {
+        let throttled = api_error(429, "Too many requests, please try again later.", &[]);
+        assert!(matches!(classify(throttled), EvictResult::Failed(m) if m.contains("(429)")));
+    }
+
+    #[test]
+    fn a_missing_or_replaced_victim_is_gone() {
+        assert_eq!(classify(api_error(404, "pods \"w-0\" not found", &[])), EvictResult::PodGone);
+        let replaced = api_error(409, "Precondition failed: UID in precondition: a, UID in object meta: b", &[]);
+        assert_eq!(classify(replaced), EvictResult::PodGone);
+        let busy = api_error(409, "the object has been modified; please apply your changes to the latest version", &[]);
+        assert!(matches!(classify(busy), EvictResult::Failed(_)), "a conflict on the budget is retried");
+    }
+
+    #[test]
+    fn other_errors_fail() {
+        let two_budgets = api_error(
+            500,
+            "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
+            &[],
+        );
+        assert!(matches!(classify(two_budgets), EvictResult::Failed(m) if m.contains("more than one")));
+        assert_eq!(EvictResult::Blocked(String::new()).label(), "blocked");
+    }
+
+    #[test]
+    fn the_request_is_a_policy_v1_eviction_with_the_uid_as_precondition() {
+        let key = PodKey { namespace: "team-a".into(), name: "w-0".into() };
+        let body = serde_json::to_value(eviction("u-1", &key)).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "apiVersion": "policy/v1", "kind": "Eviction",
+                "metadata": {"name": "w-0", "namespace": "team-a"},
+                "deleteOptions": {"preconditions": {"uid": "u-1"}},
+            })
+        );
+    }
+}
