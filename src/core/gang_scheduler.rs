@@ -57,12 +57,22 @@ impl WaitReason {
     }
 }
 
+/// Why no preemption happened.
+struct PreemptionSkipped {
+    why: String,
+    reason: WaitReason,
+    /// Victim selection ran (and found no set).
+    searched: bool,
+}
+
 /// The decision plus what users should be told about the gang's object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GangVerdict {
     pub decision: GangDecision,
     /// Problems with the gang's members (conflicting priorities or schedulers).
     pub warnings: Vec<String>,
+    /// Victim selection ran and found no set.
+    pub preemption_tried: bool,
 }
 
 /// Nodes held for the gang at the head of the line.
@@ -201,16 +211,16 @@ impl GangScheduler {
         }
         let members: Vec<&PodInfo> = queue.members(key).collect();
         let Some(profile) = members.iter().find_map(|m| profiles.get(&m.scheduler_name)) else {
-            return GangVerdict { decision: GangDecision::Drop, warnings: vec![] };
+            return GangVerdict { decision: GangDecision::Drop, warnings: vec![], preemption_tried: false };
         };
         let warnings = self.member_warnings(key, &members, &profile.scheduler_name);
         let spec = match self.spec_of(key) {
             Ok(spec) => spec,
-            Err(why) => return GangVerdict { decision: GangDecision::Wait(why), warnings },
+            Err(why) => return GangVerdict { decision: GangDecision::Wait(why), warnings, preemption_tried: false },
         };
         let placed = key.gang().and_then(|g| snapshot.job_nodes(g)).map_or(0, |nodes| nodes.values().sum());
         if let Some(why) = self.too_few(key, &spec, placed, members.len(), snapshot) {
-            return GangVerdict { decision: GangDecision::Wait(why), warnings };
+            return GangVerdict { decision: GangDecision::Wait(why), warnings, preemption_tried: false };
         }
         let rank = queue.rank(key).unwrap_or_default();
         let held = match &self.hold {
@@ -241,7 +251,11 @@ impl GangScheduler {
             match self.quotas.check(&namespace, &need_required, |ns| snapshot.namespace_usage(ns)) {
                 Ok(()) => request.members = ordered[..required.min(ordered.len())].to_vec(),
                 Err(exceeded) => {
-                    return GangVerdict { decision: unschedulable(exceeded.to_string(), WaitReason::Quota), warnings };
+                    return GangVerdict {
+                        decision: unschedulable(exceeded.to_string(), WaitReason::Quota),
+                        warnings,
+                        preemption_tried: false,
+                    };
                 }
             }
         }
@@ -251,15 +265,20 @@ impl GangScheduler {
                     self.hold = None;
                 }
                 self.preempting.remove(key);
-                GangVerdict { decision: GangDecision::Bind(placement), warnings }
+                GangVerdict { decision: GangDecision::Bind(placement), warnings, preemption_tried: false }
             }
             Ok(_) => {
                 let message = "all required members are placed; no room for more members".to_string();
-                GangVerdict { decision: unschedulable(message, WaitReason::Capacity), warnings }
+                GangVerdict {
+                    decision: unschedulable(message, WaitReason::Capacity),
+                    warnings,
+                    preemption_tried: false,
+                }
             }
             Err(failure) => {
                 let mut message = failure.to_string();
                 let mut reason = WaitReason::Capacity;
+                let mut searched = false;
                 if required > 0 {
                     match self.try_preemption(key, profile, &request, rank.0, &need_required, snapshot) {
                         Ok(plan) => {
@@ -267,13 +286,13 @@ impl GangScheduler {
                             self.hold = Some(Hold { owner: key.clone(), rank, nodes });
                             self.preempting.insert(key.clone(), plan.victims.iter().map(|v| v.uid.clone()).collect());
                             let message = describe_preemption(&plan, snapshot);
-                            return GangVerdict { decision: GangDecision::Preempt { plan, message }, warnings };
+                            let decision = GangDecision::Preempt { plan, message };
+                            return GangVerdict { decision, warnings, preemption_tried: false };
                         }
-                        Err((why, terminating)) => {
-                            message = format!("{message} preemption: {why}");
-                            if terminating {
-                                reason = WaitReason::Preempting;
-                            }
+                        Err(skipped) => {
+                            message = format!("{message} preemption: {}", skipped.why);
+                            reason = skipped.reason;
+                            searched = skipped.searched;
                         }
                     }
                 }
@@ -283,7 +302,7 @@ impl GangScheduler {
                     let nodes = nodes_to_hold(profile, &request, snapshot, &before);
                     self.hold = (!nodes.is_empty()).then(|| Hold { owner: key.clone(), rank, nodes });
                 }
-                GangVerdict { decision: unschedulable(message, reason), warnings }
+                GangVerdict { decision: unschedulable(message, reason), warnings, preemption_tried: searched }
             }
         }
     }
@@ -298,19 +317,21 @@ impl GangScheduler {
         priority: i32,
         need: &Resources,
         snapshot: &mut ClusterSnapshot,
-    ) -> Result<PreemptionPlan, (String, bool)> {
+    ) -> Result<PreemptionPlan, PreemptionSkipped> {
+        let skipped = |why: String, reason: WaitReason, searched: bool| PreemptionSkipped { why, reason, searched };
         if let Some(victims) = self.preempting.get_mut(key) {
             victims.retain(|uid| snapshot.placement(uid).is_some_and(|p| p.state == PlacementState::Bound));
             if !victims.is_empty() {
-                return Err((format!("waiting for {} preempted pods to terminate", victims.len()), true));
+                let why = format!("waiting for {} preempted pods to terminate", victims.len());
+                return Err(skipped(why, WaitReason::Preempting, false));
             }
             self.preempting.remove(key);
         }
         if !self.preemption.enabled {
-            return Err(("disabled".into(), false));
+            return Err(skipped("disabled".into(), WaitReason::Capacity, false));
         }
         if request.members.iter().any(|m| m.preempt_never) {
-            return Err(("not attempted, preemptionPolicy is Never".into(), false));
+            return Err(skipped("not attempted, preemptionPolicy is Never".into(), WaitReason::Capacity, false));
         }
         let namespace = request.members.first().map(|m| m.key.namespace.as_str()).unwrap_or_default();
         let empty = Resources::new();
@@ -343,8 +364,9 @@ impl GangScheduler {
             budgets: self.budgets.values().collect(),
             allow_budget_violation: self.preemption.allow_pod_disruption_budget_violation,
         };
-        plan_preemption(profile, request, snapshot, &rules)
-            .ok_or_else(|| ("no set of lower-priority pods whose eviction makes room".into(), false))
+        plan_preemption(profile, request, snapshot, &rules).ok_or_else(|| {
+            skipped("no set of lower-priority pods whose eviction makes room".into(), WaitReason::Capacity, true)
+        })
     }
 
     /// The gang's size and timeout, or why it cannot be tried.

@@ -98,22 +98,7 @@ impl Writer {
     async fn write(&self, report: &Report) -> Result<(), kube::Error> {
         match report {
             Report::Unschedulable { key, uid, resource_version, message } => {
-                self.limiter.acquire().await;
-                // The resourceVersion makes this a no-op (409) if the pod changed
-                // meanwhile, e.g. was bound by a later attempt.
-                let patch = json!({
-                    "metadata": {"uid": uid, "resourceVersion": resource_version},
-                    "status": {"conditions": [{
-                        "type": "PodScheduled",
-                        "status": "False",
-                        "reason": "Unschedulable",
-                        "message": message,
-                        "lastTransitionTime": Timestamp::now().to_string(),
-                    }]}
-                });
-                Api::<Pod>::namespaced(self.client.clone(), &key.namespace)
-                    .patch_status(&key.name, &PatchParams::default(), &Patch::Strategic(&patch))
-                    .await?;
+                self.unschedulable_condition(key, uid, resource_version.clone(), message).await?;
                 self.event(pod_reference(key, uid), "Warning", "FailedScheduling", "Scheduling", message).await
             }
             Report::Scheduled { key, uid, node } => {
@@ -136,6 +121,47 @@ impl Writer {
                     .map(|_| ())
             }
         }
+    }
+
+    /// `PodScheduled=False` with the message. The resourceVersion makes the
+    /// write a no-op (409) if the pod changed meanwhile; then the pod is read
+    /// again and, if it is still the same pod and still unbound, written once
+    /// more at its current version (the change may have been our own last
+    /// condition, whose watch event had not arrived yet).
+    async fn unschedulable_condition(
+        &self,
+        key: &PodKey,
+        uid: &str,
+        resource_version: Option<String>,
+        message: &str,
+    ) -> Result<(), kube::Error> {
+        let api = Api::<Pod>::namespaced(self.client.clone(), &key.namespace);
+        let mut version = resource_version;
+        for _ in 0..2 {
+            self.limiter.acquire().await;
+            let patch = json!({
+                "metadata": {"uid": uid, "resourceVersion": version},
+                "status": {"conditions": [{
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": message,
+                    "lastTransitionTime": Timestamp::now().to_string(),
+                }]}
+            });
+            match api.patch_status(&key.name, &PatchParams::default(), &Patch::Strategic(&patch)).await {
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                other => return other.map(|_| ()),
+            }
+            self.limiter.acquire().await;
+            let current = api.get(&key.name).await?;
+            let unbound = current.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none();
+            if current.metadata.uid.as_deref() != Some(uid) || !unbound {
+                return Ok(());
+            }
+            version = current.metadata.resource_version;
+        }
+        Ok(())
     }
 
     async fn event(

@@ -22,7 +22,7 @@ use super::reporter::{Report, Reporter};
 use crate::core::disruption::DisruptionBudget;
 use crate::core::framework::Profile;
 use crate::core::gang::{GangId, GangObject};
-use crate::core::gang_scheduler::{GangDecision, GangScheduler};
+use crate::core::gang_scheduler::{GangDecision, GangScheduler, WaitReason};
 use crate::core::pod::{PodInfo, PodKey, PodPhase};
 use crate::core::queue::{GangKey, SchedulingQueue};
 use crate::core::quota::QuotaKind;
@@ -95,6 +95,8 @@ pub struct SchedulingLoop<B = Binder, R = Reporter, E = Evictor> {
     last_report: HashMap<String, (String, Instant)>,
     /// Victims whose eviction is in flight, by UID.
     evicting: HashMap<String, Eviction>,
+    /// Why each waiting gang waits, for the `gangs_waiting` metric.
+    waiting: HashMap<GangKey, &'static str>,
     binder: B,
     reporter: R,
     evictor: E,
@@ -149,6 +151,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
             binding: HashMap::new(),
             last_report: HashMap::new(),
             evicting: HashMap::new(),
+            waiting: HashMap::new(),
             binder,
             reporter,
             evictor,
@@ -241,11 +244,12 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
         let now = Instant::now();
         let verdict = self.gangs.decide(&key, &self.profiles, &mut self.snapshot, &self.queue, now);
         let profile = self.queue.members(&key).next().map(|p| p.scheduler_name.clone()).unwrap_or_default();
-        for warning in verdict.warnings {
-            self.report_gang(&key, "GangMembersDisagree", warning);
+        for warning in &verdict.warnings {
+            self.report_gang(&key, "GangMembersDisagree", warning.clone());
         }
         match verdict.decision {
             GangDecision::Bind(placement) => {
+                self.waiting.remove(&key);
                 let was_head = self.gangs.held_nodes().is_some_and(|(owner, _)| *owner == key);
                 debug!(members = placement.members.len(), scope = ?placement.scope, "placed");
                 self.metrics.attempt("scheduled", &profile, started.elapsed().as_secs_f64());
@@ -268,18 +272,32 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
             }
             GangDecision::Wait(message) => {
                 debug!(%message, "waiting");
+                self.waiting.insert(key.clone(), "members");
                 self.queue.wait(&key);
                 self.report_members(&key, &message);
                 self.report_gang(&key, "Waiting", message);
             }
             GangDecision::Preempt { plan, message } => {
-                // Evictions are wired in with the evictor; until then the gang waits.
-                debug!(%message, victims = plan.victims.len(), "preemption planned");
+                info!(%message, victims = plan.victims.len(), "preempting");
+                self.metrics.preemption("planned", plan.victims.len());
+                let why = format!("{message} for {}", gang_name(&key, &self.queue));
+                for victim in &plan.victims {
+                    self.evict(&victim.key, &victim.uid, &key, why.clone());
+                }
+                // The freed nodes are held for the gang; its members show where they will go.
+                for member in plan.placement {
+                    self.reporter.send(Report::Nominated { key: member.key, uid: member.uid, node: member.node });
+                }
+                self.waiting.insert(key.clone(), WaitReason::Preempting.as_str());
                 self.queue.mark_unschedulable(&key, now);
                 self.report_gang(&key, "Preempting", message.clone());
                 self.report_members(&key, &message);
             }
-            GangDecision::Unschedulable { message, timed_out, reason: _ } => {
+            GangDecision::Unschedulable { message, timed_out, reason } => {
+                self.waiting.insert(key.clone(), reason.as_str());
+                if verdict.preemption_tried {
+                    self.metrics.preemption("none", 0);
+                }
                 debug!(%message, attempts = self.queue.attempts(&key), "unschedulable");
                 self.metrics.attempt("unschedulable", &profile, started.elapsed().as_secs_f64());
                 if timed_out.is_some() {
@@ -649,7 +667,12 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
         self.metrics.set_quota_usage(&rows);
     }
 
-    fn publish_queue_lengths(&self) {
+    fn publish_queue_lengths(&mut self) {
+        let queue = &self.queue;
+        self.waiting.retain(|key, _| queue.member_count(key) > 0);
+        for reason in ["members", "capacity", "quota", "preempting"] {
+            self.metrics.set_gangs_waiting(reason, self.waiting.values().filter(|r| **r == reason).count());
+        }
         let l = self.queue.lengths();
         self.metrics.set_pending("active", l.active);
         self.metrics.set_pending("backoff", l.backoff);
