@@ -330,3 +330,24 @@ async fn a_namespace_under_its_min_reclaims_gpus_a_borrowing_namespace_took() {
     }
     env.teardown().await;
 }
+
+#[tokio::test]
+async fn a_resource_quota_hard_limit_holds_for_the_whole_gang() {
+    let mut env = TestEnv::new("rquota").await;
+    env.add_pools("- {name: n, count: 4, gpus: 8, gpuProduct: NVIDIA-H100-80GB-HBM3}\n").await;
+    let classes = Priorities::create(&env, &[("p10", 10, false)]).await;
+    // The pods exist before the quota is lowered (admission only checks at creation).
+    gang(&env, &env.name, "team", 2, 8, "p10").await;
+    let quota: k8s_openapi::api::core::v1::ResourceQuota = serde_json::from_value(json!({
+        "metadata": {"name": "gpus", "namespace": env.name},
+        "spec": {"hard": {"requests.nvidia.com/gpu": "8"}}
+    }))
+    .unwrap();
+    Api::namespaced(env.client.clone(), &env.name).create(&PostParams::default(), &quota).await.unwrap();
+    env.start_scheduler().await;
+    let message = wait_condition(&env, &env.name, "team-0", "0 of 8 GPUs used, gang needs 16").await;
+    assert!(message.contains(&format!("ResourceQuota {}/gpus", env.name)), "{message}");
+    assert_eq!(gangs_in(&env, &env.name).await.get("team"), Some(&(0, 2)), "no member bound");
+    classes.remove().await;
+    env.teardown().await;
+}

@@ -538,6 +538,39 @@ mod tests {
     }
 
     #[test]
+    fn a_preemptor_does_not_preempt_again_while_its_victims_terminate() {
+        let (mut g, profiles, mut s, mut q) = setup(1);
+        let mut low = gpu_pod("low", 8);
+        low.priority = 1;
+        s.observe_bound(low.placement("n0"), None);
+        let key = add_gang(&mut g, &mut q, "high", 1, 0);
+        let mut member = q.members(&key).next().unwrap().clone();
+        member.priority = 100;
+        q.upsert(member, Instant::now());
+        let now = Instant::now();
+        q.pop(now);
+        let GangDecision::Preempt { plan, .. } = g.decide(&key, &profiles, &mut s, &q, now).decision else { panic!() };
+        assert_eq!(plan.victims.len(), 1);
+        assert_eq!(plan.placement[0].node, "n0", "the freed node is nominated");
+        assert_eq!(g.held_nodes().map(|(owner, _)| owner), Some(&key), "and held for the preemptor");
+        q.mark_unschedulable(&key, now);
+        q.cluster_changed(now);
+        q.pop(now + Duration::from_secs(1));
+        // The victim is still terminating (still placed): no second preemption.
+        let verdict = g.decide(&key, &profiles, &mut s, &q, now);
+        let GangDecision::Unschedulable { message, reason, .. } = verdict.decision else { panic!() };
+        assert_eq!(reason, WaitReason::Preempting);
+        assert!(message.contains("waiting for 1 preempted pods to terminate"), "{message}");
+        // Once it is gone, the gang binds where it was nominated.
+        s.release("uid-low");
+        q.mark_unschedulable(&key, now);
+        q.cluster_changed(now);
+        q.pop(now + Duration::from_secs(2));
+        let GangDecision::Bind(placement) = g.decide(&key, &profiles, &mut s, &q, now).decision else { panic!() };
+        assert_eq!(placement.members[0].node, "n0");
+    }
+
+    #[test]
     fn a_timeout_is_reported_once_the_gang_has_tried_for_long_enough() {
         let (mut g, profiles, mut s, mut q) = setup(1);
         let id = GangId::new(GangKind::PodGroup, "default", "t");
