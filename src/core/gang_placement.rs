@@ -221,16 +221,23 @@ fn candidate_scopes(
         let mut big_enough: Vec<((usize, DomainId), usize)> =
             room.into_iter().filter(|(_, fits)| *fits >= needed.len()).collect();
         big_enough.sort_by_key(|((level, id), fits)| (*level, *fits, *id));
-        let mut per_level: BTreeMap<usize, usize> = BTreeMap::new();
-        for ((level, id), _) in big_enough {
-            let tried = per_level.entry(level).or_default();
-            if *tried < DOMAINS_PER_LEVEL {
-                *tried += 1;
-                scopes.push(Scope::Domain { level, id });
-            }
-        }
+        scopes = capped_per_level(big_enough.into_iter().map(|(domain, _)| domain));
     }
     scopes.push(Scope::Cluster);
+    scopes
+}
+
+/// Domains in the order given, at most `DOMAINS_PER_LEVEL` of each level.
+fn capped_per_level(domains: impl Iterator<Item = (usize, DomainId)>) -> Vec<Scope> {
+    let mut per_level: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut scopes = Vec::new();
+    for (level, id) in domains {
+        let tried = per_level.entry(level).or_default();
+        if *tried < DOMAINS_PER_LEVEL {
+            *tried += 1;
+            scopes.push(Scope::Domain { level, id });
+        }
+    }
     scopes
 }
 
@@ -285,15 +292,7 @@ pub(crate) fn scopes_that_could_hold(
     let mut big_enough: Vec<((usize, DomainId), (usize, usize))> =
         room.into_iter().filter(|(_, (empty, _))| *empty >= required).collect();
     big_enough.sort_by_key(|((level, id), (_, now))| (*level, Reverse(*now), *id));
-    let mut per_level: BTreeMap<usize, usize> = BTreeMap::new();
-    let mut scopes = Vec::new();
-    for ((level, id), _) in big_enough {
-        let tried = per_level.entry(level).or_default();
-        if *tried < DOMAINS_PER_LEVEL {
-            *tried += 1;
-            scopes.push(Scope::Domain { level, id });
-        }
-    }
+    let mut scopes = capped_per_level(big_enough.into_iter().map(|(domain, _)| domain));
     scopes.push(Scope::Cluster);
     scopes
 }
