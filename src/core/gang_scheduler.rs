@@ -279,7 +279,12 @@ impl GangScheduler {
                 let mut message = failure.to_string();
                 let mut reason = WaitReason::Capacity;
                 let mut searched = false;
-                if required > 0 {
+                // A gang behind one that holds nodes does not preempt: its plan
+                // could count on the held nodes, and the hold is not its to take.
+                let may_hold = self.hold.as_ref().is_none_or(|h| h.owner == *key || ranks_above(rank, h.rank));
+                if required > 0 && !may_hold {
+                    message = format!("{message} preemption: not attempted while a gang ahead waits for room");
+                } else if required > 0 {
                     match self.try_preemption(key, profile, &request, rank.0, &need_required, snapshot) {
                         Ok(plan) => {
                             let nodes: HashSet<String> = plan.placement.iter().map(|m| m.node.clone()).collect();
@@ -296,7 +301,6 @@ impl GangScheduler {
                         }
                     }
                 }
-                let may_hold = self.hold.as_ref().is_none_or(|h| h.owner == *key || ranks_above(rank, h.rank));
                 if required > 0 && reason == WaitReason::Capacity && may_hold {
                     let before = self.hold.take().filter(|h| h.owner == *key).map(|h| h.nodes).unwrap_or_default();
                     let nodes = nodes_to_hold(profile, &request, snapshot, &before);

@@ -263,7 +263,8 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
                     // Members beyond minMember that found no room yet.
                     self.queue.mark_unschedulable(&key, now);
                 }
-                self.last_report.remove(&report_key(&key));
+                let about = format!("{}#", report_key(&key));
+                self.last_report.retain(|k, _| !k.starts_with(&about));
                 if was_head {
                     // The next gang in line is tried now, before smaller ones
                     // coming out of backoff take what it needs.
@@ -356,7 +357,9 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
         message: String,
     ) {
         let Some(id) = key.gang() else { return };
-        if self.repeated(&report_key(key), &message) {
+        // Deduplicated per reason, so a warning and a waiting message about
+        // the same gang do not keep replacing each other.
+        if self.repeated(&format!("{}#{reason}", report_key(key)), &message) {
             return;
         }
         let regarding = gang_reference(id, object);
