@@ -324,13 +324,14 @@ fn narrowest_candidates<'s>(
     largest: &PodInfo,
     required: usize,
     snapshot: &'s ClusterSnapshot,
+    excluded: &HashSet<String>,
     prefer: impl Fn(&[NodeRoom<'s>]) -> (usize, usize),
 ) -> Option<Candidates<'s>> {
     let levels = snapshot.settings().levels.len();
     let mut by_domain: HashMap<(usize, DomainId), Vec<NodeRoom>> = HashMap::new();
     let mut everything = Vec::new();
     for (spec, usage) in snapshot.nodes() {
-        if !could_ever_take(profile, largest, spec, usage) {
+        if excluded.contains(&spec.name) || !could_ever_take(profile, largest, spec, usage) {
             continue;
         }
         let (empty, now) = node_room(largest, spec, usage);
@@ -366,8 +367,9 @@ fn closest_domain(
     snapshot: &ClusterSnapshot,
 ) -> Option<ClosestDomain> {
     let gpus = largest.gpu_count().max(1);
-    let (domain, nodes) =
-        narrowest_candidates(profile, largest, required, snapshot, |nodes| (nodes.iter().map(|n| n.now).sum(), 0))?;
+    let (domain, nodes) = narrowest_candidates(profile, largest, required, snapshot, &HashSet::new(), |nodes| {
+        (nodes.iter().map(|n| n.now).sum(), 0)
+    })?;
     let free_gpus = nodes.iter().map(|n| n.now).sum::<usize>() * gpus;
     let free_gpus = if largest.gpu_count() == 0 { 0 } else { free_gpus };
     Some(match domain {
@@ -390,6 +392,7 @@ pub fn nodes_to_hold(
     request: &GangRequest<'_>,
     snapshot: &ClusterSnapshot,
     held_before: &HashSet<String>,
+    held_for_others: &HashSet<String>,
 ) -> HashSet<String> {
     let order = placement_order(&request.members);
     let Some(largest) = order.first() else { return HashSet::new() };
@@ -397,7 +400,7 @@ pub fn nodes_to_hold(
     let kept = |nodes: &[NodeRoom]| {
         (nodes.iter().filter(|n| held_before.contains(n.name)).count(), nodes.iter().map(|n| n.now).sum())
     };
-    let Some((_, mut nodes)) = narrowest_candidates(profile, largest, required, snapshot, kept) else {
+    let Some((_, mut nodes)) = narrowest_candidates(profile, largest, required, snapshot, held_for_others, kept) else {
         return HashSet::new();
     };
     nodes.sort_by_key(|n| (Reverse(held_before.contains(n.name)), Reverse(n.now), n.name));
@@ -524,12 +527,12 @@ mod tests {
         let s = racks(&[3, 2]);
         let (id, members) = gang("big", 3, 8);
         let request = GangRequest { gang: Some(&id), members: members.iter().collect(), required: 3 };
-        let hold = nodes_to_hold(&profile_with_defaults(), &request, &s, &HashSet::new());
+        let hold = nodes_to_hold(&profile_with_defaults(), &request, &s, &HashSet::new(), &HashSet::new());
         assert_eq!(hold.len(), 3);
         assert!(hold.iter().all(|n| n.starts_with("r1")), "{hold:?}");
         assert!(hold.contains("r1-n2") && hold.contains("r1-n3"), "the free nodes are held first");
         let (id, members) = gang("never", 9, 8);
         let request = GangRequest { gang: Some(&id), members: members.iter().collect(), required: 9 };
-        assert!(nodes_to_hold(&profile_with_defaults(), &request, &s, &HashSet::new()).is_empty());
+        assert!(nodes_to_hold(&profile_with_defaults(), &request, &s, &HashSet::new(), &HashSet::new()).is_empty());
     }
 }

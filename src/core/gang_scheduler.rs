@@ -91,7 +91,8 @@ pub struct GangScheduler {
     served: HashSet<GangKind>,
     /// Members of our gangs that name another scheduler: gang -> pod names.
     foreign: HashMap<GangId, BTreeSet<String>>,
-    hold: Option<Hold>,
+    /// Nodes held for the first gangs in line that found no room, highest rank first.
+    holds: Vec<Hold>,
     quotas: QuotaBook,
     preemption: PreemptionSettings,
     /// Gangs that evicted victims, with the victims not yet gone: they do not
@@ -100,6 +101,11 @@ pub struct GangScheduler {
     /// PodDisruptionBudgets by (namespace, name).
     budgets: BTreeMap<(String, String), DisruptionBudget>,
 }
+
+/// Gangs at the head of the line that hold nodes: enough that the second
+/// and third in line are not overtaken by small gangs, few enough that
+/// backfill still has room.
+const MAX_HOLDS: usize = 4;
 
 /// Higher priority first, then older.
 fn ranks_above(a: (i32, i64), b: (i32, i64)) -> bool {
@@ -190,9 +196,37 @@ impl GangScheduler {
         self.preempting.iter().find(|(_, victims)| victims.contains(victim)).map(|(k, _)| k)
     }
 
-    /// The nodes currently held, and for which gang.
-    pub fn held_nodes(&self) -> Option<(&GangKey, &HashSet<String>)> {
-        self.hold.as_ref().map(|h| (&h.owner, &h.nodes))
+    /// The gangs holding nodes, highest rank first, with their nodes.
+    pub fn holds(&self) -> impl Iterator<Item = (&GangKey, &HashSet<String>)> {
+        self.holds.iter().map(|h| (&h.owner, &h.nodes))
+    }
+
+    fn hold_of(&self, key: &GangKey) -> Option<&Hold> {
+        self.holds.iter().find(|h| h.owner == *key)
+    }
+
+    /// Nodes held for gangs that rank at or above one of `rank` (not `key` itself).
+    fn held_against(&self, key: &GangKey, rank: (i32, i64)) -> HashSet<String> {
+        self.holds
+            .iter()
+            .filter(|h| h.owner != *key && !ranks_above(rank, h.rank))
+            .flat_map(|h| h.nodes.iter().cloned())
+            .collect()
+    }
+
+    fn release_hold(&mut self, key: &GangKey) {
+        self.holds.retain(|h| h.owner != *key);
+    }
+
+    /// Holds nodes for `key`, among the first `MAX_HOLDS` gangs in line.
+    fn set_hold(&mut self, key: &GangKey, rank: (i32, i64), nodes: HashSet<String>) {
+        self.release_hold(key);
+        if nodes.is_empty() {
+            return;
+        }
+        let at = self.holds.iter().position(|h| ranks_above(rank, h.rank)).unwrap_or(self.holds.len());
+        self.holds.insert(at, Hold { owner: key.clone(), rank, nodes });
+        self.holds.truncate(MAX_HOLDS);
     }
 
     /// Decides for the gang `key` just popped from `queue`.
@@ -204,11 +238,7 @@ impl GangScheduler {
         queue: &SchedulingQueue,
         now: Instant,
     ) -> GangVerdict {
-        if let Some(hold) = &self.hold
-            && queue.rank(&hold.owner).is_none()
-        {
-            self.hold = None;
-        }
+        self.holds.retain(|h| queue.rank(&h.owner).is_some());
         let members: Vec<&PodInfo> = queue.members(key).collect();
         let Some(profile) = members.iter().find_map(|m| profiles.get(&m.scheduler_name)) else {
             return GangVerdict { decision: GangDecision::Drop, warnings: vec![], preemption_tried: false };
@@ -223,10 +253,7 @@ impl GangScheduler {
             return GangVerdict { decision: GangDecision::Wait(why), warnings, preemption_tried: false };
         }
         let rank = queue.rank(key).unwrap_or_default();
-        let held = match &self.hold {
-            Some(h) if h.owner != *key && !ranks_above(rank, h.rank) => h.nodes.clone(),
-            _ => HashSet::new(),
-        };
+        let held = self.held_against(key, rank);
         let timed_out = spec
             .schedule_timeout
             .filter(|limit| queue.trying_since(key).is_some_and(|since| now.duration_since(since) >= *limit));
@@ -261,9 +288,7 @@ impl GangScheduler {
         }
         match place_gang(profile, &request, snapshot, &held) {
             Ok(placement) if !placement.members.is_empty() => {
-                if self.hold.as_ref().is_some_and(|h| h.owner == *key) {
-                    self.hold = None;
-                }
+                self.release_hold(key);
                 self.preempting.remove(key);
                 GangVerdict { decision: GangDecision::Bind(placement), warnings, preemption_tried: false }
             }
@@ -281,14 +306,15 @@ impl GangScheduler {
                 let mut searched = false;
                 // A gang behind one that holds nodes does not preempt: its plan
                 // could count on the held nodes, and the hold is not its to take.
-                let may_hold = self.hold.as_ref().is_none_or(|h| h.owner == *key || ranks_above(rank, h.rank));
-                if required > 0 && !may_hold {
+                let behind_a_hold = self.holds.iter().any(|h| h.owner != *key && !ranks_above(rank, h.rank));
+                if required > 0 && behind_a_hold {
                     message = format!("{message} preemption: not attempted while a gang ahead waits for room");
                 } else if required > 0 {
                     match self.try_preemption(key, profile, &request, rank.0, &need_required, snapshot) {
                         Ok(plan) => {
                             let nodes: HashSet<String> = plan.placement.iter().map(|m| m.node.clone()).collect();
-                            self.hold = Some(Hold { owner: key.clone(), rank, nodes });
+                            self.holds.retain(|h| h.owner != *key);
+                            self.holds.insert(0, Hold { owner: key.clone(), rank, nodes });
                             self.preempting.insert(key.clone(), plan.victims.iter().map(|v| v.uid.clone()).collect());
                             let message = describe_preemption(&plan, snapshot);
                             let decision = GangDecision::Preempt { plan, message };
@@ -301,10 +327,13 @@ impl GangScheduler {
                         }
                     }
                 }
-                if required > 0 && reason == WaitReason::Capacity && may_hold {
-                    let before = self.hold.take().filter(|h| h.owner == *key).map(|h| h.nodes).unwrap_or_default();
-                    let nodes = nodes_to_hold(profile, &request, snapshot, &before);
-                    self.hold = (!nodes.is_empty()).then(|| Hold { owner: key.clone(), rank, nodes });
+                let in_line = self.holds.len() < MAX_HOLDS
+                    || self.hold_of(key).is_some()
+                    || self.holds.last().is_some_and(|last| ranks_above(rank, last.rank));
+                if required > 0 && reason == WaitReason::Capacity && in_line {
+                    let before = self.hold_of(key).map(|h| h.nodes.clone()).unwrap_or_default();
+                    let nodes = nodes_to_hold(profile, &request, snapshot, &before, &held);
+                    self.set_hold(key, rank, nodes);
                 }
                 GangVerdict { decision: unschedulable(message, reason), warnings, preemption_tried: searched }
             }
@@ -523,7 +552,7 @@ mod tests {
         let verdict = g.decide(&big, &profiles, &mut s, &q, now);
         assert!(matches!(verdict.decision, GangDecision::Unschedulable { .. }));
         q.mark_unschedulable(&big, now);
-        assert_eq!(g.held_nodes().unwrap().1.len(), 4);
+        assert_eq!(g.holds().next().unwrap().1.len(), 4);
         // A small gang would fit on the free node, but that node is held.
         let small = add_gang(&mut g, &mut q, "small", 1, 1);
         assert_eq!(q.pop(now), Some(small.clone()));
@@ -538,7 +567,7 @@ mod tests {
         assert_eq!(q.pop(now), Some(big.clone()), "the big gang is still first");
         let GangDecision::Bind(placement) = g.decide(&big, &profiles, &mut s, &q, now).decision else { panic!() };
         assert_eq!(placement.members.len(), 4);
-        assert!(g.held_nodes().is_none(), "the hold ends with the placement");
+        assert!(g.holds().next().is_none(), "the hold ends with the placement");
     }
 
     #[test]
@@ -556,7 +585,7 @@ mod tests {
         let GangDecision::Preempt { plan, .. } = g.decide(&key, &profiles, &mut s, &q, now).decision else { panic!() };
         assert_eq!(plan.victims.len(), 1);
         assert_eq!(plan.placement[0].node, "n0", "the freed node is nominated");
-        assert_eq!(g.held_nodes().map(|(owner, _)| owner), Some(&key), "and held for the preemptor");
+        assert_eq!(g.holds().next().map(|(owner, _)| owner), Some(&key), "and held for the preemptor");
         q.mark_unschedulable(&key, now);
         q.cluster_changed(now);
         q.pop(now + Duration::from_secs(1));
@@ -572,6 +601,36 @@ mod tests {
         q.pop(now + Duration::from_secs(2));
         let GangDecision::Bind(placement) = g.decide(&key, &profiles, &mut s, &q, now).decision else { panic!() };
         assert_eq!(placement.members[0].node, "n0");
+    }
+
+    #[test]
+    fn the_second_gang_in_line_holds_other_nodes_so_small_gangs_do_not_overtake_it() {
+        let (mut g, profiles, mut s, mut q) = setup(4);
+        for n in 0..4 {
+            s.observe_bound(gpu_pod(&format!("busy{n}"), 8).placement(&format!("n{n}")), None);
+        }
+        let now = Instant::now();
+        let first = add_gang(&mut g, &mut q, "first", 2, 0);
+        let second = add_gang(&mut g, &mut q, "second", 2, 1);
+        for key in [&first, &second] {
+            assert_eq!(q.pop(now).as_ref(), Some(key));
+            assert!(matches!(g.decide(key, &profiles, &mut s, &q, now).decision, GangDecision::Unschedulable { .. }));
+            q.mark_unschedulable(key, now);
+        }
+        let holds: Vec<(GangKey, HashSet<String>)> = g.holds().map(|(k, n)| (k.clone(), n.clone())).collect();
+        assert_eq!(holds.len(), 2);
+        assert_eq!((&holds[0].0, &holds[1].0), (&first, &second), "in rank order");
+        assert!(holds[0].1.is_disjoint(&holds[1].1), "{holds:?}");
+        // A node held for the second gang frees up: a small gang may not take it.
+        let freed = holds[1].1.iter().next().unwrap().clone();
+        let busy = format!("uid-busy{}", &freed[1..]);
+        s.release(&busy);
+        let small = add_gang(&mut g, &mut q, "small", 1, 2);
+        q.pop(now);
+        let GangDecision::Unschedulable { message, .. } = g.decide(&small, &profiles, &mut s, &q, now).decision else {
+            panic!()
+        };
+        assert!(message.contains("held for a gang waiting ahead"), "{message}");
     }
 
     #[test]

@@ -250,7 +250,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
         match verdict.decision {
             GangDecision::Bind(placement) => {
                 self.waiting.remove(&key);
-                let was_head = self.gangs.held_nodes().is_some_and(|(owner, _)| *owner == key);
+                let was_head = self.gangs.holds().any(|(owner, _)| *owner == key);
                 debug!(members = placement.members.len(), scope = ?placement.scope, "placed");
                 self.metrics.attempt("scheduled", &profile, started.elapsed().as_secs_f64());
                 for member in placement.members {
@@ -319,14 +319,14 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
         }
     }
 
-    /// The gang at the head of the line skips its backoff when capacity may
-    /// have freed: the one holding nodes, else the highest-ranked waiting one.
+    /// The gangs at the head of the line skip their backoff when capacity
+    /// may have freed: those holding nodes, else the highest-ranked waiting one.
     fn retry_head(&mut self) {
-        let head = match self.gangs.held_nodes() {
-            Some((owner, _)) => Some(owner.clone()),
-            None => self.queue.head_waiting().cloned(),
-        };
-        if let Some(head) = head {
+        let mut heads: Vec<GangKey> = self.gangs.holds().map(|(owner, _)| owner.clone()).collect();
+        if heads.is_empty() {
+            heads.extend(self.queue.head_waiting().cloned());
+        }
+        for head in heads {
             self.queue.retry_now(&head);
         }
     }
