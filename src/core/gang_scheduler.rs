@@ -191,11 +191,6 @@ impl GangScheduler {
         self.preempting.remove(key);
     }
 
-    /// The gang that evicted this pod, if a plan did.
-    pub fn preemptor_of(&self, victim: &str) -> Option<&GangKey> {
-        self.preempting.iter().find(|(_, victims)| victims.contains(victim)).map(|(k, _)| k)
-    }
-
     /// The gangs holding nodes, highest rank first, with their nodes.
     pub fn holds(&self) -> impl Iterator<Item = (&GangKey, &HashSet<String>)> {
         self.holds.iter().map(|h| (&h.owner, &h.nodes))
