@@ -39,6 +39,8 @@ pub enum GangDecision {
 /// Why a gang waits (for messages and the `gangs_waiting` metric).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WaitReason {
+    /// Too few members, or its object is missing or invalid.
+    Members,
     /// No room in the cluster (preemption found nothing, or may not run).
     Capacity,
     /// Its namespace's quota does not allow it.
@@ -48,8 +50,13 @@ pub enum WaitReason {
 }
 
 impl WaitReason {
+    /// In declaration order, so `reason as usize` indexes it.
+    pub const ALL: [WaitReason; 4] =
+        [WaitReason::Members, WaitReason::Capacity, WaitReason::Quota, WaitReason::Preempting];
+
     pub fn as_str(self) -> &'static str {
         match self {
+            WaitReason::Members => "members",
             WaitReason::Capacity => "capacity",
             WaitReason::Quota => "quota",
             WaitReason::Preempting => "preempting",
@@ -431,13 +438,14 @@ impl GangScheduler {
         if let Some(max) = spec.max_member.filter(|max| spec.min_member > *max) {
             problems.push(format!("minMember {} is more than the {max} pods its job creates", spec.min_member));
         }
+        if created >= spec.min_member && problems.is_empty() {
+            return None;
+        }
+        // Only for a gang that waits anyway: the sum is over every node.
         let node_room: usize = snapshot.nodes().map(|(spec, _)| spec.allocatable.get(PODS).max(0) as usize).sum();
         if spec.min_member > node_room && snapshot.node_count() > 0 {
             problems
                 .push(format!("minMember {} is more pods than all nodes together hold ({node_room})", spec.min_member));
-        }
-        if created >= spec.min_member && problems.is_empty() {
-            return None;
         }
         let mut message = format!("waiting for members of {id}: {created} of {} members created", spec.min_member);
         for p in problems {

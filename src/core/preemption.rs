@@ -214,7 +214,8 @@ fn units(snapshot: &ClusterSnapshot, candidates: &BTreeMap<Owner, Candidate>, sc
         }
         units.push((Unit::Whole { owner: owner.clone() }, cost_of(&placed)));
     }
-    units.sort_by_key(|(_, cost)| (cost.top_priority, cost.gpus, Reverse(cost.oldest.0)));
+    // Cheapest first by the same order sets are compared in (youngest first among equals).
+    units.sort_by_key(|(_, cost)| *cost);
     units
 }
 

@@ -91,12 +91,14 @@ pub struct SchedulingLoop<B = Binder, R = Reporter, E = Evictor> {
     gangs: GangScheduler,
     /// Pods whose bind is in flight, to requeue them if it fails.
     binding: HashMap<String, PodInfo>,
-    /// The last message reported about each pod (by UID) or gang object.
+    /// The last message reported about each pod, by UID.
     last_report: HashMap<String, (String, Instant)>,
+    /// The last Event about each gang's object, by reason.
+    last_gang_report: HashMap<GangKey, HashMap<&'static str, (String, Instant)>>,
     /// Victims whose eviction is in flight, by UID.
     evicting: HashMap<String, Eviction>,
     /// Why each waiting gang waits, for the `gangs_waiting` metric.
-    waiting: HashMap<GangKey, &'static str>,
+    waiting: HashMap<GangKey, WaitReason>,
     binder: B,
     reporter: R,
     evictor: E,
@@ -150,6 +152,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
             gangs,
             binding: HashMap::new(),
             last_report: HashMap::new(),
+            last_gang_report: HashMap::new(),
             evicting: HashMap::new(),
             waiting: HashMap::new(),
             binder,
@@ -263,8 +266,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
                     // Members beyond minMember that found no room yet.
                     self.queue.mark_unschedulable(&key, now);
                 }
-                let about = format!("{}#", report_key(&key));
-                self.last_report.retain(|k, _| !k.starts_with(&about));
+                self.last_gang_report.remove(&key);
                 if was_head {
                     // The next gang in line is tried now, before smaller ones
                     // coming out of backoff take what it needs.
@@ -273,7 +275,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
             }
             GangDecision::Wait(message) => {
                 debug!(%message, "waiting");
-                self.waiting.insert(key.clone(), "members");
+                self.waiting.insert(key.clone(), WaitReason::Members);
                 self.queue.wait(&key);
                 self.report_members(&key, &message);
                 self.report_gang(&key, "Waiting", message);
@@ -289,13 +291,13 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
                 for member in plan.placement {
                     self.reporter.send(Report::Nominated { key: member.key, uid: member.uid, node: member.node });
                 }
-                self.waiting.insert(key.clone(), WaitReason::Preempting.as_str());
+                self.waiting.insert(key.clone(), WaitReason::Preempting);
                 self.queue.mark_unschedulable(&key, now);
                 self.report_gang(&key, "Preempting", message.clone());
                 self.report_members(&key, &message);
             }
             GangDecision::Unschedulable { message, timed_out, reason } => {
-                self.waiting.insert(key.clone(), reason.as_str());
+                self.waiting.insert(key.clone(), reason);
                 if verdict.preemption_tried {
                     self.metrics.preemption("none", 0);
                 }
@@ -336,7 +338,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
         let members: Vec<(PodKey, String, Option<String>)> =
             self.queue.members(key).map(|p| (p.key.clone(), p.uid.clone(), p.resource_version.clone())).collect();
         for (pod, uid, resource_version) in members {
-            if self.repeated(&uid, message) {
+            if repeated(&mut self.last_report, uid.clone(), message) {
                 continue;
             }
             self.reporter.send(Report::Unschedulable { key: pod, uid, resource_version, message: message.to_string() });
@@ -359,24 +361,11 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
         let Some(id) = key.gang() else { return };
         // Deduplicated per reason, so a warning and a waiting message about
         // the same gang do not keep replacing each other.
-        if self.repeated(&format!("{}#{reason}", report_key(key)), &message) {
+        if repeated(self.last_gang_report.entry(key.clone()).or_default(), reason, &message) {
             return;
         }
         let regarding = gang_reference(id, object);
         self.reporter.send(Report::Event { regarding, warning: true, reason, message });
-    }
-
-    /// Whether `message` was just reported about `about` (and records it if not).
-    fn repeated(&mut self, about: &str, message: &str) -> bool {
-        let now = Instant::now();
-        if let Some((last, at)) = self.last_report.get(about)
-            && last == message
-            && now.duration_since(*at) < REPORT_REPEAT
-        {
-            return true;
-        }
-        self.last_report.insert(about.to_string(), (message.to_string(), now));
-        false
     }
 
     /// Applies one watch event. Returns whether capacity may have been freed
@@ -479,7 +468,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
                 if let Some(uid) = regarding.uid.as_deref()
                     && regarding.kind.as_deref() == Some("Pod")
                 {
-                    self.dequeue(uid);
+                    self.queue.remove(uid);
                 }
                 if regarding.kind.as_deref() == Some("Node")
                     && let Some(name) = regarding.name.as_deref()
@@ -518,7 +507,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
         if let Some(node) = &pod.node_name {
             // Bound, by us or anyone: its resources are taken on that node.
             self.snapshot.observe_bound(pod.placement(node), pod.gpu_indices.as_deref());
-            self.dequeue(&pod.uid);
+            self.queue.remove(&pod.uid);
             self.last_report.remove(&pod.uid);
             return false;
         }
@@ -527,7 +516,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
             self.gangs.set_foreign_member(gang, &pod.key.name, !ours && !pod.terminating);
         }
         if pod.terminating || gated || !ours {
-            self.dequeue(&pod.uid);
+            self.queue.remove(&pod.uid);
             return false;
         }
         if self.binding.contains_key(&pod.uid) {
@@ -541,20 +530,12 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
             // after the bind's outcome. Scheduling it again would bind twice.
             return false;
         }
-        self.enqueue(pod, Instant::now());
+        self.queue.upsert(pod, Instant::now());
         false
     }
 
-    fn enqueue(&mut self, pod: PodInfo, now: Instant) {
-        self.queue.upsert(pod, now);
-    }
-
-    fn dequeue(&mut self, uid: &str) {
-        self.queue.remove(uid);
-    }
-
     fn forget_pod(&mut self, uid: &str) -> bool {
-        self.dequeue(uid);
+        self.queue.remove(uid);
         self.last_report.remove(uid);
         self.binding.remove(uid);
         self.snapshot.release(uid)
@@ -573,7 +554,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
             self.forget_pod(&uid);
         }
         for uid in self.queue.uids().filter(|uid| !listed.contains(uid)).collect::<Vec<_>>() {
-            self.dequeue(&uid);
+            self.queue.remove(&uid);
         }
     }
 
@@ -596,7 +577,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
                     info!(pod = %outcome.key, node = %outcome.node, %why, "bind did not succeed; retrying after backoff");
                     let now = Instant::now();
                     let key = GangKey::of(&pod);
-                    self.enqueue(pod, now);
+                    self.queue.upsert(pod, now);
                     self.queue.retry_later(&key, now);
                 }
                 released
@@ -607,7 +588,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
     /// Asks for `victim`'s eviction on behalf of the gang `preemptor`;
     /// `message` says why, in the victim's `Preempted` Event. A victim whose
     /// eviction is already in flight is not asked for twice.
-    pub fn evict(&mut self, victim: &PodKey, uid: &str, preemptor: &GangKey, message: String) {
+    fn evict(&mut self, victim: &PodKey, uid: &str, preemptor: &GangKey, message: String) {
         if self.evicting.contains_key(uid) {
             return;
         }
@@ -615,11 +596,6 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
         info!(pod = %victim, preemptor = %name, %message, "evicting");
         self.evicting.insert(uid.to_string(), Eviction { preemptor: preemptor.clone(), message });
         self.evictor.evict(uid.to_string(), victim.clone(), name);
-    }
-
-    /// Whether any eviction on behalf of `preemptor` is still in flight.
-    pub fn evictions_in_flight(&self, preemptor: &GangKey) -> bool {
-        self.evicting.values().any(|e| e.preemptor == *preemptor)
     }
 
     /// Applies an eviction outcome. An evicted victim gets its Event and
@@ -673,8 +649,13 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
     fn publish_queue_lengths(&mut self) {
         let queue = &self.queue;
         self.waiting.retain(|key, _| queue.member_count(key) > 0);
-        for reason in ["members", "capacity", "quota", "preempting"] {
-            self.metrics.set_gangs_waiting(reason, self.waiting.values().filter(|r| **r == reason).count());
+        self.last_gang_report.retain(|key, _| queue.member_count(key) > 0);
+        let mut counts = [0; WaitReason::ALL.len()];
+        for reason in self.waiting.values() {
+            counts[*reason as usize] += 1;
+        }
+        for (reason, count) in WaitReason::ALL.iter().zip(counts) {
+            self.metrics.set_gangs_waiting(reason.as_str(), count);
         }
         let l = self.queue.lengths();
         self.metrics.set_pending("active", l.active);
@@ -692,12 +673,17 @@ fn gang_name(key: &GangKey, queue: &SchedulingQueue) -> String {
     }
 }
 
-/// What reports about a gang's object are deduplicated under.
-fn report_key(key: &GangKey) -> String {
-    match key {
-        GangKey::Gang(id) => id.to_string(),
-        GangKey::Pod(uid) => uid.clone(),
+/// Whether `message` was just reported about `about` (and records it if not).
+fn repeated<K: std::hash::Hash + Eq>(log: &mut HashMap<K, (String, Instant)>, about: K, message: &str) -> bool {
+    let now = Instant::now();
+    if let Some((last, at)) = log.get(&about)
+        && last == message
+        && now.duration_since(*at) < REPORT_REPEAT
+    {
+        return true;
     }
+    log.insert(about, (message.to_string(), now));
+    false
 }
 
 fn gang_reference(id: &GangId, object: Option<&GangObject>) -> ObjectReference {
@@ -1076,9 +1062,9 @@ mod tests {
         l.evict(&victim.key, &victim.uid, &preemptor, "priority 100 over 0".into());
         l.evict(&victim.key, &victim.uid, &preemptor, "priority 100 over 0".into());
         assert_eq!(*rec.evictions.lock().unwrap(), vec![("victim".to_string(), "PodGroup default/big".to_string())]);
-        assert!(l.evictions_in_flight(&preemptor));
+        assert!(l.evicting.values().any(|e| e.preemptor == preemptor));
         l.apply_eviction(evicted(&victim, "PodGroup default/big", EvictResult::Evicted));
-        assert!(!l.evictions_in_flight(&preemptor));
+        assert!(!l.evicting.values().any(|e| e.preemptor == preemptor));
         let reports = rec.reports.lock().unwrap();
         let Some(Report::Preempted { key, preemptor, message, .. }) = reports.last() else { panic!("{reports:?}") };
         assert_eq!((key.name.as_str(), preemptor.as_str()), ("victim", "PodGroup default/big"));
