@@ -7,11 +7,14 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
 use std::process::Output;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use futures::FutureExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
@@ -26,6 +29,7 @@ use phalanx::api::pod_group::PodGroup;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use support::{ENV_LABEL, TestEnv, eventually, fixture, kubeconfig_path, plain};
+use tempfile::NamedTempFile;
 
 const NAMESPACE: &str = "phalanx-system";
 const SCHEDULER: &str = "phalanx-scheduler";
@@ -91,10 +95,10 @@ fn deployed() -> &'static [Object] {
     })
 }
 
-/// A kubeconfig for the cluster under test that authenticates with a fresh
-/// token of a phalanx ServiceAccount, bound to `pod` if given (as the
-/// kubelet's projected tokens are).
-async fn account_kubeconfig(env: &TestEnv, account: &str, pod: Option<&Pod>) -> PathBuf {
+/// A kubeconfig for the cluster under test (a file removed on drop) that
+/// authenticates with a fresh token of a phalanx ServiceAccount, bound to
+/// `pod` if given (as the kubelet's projected tokens are).
+async fn account_kubeconfig(env: &TestEnv, account: &str, pod: Option<&Pod>) -> NamedTempFile {
     let mut request = json!({"spec": {"audiences": [], "expirationSeconds": 3600}});
     if let Some(pod) = pod {
         request["spec"]["boundObjectRef"] =
@@ -127,9 +131,9 @@ async fn account_kubeconfig(env: &TestEnv, account: &str, pod: Option<&Pod>) -> 
         "contexts": [{"name": account, "context": {"cluster": cluster_name, "user": account}}],
         "current-context": account,
     });
-    let path = env.file(&format!("{account}-{}.kubeconfig", if pod.is_some() { "pod" } else { "plain" }));
-    std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
-    path
+    let mut file = NamedTempFile::new().unwrap();
+    file.write_all(serde_json::to_string_pretty(&config).unwrap().as_bytes()).unwrap();
+    file
 }
 
 async fn client_from(kubeconfig: &Path) -> Client {
@@ -265,25 +269,19 @@ async fn the_scheduler_account_is_enough_for_everything_phalanx_run_does() {
     let low = priority_class(&env, "low", 10).await;
     let high = priority_class(&env, "high", 1000).await;
     let kubeconfig = account_kubeconfig(&env, SCHEDULER, None).await;
+    env.scheduler_kubeconfig = kubeconfig.path().to_path_buf();
     let (config, leader_election) = scheduler_config(&env);
     // Ready only once every watch has listed: each read is allowed.
-    env.start_scheduler_as(&config, &kubeconfig).await;
-    let log = env.file("phalanx.log");
+    env.start_scheduler_with(&config).await;
     // A refused call shows as a wait that times out: say which call it was.
-    let run = tokio::spawn(async move {
-        exercise_the_scheduler(&env, &low, &high, leader_election).await;
-        (env, [low, high])
-    });
-    let (env, classes) = match run.await {
-        Ok(done) => done,
-        Err(e) => {
-            eprintln!("the scheduler's refusals:\n{}", refusals(&std::fs::read_to_string(&log).unwrap_or_default()));
-            std::panic::resume_unwind(e.into_panic());
-        }
-    };
+    let run = AssertUnwindSafe(exercise_the_scheduler(&env, &low, &high, leader_election)).catch_unwind().await;
     let refused = refusals(&env.log());
+    if let Err(panic) = run {
+        eprintln!("the scheduler's refusals:\n{refused}");
+        std::panic::resume_unwind(panic);
+    }
     assert!(refused.is_empty(), "the scheduler was refused:\n{refused}");
-    for class in classes {
+    for class in [low, high] {
         let _ = Api::<PriorityClass>::all(env.client.clone()).delete(&class, &DeleteParams::default()).await;
     }
     let (client, lease) = (env.client.clone(), env.name.clone());
@@ -381,9 +379,9 @@ async fn the_agent_writes_its_own_nodes_topology_and_no_other() {
     let agent_pods: Api<Pod> = Api::namespaced(env.client.clone(), NAMESPACE);
     let pod = agent_pods.create(&PostParams::default(), &pod).await.unwrap();
     let bound = account_kubeconfig(&env, AGENT, Some(&pod)).await;
-    let agent: Api<GPUTopology> = Api::all(client_from(&bound).await);
+    let agent: Api<GPUTopology> = Api::all(client_from(bound.path()).await);
 
-    let published = agent_round(own, &bound).await;
+    let published = agent_round(own, bound.path()).await;
     assert!(published.status.success(), "own node: {}", String::from_utf8_lossy(&published.stderr));
     let topology = Api::<GPUTopology>::all(env.client.clone()).get(own).await.expect("the agent's GPUTopology");
     assert_eq!(topology.owner_references()[0].name, *own, "owned by its Node");
@@ -401,7 +399,7 @@ async fn the_agent_writes_its_own_nodes_topology_and_no_other() {
     })
     .await;
     assert!(denied_create.contains(&format!("may write only GPUTopology {own}, not {other}")), "{denied_create}");
-    let refused = agent_round(other, &bound).await;
+    let refused = agent_round(other, bound.path()).await;
     assert!(!refused.status.success(), "the agent published another node's topology");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("may write only GPUTopology"));
     assert!(Api::<GPUTopology>::all(env.client.clone()).get_opt(other).await.unwrap().is_none());
@@ -412,7 +410,8 @@ async fn the_agent_writes_its_own_nodes_topology_and_no_other() {
     assert!(matches!(delete, Err(kube::Error::Api(ref e)) if e.code == 403), "the agent may not delete: {delete:?}");
 
     // A token not bound to a pod names no node: it writes nothing.
-    let plain_token = Api::<GPUTopology>::all(client_from(&account_kubeconfig(&env, AGENT, None).await).await);
+    let unbound = account_kubeconfig(&env, AGENT, None).await;
+    let plain_token = Api::<GPUTopology>::all(client_from(unbound.path()).await);
     let status = plain_token.patch_status(own, &PatchParams::default(), &Patch::Merge(&own_status)).await;
     match status {
         Err(kube::Error::Api(e)) => assert!(e.message.contains("token bound to a pod"), "{}", e.message),

@@ -68,6 +68,9 @@ pub struct TestEnv {
     pub scheduler_name: String,
     scheduler: Option<Child>,
     pub http_port: u16,
+    /// The kubeconfig `phalanx run` is given: the cluster's, unless a test
+    /// points it at an API server of its own ([`ExtraApiServer`]).
+    pub scheduler_kubeconfig: PathBuf,
     workdir: PathBuf,
     torn_down: bool,
 }
@@ -94,6 +97,7 @@ impl TestEnv {
             name,
             scheduler: None,
             http_port: 0,
+            scheduler_kubeconfig: kubeconfig_path(),
             workdir,
             torn_down: false,
         }
@@ -183,12 +187,6 @@ impl TestEnv {
     /// Starts `phalanx run` with this configuration text; the log of an
     /// earlier run of this env is kept (appended to).
     pub async fn start_scheduler_with(&mut self, config_text: &str) {
-        self.start_scheduler_as(config_text, &kubeconfig_path()).await;
-    }
-
-    /// Starts `phalanx run` with this configuration text and the credentials
-    /// of this kubeconfig (a ServiceAccount's, say).
-    pub async fn start_scheduler_as(&mut self, config_text: &str, kubeconfig: &std::path::Path) {
         let config = self.workdir.join("scheduler-config.yaml");
         std::fs::write(&config, config_text).unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.workdir.join("phalanx.log")).unwrap();
@@ -197,7 +195,7 @@ impl TestEnv {
             .args(["run", "--config"])
             .arg(&config)
             .arg("--kubeconfig")
-            .arg(kubeconfig)
+            .arg(&self.scheduler_kubeconfig)
             .args(["--http-address", &format!("127.0.0.1:{}", self.http_port)])
             .env("RUST_LOG", "info,phalanx=debug,kube=warn")
             .stdout(Stdio::null())
@@ -223,11 +221,6 @@ impl TestEnv {
             "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nclientConnection: {{qps: {qps}, burst: {burst}}}\nprofiles:\n- schedulerName: {}\n",
             self.scheduler_name
         )
-    }
-
-    /// A path in this env's scratch directory (where its scheduler's log is).
-    pub fn file(&self, name: &str) -> PathBuf {
-        self.workdir.join(name)
     }
 
     pub fn scheduler(&mut self) -> &mut Child {
