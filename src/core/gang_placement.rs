@@ -259,7 +259,7 @@ fn pods_that_fit(pod: &PodInfo, free: &Resources, free_gpus: usize) -> usize {
 }
 
 /// Whether a node could ever take the pod, whatever runs on it now.
-fn could_ever_take(profile: &Profile, pod: &PodInfo, spec: &NodeSpec, usage: &NodeInfo) -> bool {
+pub(crate) fn could_ever_take(profile: &Profile, pod: &PodInfo, spec: &NodeSpec, usage: &NodeInfo) -> bool {
     profile.filters.iter().filter(|f| !f.reads_usage()).all(|f| f.filter(pod, spec, usage).is_ok())
 }
 

@@ -16,8 +16,8 @@ use serde::Serialize;
 
 use crate::core::framework::Profile;
 use crate::core::gang::{GangId, GangKind, GangObject};
-use crate::core::gang_placement::GangUnschedulable;
-use crate::core::gang_scheduler::{GangDecision, GangScheduler, GangVerdict, ranks_above};
+use crate::core::gang_placement::{GangUnschedulable, could_ever_take, placement_order};
+use crate::core::gang_scheduler::{GangDecision, GangScheduler, GangVerdict, WaitReason, ranks_above};
 use crate::core::pod::{PodInfo, PodKey};
 use crate::core::queue::{GangKey, SchedulingQueue};
 use crate::core::resources::{GPU, Resources};
@@ -309,8 +309,8 @@ pub fn explain_gang(target: &Target, state: SchedulerState<'_>) -> Result<GangEx
         GangDecision::Drop => (Outcome::WaitingForMembers, "no member names a profile of this scheduler".into(), None),
         GangDecision::Unschedulable { message, reason, .. } => {
             let outcome = match reason {
-                crate::core::gang_scheduler::WaitReason::Quota => Outcome::OverQuota,
-                crate::core::gang_scheduler::WaitReason::Preempting => Outcome::WaitingForVictims,
+                WaitReason::Quota => Outcome::OverQuota,
+                WaitReason::Preempting => Outcome::WaitingForVictims,
                 _ => Outcome::NoRoom,
             };
             (outcome, message.clone(), verdict.detail.no_preemption.clone())
@@ -322,7 +322,8 @@ pub fn explain_gang(target: &Target, state: SchedulerState<'_>) -> Result<GangEx
     explanation.capacity = verdict.detail.placement.as_ref().map(shortfall);
     if let Some(outcome) = reason_why {
         let protected = if outcome.starts_with("no set") {
-            protected_pods(&key, gang_priority, &pending, snapshot, gangs)
+            let profile = pending.iter().find_map(|m| profiles.get(&m.scheduler_name));
+            protected_pods(&key, gang_priority, &pending, profile, snapshot, gangs)
         } else {
             vec![]
         };
@@ -515,21 +516,29 @@ fn queue_place(key: &GangKey, queue: &SchedulingQueue, gangs: &GangScheduler) ->
 }
 
 /// Running pods the gang may not evict, by why: equal or higher priority,
-/// or a PodDisruptionBudget with no disruption left. Only pods holding what
-/// the gang asks for (GPUs, for a GPU gang) count.
+/// or a PodDisruptionBudget with no disruption left. Only pods on nodes the
+/// gang could use, holding what it asks for (GPUs, for a GPU gang), count.
 fn protected_pods(
     key: &GangKey,
     priority: i32,
     pending: &[&PodInfo],
+    profile: Option<&Profile>,
     snapshot: &ClusterSnapshot,
     gangs: &GangScheduler,
 ) -> Vec<String> {
     let wants_gpus = pending.iter().any(|p| p.gpu_count() > 0);
+    let largest = placement_order(pending).first().copied();
+    let usable = |node: &str| match (profile, largest, snapshot.node(node)) {
+        (Some(profile), Some(pod), Some(info)) => {
+            info.spec.as_ref().is_some_and(|spec| could_ever_take(profile, pod, spec, info))
+        }
+        _ => false,
+    };
     let (mut equal, mut higher) = ((0, 0), (0, 0));
     let mut budgeted: BTreeMap<String, usize> = BTreeMap::new();
     for (uid, p) in snapshot.placements() {
         let gpus = p.requests.get(GPU);
-        if owned_by(key, uid, p.job.as_ref()) || (wants_gpus && gpus <= 0) {
+        if owned_by(key, uid, p.job.as_ref()) || (wants_gpus && gpus <= 0) || !usable(&p.node) {
             continue;
         }
         if p.priority == priority {
@@ -545,12 +554,15 @@ fn protected_pods(
     let mut protected = Vec::new();
     if equal.0 > 0 {
         protected.push(format!(
-            "{} running pods ({} GPUs) have the same priority ({priority}); only lower priorities are preempted",
+            "{} running pods ({} GPUs) on nodes it could use have its priority ({priority}); only lower priorities are preempted",
             equal.0, equal.1
         ));
     }
     if higher.0 > 0 {
-        protected.push(format!("{} running pods ({} GPUs) have a higher priority than {priority}", higher.0, higher.1));
+        protected.push(format!(
+            "{} running pods ({} GPUs) on nodes it could use have a higher priority than {priority}",
+            higher.0, higher.1
+        ));
     }
     for (budget, pods) in budgeted {
         protected.push(format!(
@@ -831,7 +843,9 @@ mod tests {
         assert!(p.tried && p.outcome.starts_with("no set"), "{p:?}");
         assert_eq!(
             p.protected,
-            ["3 running pods (20 GPUs) have the same priority (0); only lower priorities are preempted"]
+            [
+                "3 running pods (20 GPUs) on nodes it could use have its priority (0); only lower priorities are preempted"
+            ]
         );
         assert_eq!(w.snapshot.placements().count(), 3, "the what-if leaves the snapshot as it was");
     }
