@@ -759,7 +759,7 @@ mod tests {
             self.snapshot.observe_bound(pod.placement(node), None);
         }
 
-        fn explain(&mut self, target: &str) -> GangExplanation {
+        fn try_explain(&mut self, target: &str) -> Result<GangExplanation, ExplainError> {
             let state = SchedulerState {
                 profiles: &self.profiles,
                 snapshot: &mut self.snapshot,
@@ -767,7 +767,11 @@ mod tests {
                 gangs: &self.gangs,
                 now: Instant::now(),
             };
-            explain_gang(&target.parse().unwrap(), state).unwrap()
+            explain_gang(&target.parse()?, state)
+        }
+
+        fn explain(&mut self, target: &str) -> GangExplanation {
+            self.try_explain(target).unwrap()
         }
     }
 
@@ -926,18 +930,6 @@ mod tests {
         assert_eq!(b.span, "block rack-a");
         assert_eq!(b.nodes[0].pods, ["default/done-0 (GPUs 0,1,2,3)"]);
         assert!(e.queue.is_none());
-        assert!(matches!(
-            explain_gang(
-                &"default/none".parse().unwrap(),
-                SchedulerState {
-                    profiles: &w.profiles,
-                    snapshot: &mut w.snapshot,
-                    queue: &w.queue,
-                    gangs: &w.gangs,
-                    now: Instant::now()
-                }
-            ),
-            Err(ExplainError::NotFound(_))
-        ));
+        assert!(matches!(w.try_explain("default/none"), Err(ExplainError::NotFound(_))));
     }
 }
