@@ -388,12 +388,26 @@ fn owned_by(key: &GangKey, uid: &str, job: Option<&GangId>) -> bool {
     }
 }
 
-/// The gang's placed members: (pod, node, GPU indices, bound).
-fn placed_members(key: &GangKey, snapshot: &ClusterSnapshot) -> Vec<(PodKey, String, Option<Vec<u32>>, bool)> {
-    let mut placed: Vec<_> = snapshot
+/// A member of the gang with a node.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct PlacedMember {
+    pod: PodKey,
+    node: String,
+    gpus: Option<Vec<u32>>,
+    /// Seen bound, not only assumed.
+    bound: bool,
+}
+
+fn placed_members(key: &GangKey, snapshot: &ClusterSnapshot) -> Vec<PlacedMember> {
+    let mut placed: Vec<PlacedMember> = snapshot
         .placements()
         .filter(|(uid, p)| owned_by(key, uid, p.job.as_ref()))
-        .map(|(_, p)| (p.key.clone(), p.node.clone(), p.gpu_indices.clone(), p.state == PlacementState::Bound))
+        .map(|(_, p)| PlacedMember {
+            pod: p.key.clone(),
+            node: p.node.clone(),
+            gpus: p.gpu_indices.clone(),
+            bound: p.state == PlacementState::Bound,
+        })
         .collect();
     placed.sort();
     placed
@@ -573,20 +587,20 @@ fn protected_pods(
 }
 
 /// Where the placed members run and the narrowest domain that holds them all.
-fn bound_placement(placed: &[(PodKey, String, Option<Vec<u32>>, bool)], snapshot: &ClusterSnapshot) -> BoundPlacement {
+fn bound_placement(placed: &[PlacedMember], snapshot: &ClusterSnapshot) -> BoundPlacement {
     let mut by_node: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (pod, node, gpus, _) in placed {
-        let gpus = gpus.as_ref().map(|g| {
+    for member in placed {
+        let gpus = member.gpus.as_ref().map(|g| {
             let list: Vec<String> = g.iter().map(u32::to_string).collect();
             format!(" (GPUs {})", list.join(","))
         });
-        by_node.entry(node.as_str()).or_default().push(format!("{pod}{}", gpus.unwrap_or_default()));
+        by_node.entry(member.node.as_str()).or_default().push(format!("{}{}", member.pod, gpus.unwrap_or_default()));
     }
     let names: Vec<&str> = by_node.keys().copied().collect();
     BoundPlacement {
         span: span(&names, snapshot),
         nodes: by_node.into_iter().map(|(node, pods)| NodePods { node: node.to_string(), pods }).collect(),
-        binding: placed.iter().filter(|(_, _, _, bound)| !bound).count(),
+        binding: placed.iter().filter(|m| !m.bound).count(),
     }
 }
 
@@ -701,6 +715,7 @@ pub fn render_gang(e: &GangExplanation) -> String {
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
+    use std::time::Duration;
 
     use super::*;
     use crate::core::disruption::{DisruptionBudget, LabelSelector};
@@ -734,8 +749,6 @@ mod tests {
         }
     }
 
-    use std::time::Duration;
-
     impl World {
         /// A PodGroup of `min_member` with `created` pending pods of `gpus` GPUs each.
         fn gang(&mut self, name: &str, min_member: usize, created: usize, gpus: i64, priority: i32) -> GangKey {
@@ -745,7 +758,6 @@ mod tests {
                 let mut pod = gpu_pod(&format!("{name}-{i}"), gpus);
                 pod.job = Some(id.clone());
                 pod.priority = priority;
-                pod.created = priority as i64;
                 self.queue.upsert(pod, Instant::now());
             }
             GangKey::Gang(id)
