@@ -44,6 +44,9 @@ const QUOTA_METRICS_EVERY: Duration = Duration::from_secs(1);
 /// recorder in the loop's unit tests.
 pub trait BindRequests {
     fn bind(&self, uid: String, key: PodKey, node: String, gpus: Vec<u32>);
+    /// A node was deleted (`gone`) or is there again: binds not yet sent
+    /// to it must not be sent.
+    fn set_node_gone(&self, _node: &str, _gone: bool) {}
 }
 
 /// Where the loop sends preemption victims: the evictor in production, a
@@ -67,6 +70,10 @@ impl Evictions for Evictor {
 impl BindRequests for Binder {
     fn bind(&self, uid: String, key: PodKey, node: String, gpus: Vec<u32>) {
         Binder::bind(self, uid, key, node, gpus);
+    }
+
+    fn set_node_gone(&self, node: &str, gone: bool) {
+        Binder::set_node_gone(self, node, gone);
     }
 }
 
@@ -372,8 +379,12 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
     /// or added (so that waiting pods deserve another look).
     fn apply_event(&mut self, event: ClusterEvent) -> bool {
         match event {
-            ClusterEvent::NodeApplied(spec) => self.snapshot.upsert_node(spec),
+            ClusterEvent::NodeApplied(spec) => {
+                self.binder.set_node_gone(&spec.name, false);
+                self.snapshot.upsert_node(spec)
+            }
             ClusterEvent::NodeDeleted(name) => {
+                self.binder.set_node_gone(&name, true);
                 self.snapshot.remove_node(&name);
                 false
             }
@@ -382,6 +393,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
                 let gone: Vec<String> =
                     self.snapshot.node_names().filter(|n| !names.contains(*n)).map(str::to_string).collect();
                 for name in gone {
+                    self.binder.set_node_gone(&name, true);
                     self.snapshot.remove_node(&name);
                 }
                 true
@@ -571,7 +583,11 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
                 false
             }
             BindResult::PodGone => self.snapshot.forget(&outcome.uid),
-            BindResult::Conflict(why) | BindResult::Failed(why) => {
+            failed @ (BindResult::NodeGone | BindResult::Conflict(_) | BindResult::Failed(_)) => {
+                let why = match failed {
+                    BindResult::Conflict(why) | BindResult::Failed(why) => why,
+                    _ => "the node was deleted before the bind was sent".to_string(),
+                };
                 let released = self.snapshot.forget(&outcome.uid);
                 if !confirmed {
                     info!(pod = %outcome.key, node = %outcome.node, %why, "bind did not succeed; retrying after backoff");
@@ -663,6 +679,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
         self.metrics.set_pending("unschedulable", l.unschedulable);
         self.metrics.set_pending("waiting", l.waiting);
         self.metrics.set_pending("binding", self.binding.len());
+        self.metrics.queued_pods.set(self.queue.pod_count() as i64);
     }
 }
 

@@ -8,6 +8,9 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod apiserver;
+pub mod invariants;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -68,6 +71,9 @@ pub struct TestEnv {
     pub scheduler_name: String,
     scheduler: Option<Child>,
     pub http_port: u16,
+    /// The kubeconfig `phalanx run` is given: the cluster's, unless a test
+    /// points it at an API server of its own ([`ExtraApiServer`]).
+    pub scheduler_kubeconfig: PathBuf,
     workdir: PathBuf,
     torn_down: bool,
 }
@@ -94,6 +100,7 @@ impl TestEnv {
             name,
             scheduler: None,
             http_port: 0,
+            scheduler_kubeconfig: kubeconfig_path(),
             workdir,
             torn_down: false,
         }
@@ -191,7 +198,7 @@ impl TestEnv {
             .args(["run", "--config"])
             .arg(&config)
             .arg("--kubeconfig")
-            .arg(kubeconfig_path())
+            .arg(&self.scheduler_kubeconfig)
             .args(["--http-address", &format!("127.0.0.1:{}", self.http_port)])
             .env("RUST_LOG", "info,phalanx=debug,kube=warn")
             .stdout(Stdio::null())
