@@ -126,12 +126,14 @@ async fn a_watch_expired_with_410_relists_keeping_pending_pods_and_holds() {
 
     // While phalanx's API server is away, a pending pod goes and one comes;
     // its watch cache starts over, so phalanx's watches resume with 410 Gone.
+    let expired = "phalanx_watch_restarts_total{resource=\"Pod\",reason=\"expired\"}";
+    let text = invariants::metrics(env.http_port).await.unwrap();
+    let expired_before = invariants::metric(&text, expired).unwrap_or(0.0);
     api.stop().await;
     delete_now(&env, "doomed").await;
     env.create(&env.pod("newcomer", 1)).await;
     api.restart().await;
-    wait_metric(&env, "phalanx_watch_restarts_total{resource=\"Pod\",reason=\"expired\"}", 1.0, Duration::from_secs(60))
-        .await;
+    wait_metric(&env, expired, expired_before + 1.0, Duration::from_secs(60)).await;
     // Re-listed: the deleted pod forgotten, the new one queued, the bound one
     // left alone, the big gang still pending and queued.
     invariants::check(&env, &before).await;
@@ -170,11 +172,18 @@ async fn a_node_deleted_mid_bind_gets_its_members_placed_elsewhere() {
     env.start_scheduler_with(&env.config_with_client(1, 1)).await;
     let gang = create_gang(&env, "g", 4, 8).await;
     // Every node holds a member; delete one whose member is not bound yet.
-    let bound = eventually(Duration::from_secs(30), "a first member bound", || async {
-        let bound = invariants::bound(&pods_now(&env).await);
-        (!bound.is_empty()).then_some(bound)
+    // Looked for often: the next bind is a second away.
+    let bound = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let bound = invariants::bound(&pods_now(&env).await);
+            if !bound.is_empty() {
+                return bound;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     })
-    .await;
+    .await
+    .expect("a first member bound within 30s");
     let gone = nodes.iter().find(|n| !bound.values().any(|(_, node)| node == *n)).unwrap().clone();
     env.nodes().delete(&gone, &DeleteParams::default()).await.unwrap();
     // Room again, on a new node.
@@ -227,6 +236,20 @@ async fn bind_conflicts_leave_each_pod_counted_where_it_went() {
 
     let bound = wait_all_bound(&env, &gang, Duration::from_secs(60)).await;
     assert_eq!(bound["g-1"].1, nodes[1], "g-1 stays where the other client put it");
+    // The GPUs phalanx recorded on g-1 were chosen for the node it meant to
+    // bind g-1 to: kept if that is where g-1 went, withdrawn if not.
+    let tried = format!("bind finished pod={}/g-1 node=", env.name);
+    let chosen = eventually(Duration::from_secs(10), "phalanx's bind of g-1 finished", || async {
+        let log = support::plain(&env.log());
+        log.lines().find_map(|l| Some(l.split_once(&tried)?.1.split_whitespace().next()?.to_string()))
+    })
+    .await;
+    let kept = chosen == nodes[1];
+    eventually(Duration::from_secs(10), "g-1's GPU choice kept only if right", || async {
+        let pod = env.pods().get("g-1").await.ok()?;
+        (pod.metadata.annotations.unwrap_or_default().contains_key("phalanx.dev/gpus") == kept).then_some(())
+    })
+    .await;
     wait_metric(&env, "phalanx_bind_duration_seconds_count{result=\"conflict\"}", 2.0, Duration::from_secs(10)).await;
     let before = invariants::check(&env, &bound).await;
     // 12 of 16 GPUs are taken: a 4-GPU pod fits, and then nothing more. A

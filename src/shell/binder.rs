@@ -123,9 +123,40 @@ impl Binder {
     }
 
     async fn try_bind(&self, uid: &str, key: &PodKey, node: &str, gpus: &[u32]) -> BindResult {
-        match self.record_gpus(uid, key, node, gpus).await {
-            Ok(()) => self.post_binding(uid, key, node).await,
-            Err(failed) => failed,
+        if let Err(failed) = self.record_gpus(uid, key, node, gpus).await {
+            return failed;
+        }
+        let result = self.post_binding(uid, key, node).await;
+        if matches!(result, BindResult::Conflict(_)) && !gpus.is_empty() {
+            self.withdraw_gpus(uid, key, node, gpus).await;
+        }
+        result
+    }
+
+    /// After a 409 on the bind: if another client bound the pod to another
+    /// node, the GPUs recorded on it were chosen for ours and may be held by
+    /// others there, so they are taken off the pod (which then counts as
+    /// holding the GPUs it most likely got). Best effort: on any failure the
+    /// annotation stays, and the agent's report corrects the view.
+    async fn withdraw_gpus(&self, uid: &str, key: &PodKey, node: &str, gpus: &[u32]) {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
+        self.limiter.acquire().await;
+        let Ok(pod) = api.get(&key.name).await else { return };
+        let elsewhere = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| n != node);
+        let recorded = pod.metadata.annotations.as_ref().and_then(|a| a.get(GPUS_ANNOTATION));
+        if pod.metadata.uid.as_deref() != Some(uid) || !elsewhere || recorded != Some(&gpu_annotation_value(gpus)) {
+            return;
+        }
+        self.limiter.acquire().await;
+        // The resource version: only the version just read, with our annotation, is changed.
+        let patch = serde_json::json!({"metadata": {
+            "uid": uid,
+            "resourceVersion": pod.metadata.resource_version,
+            "annotations": {GPUS_ANNOTATION: null}
+        }});
+        match api.patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => debug!(pod = %key, "bound elsewhere by another client; GPUs chosen for {node} withdrawn"),
+            Err(e) => warn!(pod = %key, error = %e, "could not withdraw the GPUs recorded for {node}"),
         }
     }
 

@@ -162,7 +162,13 @@ pub fn spawn(
     }
     if served.elastic_quotas {
         let translate = |q: &ElasticQuota| quota_objects::elastic_quota(q).map(Quota::Elastic);
-        tokio::spawn(watch_quotas(Api::all(client.clone()), metrics.clone(), QuotaKind::Elastic, tx.clone(), translate));
+        tokio::spawn(watch_quotas(
+            Api::all(client.clone()),
+            metrics.clone(),
+            QuotaKind::Elastic,
+            tx.clone(),
+            translate,
+        ));
     }
     let translate = |q: &ResourceQuota| quota_objects::resource_quota(q).map(Quota::Hard);
     tokio::spawn(watch_quotas(Api::all(client.clone()), metrics.clone(), QuotaKind::Hard, tx.clone(), translate));
@@ -210,7 +216,9 @@ pub(super) async fn pump<K, E>(
                 let reason = if expired(&e) { "expired" } else { "error" };
                 warn!(%kind, reason, error = %e, "watch failed; retrying");
                 if let Some(m) = &metrics {
-                    m.watch_restarts.get_or_create(&WatchLabels { resource: kind.to_string(), reason: reason.into() }).inc();
+                    m.watch_restarts
+                        .get_or_create(&WatchLabels { resource: kind.to_string(), reason: reason.into() })
+                        .inc();
                 }
                 continue;
             }
@@ -263,7 +271,12 @@ async fn watch_nodes(api: Api<Node>, metrics: Metrics, tx: mpsc::Sender<ClusterE
     pump(api, watcher::Config::default(), Some(metrics), tx, on_apply, on_delete, ClusterEvent::NodesListed).await;
 }
 
-async fn watch_pods(api: Api<Pod>, metrics: Metrics, scheduler_names: Arc<HashSet<String>>, tx: mpsc::Sender<ClusterEvent>) {
+async fn watch_pods(
+    api: Api<Pod>,
+    metrics: Metrics,
+    scheduler_names: Arc<HashSet<String>>,
+    tx: mpsc::Sender<ClusterEvent>,
+) {
     let on_apply = |pod: Pod| {
         // Only pods that hold node resources, or that wait for one of our
         // profiles, matter; the rest are never translated.

@@ -44,9 +44,7 @@ pub async fn check(env: &TestEnv, before: &Bound) -> Bound {
 }
 
 pub fn bound(pods: &[Pod]) -> Bound {
-    pods.iter()
-        .filter_map(|p| Some((p.name_any(), (p.uid()?, p.spec.as_ref()?.node_name.clone()?))))
-        .collect()
+    pods.iter().filter_map(|p| Some((p.name_any(), (p.uid()?, p.spec.as_ref()?.node_name.clone()?)))).collect()
 }
 
 fn finished(pod: &Pod) -> bool {
@@ -80,7 +78,8 @@ async fn no_gpu_over_committed(env: &TestEnv, pods: &[Pod]) {
         let (Some(node), Some(text)) = (node_of(pod), pod.annotations().get(GPUS_ANNOTATION)) else { continue };
         let cap = capacity.get(node).copied().unwrap_or(i64::MAX);
         for index in text.split(',').filter(|s| !s.is_empty()) {
-            let index: u32 = index.parse().unwrap_or_else(|_| panic!("pod {}: bad GPU index {index:?}", pod.name_any()));
+            let index: u32 =
+                index.parse().unwrap_or_else(|_| panic!("pod {}: bad GPU index {index:?}", pod.name_any()));
             assert!(i64::from(index) < cap, "pod {} on {node} holds GPU {index} of {cap}", pod.name_any());
             if let Some(other) = taken.entry(node).or_default().insert(index, pod.name_any()) {
                 panic!("GPU {index} of node {node} is recorded on both {other} and {}", pod.name_any());
