@@ -391,3 +391,22 @@ async fn watch_budgets(api: Api<PodDisruptionBudget>, metrics: Metrics, tx: mpsc
     let on_listed = |keys: HashSet<String>| ClusterEvent::BudgetsListed(split_keys(keys));
     pump(api, watcher::Config::default(), Some(metrics), tx, on_apply, on_delete, on_listed).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use kube::core::Status;
+
+    use super::*;
+
+    fn status(code: u16) -> Box<Status> {
+        Box::new(Status { code, ..Default::default() })
+    }
+
+    #[test]
+    fn only_a_410_gone_counts_as_an_expired_watch() {
+        assert!(expired(&watcher::Error::WatchError(status(410))));
+        assert!(expired(&watcher::Error::WatchStartFailed(kube::Error::Api(status(410)))));
+        assert!(!expired(&watcher::Error::WatchError(status(500))));
+        assert!(!expired(&watcher::Error::NoResourceVersion));
+    }
+}

@@ -742,6 +742,8 @@ mod tests {
         /// Victim name and preemptor.
         evictions: Arc<Mutex<Vec<(String, String)>>>,
         reports: Arc<Mutex<Vec<Report>>>,
+        /// Nodes the binder was told are gone.
+        gone_nodes: Arc<Mutex<HashSet<String>>>,
     }
 
     impl Evictions for Recorder {
@@ -753,6 +755,15 @@ mod tests {
     impl BindRequests for Recorder {
         fn bind(&self, _uid: String, key: PodKey, node: String, gpus: Vec<u32>) {
             self.binds.lock().unwrap().push((key.name, node, gpus));
+        }
+
+        fn set_node_gone(&self, node: &str, gone: bool) {
+            let mut nodes = self.gone_nodes.lock().unwrap();
+            if gone {
+                nodes.insert(node.to_string())
+            } else {
+                nodes.remove(node)
+            };
         }
     }
 
@@ -934,6 +945,23 @@ mod tests {
         l.apply_outcome(outcome(&pod, "n1", BindResult::Failed("timeout".into())));
         assert!(!l.queue.contains(&pod.uid), "a bound pod is not retried");
         assert_eq!(l.snapshot.placement(&pod.uid).unwrap().state, PlacementState::Bound);
+    }
+
+    #[test]
+    fn a_bind_held_back_from_a_deleted_node_sends_the_pod_elsewhere() {
+        let (mut l, rec) = synced_loop();
+        let pod = gpu_pod("p", 8);
+        l.apply_event(ClusterEvent::PodApplied { pod: pod.clone(), gated: false });
+        l.schedule_round();
+        l.apply_event(ClusterEvent::NodeDeleted("n1".into()));
+        assert!(rec.gone_nodes.lock().unwrap().contains("n1"), "the binder knows before its next call");
+        l.apply_event(ClusterEvent::NodeApplied(gpu_node("n2", 8)));
+        l.apply_outcome(outcome(&pod, "n1", BindResult::NodeGone));
+        assert!(l.snapshot.node("n1").is_none(), "nothing is left on the deleted node");
+        l.schedule_round();
+        assert_eq!(rec.binds.lock().unwrap().last().unwrap().1, "n2");
+        l.apply_event(ClusterEvent::NodeApplied(gpu_node("n1", 8)));
+        assert!(rec.gone_nodes.lock().unwrap().is_empty(), "a node created again under the name takes binds");
     }
 
     #[test]
