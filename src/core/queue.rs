@@ -358,6 +358,11 @@ impl SchedulingQueue {
         self.lengths
     }
 
+    /// How many pods are queued, in every state.
+    pub fn pod_count(&self) -> usize {
+        self.member_of.len()
+    }
+
     /// UIDs of every queued pod.
     pub fn uids(&self) -> impl Iterator<Item = String> + '_ {
         self.member_of.keys().cloned()

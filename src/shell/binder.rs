@@ -3,8 +3,9 @@
 //! Calls run concurrently, paced by the client rate limiter; each outcome goes
 //! back to the scheduling loop, which alone changes the snapshot.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
@@ -31,6 +32,8 @@ pub enum BindResult {
     PodGone,
     /// 409: already bound, or the UID no longer matches. The watch tells the truth.
     Conflict(String),
+    /// The node was deleted before the call went out: the pod must go elsewhere.
+    NodeGone,
     /// Anything else: the pod goes back to the queue.
     Failed(String),
 }
@@ -50,6 +53,10 @@ pub struct Binder {
     outcomes: mpsc::UnboundedSender<BindOutcome>,
     metrics: Metrics,
     in_flight: Arc<AtomicUsize>,
+    /// Nodes deleted since their binds were started. The API server binds a
+    /// pod to a node that does not exist (and the pod is lost with it), so
+    /// binds still waiting for their turn are not sent there.
+    gone_nodes: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Binder {
@@ -59,7 +66,21 @@ impl Binder {
         outcomes: mpsc::UnboundedSender<BindOutcome>,
         metrics: Metrics,
     ) -> Self {
-        Self { client, limiter, outcomes, metrics, in_flight: Arc::default() }
+        Self { client, limiter, outcomes, metrics, in_flight: Arc::default(), gone_nodes: Arc::default() }
+    }
+
+    /// Marks a node deleted (`gone`), or there again.
+    pub fn set_node_gone(&self, node: &str, gone: bool) {
+        let mut nodes = self.gone_nodes.lock().unwrap_or_else(|e| e.into_inner());
+        if gone {
+            nodes.insert(node.to_string());
+        } else {
+            nodes.remove(node);
+        }
+    }
+
+    fn node_gone(&self, node: &str) -> bool {
+        self.gone_nodes.lock().unwrap_or_else(|e| e.into_inner()).contains(node)
     }
 
     /// Waits until no bind is in flight, or `limit` has passed. Used at
@@ -87,6 +108,7 @@ impl Binder {
                 BindResult::Bound => "bound",
                 BindResult::PodGone => "gone",
                 BindResult::Conflict(_) => "conflict",
+                BindResult::NodeGone => "node_gone",
                 BindResult::Failed(_) => "error",
             };
             this.metrics
@@ -101,19 +123,53 @@ impl Binder {
     }
 
     async fn try_bind(&self, uid: &str, key: &PodKey, node: &str, gpus: &[u32]) -> BindResult {
-        match self.record_gpus(uid, key, gpus).await {
-            Ok(()) => self.post_binding(uid, key, node).await,
-            Err(failed) => failed,
+        if let Err(failed) = self.record_gpus(uid, key, node, gpus).await {
+            return failed;
+        }
+        let result = self.post_binding(uid, key, node).await;
+        if matches!(result, BindResult::Conflict(_)) && !gpus.is_empty() {
+            self.withdraw_gpus(uid, key, node, gpus).await;
+        }
+        result
+    }
+
+    /// After a 409 on the bind: if another client bound the pod to another
+    /// node, the GPUs recorded on it were chosen for ours and may be held by
+    /// others there, so they are taken off the pod (which then counts as
+    /// holding the GPUs it most likely got). Best effort: on any failure the
+    /// annotation stays, and the agent's report corrects the view.
+    async fn withdraw_gpus(&self, uid: &str, key: &PodKey, node: &str, gpus: &[u32]) {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
+        self.limiter.acquire().await;
+        let Ok(pod) = api.get(&key.name).await else { return };
+        let elsewhere = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| n != node);
+        let recorded = pod.metadata.annotations.as_ref().and_then(|a| a.get(GPUS_ANNOTATION));
+        if pod.metadata.uid.as_deref() != Some(uid) || !elsewhere || recorded != Some(&gpu_annotation_value(gpus)) {
+            return;
+        }
+        self.limiter.acquire().await;
+        // The resource version: only the version just read, with our annotation, is changed.
+        let patch = serde_json::json!({"metadata": {
+            "uid": uid,
+            "resourceVersion": pod.metadata.resource_version,
+            "annotations": {GPUS_ANNOTATION: null}
+        }});
+        match api.patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => debug!(pod = %key, "bound elsewhere by another client; GPUs chosen for {node} withdrawn"),
+            Err(e) => warn!(pod = %key, error = %e, "could not withdraw the GPUs recorded for {node}"),
         }
     }
 
     /// The annotation carries the UID, so it cannot land on a pod recreated
     /// under the same name.
-    async fn record_gpus(&self, uid: &str, key: &PodKey, gpus: &[u32]) -> Result<(), BindResult> {
+    async fn record_gpus(&self, uid: &str, key: &PodKey, node: &str, gpus: &[u32]) -> Result<(), BindResult> {
         if gpus.is_empty() {
             return Ok(());
         }
         self.limiter.acquire().await;
+        if self.node_gone(node) {
+            return Err(BindResult::NodeGone);
+        }
         let patch = serde_json::json!({"metadata": {
             "uid": uid,
             "annotations": {GPUS_ANNOTATION: gpu_annotation_value(gpus)}
@@ -127,6 +183,9 @@ impl Binder {
 
     async fn post_binding(&self, uid: &str, key: &PodKey, node: &str) -> BindResult {
         self.limiter.acquire().await;
+        if self.node_gone(node) {
+            return BindResult::NodeGone;
+        }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
         let binding = Binding {
             metadata: ObjectMeta {

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::gang_objects;
+use super::metrics::{Metrics, WatchLabels};
 use super::quota_objects::{self, Quota};
 use super::translate::{
     KUBEFLOW_JOB_LABEL, POD_GROUP_LABEL, TopologyReport, TranslateError, is_gated, node_spec, pod_info, topology_report,
@@ -136,31 +137,43 @@ const POD_FIELDS: &str = "status.phase!=Succeeded,status.phase!=Failed";
 
 /// Starts every watch; gang objects and ElasticQuotas only where the API
 /// server serves them.
-pub fn spawn(client: Client, scheduler_names: Arc<HashSet<String>>, served: &Served, tx: mpsc::Sender<ClusterEvent>) {
-    tokio::spawn(watch_nodes(Api::all(client.clone()), tx.clone()));
-    tokio::spawn(watch_topologies(Api::all(client.clone()), tx.clone()));
+pub fn spawn(
+    client: Client,
+    scheduler_names: Arc<HashSet<String>>,
+    served: &Served,
+    metrics: Metrics,
+    tx: mpsc::Sender<ClusterEvent>,
+) {
+    tokio::spawn(watch_nodes(Api::all(client.clone()), metrics.clone(), tx.clone()));
+    tokio::spawn(watch_topologies(Api::all(client.clone()), metrics.clone(), tx.clone()));
     for kind in &served.gang_kinds {
-        let (client, tx) = (client.clone(), tx.clone());
+        let (client, metrics, tx) = (client.clone(), metrics.clone(), tx.clone());
         match kind {
             GangKind::PodGroup => {
-                tokio::spawn(watch_gangs(Api::<PodGroup>::all(client), *kind, tx, gang_objects::pod_group))
+                tokio::spawn(watch_gangs(Api::<PodGroup>::all(client), metrics, *kind, tx, gang_objects::pod_group))
             }
             GangKind::PyTorchJob => {
-                tokio::spawn(watch_gangs(Api::<PyTorchJob>::all(client), *kind, tx, gang_objects::pytorch_job))
+                tokio::spawn(watch_gangs(Api::<PyTorchJob>::all(client), metrics, *kind, tx, gang_objects::pytorch_job))
             }
             GangKind::UpstreamPodGroup => {
-                tokio::spawn(watch_gangs(Api::all(client), *kind, tx, gang_objects::upstream_pod_group))
+                tokio::spawn(watch_gangs(Api::all(client), metrics, *kind, tx, gang_objects::upstream_pod_group))
             }
         };
     }
     if served.elastic_quotas {
         let translate = |q: &ElasticQuota| quota_objects::elastic_quota(q).map(Quota::Elastic);
-        tokio::spawn(watch_quotas(Api::all(client.clone()), QuotaKind::Elastic, tx.clone(), translate));
+        tokio::spawn(watch_quotas(
+            Api::all(client.clone()),
+            metrics.clone(),
+            QuotaKind::Elastic,
+            tx.clone(),
+            translate,
+        ));
     }
     let translate = |q: &ResourceQuota| quota_objects::resource_quota(q).map(Quota::Hard);
-    tokio::spawn(watch_quotas(Api::all(client.clone()), QuotaKind::Hard, tx.clone(), translate));
-    tokio::spawn(watch_budgets(Api::all(client.clone()), tx.clone()));
-    tokio::spawn(watch_pods(Api::all(client), scheduler_names, tx));
+    tokio::spawn(watch_quotas(Api::all(client.clone()), metrics.clone(), QuotaKind::Hard, tx.clone(), translate));
+    tokio::spawn(watch_budgets(Api::all(client.clone()), metrics.clone(), tx.clone()));
+    tokio::spawn(watch_pods(Api::all(client), metrics, scheduler_names, tx));
 }
 
 fn reference<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {
@@ -180,9 +193,11 @@ pub(super) enum Applied<E> {
 
 /// Runs one watch for ever (the watcher re-lists and backs off on its own),
 /// translating each event with the given functions and sending the result.
+/// Failures are counted in `metrics` when given.
 pub(super) async fn pump<K, E>(
     api: Api<K>,
     config: watcher::Config,
+    metrics: Option<Metrics>,
     tx: mpsc::Sender<E>,
     on_apply: impl Fn(K) -> Applied<E>,
     on_delete: impl Fn(K) -> Option<E>,
@@ -198,7 +213,13 @@ pub(super) async fn pump<K, E>(
             Ok(Some(e)) => e,
             Ok(None) => return,
             Err(e) => {
-                warn!(%kind, error = %e, "watch failed; retrying");
+                let reason = if expired(&e) { "expired" } else { "error" };
+                warn!(%kind, reason, error = %e, "watch failed; retrying");
+                if let Some(m) = &metrics {
+                    m.watch_restarts
+                        .get_or_create(&WatchLabels { resource: kind.to_string(), reason: reason.into() })
+                        .inc();
+                }
                 continue;
             }
         };
@@ -231,16 +252,31 @@ pub(super) async fn pump<K, E>(
     }
 }
 
-async fn watch_nodes(api: Api<Node>, tx: mpsc::Sender<ClusterEvent>) {
+/// A 410 Gone: the resource version the watch resumed from is no longer
+/// kept (an API server restarted, etcd compacted), so the watcher re-lists.
+fn expired(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::WatchError(status) => status.code == 410,
+        watcher::Error::WatchStartFailed(kube::Error::Api(status)) => status.code == 410,
+        _ => false,
+    }
+}
+
+async fn watch_nodes(api: Api<Node>, metrics: Metrics, tx: mpsc::Sender<ClusterEvent>) {
     let on_apply = |node: Node| match node_spec(&node) {
         Ok(spec) => Applied::Event(spec.name.clone(), ClusterEvent::NodeApplied(spec)),
         Err(error) => Applied::Invalid(ClusterEvent::Invalid { regarding: reference(&node), error }),
     };
     let on_delete = |node: Node| Some(ClusterEvent::NodeDeleted(node.name_any()));
-    pump(api, watcher::Config::default(), tx, on_apply, on_delete, ClusterEvent::NodesListed).await;
+    pump(api, watcher::Config::default(), Some(metrics), tx, on_apply, on_delete, ClusterEvent::NodesListed).await;
 }
 
-async fn watch_pods(api: Api<Pod>, scheduler_names: Arc<HashSet<String>>, tx: mpsc::Sender<ClusterEvent>) {
+async fn watch_pods(
+    api: Api<Pod>,
+    metrics: Metrics,
+    scheduler_names: Arc<HashSet<String>>,
+    tx: mpsc::Sender<ClusterEvent>,
+) {
     let on_apply = |pod: Pod| {
         // Only pods that hold node resources, or that wait for one of our
         // profiles, matter; the rest are never translated.
@@ -261,20 +297,21 @@ async fn watch_pods(api: Api<Pod>, scheduler_names: Arc<HashSet<String>>, tx: mp
     };
     let on_delete = |pod: Pod| pod.metadata.uid.map(|uid| ClusterEvent::PodDeleted { uid });
     let config = watcher::Config::default().fields(POD_FIELDS);
-    pump(api, config, tx, on_apply, on_delete, ClusterEvent::PodsListed).await;
+    pump(api, config, Some(metrics), tx, on_apply, on_delete, ClusterEvent::PodsListed).await;
 }
 
-async fn watch_topologies(api: Api<GPUTopology>, tx: mpsc::Sender<ClusterEvent>) {
+async fn watch_topologies(api: Api<GPUTopology>, metrics: Metrics, tx: mpsc::Sender<ClusterEvent>) {
     let on_apply = |report: GPUTopology| match topology_report(&report) {
         Ok(r) => Applied::Event(r.node.clone(), ClusterEvent::TopologyApplied(r)),
         Err(error) => Applied::Invalid(ClusterEvent::Invalid { regarding: reference(&report), error }),
     };
     let on_delete = |report: GPUTopology| Some(ClusterEvent::TopologyDeleted(report.name_any()));
-    pump(api, watcher::Config::default(), tx, on_apply, on_delete, ClusterEvent::TopologiesListed).await;
+    pump(api, watcher::Config::default(), Some(metrics), tx, on_apply, on_delete, ClusterEvent::TopologiesListed).await;
 }
 
 async fn watch_gangs<K>(
     api: Api<K>,
+    metrics: Metrics,
     kind: GangKind,
     tx: mpsc::Sender<ClusterEvent>,
     translate: impl Fn(&K) -> (GangId, GangObject),
@@ -293,7 +330,7 @@ async fn watch_gangs<K>(
         kind,
         ids: split_keys(keys).iter().map(|(ns, name)| GangId::new(kind, ns, name)).collect(),
     };
-    pump(api, watcher::Config::default(), tx, on_apply, on_delete, on_listed).await;
+    pump(api, watcher::Config::default(), Some(metrics), tx, on_apply, on_delete, on_listed).await;
 }
 
 /// Namespace and name of a namespaced object.
@@ -315,6 +352,7 @@ fn split_keys(keys: HashSet<String>) -> Vec<(String, String)> {
 /// version read before it stays in force.
 async fn watch_quotas<K>(
     api: Api<K>,
+    metrics: Metrics,
     kind: QuotaKind,
     tx: mpsc::Sender<ClusterEvent>,
     translate: impl Fn(&K) -> Result<Quota, TranslateError>,
@@ -332,10 +370,10 @@ async fn watch_quotas<K>(
         Some(ClusterEvent::QuotaDeleted { kind, namespace, name })
     };
     let on_listed = move |keys: HashSet<String>| ClusterEvent::QuotasListed { kind, keys: split_keys(keys) };
-    pump(api, watcher::Config::default(), tx, on_apply, on_delete, on_listed).await;
+    pump(api, watcher::Config::default(), Some(metrics), tx, on_apply, on_delete, on_listed).await;
 }
 
-async fn watch_budgets(api: Api<PodDisruptionBudget>, tx: mpsc::Sender<ClusterEvent>) {
+async fn watch_budgets(api: Api<PodDisruptionBudget>, metrics: Metrics, tx: mpsc::Sender<ClusterEvent>) {
     let on_apply = |object: PodDisruptionBudget| {
         let key = list_key(&object);
         match quota_objects::disruption_budget(&object) {
@@ -351,5 +389,24 @@ async fn watch_budgets(api: Api<PodDisruptionBudget>, tx: mpsc::Sender<ClusterEv
         Some(ClusterEvent::BudgetDeleted { namespace, name })
     };
     let on_listed = |keys: HashSet<String>| ClusterEvent::BudgetsListed(split_keys(keys));
-    pump(api, watcher::Config::default(), tx, on_apply, on_delete, on_listed).await;
+    pump(api, watcher::Config::default(), Some(metrics), tx, on_apply, on_delete, on_listed).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::core::Status;
+
+    use super::*;
+
+    fn status(code: u16) -> Box<Status> {
+        Box::new(Status { code, ..Default::default() })
+    }
+
+    #[test]
+    fn only_a_410_gone_counts_as_an_expired_watch() {
+        assert!(expired(&watcher::Error::WatchError(status(410))));
+        assert!(expired(&watcher::Error::WatchStartFailed(kube::Error::Api(status(410)))));
+        assert!(!expired(&watcher::Error::WatchError(status(500))));
+        assert!(!expired(&watcher::Error::NoResourceVersion));
+    }
 }

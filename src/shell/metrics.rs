@@ -35,6 +35,14 @@ pub struct QuotaLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchLabels {
+    /// The kind watched (Pod, Node, ...).
+    pub resource: String,
+    /// expired (410 Gone: the watcher re-lists) | error
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -64,6 +72,9 @@ pub struct Metrics {
     pub quota_used: Family<QuotaLabels, Gauge>,
     pub quota_borrowed: Family<QuotaLabels, Gauge>,
     pub gangs_waiting: Family<ReasonLabels, Gauge>,
+    /// Pods in the queue (every state), besides those whose bind is in flight.
+    pub queued_pods: Gauge,
+    pub watch_restarts: Family<WatchLabels, Counter>,
     /// The label sets of the quota gauges last published (to drop the ones that went).
     quota_published: Arc<Mutex<HashSet<QuotaLabels>>>,
 }
@@ -84,6 +95,8 @@ impl Metrics {
             quota_used: Family::default(),
             quota_borrowed: Family::default(),
             gangs_waiting: Family::default(),
+            queued_pods: Gauge::default(),
+            watch_restarts: Family::default(),
             quota_published: Arc::default(),
         };
         let r = registry.sub_registry_with_prefix("phalanx");
@@ -123,6 +136,12 @@ impl Metrics {
             m.quota_borrowed.clone(),
         );
         r.register("gangs_waiting", "Gangs waiting, by reason", m.gangs_waiting.clone());
+        r.register("queued_pods", "Pending pods in the scheduling queue, in every state", m.queued_pods.clone());
+        r.register(
+            "watch_restarts",
+            "Watches that failed and started again, by kind and reason (expired: 410 Gone, so re-listed)",
+            m.watch_restarts.clone(),
+        );
         m
     }
 

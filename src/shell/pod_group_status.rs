@@ -167,7 +167,7 @@ async fn watch_groups(api: Api<PodGroup>, tx: mpsc::Sender<Input>) {
         None => Applied::Ignored,
     };
     let on_delete = |group: PodGroup| Some(Input::GroupDeleted(format!("{}/{}", group.namespace()?, group.name_any())));
-    pump(api, watcher::Config::default(), tx, on_apply, on_delete, Input::GroupsListed).await;
+    pump(api, watcher::Config::default(), None, tx, on_apply, on_delete, Input::GroupsListed).await;
 }
 
 async fn watch_members(api: Api<Pod>, tx: mpsc::Sender<Input>) {
@@ -178,7 +178,7 @@ async fn watch_members(api: Api<Pod>, tx: mpsc::Sender<Input>) {
     let on_delete = |pod: Pod| pod.metadata.uid.map(Input::PodDeleted);
     // Every pod that names a group, whatever its phase.
     let config = watcher::Config::default().labels(POD_GROUP_LABEL);
-    pump(api, config, tx, on_apply, on_delete, Input::PodsListed).await;
+    pump(api, config, None, tx, on_apply, on_delete, Input::PodsListed).await;
 }
 
 /// A status to write.

@@ -46,6 +46,9 @@ const QUOTA_METRICS_EVERY: Duration = Duration::from_secs(1);
 /// recorder in the loop's unit tests.
 pub trait BindRequests {
     fn bind(&self, uid: String, key: PodKey, node: String, gpus: Vec<u32>);
+    /// A node was deleted (`gone`) or is there again: binds not yet sent
+    /// to it must not be sent.
+    fn set_node_gone(&self, _node: &str, _gone: bool) {}
 }
 
 /// Where the loop sends preemption victims: the evictor in production, a
@@ -69,6 +72,10 @@ impl Evictions for Evictor {
 impl BindRequests for Binder {
     fn bind(&self, uid: String, key: PodKey, node: String, gpus: Vec<u32>) {
         Binder::bind(self, uid, key, node, gpus);
+    }
+
+    fn set_node_gone(&self, node: &str, gone: bool) {
+        Binder::set_node_gone(self, node, gone);
     }
 }
 
@@ -418,8 +425,12 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
     /// or added (so that waiting pods deserve another look).
     fn apply_event(&mut self, event: ClusterEvent) -> bool {
         match event {
-            ClusterEvent::NodeApplied(spec) => self.snapshot.upsert_node(spec),
+            ClusterEvent::NodeApplied(spec) => {
+                self.binder.set_node_gone(&spec.name, false);
+                self.snapshot.upsert_node(spec)
+            }
             ClusterEvent::NodeDeleted(name) => {
+                self.binder.set_node_gone(&name, true);
                 self.snapshot.remove_node(&name);
                 false
             }
@@ -428,6 +439,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
                 let gone: Vec<String> =
                     self.snapshot.node_names().filter(|n| !names.contains(*n)).map(str::to_string).collect();
                 for name in gone {
+                    self.binder.set_node_gone(&name, true);
                     self.snapshot.remove_node(&name);
                 }
                 true
@@ -617,7 +629,11 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
                 false
             }
             BindResult::PodGone => self.snapshot.forget(&outcome.uid),
-            BindResult::Conflict(why) | BindResult::Failed(why) => {
+            failed @ (BindResult::NodeGone | BindResult::Conflict(_) | BindResult::Failed(_)) => {
+                let why = match failed {
+                    BindResult::Conflict(why) | BindResult::Failed(why) => why,
+                    _ => "the node was deleted before the bind was sent".to_string(),
+                };
                 let released = self.snapshot.forget(&outcome.uid);
                 if !confirmed {
                     info!(pod = %outcome.key, node = %outcome.node, %why, "bind did not succeed; retrying after backoff");
@@ -709,6 +725,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
         self.metrics.set_pending("unschedulable", l.unschedulable);
         self.metrics.set_pending("waiting", l.waiting);
         self.metrics.set_pending("binding", self.binding.len());
+        self.metrics.queued_pods.set(self.queue.pod_count() as i64);
     }
 }
 
@@ -779,6 +796,8 @@ mod tests {
         /// Victim name and preemptor.
         evictions: Arc<Mutex<Vec<(String, String)>>>,
         reports: Arc<Mutex<Vec<Report>>>,
+        /// Nodes the binder was told are gone.
+        gone_nodes: Arc<Mutex<HashSet<String>>>,
     }
 
     impl Evictions for Recorder {
@@ -790,6 +809,15 @@ mod tests {
     impl BindRequests for Recorder {
         fn bind(&self, _uid: String, key: PodKey, node: String, gpus: Vec<u32>) {
             self.binds.lock().unwrap().push((key.name, node, gpus));
+        }
+
+        fn set_node_gone(&self, node: &str, gone: bool) {
+            let mut nodes = self.gone_nodes.lock().unwrap();
+            if gone {
+                nodes.insert(node.to_string())
+            } else {
+                nodes.remove(node)
+            };
         }
     }
 
@@ -971,6 +999,23 @@ mod tests {
         l.apply_outcome(outcome(&pod, "n1", BindResult::Failed("timeout".into())));
         assert!(!l.queue.contains(&pod.uid), "a bound pod is not retried");
         assert_eq!(l.snapshot.placement(&pod.uid).unwrap().state, PlacementState::Bound);
+    }
+
+    #[test]
+    fn a_bind_held_back_from_a_deleted_node_sends_the_pod_elsewhere() {
+        let (mut l, rec) = synced_loop();
+        let pod = gpu_pod("p", 8);
+        l.apply_event(ClusterEvent::PodApplied { pod: pod.clone(), gated: false });
+        l.schedule_round();
+        l.apply_event(ClusterEvent::NodeDeleted("n1".into()));
+        assert!(rec.gone_nodes.lock().unwrap().contains("n1"), "the binder knows before its next call");
+        l.apply_event(ClusterEvent::NodeApplied(gpu_node("n2", 8)));
+        l.apply_outcome(outcome(&pod, "n1", BindResult::NodeGone));
+        assert!(l.snapshot.node("n1").is_none(), "nothing is left on the deleted node");
+        l.schedule_round();
+        assert_eq!(rec.binds.lock().unwrap().last().unwrap().1, "n2");
+        l.apply_event(ClusterEvent::NodeApplied(gpu_node("n1", 8)));
+        assert!(rec.gone_nodes.lock().unwrap().is_empty(), "a node created again under the name takes binds");
     }
 
     #[test]

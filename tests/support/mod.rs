@@ -8,6 +8,9 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod apiserver;
+pub mod invariants;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
