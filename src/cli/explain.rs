@@ -144,13 +144,13 @@ async fn explain_from_cluster(options: &ExplainOptions, target: &Target) -> anyh
     let client = super::client(options.kubeconfig.as_deref()).await?;
     let names: HashSet<String> = profiles.iter().map(|p| p.scheduler_name.clone()).collect();
     let served = informers::Served::discover(&client).await;
+    let metrics = Metrics::register(&mut Registry::default());
     let (event_tx, mut event_rx) = mpsc::channel(8192);
-    informers::spawn(client, Arc::new(names), &served, event_tx);
+    informers::spawn(client, Arc::new(names), &served, metrics.clone(), event_tx);
     let snapshot = ClusterSnapshot::with_settings(cfg.as_ref().map(|c| c.topology.clone()).unwrap_or_default());
     // Nothing is tried here, so backoff never applies.
     let queue = SchedulingQueue::new(BackoffPolicy { initial: Duration::ZERO, max: Duration::ZERO });
     let gangs = GangScheduler::new(served.gang_kinds.clone(), cfg.as_ref().map(|c| c.preemption).unwrap_or_default());
-    let metrics = Metrics::register(&mut Registry::default());
     let ready = Arc::new(AtomicBool::new(false));
     let mut state = SchedulingLoop::new(
         profiles,
