@@ -15,6 +15,7 @@ use kube::core::Status;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use super::leader_election::Leadership;
 use super::metrics::Metrics;
 use super::rate_limit::RateLimiter;
 use super::translate::{GPUS_ANNOTATION, gpu_annotation_value};
@@ -33,6 +34,9 @@ pub enum BindResult {
     Conflict(String),
     /// Anything else: the pod goes back to the queue.
     Failed(String),
+    /// Not sent, for the reason given (this replica no longer leads): the
+    /// pod goes back to the queue.
+    NotSent(String),
 }
 
 #[derive(Debug)]
@@ -50,6 +54,7 @@ pub struct Binder {
     outcomes: mpsc::UnboundedSender<BindOutcome>,
     metrics: Metrics,
     in_flight: Arc<AtomicUsize>,
+    leadership: Leadership,
 }
 
 impl Binder {
@@ -59,7 +64,13 @@ impl Binder {
         outcomes: mpsc::UnboundedSender<BindOutcome>,
         metrics: Metrics,
     ) -> Self {
-        Self { client, limiter, outcomes, metrics, in_flight: Arc::default() }
+        Self { client, limiter, outcomes, metrics, in_flight: Arc::default(), leadership: Leadership::always() }
+    }
+
+    /// Sends calls only while `leadership` holds, checked right before each.
+    pub fn gated_by(mut self, leadership: Leadership) -> Self {
+        self.leadership = leadership;
+        self
     }
 
     /// Waits until no bind is in flight, or `limit` has passed. Used at
@@ -88,6 +99,7 @@ impl Binder {
                 BindResult::PodGone => "gone",
                 BindResult::Conflict(_) => "conflict",
                 BindResult::Failed(_) => "error",
+                BindResult::NotSent(_) => "not_sent",
             };
             this.metrics
                 .bind_duration
@@ -114,6 +126,7 @@ impl Binder {
             return Ok(());
         }
         self.limiter.acquire().await;
+        self.check_leading()?;
         let patch = serde_json::json!({"metadata": {
             "uid": uid,
             "annotations": {GPUS_ANNOTATION: gpu_annotation_value(gpus)}
@@ -125,8 +138,16 @@ impl Binder {
             .map_err(|e| classify(e, key))
     }
 
+    /// Checked right before each call: nothing is sent once the lease is lost.
+    fn check_leading(&self) -> Result<(), BindResult> {
+        if self.leadership.is_leading() { Ok(()) } else { Err(BindResult::NotSent(NOT_LEADING.into())) }
+    }
+
     async fn post_binding(&self, uid: &str, key: &PodKey, node: &str) -> BindResult {
         self.limiter.acquire().await;
+        if let Err(not_sent) = self.check_leading() {
+            return not_sent;
+        }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
         let binding = Binding {
             metadata: ObjectMeta {
@@ -148,6 +169,9 @@ impl Binder {
         }
     }
 }
+
+/// Why a write was not sent after the lease was lost.
+pub(super) const NOT_LEADING: &str = "this replica no longer leads";
 
 /// Runs `attempt`, and again after each of `RETRY_DELAYS` while its result
 /// is `transient`.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, ResourceQuota};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::Api;
+use kube::api::{Api, ListParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource, ResourceExt};
@@ -89,6 +89,11 @@ pub enum ClusterEvent {
     Invalid {
         regarding: ObjectReference,
         error: TranslateError,
+    },
+    /// Every pod was listed afresh for this leadership term (see
+    /// `leader_election::spawn_resync`): the loop may decide again.
+    LeaderSynced {
+        term: u64,
     },
 }
 
@@ -241,27 +246,57 @@ async fn watch_nodes(api: Api<Node>, tx: mpsc::Sender<ClusterEvent>) {
 }
 
 async fn watch_pods(api: Api<Pod>, scheduler_names: Arc<HashSet<String>>, tx: mpsc::Sender<ClusterEvent>) {
-    let on_apply = |pod: Pod| {
-        // Only pods that hold node resources, or that wait for one of our
-        // profiles, matter; the rest are never translated.
-        let spec = pod.spec.as_ref();
-        let bound = spec.and_then(|s| s.node_name.as_ref()).is_some_and(|n| !n.is_empty());
-        let ours = spec.and_then(|s| s.scheduler_name.as_ref()).is_some_and(|n| scheduler_names.contains(n));
-        // Pending pods of other schedulers matter only as members of a gang
-        // (to warn that the gang's members disagree).
-        let labels = pod.metadata.labels.as_ref();
-        let gang_member = labels.is_some_and(|l| l.contains_key(POD_GROUP_LABEL) || l.contains_key(KUBEFLOW_JOB_LABEL));
-        if !bound && !ours && !gang_member {
-            return Applied::Ignored;
-        }
-        match pod_info(&pod) {
-            Ok(info) => Applied::Event(info.uid.clone(), ClusterEvent::PodApplied { gated: is_gated(&pod), pod: info }),
-            Err(error) => Applied::Invalid(ClusterEvent::Invalid { regarding: reference(&pod), error }),
-        }
-    };
+    let on_apply = |pod: Pod| pod_event(&pod, &scheduler_names);
     let on_delete = |pod: Pod| pod.metadata.uid.map(|uid| ClusterEvent::PodDeleted { uid });
     let config = watcher::Config::default().fields(POD_FIELDS);
     pump(api, config, tx, on_apply, on_delete, ClusterEvent::PodsListed).await;
+}
+
+fn pod_event(pod: &Pod, scheduler_names: &HashSet<String>) -> Applied<ClusterEvent> {
+    // Only pods that hold node resources, or that wait for one of our
+    // profiles, matter; the rest are never translated.
+    let spec = pod.spec.as_ref();
+    let bound = spec.and_then(|s| s.node_name.as_ref()).is_some_and(|n| !n.is_empty());
+    let ours = spec.and_then(|s| s.scheduler_name.as_ref()).is_some_and(|n| scheduler_names.contains(n));
+    // Pending pods of other schedulers matter only as members of a gang
+    // (to warn that the gang's members disagree).
+    let labels = pod.metadata.labels.as_ref();
+    let gang_member = labels.is_some_and(|l| l.contains_key(POD_GROUP_LABEL) || l.contains_key(KUBEFLOW_JOB_LABEL));
+    if !bound && !ours && !gang_member {
+        return Applied::Ignored;
+    }
+    match pod_info(pod) {
+        Ok(info) => Applied::Event(info.uid.clone(), ClusterEvent::PodApplied { gated: is_gated(pod), pod: info }),
+        Err(error) => Applied::Invalid(ClusterEvent::Invalid { regarding: reference(pod), error }),
+    }
+}
+
+/// Pods listed page by page from the API server (a consistent read, not a
+/// watch cache), as the events a watch's list would give, ending with
+/// `PodsListed`.
+pub async fn list_pods(api: &Api<Pod>, scheduler_names: &HashSet<String>) -> Result<Vec<ClusterEvent>, kube::Error> {
+    let mut events = Vec::new();
+    let mut listed = HashSet::new();
+    let mut params = ListParams::default().fields(POD_FIELDS).limit(500);
+    loop {
+        let page = api.list(&params).await?;
+        for pod in &page.items {
+            match pod_event(pod, scheduler_names) {
+                Applied::Ignored => {}
+                Applied::Event(key, event) | Applied::InvalidKept(key, event) => {
+                    listed.insert(key);
+                    events.push(event);
+                }
+                Applied::Invalid(event) => events.push(event),
+            }
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => break,
+        }
+    }
+    events.push(ClusterEvent::PodsListed(listed));
+    Ok(events)
 }
 
 async fn watch_topologies(api: Api<GPUTopology>, tx: mpsc::Sender<ClusterEvent>) {

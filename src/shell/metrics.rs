@@ -64,6 +64,8 @@ pub struct Metrics {
     pub quota_used: Family<QuotaLabels, Gauge>,
     pub quota_borrowed: Family<QuotaLabels, Gauge>,
     pub gangs_waiting: Family<ReasonLabels, Gauge>,
+    /// 1 while this replica leads (always, without leader election).
+    pub leader: Gauge,
     /// The label sets of the quota gauges last published (to drop the ones that went).
     quota_published: Arc<Mutex<HashSet<QuotaLabels>>>,
 }
@@ -84,6 +86,7 @@ impl Metrics {
             quota_used: Family::default(),
             quota_borrowed: Family::default(),
             gangs_waiting: Family::default(),
+            leader: Gauge::default(),
             quota_published: Arc::default(),
         };
         let r = registry.sub_registry_with_prefix("phalanx");
@@ -123,6 +126,7 @@ impl Metrics {
             m.quota_borrowed.clone(),
         );
         r.register("gangs_waiting", "Gangs waiting, by reason", m.gangs_waiting.clone());
+        r.register("leader", "1 while this replica holds the leader lease and decides, else 0", m.leader.clone());
         m
     }
 

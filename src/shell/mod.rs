@@ -6,6 +6,7 @@ pub mod evictor;
 pub mod gang_objects;
 pub mod http;
 pub mod informers;
+pub mod leader_election;
 pub mod metrics;
 pub mod pod_group_status;
 pub mod quota_objects;

@@ -16,6 +16,7 @@ use tracing::{debug, info, info_span, warn};
 use super::binder::{BindOutcome, BindResult, Binder};
 use super::evictor::{EvictOutcome, EvictResult, Evictor};
 use super::informers::ClusterEvent;
+use super::leader_election::Leadership;
 use super::metrics::{Metrics, QuotaUsage};
 use super::quota_objects::Quota;
 use super::reporter::{Report, Reporter};
@@ -107,6 +108,10 @@ pub struct SchedulingLoop<B = Binder, R = Reporter, E = Evictor> {
     /// Watches whose first list has not arrived; scheduling waits for them.
     unlisted: HashSet<&'static str>,
     ready: Arc<AtomicBool>,
+    /// Decisions are made only while this replica leads, and only once the
+    /// pods were listed afresh in its current term (`synced_term`).
+    leadership: Leadership,
+    synced_term: Option<u64>,
 }
 
 /// The watches every decision depends on, besides one per served gang kind
@@ -162,7 +167,17 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
             next_quota_metrics: Instant::now(),
             unlisted,
             ready,
+            leadership: Leadership::always(),
+            // Term 0, leading for ever: the watches' own lists suffice.
+            synced_term: Some(0),
         }
+    }
+
+    /// Decides only while `leadership` holds, each term after its fresh list of pods.
+    pub fn with_leadership(mut self, leadership: Leadership) -> Self {
+        self.leadership = leadership;
+        self.synced_term = None;
+        self
     }
 
     /// Runs until `shutdown` turns true or the watches end.
@@ -173,6 +188,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
         mut evictions: mpsc::UnboundedReceiver<EvictOutcome>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let mut leadership = self.leadership.clone();
         let mut next_flush = Instant::now() + UNSCHEDULABLE_FLUSH;
         // Whether anything applied since the last round may let waiting pods fit.
         let mut changed = false;
@@ -199,7 +215,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
                 self.queue.cluster_changed(now);
                 self.retry_head();
             }
-            let busy = self.is_ready() && self.schedule_round();
+            let busy = self.is_ready() && self.may_decide() && self.schedule_round();
             self.publish_queue_lengths();
             self.publish_quota_usage(now);
             if busy {
@@ -216,6 +232,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
                 Some(outcome) = evictions.recv() => self.apply_eviction(outcome),
                 _ = tokio::time::sleep_until(wake_at.into()) => {}
                 _ = shutdown.changed() => {}
+                _ = leadership.changed() => {}
             }
         }
     }
@@ -228,9 +245,17 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
         ready
     }
 
+    fn may_decide(&self) -> bool {
+        self.leadership.term().is_some_and(|term| self.synced_term == Some(term))
+    }
+
     /// Decides for up to a round of gangs. Returns whether gangs are left.
     fn schedule_round(&mut self) -> bool {
         for _ in 0..DECISIONS_PER_ROUND {
+            if !self.may_decide() {
+                // The lease was lost mid-round.
+                return false;
+            }
             let Some(key) = self.queue.pop(Instant::now()) else {
                 return false;
             };
@@ -462,6 +487,13 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
                 self.gangs.budgets_listed(&keys);
                 true
             }
+            ClusterEvent::LeaderSynced { term } => {
+                if self.leadership.term() == Some(term) {
+                    info!(term, "pods listed afresh; this replica decides from now on");
+                    self.synced_term = Some(term);
+                }
+                true
+            }
             ClusterEvent::Invalid { regarding, error } => {
                 warn!(%error, "ignoring an object phalanx cannot read");
                 self.metrics.invalid_objects.inc();
@@ -571,7 +603,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
                 false
             }
             BindResult::PodGone => self.snapshot.forget(&outcome.uid),
-            BindResult::Conflict(why) | BindResult::Failed(why) => {
+            BindResult::Conflict(why) | BindResult::Failed(why) | BindResult::NotSent(why) => {
                 let released = self.snapshot.forget(&outcome.uid);
                 if !confirmed {
                     info!(pod = %outcome.key, node = %outcome.node, %why, "bind did not succeed; retrying after backoff");
@@ -611,7 +643,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
                 self.reporter.send(Report::Preempted { key, uid, preemptor, message });
             }
             EvictResult::PodGone => debug!(pod = %outcome.key, "victim gone before its eviction"),
-            EvictResult::Blocked(why) | EvictResult::Failed(why) => {
+            EvictResult::Blocked(why) | EvictResult::Failed(why) | EvictResult::NotSent(why) => {
                 info!(pod = %outcome.key, preemptor = %outcome.preemptor, %why, "victim not evicted");
                 if let Some(e) = eviction {
                     self.gangs.abandon_preemption(&e.preemptor);
