@@ -82,10 +82,7 @@ pub async fn run(kubeconfig: Option<PathBuf>, config_path: &Path, http_address: 
         // PodGroup status, with watches of its own, shares the Events' budget.
         pod_group_status::spawn(client.clone(), Arc::new(names.clone()), report_limiter, leadership.clone());
     }
-    if election.is_some() {
-        leader_election::spawn_resync(client.clone(), Arc::new(names.clone()), leadership.clone(), event_tx.clone());
-    }
-    informers::spawn(client, Arc::new(names.clone()), &served, event_tx);
+    informers::spawn(client, Arc::new(names.clone()), &served, leadership.clone(), event_tx);
 
     let profiles = cfg.profiles.iter().map(config::ProfileSpec::build).collect();
     let snapshot = ClusterSnapshot::with_settings(cfg.topology.clone());

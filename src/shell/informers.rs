@@ -12,7 +12,7 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, ResourceQuota};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource, ResourceExt};
@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::gang_objects;
+use super::leader_election::Leadership;
 use super::quota_objects::{self, Quota};
 use super::translate::{
     KUBEFLOW_JOB_LABEL, POD_GROUP_LABEL, TopologyReport, TranslateError, is_gated, node_spec, pod_info, topology_report,
@@ -48,6 +49,12 @@ pub enum ClusterEvent {
     },
     /// UIDs of every relevant pod after a (re-)list.
     PodsListed(HashSet<String>),
+    /// UIDs of every relevant pod after a list made for leadership `term`
+    /// (see `watch_pods`): the new leader's first fresh view.
+    PodsRelisted {
+        uids: HashSet<String>,
+        term: u64,
+    },
     TopologyApplied(TopologyReport),
     TopologyDeleted(String),
     TopologiesListed(HashSet<String>),
@@ -89,11 +96,6 @@ pub enum ClusterEvent {
     Invalid {
         regarding: ObjectReference,
         error: TranslateError,
-    },
-    /// Every pod was listed afresh for this leadership term (see
-    /// `leader_election::spawn_resync`): the loop may decide again.
-    LeaderSynced {
-        term: u64,
     },
 }
 
@@ -140,8 +142,15 @@ async fn serves(client: &Client, api_version: &str, plural: &str, consequence: &
 const POD_FIELDS: &str = "status.phase!=Succeeded,status.phase!=Failed";
 
 /// Starts every watch; gang objects and ElasticQuotas only where the API
-/// server serves them.
-pub fn spawn(client: Client, scheduler_names: Arc<HashSet<String>>, served: &Served, tx: mpsc::Sender<ClusterEvent>) {
+/// server serves them. Pods are listed again at the start of every term of
+/// `leadership`.
+pub fn spawn(
+    client: Client,
+    scheduler_names: Arc<HashSet<String>>,
+    served: &Served,
+    leadership: Leadership,
+    tx: mpsc::Sender<ClusterEvent>,
+) {
     tokio::spawn(watch_nodes(Api::all(client.clone()), tx.clone()));
     tokio::spawn(watch_topologies(Api::all(client.clone()), tx.clone()));
     for kind in &served.gang_kinds {
@@ -165,7 +174,7 @@ pub fn spawn(client: Client, scheduler_names: Arc<HashSet<String>>, served: &Ser
     let translate = |q: &ResourceQuota| quota_objects::resource_quota(q).map(Quota::Hard);
     tokio::spawn(watch_quotas(Api::all(client.clone()), QuotaKind::Hard, tx.clone(), translate));
     tokio::spawn(watch_budgets(Api::all(client.clone()), tx.clone()));
-    tokio::spawn(watch_pods(Api::all(client), scheduler_names, tx));
+    tokio::spawn(watch_pods(Api::all(client), scheduler_names, leadership, tx));
 }
 
 fn reference<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {
@@ -245,58 +254,57 @@ async fn watch_nodes(api: Api<Node>, tx: mpsc::Sender<ClusterEvent>) {
     pump(api, watcher::Config::default(), tx, on_apply, on_delete, ClusterEvent::NodesListed).await;
 }
 
-async fn watch_pods(api: Api<Pod>, scheduler_names: Arc<HashSet<String>>, tx: mpsc::Sender<ClusterEvent>) {
-    let on_apply = |pod: Pod| pod_event(&pod, &scheduler_names);
+/// A new leader must not decide on a view its watch may not have caught up
+/// with (pods the previous leader bound a moment ago): each term restarts
+/// the watch, whose list is a consistent read from the API server, and that
+/// list's end (`PodsRelisted`) tells the loop it may decide. Events of the
+/// old watch still queued are older than the list, so order holds.
+async fn watch_pods(
+    api: Api<Pod>,
+    scheduler_names: Arc<HashSet<String>>,
+    mut leadership: Leadership,
+    tx: mpsc::Sender<ClusterEvent>,
+) {
+    loop {
+        let term = leadership.term();
+        let on_listed = move |uids| match term {
+            Some(term) if term > 0 => ClusterEvent::PodsRelisted { uids, term },
+            _ => ClusterEvent::PodsListed(uids),
+        };
+        tokio::select! {
+            _ = watch_pods_once(api.clone(), &scheduler_names, tx.clone(), on_listed) => return,
+            _ = leadership.next_term(term) => tracing::info!("a new term: listing pods afresh"),
+        }
+    }
+}
+
+async fn watch_pods_once(
+    api: Api<Pod>,
+    scheduler_names: &HashSet<String>,
+    tx: mpsc::Sender<ClusterEvent>,
+    on_listed: impl Fn(HashSet<String>) -> ClusterEvent,
+) {
+    let on_apply = |pod: Pod| {
+        // Only pods that hold node resources, or that wait for one of our
+        // profiles, matter; the rest are never translated.
+        let spec = pod.spec.as_ref();
+        let bound = spec.and_then(|s| s.node_name.as_ref()).is_some_and(|n| !n.is_empty());
+        let ours = spec.and_then(|s| s.scheduler_name.as_ref()).is_some_and(|n| scheduler_names.contains(n));
+        // Pending pods of other schedulers matter only as members of a gang
+        // (to warn that the gang's members disagree).
+        let labels = pod.metadata.labels.as_ref();
+        let gang_member = labels.is_some_and(|l| l.contains_key(POD_GROUP_LABEL) || l.contains_key(KUBEFLOW_JOB_LABEL));
+        if !bound && !ours && !gang_member {
+            return Applied::Ignored;
+        }
+        match pod_info(&pod) {
+            Ok(info) => Applied::Event(info.uid.clone(), ClusterEvent::PodApplied { gated: is_gated(&pod), pod: info }),
+            Err(error) => Applied::Invalid(ClusterEvent::Invalid { regarding: reference(&pod), error }),
+        }
+    };
     let on_delete = |pod: Pod| pod.metadata.uid.map(|uid| ClusterEvent::PodDeleted { uid });
     let config = watcher::Config::default().fields(POD_FIELDS);
-    pump(api, config, tx, on_apply, on_delete, ClusterEvent::PodsListed).await;
-}
-
-fn pod_event(pod: &Pod, scheduler_names: &HashSet<String>) -> Applied<ClusterEvent> {
-    // Only pods that hold node resources, or that wait for one of our
-    // profiles, matter; the rest are never translated.
-    let spec = pod.spec.as_ref();
-    let bound = spec.and_then(|s| s.node_name.as_ref()).is_some_and(|n| !n.is_empty());
-    let ours = spec.and_then(|s| s.scheduler_name.as_ref()).is_some_and(|n| scheduler_names.contains(n));
-    // Pending pods of other schedulers matter only as members of a gang
-    // (to warn that the gang's members disagree).
-    let labels = pod.metadata.labels.as_ref();
-    let gang_member = labels.is_some_and(|l| l.contains_key(POD_GROUP_LABEL) || l.contains_key(KUBEFLOW_JOB_LABEL));
-    if !bound && !ours && !gang_member {
-        return Applied::Ignored;
-    }
-    match pod_info(pod) {
-        Ok(info) => Applied::Event(info.uid.clone(), ClusterEvent::PodApplied { gated: is_gated(pod), pod: info }),
-        Err(error) => Applied::Invalid(ClusterEvent::Invalid { regarding: reference(pod), error }),
-    }
-}
-
-/// Pods listed page by page from the API server (a consistent read, not a
-/// watch cache), as the events a watch's list would give, ending with
-/// `PodsListed`.
-pub async fn list_pods(api: &Api<Pod>, scheduler_names: &HashSet<String>) -> Result<Vec<ClusterEvent>, kube::Error> {
-    let mut events = Vec::new();
-    let mut listed = HashSet::new();
-    let mut params = ListParams::default().fields(POD_FIELDS).limit(500);
-    loop {
-        let page = api.list(&params).await?;
-        for pod in &page.items {
-            match pod_event(pod, scheduler_names) {
-                Applied::Ignored => {}
-                Applied::Event(key, event) | Applied::InvalidKept(key, event) => {
-                    listed.insert(key);
-                    events.push(event);
-                }
-                Applied::Invalid(event) => events.push(event),
-            }
-        }
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(token) => params = params.continue_token(&token),
-            None => break,
-        }
-    }
-    events.push(ClusterEvent::PodsListed(listed));
-    Ok(events)
+    pump(api, config, tx, on_apply, on_delete, on_listed).await;
 }
 
 async fn watch_topologies(api: Api<GPUTopology>, tx: mpsc::Sender<ClusterEvent>) {

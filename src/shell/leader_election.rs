@@ -9,11 +9,9 @@
 //! evictor, reporter, PodGroup status) checks it right before each call,
 //! by the clock, so a replica that was frozen past its deadline stops at
 //! once when it wakes, before the elector has even run again. A new term
-//! starts with a fresh list of pods ([`spawn_resync`]) so the new leader
-//! never decides on a stale view.
+//! starts with a fresh list of pods (the pod watch restarts, see
+//! `informers`) so the new leader never decides on a stale view.
 
-use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -21,11 +19,10 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Client;
 use kube::api::{Api, PostParams};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::informers::{self, ClusterEvent};
 use super::metrics::Metrics;
 use crate::config::LeaderElection;
 use crate::core::leader_lease::{Candidate, LeaseRecord, LeaseStep, LeaseTimes};
@@ -48,6 +45,12 @@ impl Leadership {
         Self(watch::channel(Some(Term { number: 0, until: None })).1)
     }
 
+    /// A standby, and the sender that starts and ends its terms.
+    pub fn standby() -> (watch::Sender<Option<Term>>, Self) {
+        let (publish, leadership) = watch::channel(None);
+        (publish, Self(leadership))
+    }
+
     /// The term we lead in, if we lead now.
     pub fn term(&self) -> Option<u64> {
         let now = std::time::Instant::now();
@@ -62,6 +65,16 @@ impl Leadership {
     pub async fn changed(&mut self) {
         if self.0.changed().await.is_err() {
             std::future::pending::<()>().await;
+        }
+    }
+
+    /// Resolves when a term other than `current` starts.
+    pub async fn next_term(&mut self, current: Option<u64>) {
+        loop {
+            self.changed().await;
+            if self.term().is_some_and(|t| Some(t) != current) {
+                return;
+            }
         }
     }
 }
@@ -89,7 +102,7 @@ pub fn start(client: Client, settings: &LeaderElection, identity: String, metric
         renew_deadline: settings.renew_deadline,
         retry_period: settings.retry_period,
     };
-    let (publish, leadership) = watch::channel(None);
+    let (publish, leadership) = Leadership::standby();
     metrics.leader.set(0);
     let elector = Elector {
         api: Api::namespaced(client, &settings.resource_namespace),
@@ -108,7 +121,7 @@ pub fn start(client: Client, settings: &LeaderElection, identity: String, metric
     );
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(elector.run(stopped));
-    (Leadership(leadership), Election { stop, task })
+    (leadership, Election { stop, task })
 }
 
 struct Elector {
@@ -224,6 +237,10 @@ impl Elector {
                 self.publish.send_replace(Some(Term { number: self.term, until }));
             }
             (Some(term), true) => {
+                if term.until.is_some_and(|until| until <= std::time::Instant::now()) {
+                    // Writers paused meanwhile; the term goes on.
+                    warn!(term = term.number, "the lease was renewed only after the renew deadline");
+                }
                 self.publish.send_if_modified(|t| {
                     *t = Some(Term { until, ..term });
                     false
@@ -246,8 +263,11 @@ impl Elector {
     /// second, as client-go's leader election releases.
     async fn release(&mut self) {
         self.candidate.step_down();
-        self.publish();
-        let lease = match self.call(self.api.get_opt(&self.name)).await {
+        if self.publish.send_replace(None).is_some() {
+            self.metrics.leader.set(0);
+            info!(identity = self.candidate.identity(), "stepping down for shutdown");
+        }
+        let mut lease = match self.call(self.api.get_opt(&self.name)).await {
             Ok(Some(lease)) => lease,
             Ok(None) => return,
             Err(e) => {
@@ -255,7 +275,6 @@ impl Elector {
                 return;
             }
         };
-        let mut lease = lease;
         let Some(spec) =
             lease.spec.as_mut().filter(|s| s.holder_identity.as_deref() == Some(self.candidate.identity()))
         else {
@@ -290,40 +309,4 @@ fn record(lease: &Lease) -> LeaseRecord {
             .map(Duration::from_secs),
         version: lease.metadata.resource_version.clone().unwrap_or_default(),
     }
-}
-
-/// At the start of each term, lists every relevant pod afresh (a consistent
-/// read from the API server, not the watch cache of this replica) and sends
-/// it to the scheduling loop, then `LeaderSynced`: only then does the loop
-/// decide. Pods the previous leader bound are accounted with their GPUs.
-pub fn spawn_resync(
-    client: Client,
-    scheduler_names: Arc<HashSet<String>>,
-    mut leadership: Leadership,
-    tx: mpsc::Sender<ClusterEvent>,
-) {
-    tokio::spawn(async move {
-        let api = Api::all(client);
-        let mut synced = None;
-        loop {
-            while let Some(term) = leadership.term().filter(|t| synced != Some(*t)) {
-                match informers::list_pods(&api, &scheduler_names).await {
-                    Ok(events) => {
-                        info!(term, pods = events.len().saturating_sub(1), "pods listed afresh for this term");
-                        for event in events.into_iter().chain([ClusterEvent::LeaderSynced { term }]) {
-                            if tx.send(event).await.is_err() {
-                                return;
-                            }
-                        }
-                        synced = Some(term);
-                    }
-                    Err(e) => {
-                        warn!(error = %e, term, "listing pods for a new term failed; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
-            leadership.changed().await;
-        }
-    });
 }

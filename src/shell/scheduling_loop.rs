@@ -168,15 +168,13 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
             unlisted,
             ready,
             leadership: Leadership::always(),
-            // Term 0, leading for ever: the watches' own lists suffice.
-            synced_term: Some(0),
+            synced_term: None,
         }
     }
 
     /// Decides only while `leadership` holds, each term after its fresh list of pods.
     pub fn with_leadership(mut self, leadership: Leadership) -> Self {
         self.leadership = leadership;
-        self.synced_term = None;
         self
     }
 
@@ -246,7 +244,8 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
     }
 
     fn may_decide(&self) -> bool {
-        self.leadership.term().is_some_and(|term| self.synced_term == Some(term))
+        // Term 0 (no election, leading for ever) needs no list of its own.
+        self.leadership.term().is_some_and(|term| term == 0 || self.synced_term == Some(term))
     }
 
     /// Decides for up to a round of gangs. Returns whether gangs are left.
@@ -487,7 +486,9 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
                 self.gangs.budgets_listed(&keys);
                 true
             }
-            ClusterEvent::LeaderSynced { term } => {
+            ClusterEvent::PodsRelisted { uids, term } => {
+                self.unlisted.remove(PODS);
+                self.resync_pods(&uids);
                 if self.leadership.term() == Some(term) {
                     info!(term, "pods listed afresh; this replica decides from now on");
                     self.synced_term = Some(term);
@@ -744,6 +745,7 @@ mod tests {
     use crate::core::quota::{ElasticQuota, HardQuota, Limits};
     use crate::core::resources::GPU;
     use crate::core::testing::{gpu_node, gpu_pod};
+    use crate::shell::leader_election::Term;
     use crate::shell::metrics::QuotaLabels;
     use crate::shell::translate::TranslateError;
 
@@ -1115,5 +1117,37 @@ mod tests {
         l.apply_eviction(evicted(&victim, "Pod default/big", EvictResult::Blocked("budget".into())));
         assert_eq!(l.queue.lengths().unschedulable, 0, "in backoff, to be tried again");
         assert!(!rec.reports.lock().unwrap().iter().any(|r| matches!(r, Report::Preempted { .. })));
+    }
+
+    #[test]
+    fn a_standby_decides_nothing_and_a_new_leader_only_after_its_term_s_fresh_list_of_pods() {
+        let (l, rec) = synced_loop();
+        let (terms, leadership) = Leadership::standby();
+        let mut l = l.with_leadership(leadership);
+        let pod = gpu_pod("p", 4);
+        l.apply_event(ClusterEvent::PodApplied { pod: pod.clone(), gated: false });
+        assert!(!l.schedule_round() && rec.bind_count() == 0, "a standby binds nothing");
+        assert!(l.queue.contains(&pod.uid), "but keeps its queue");
+        terms.send_replace(Some(Term { number: 1, until: None }));
+        l.schedule_round();
+        assert_eq!(rec.bind_count(), 0, "not before the term's own list of pods");
+        // The list shows a pod the previous leader bound, with its GPUs.
+        let mut bound = gpu_pod("old", 4);
+        bound.node_name = Some("n1".into());
+        bound.gpu_indices = Some(vec![0, 1, 2, 3]);
+        l.apply_event(ClusterEvent::PodApplied { pod: bound.clone(), gated: false });
+        // A list made for an earlier term does not count.
+        let uids = HashSet::from([pod.uid.clone(), bound.uid.clone()]);
+        l.apply_event(ClusterEvent::PodsRelisted { uids: uids.clone(), term: 0 });
+        l.schedule_round();
+        assert_eq!(rec.bind_count(), 0);
+        l.apply_event(ClusterEvent::PodsRelisted { uids, term: 1 });
+        l.schedule_round();
+        assert_eq!(rec.binds.lock().unwrap()[0], ("p".to_string(), "n1".to_string(), vec![4, 5, 6, 7]));
+        // A term whose deadline passed stops decisions, whatever was published.
+        terms.send_replace(Some(Term { number: 1, until: Some(std::time::Instant::now()) }));
+        l.apply_event(ClusterEvent::PodApplied { pod: gpu_pod("q", 1), gated: false });
+        l.schedule_round();
+        assert_eq!(rec.bind_count(), 1);
     }
 }
