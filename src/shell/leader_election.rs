@@ -140,8 +140,8 @@ struct Elector {
 impl Elector {
     async fn run(mut self, mut stop: oneshot::Receiver<()>) {
         loop {
-            self.round().await;
-            self.publish();
+            let took = self.round().await;
+            self.publish(took);
             // Wake at the deadline too, so a lapsed term is announced on time.
             let now = std::time::Instant::now();
             let deadline = self.candidate.leading_until().filter(|until| *until > now);
@@ -155,32 +155,37 @@ impl Elector {
     }
 
     /// One look at the lease, and the write the candidate decides on.
-    async fn round(&mut self) {
+    /// Returns whether it took (or created) the lease.
+    async fn round(&mut self) -> bool {
         let lease = match self.call(self.api.get_opt(&self.name)).await {
             Ok(lease) => lease,
             Err(e) => {
                 warn!(error = %e, "reading the leader lease failed");
-                return;
+                return false;
             }
         };
         let record = lease.as_ref().map(record);
         match self.candidate.next_step(record.as_ref(), std::time::Instant::now()) {
             LeaseStep::Create => self.write(None, true).await,
             LeaseStep::Acquire => self.write(lease, true).await,
-            LeaseStep::Renew => self.write(lease, false).await,
+            LeaseStep::Renew => {
+                self.write(lease, false).await;
+                false
+            }
             LeaseStep::StandBy { holder } => {
                 if self.leader_seen.as_ref() != Some(&holder) {
                     info!(leader = %holder, "another replica leads; standing by");
                     self.leader_seen = Some(holder);
                 }
+                false
             }
         }
     }
 
     /// Creates (`lease: None`), takes (`new_term`) or renews the lease. The
     /// lease read carries its resourceVersion, so the write fails with a
-    /// 409 if anyone wrote in between.
-    async fn write(&mut self, lease: Option<Lease>, new_term: bool) {
+    /// 409 if anyone wrote in between. Returns whether it succeeded.
+    async fn write(&mut self, lease: Option<Lease>, new_term: bool) -> bool {
         let now = MicroTime(Timestamp::now());
         let identity = self.candidate.identity().to_string();
         let seconds = i32::try_from(self.times.lease_duration.as_secs()).unwrap_or(i32::MAX);
@@ -217,34 +222,40 @@ impl Elector {
                 let version = lease.metadata.resource_version.unwrap_or_default();
                 self.candidate.written(sent_at, version);
                 self.leader_seen = None;
+                return true;
             }
             Err(kube::Error::Api(e)) if e.code == 409 => debug!("the leader lease changed meanwhile; reading it again"),
             Err(e) => warn!(error = %e, new_term, "writing the leader lease failed"),
         }
+        false
     }
 
-    /// Announces a term that starts or ends; a renewal only moves the
-    /// deadline on, silently.
-    fn publish(&mut self) {
-        let leading = self.candidate.is_leading(std::time::Instant::now());
+    /// Announces a term that starts or ends; a renewal in time only moves
+    /// the deadline on, silently. A lease taken (`took`), or renewed after
+    /// its deadline passed, starts a new term even if the last one was never
+    /// seen to end (this process was frozen while another replica led): the
+    /// new term lists pods afresh.
+    fn publish(&mut self, took: bool) {
+        let now = std::time::Instant::now();
+        let leading = self.candidate.is_leading(now);
         let until = self.candidate.leading_until();
         let current = *self.publish.borrow();
+        let lapsed = current.is_some_and(|t| t.until.is_some_and(|u| u <= now));
         match (current, leading) {
-            (None, true) => {
-                self.term += 1;
-                info!(identity = self.candidate.identity(), term = self.term, "this replica leads");
-                self.metrics.leader.set(1);
-                self.publish.send_replace(Some(Term { number: self.term, until }));
-            }
-            (Some(term), true) => {
-                if term.until.is_some_and(|until| until <= std::time::Instant::now()) {
-                    // Writers paused meanwhile; the term goes on.
-                    warn!(term = term.number, "the lease was renewed only after the renew deadline");
-                }
+            (Some(term), true) if !took && !lapsed => {
                 self.publish.send_if_modified(|t| {
                     *t = Some(Term { until, ..term });
                     false
                 });
+            }
+            (_, true) => {
+                if current.is_some() {
+                    warn!(term = self.term, "the last term lapsed unseen; a new one starts");
+                }
+                self.term += 1;
+                info!(identity = self.candidate.identity(), term = self.term, "this replica leads");
+                self.metrics.leader.set(1);
+                self.publish.send_replace(Some(Term { number: self.term, until }));
             }
             (Some(term), false) => {
                 warn!(
