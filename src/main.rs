@@ -48,9 +48,19 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
-    /// Explain a node's GPU topology and who holds which GPU: `node/NAME`.
+    /// Why a gang waits or where it runs: `NAMESPACE/NAME` (a pod, PodGroup or
+    /// PyTorchJob; `NAMESPACE/KIND/NAME` when names collide). Or a node's GPU
+    /// topology and who holds which GPU: `node/NAME`.
     Explain {
         target: String,
+        /// A running scheduler's HTTP address (http://HOST:PORT); asked first.
+        /// Without one, or if it does not answer, the explanation is computed
+        /// from the cluster's objects.
+        #[arg(long, env = "PHALANX_SCHEDULER")]
+        scheduler: Option<String>,
+        /// Print the explanation as JSON.
+        #[arg(long)]
+        json: bool,
         #[arg(long, env = "KUBECONFIG")]
         kubeconfig: Option<PathBuf>,
         /// Print the topology graph as Graphviz DOT instead.
@@ -101,8 +111,9 @@ fn main() -> anyhow::Result<()> {
                 })
                 .await
             }
-            Command::Explain { target, kubeconfig, dot, config } => {
-                cli::explain::run(kubeconfig, &target, dot, config).await
+            Command::Explain { target, kubeconfig, dot, config, scheduler, json } => {
+                cli::explain::run(cli::explain::ExplainOptions { kubeconfig, target, dot, config, scheduler, json })
+                    .await
             }
             Command::Crds { write, test_only } => {
                 let manifests =

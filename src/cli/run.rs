@@ -15,6 +15,7 @@ use phalanx::core::queue::SchedulingQueue;
 use phalanx::core::snapshot::ClusterSnapshot;
 use phalanx::shell::binder::Binder;
 use phalanx::shell::evictor::Evictor;
+use phalanx::shell::explain;
 use phalanx::shell::http::{self, HealthState};
 use phalanx::shell::informers;
 use phalanx::shell::leader_election::{self, Leadership};
@@ -43,7 +44,8 @@ pub async fn run(kubeconfig: Option<PathBuf>, config_path: &Path, http_address: 
     let listener =
         tokio::net::TcpListener::bind(http_address).await.with_context(|| format!("listening on {http_address}"))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let http_state = HealthState { registry: Arc::new(registry), ready: ready.clone() };
+    let (explain_tx, explain_rx) = explain::channel();
+    let http_state = HealthState { registry: Arc::new(registry), ready: ready.clone(), explain: Some(explain_tx) };
     let mut http_shutdown = shutdown_rx.clone();
     let http_task = tokio::spawn(http::serve(listener, http_state, async move {
         let _ = http_shutdown.wait_for(|stop| *stop).await;
@@ -100,7 +102,8 @@ pub async fn run(kubeconfig: Option<PathBuf>, config_path: &Path, http_address: 
         metrics,
         ready,
     )
-    .with_leadership(leadership);
+    .with_leadership(leadership)
+    .with_explain_requests(explain_rx);
     info!(%instance, profiles = ?names, %http_address, "phalanx starting");
     let loop_task = tokio::spawn(scheduling.run(event_rx, outcome_rx, eviction_rx, shutdown_rx));
 

@@ -65,6 +65,11 @@ pub struct ClosestDomain {
     pub level: String,
     pub domain: String,
     pub free_gpus: usize,
+    /// Nodes in the domain that could take the gang's pods (u32 keeps a
+    /// failed placement small).
+    pub nodes: u32,
+    /// Of those, nodes that hold other pods (less room than when empty).
+    pub busy_nodes: u32,
 }
 
 /// No placement for the whole gang.
@@ -254,7 +259,7 @@ fn pods_that_fit(pod: &PodInfo, free: &Resources, free_gpus: usize) -> usize {
 }
 
 /// Whether a node could ever take the pod, whatever runs on it now.
-fn could_ever_take(profile: &Profile, pod: &PodInfo, spec: &NodeSpec, usage: &NodeInfo) -> bool {
+pub(crate) fn could_ever_take(profile: &Profile, pod: &PodInfo, spec: &NodeSpec, usage: &NodeInfo) -> bool {
     profile.filters.iter().filter(|f| !f.reads_usage()).all(|f| f.filter(pod, spec, usage).is_ok())
 }
 
@@ -372,14 +377,14 @@ fn closest_domain(
     })?;
     let free_gpus = nodes.iter().map(|n| n.now).sum::<usize>() * gpus;
     let free_gpus = if largest.gpu_count() == 0 { 0 } else { free_gpus };
-    Some(match domain {
-        Some((level, id)) => ClosestDomain {
-            level: snapshot.settings().levels.levels[level].name.clone(),
-            domain: snapshot.domain_index().describe(id),
-            free_gpus,
-        },
-        None => ClosestDomain { level: "cluster".into(), domain: "all nodes".into(), free_gpus },
-    })
+    let busy_nodes = nodes.iter().filter(|n| n.now < n.empty).count() as u32;
+    let (level, domain) = match domain {
+        Some((level, id)) => {
+            (snapshot.settings().levels.levels[level].name.clone(), snapshot.domain_index().describe(id))
+        }
+        None => ("cluster".into(), "all nodes".into()),
+    };
+    Some(ClosestDomain { level, domain, free_gpus, nodes: nodes.len() as u32, busy_nodes })
 }
 
 /// Nodes to hold for a gang that found no placement, so that capacity freed

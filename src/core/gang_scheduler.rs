@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 use super::disruption::DisruptionBudget;
 use super::framework::Profile;
 use super::gang::{GangId, GangKind, GangObject, GangSpec};
-use super::gang_placement::{GangPlacement, GangRequest, Scope, nodes_to_hold, place_gang, placement_order};
+use super::gang_placement::{
+    GangPlacement, GangRequest, GangUnschedulable, Scope, nodes_to_hold, place_gang, placement_order,
+};
 use super::pod::PodInfo;
 use super::preemption::{PreemptionPlan, PreemptionRules, PreemptionSettings, plan_preemption};
 use super::queue::{GangKey, SchedulingQueue};
-use super::quota::QuotaBook;
+use super::quota::{QuotaBook, QuotaExceeded};
 use super::resources::PODS;
 use super::resources::{GPU, Resources};
 use super::snapshot::ClusterSnapshot;
@@ -80,6 +82,25 @@ pub struct GangVerdict {
     pub warnings: Vec<String>,
     /// Victim selection ran and found no set.
     pub preemption_tried: bool,
+    /// The facts behind an unschedulable decision, for `phalanx explain`.
+    pub detail: WaitDetail,
+}
+
+/// What explaining a verdict needs beyond its message.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WaitDetail {
+    /// The quota the gang would exceed.
+    pub quota: Option<QuotaExceeded>,
+    /// Why the gang found no placement.
+    pub placement: Option<GangUnschedulable>,
+    /// Why no preemption happened: not attempted, or nothing found.
+    pub no_preemption: Option<String>,
+}
+
+impl GangVerdict {
+    fn plain(decision: GangDecision, warnings: Vec<String>) -> Self {
+        Self { decision, warnings, preemption_tried: false, detail: WaitDetail::default() }
+    }
 }
 
 /// Nodes held for the gang at the head of the line.
@@ -90,7 +111,7 @@ struct Hold {
     nodes: HashSet<String>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct GangScheduler {
     /// Gang objects (PodGroups, PyTorchJobs) as last seen.
     objects: HashMap<GangId, GangObject>,
@@ -115,7 +136,7 @@ pub struct GangScheduler {
 const MAX_HOLDS: usize = 4;
 
 /// Higher priority first, then older.
-fn ranks_above(a: (i32, i64), b: (i32, i64)) -> bool {
+pub fn ranks_above(a: (i32, i64), b: (i32, i64)) -> bool {
     a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)
 }
 
@@ -243,16 +264,16 @@ impl GangScheduler {
         self.holds.retain(|h| queue.rank(&h.owner).is_some());
         let members: Vec<&PodInfo> = queue.members(key).collect();
         let Some(profile) = members.iter().find_map(|m| profiles.get(&m.scheduler_name)) else {
-            return GangVerdict { decision: GangDecision::Drop, warnings: vec![], preemption_tried: false };
+            return GangVerdict::plain(GangDecision::Drop, vec![]);
         };
         let warnings = self.member_warnings(key, &members, &profile.scheduler_name);
         let spec = match self.spec_of(key) {
             Ok(spec) => spec,
-            Err(why) => return GangVerdict { decision: GangDecision::Wait(why), warnings, preemption_tried: false },
+            Err(why) => return GangVerdict::plain(GangDecision::Wait(why), warnings),
         };
         let placed = key.gang().and_then(|g| snapshot.job_nodes(g)).map_or(0, |nodes| nodes.values().sum());
         if let Some(why) = self.too_few(key, &spec, placed, members.len(), snapshot) {
-            return GangVerdict { decision: GangDecision::Wait(why), warnings, preemption_tried: false };
+            return GangVerdict::plain(GangDecision::Wait(why), warnings);
         }
         let rank = queue.rank(key).unwrap_or_default();
         let held = self.held_against(key, rank);
@@ -280,11 +301,9 @@ impl GangScheduler {
             match self.quotas.check(&namespace, &need_required, |ns| snapshot.namespace_usage(ns)) {
                 Ok(()) => request.members = ordered[..required.min(ordered.len())].to_vec(),
                 Err(exceeded) => {
-                    return GangVerdict {
-                        decision: unschedulable(exceeded.to_string(), WaitReason::Quota),
-                        warnings,
-                        preemption_tried: false,
-                    };
+                    let decision = unschedulable(exceeded.to_string(), WaitReason::Quota);
+                    let detail = WaitDetail { quota: Some(exceeded), ..WaitDetail::default() };
+                    return GangVerdict { detail, ..GangVerdict::plain(decision, warnings) };
                 }
             }
         }
@@ -292,25 +311,24 @@ impl GangScheduler {
             Ok(placement) if !placement.members.is_empty() => {
                 self.release_hold(key);
                 self.preempting.remove(key);
-                GangVerdict { decision: GangDecision::Bind(placement), warnings, preemption_tried: false }
+                GangVerdict::plain(GangDecision::Bind(placement), warnings)
             }
             Ok(_) => {
                 let message = "all required members are placed; no room for more members".to_string();
-                GangVerdict {
-                    decision: unschedulable(message, WaitReason::Capacity),
-                    warnings,
-                    preemption_tried: false,
-                }
+                GangVerdict::plain(unschedulable(message, WaitReason::Capacity), warnings)
             }
             Err(failure) => {
                 let mut message = failure.to_string();
                 let mut reason = WaitReason::Capacity;
                 let mut searched = false;
+                let mut no_preemption = None;
                 // A gang behind one that holds nodes does not preempt: its plan
                 // could count on the held nodes, and the hold is not its to take.
                 let behind_a_hold = self.holds.iter().any(|h| h.owner != *key && !ranks_above(rank, h.rank));
                 if required > 0 && behind_a_hold {
-                    message = format!("{message} preemption: not attempted while a gang ahead waits for room");
+                    let why = "not attempted while a gang ahead waits for room".to_string();
+                    message = format!("{message} preemption: {why}");
+                    no_preemption = Some(why);
                 } else if required > 0 {
                     match self.try_preemption(key, profile, &request, rank.0, &need_required, snapshot) {
                         Ok(plan) => {
@@ -320,12 +338,13 @@ impl GangScheduler {
                             self.preempting.insert(key.clone(), plan.victims.iter().map(|v| v.uid.clone()).collect());
                             let message = describe_preemption(&plan, snapshot);
                             let decision = GangDecision::Preempt { plan, message };
-                            return GangVerdict { decision, warnings, preemption_tried: false };
+                            return GangVerdict::plain(decision, warnings);
                         }
                         Err(skipped) => {
                             message = format!("{message} preemption: {}", skipped.why);
                             reason = skipped.reason;
                             searched = skipped.searched;
+                            no_preemption = Some(skipped.why);
                         }
                     }
                 }
@@ -337,7 +356,8 @@ impl GangScheduler {
                     let nodes = nodes_to_hold(profile, &request, snapshot, &before, &held);
                     self.set_hold(key, rank, nodes);
                 }
-                GangVerdict { decision: unschedulable(message, reason), warnings, preemption_tried: searched }
+                let detail = WaitDetail { quota: None, placement: Some(failure), no_preemption };
+                GangVerdict { decision: unschedulable(message, reason), warnings, preemption_tried: searched, detail }
             }
         }
     }

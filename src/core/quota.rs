@@ -89,7 +89,7 @@ impl fmt::Display for QuotaExceeded {
 }
 
 /// The quotas of every namespace.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct QuotaBook {
     elastic: HashMap<String, ElasticQuota>,
     hard: BTreeMap<(String, String), HardQuota>,
@@ -134,6 +134,11 @@ impl QuotaBook {
 
     pub fn elastic_quotas(&self) -> impl Iterator<Item = &ElasticQuota> {
         self.elastic.values()
+    }
+
+    /// The ResourceQuotas of one namespace.
+    pub fn hard_quotas<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a HardQuota> {
+        self.hard.values().filter(move |q| q.namespace == namespace)
     }
 
     /// Whether `namespace`, using `usage`, may place pods requesting `need`.

@@ -1,4 +1,4 @@
-//! `/metrics`, `/healthz` and `/readyz`.
+//! `/metrics`, `/healthz`, `/readyz` and `/explain/NAMESPACE/NAME`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +15,8 @@ pub struct HealthState {
     pub registry: Arc<Registry>,
     /// Set once the caches hold a full list of nodes and pods.
     pub ready: Arc<AtomicBool>,
+    /// Where `/explain` questions go (the scheduling loop).
+    pub explain: Option<tokio::sync::mpsc::Sender<super::explain::ExplainRequest>>,
 }
 
 async fn metrics(State(s): State<HealthState>) -> impl IntoResponse {
@@ -43,10 +45,13 @@ pub async fn serve(
     state: HealthState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let explain =
+        Router::new().route("/explain/{*target}", get(super::explain::handle)).with_state(state.explain.clone());
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .with_state(state);
+        .with_state(state)
+        .merge(explain);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

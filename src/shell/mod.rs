@@ -3,6 +3,7 @@
 
 pub mod binder;
 pub mod evictor;
+pub mod explain;
 pub mod gang_objects;
 pub mod http;
 pub mod informers;

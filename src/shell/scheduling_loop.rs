@@ -15,6 +15,7 @@ use tracing::{debug, info, info_span, warn};
 
 use super::binder::{BindOutcome, BindResult, Binder};
 use super::evictor::{EvictOutcome, EvictResult, Evictor};
+use super::explain::ExplainRequest;
 use super::informers::ClusterEvent;
 use super::leader_election::Leadership;
 use super::metrics::{Metrics, QuotaUsage};
@@ -29,6 +30,7 @@ use crate::core::queue::{GangKey, SchedulingQueue};
 use crate::core::quota::QuotaKind;
 use crate::core::resources::Resources;
 use crate::core::snapshot::{ClusterSnapshot, PlacementState};
+use crate::explain::{ExplainError, GangExplanation, SchedulerState, Target, explain_gang};
 
 /// Decisions made between two looks at the event channels: enough to amortise
 /// the look, few enough that events are not left waiting.
@@ -112,6 +114,8 @@ pub struct SchedulingLoop<B = Binder, R = Reporter, E = Evictor> {
     /// pods were listed afresh in its current term (`synced_term`).
     leadership: Leadership,
     synced_term: Option<u64>,
+    /// Questions from the `/explain` endpoint.
+    explain_requests: Option<mpsc::Receiver<ExplainRequest>>,
 }
 
 /// The watches every decision depends on, besides one per served gang kind
@@ -169,6 +173,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
             ready,
             leadership: Leadership::always(),
             synced_term: None,
+            explain_requests: None,
         }
     }
 
@@ -176,6 +181,42 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
     pub fn with_leadership(mut self, leadership: Leadership) -> Self {
         self.leadership = leadership;
         self
+    }
+
+    /// Answers `/explain` questions arriving on `requests` between rounds.
+    pub fn with_explain_requests(mut self, requests: mpsc::Receiver<ExplainRequest>) -> Self {
+        self.explain_requests = Some(requests);
+        self
+    }
+
+    /// Why a gang waits, or where it runs, from the state as it is now.
+    pub fn explain(&mut self, target: &Target) -> Result<GangExplanation, ExplainError> {
+        if !self.unlisted.is_empty() {
+            return Err(ExplainError::NotReady);
+        }
+        let state = SchedulerState {
+            profiles: &self.profiles,
+            snapshot: &mut self.snapshot,
+            queue: &self.queue,
+            gangs: &self.gangs,
+            now: Instant::now(),
+        };
+        explain_gang(target, state)
+    }
+
+    /// Applies watch events until every watch has listed once, without
+    /// scheduling: the state a one-off look (`phalanx explain`) needs.
+    /// False if the watches ended first.
+    pub async fn sync(&mut self, events: &mut mpsc::Receiver<ClusterEvent>) -> bool {
+        while !self.unlisted.is_empty() {
+            let Some(event) = events.recv().await else { return false };
+            self.apply_event(event);
+        }
+        true
+    }
+
+    fn answer(&mut self, request: ExplainRequest) {
+        let _ = request.reply.send(self.explain(&request.target));
     }
 
     /// Runs until `shutdown` turns true or the watches end.
@@ -190,6 +231,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
         let mut next_flush = Instant::now() + UNSCHEDULABLE_FLUSH;
         // Whether anything applied since the last round may let waiting pods fit.
         let mut changed = false;
+        let mut explain_requests = self.explain_requests.take();
         loop {
             if *shutdown.borrow() {
                 info!(binds_in_flight = self.binding.len(), "scheduling loop stopping");
@@ -203,6 +245,9 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
             }
             while let Ok(outcome) = evictions.try_recv() {
                 self.apply_eviction(outcome);
+            }
+            while let Some(request) = explain_requests.as_mut().and_then(|r| r.try_recv().ok()) {
+                self.answer(request);
             }
             let now = Instant::now();
             if now >= next_flush {
@@ -228,6 +273,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
                 },
                 Some(outcome) = outcomes.recv() => changed |= self.apply_outcome(outcome),
                 Some(outcome) = evictions.recv() => self.apply_eviction(outcome),
+                Some(request) = next_request(&mut explain_requests) => self.answer(request),
                 _ = tokio::time::sleep_until(wake_at.into()) => {}
                 _ = shutdown.changed() => {}
                 _ = leadership.changed() => {}
@@ -696,6 +742,14 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
         self.metrics.set_pending("unschedulable", l.unschedulable);
         self.metrics.set_pending("waiting", l.waiting);
         self.metrics.set_pending("binding", self.binding.len());
+    }
+}
+
+/// The next `/explain` question; never, without a channel.
+async fn next_request(requests: &mut Option<mpsc::Receiver<ExplainRequest>>) -> Option<ExplainRequest> {
+    match requests {
+        Some(requests) => requests.recv().await,
+        None => std::future::pending().await,
     }
 }
 

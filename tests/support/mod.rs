@@ -68,6 +68,9 @@ pub struct TestEnv {
     pub scheduler_name: String,
     scheduler: Option<Child>,
     pub http_port: u16,
+    /// The kubeconfig `phalanx run` is given: the cluster's, unless a test
+    /// points it at an API server of its own ([`ExtraApiServer`]).
+    pub scheduler_kubeconfig: PathBuf,
     workdir: PathBuf,
     torn_down: bool,
 }
@@ -94,6 +97,7 @@ impl TestEnv {
             name,
             scheduler: None,
             http_port: 0,
+            scheduler_kubeconfig: kubeconfig_path(),
             workdir,
             torn_down: false,
         }
@@ -201,7 +205,7 @@ impl TestEnv {
             .args(["run", "--config"])
             .arg(&config)
             .arg("--kubeconfig")
-            .arg(kubeconfig_path())
+            .arg(&self.scheduler_kubeconfig)
             .args(["--http-address", &format!("127.0.0.1:{http_port}")])
             .env("RUST_LOG", "info,phalanx=debug,kube=warn")
             .env("HOSTNAME", identity)

@@ -1,5 +1,5 @@
-//! Text a person reads: `phalanx explain node/NAME` shows how a node's GPUs
-//! are wired, what phalanx models them at, and which pod holds which GPU.
+//! `phalanx explain node/NAME`: how a node's GPUs are wired, what phalanx
+//! models them at, and which pod holds which GPU.
 
 use std::fmt::Write;
 
