@@ -276,14 +276,21 @@ fn leader_election(raw: RawLeaderElection) -> Result<LeaderElection, FieldError>
         resource_namespace: raw.resource_namespace,
         resource_name: raw.resource_name,
     };
+    // The Lease records its duration in whole seconds.
+    if le.lease_duration < Duration::from_secs(1) || le.lease_duration.subsec_nanos() != 0 {
+        return Err(bad("leaderElection.leaseDuration", "must be a whole number of seconds, at least 1s"));
+    }
     if le.renew_deadline >= le.lease_duration {
         return Err(bad("leaderElection.renewDeadline", "must be shorter than leaseDuration"));
     }
-    if le.leader_elect {
-        return Err(bad(
-            "leaderElection.leaderElect",
-            "leader election is not available in this release; run a single replica with leaderElect: false",
-        ));
+    // A leader needs more than one try at renewing before its deadline.
+    if le.retry_period.is_zero() || le.retry_period >= le.renew_deadline {
+        return Err(bad("leaderElection.retryPeriod", "must be more than 0 and shorter than renewDeadline"));
+    }
+    for (field, value) in [("resourceNamespace", &le.resource_namespace), ("resourceName", &le.resource_name)] {
+        if value.trim().is_empty() {
+            return Err(bad(format!("leaderElection.{field}"), "must not be empty"));
+        }
     }
     Ok(le)
 }
@@ -575,6 +582,22 @@ mod tests {
         "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nleaderElection: {leaseDuration: soon}\nprofiles: [{schedulerName: a}]\n",
         "leaderElection.leaseDuration"
     )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nleaderElection: {leaderElect: true, leaseDuration: 1500ms}\nprofiles: [{schedulerName: a}]\n",
+        "leaderElection.leaseDuration"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nleaderElection: {leaseDuration: 4s, renewDeadline: 5s}\nprofiles: [{schedulerName: a}]\n",
+        "leaderElection.renewDeadline"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nleaderElection: {leaseDuration: 4s, renewDeadline: 3s, retryPeriod: 3s}\nprofiles: [{schedulerName: a}]\n",
+        "leaderElection.retryPeriod"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nleaderElection: {leaderElect: true, resourceName: \"\"}\nprofiles: [{schedulerName: a}]\n",
+        "leaderElection.resourceName"
+    )]
     #[case("apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles: []\n", "profiles")]
     #[case(
         "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles: [{schedulerName: a, plugins: {bind: {}}}]\n",
@@ -602,6 +625,19 @@ mod tests {
             "{MINIMAL}  pluginConfig:\n  - name: TopologyDomain\n    args:\n      clusterBandwidthGBps: 5\n      levels:\n      - {{name: rack, labels: [], bandwidthGBps: 50}}\n"
         );
         assert_eq!(error_of(&bad_level).0, "profiles[0].pluginConfig[0].args.levels[0].labels");
+    }
+
+    #[test]
+    fn leader_election_is_read_with_its_times() {
+        let cfg = parse(
+            "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nleaderElection: {leaderElect: true, leaseDuration: 4s, renewDeadline: 3s, retryPeriod: 500ms, resourceNamespace: ops, resourceName: sched}\nprofiles: [{schedulerName: a}]\n",
+        )
+        .unwrap();
+        let le = cfg.leader_election;
+        assert!(le.leader_elect);
+        assert_eq!((le.lease_duration, le.renew_deadline), (Duration::from_secs(4), Duration::from_secs(3)));
+        assert_eq!(le.retry_period, Duration::from_millis(500));
+        assert_eq!((le.resource_namespace.as_str(), le.resource_name.as_str()), ("ops", "sched"));
     }
 
     #[test]

@@ -28,6 +28,7 @@ use phalanx::core::queue::{BackoffPolicy, SchedulingQueue};
 use phalanx::core::snapshot::ClusterSnapshot;
 use phalanx::explain::{GangExplanation, NodeReport, PodGpus, Target, render_gang, render_node};
 use phalanx::shell::informers;
+use phalanx::shell::leader_election::Leadership;
 use phalanx::shell::metrics::Metrics;
 use phalanx::shell::reporter::Report;
 use phalanx::shell::scheduling_loop::{BindRequests, Evictions, Reports, SchedulingLoop};
@@ -146,7 +147,7 @@ async fn explain_from_cluster(options: &ExplainOptions, target: &Target) -> anyh
     let served = informers::Served::discover(&client).await;
     let metrics = Metrics::register(&mut Registry::default());
     let (event_tx, mut event_rx) = mpsc::channel(8192);
-    informers::spawn(client, Arc::new(names), &served, metrics.clone(), event_tx);
+    informers::spawn(client, Arc::new(names), &served, metrics.clone(), Leadership::always(), event_tx);
     let snapshot = ClusterSnapshot::with_settings(cfg.as_ref().map(|c| c.topology.clone()).unwrap_or_default());
     // Nothing is tried here, so backoff never applies.
     let queue = SchedulingQueue::new(BackoffPolicy { initial: Duration::ZERO, max: Duration::ZERO });

@@ -18,6 +18,7 @@ use phalanx::shell::evictor::Evictor;
 use phalanx::shell::explain;
 use phalanx::shell::http::{self, HealthState};
 use phalanx::shell::informers;
+use phalanx::shell::leader_election::{self, Leadership};
 use phalanx::shell::metrics::Metrics;
 use phalanx::shell::pod_group_status;
 use phalanx::shell::rate_limit::RateLimiter;
@@ -54,23 +55,36 @@ pub async fn run(kubeconfig: Option<PathBuf>, config_path: &Path, http_address: 
     // its event broadcaster a separate client: Events never slow down binds.
     let bind_limiter = Arc::new(RateLimiter::new(cfg.client.qps, cfg.client.burst));
     let report_limiter = Arc::new(RateLimiter::new(cfg.client.qps, cfg.client.burst));
+    // With two replicas, only the lease holder writes; the other keeps its
+    // caches warm. Without election this replica always leads.
+    let (leadership, election) = if cfg.leader_election.leader_elect {
+        let (leadership, election) =
+            leader_election::start(client.clone(), &cfg.leader_election, instance.clone(), metrics.clone());
+        (leadership, Some(election))
+    } else {
+        metrics.leader.set(1);
+        (Leadership::always(), None)
+    };
     let (outcome_tx, outcome_rx) = mpsc::unbounded_channel();
-    let binder = Binder::new(client.clone(), bind_limiter.clone(), outcome_tx, metrics.clone());
+    let binder =
+        Binder::new(client.clone(), bind_limiter.clone(), outcome_tx, metrics.clone()).gated_by(leadership.clone());
     // Evictions share the binds' budget: both decide where pods run.
     let (eviction_tx, eviction_rx) = mpsc::unbounded_channel();
     let evictor = Evictor::new(client_config, bind_limiter, eviction_tx, metrics.clone())
-        .context("building the Kubernetes client for evictions")?;
+        .context("building the Kubernetes client for evictions")?
+        .gated_by(leadership.clone());
     let draining = binder.clone();
-    let reporter = Reporter::start(client.clone(), report_limiter.clone(), instance.clone(), metrics.clone());
+    let reporter = Reporter::start(client.clone(), report_limiter.clone(), instance.clone(), metrics.clone())
+        .gated_by(leadership.clone());
 
     let names: HashSet<String> = cfg.profiles.iter().map(|p| p.scheduler_name.clone()).collect();
     let (event_tx, event_rx) = mpsc::channel(8192);
     let served = informers::Served::discover(&client).await;
     if served.gang_kinds.contains(&GangKind::PodGroup) {
         // PodGroup status, with watches of its own, shares the Events' budget.
-        pod_group_status::spawn(client.clone(), Arc::new(names.clone()), report_limiter);
+        pod_group_status::spawn(client.clone(), Arc::new(names.clone()), report_limiter, leadership.clone());
     }
-    informers::spawn(client, Arc::new(names.clone()), &served, metrics.clone(), event_tx);
+    informers::spawn(client, Arc::new(names.clone()), &served, metrics.clone(), leadership.clone(), event_tx);
 
     let profiles = cfg.profiles.iter().map(config::ProfileSpec::build).collect();
     let snapshot = ClusterSnapshot::with_settings(cfg.topology.clone());
@@ -88,6 +102,7 @@ pub async fn run(kubeconfig: Option<PathBuf>, config_path: &Path, http_address: 
         metrics,
         ready,
     )
+    .with_leadership(leadership)
     .with_explain_requests(explain_rx);
     info!(%instance, profiles = ?names, %http_address, "phalanx starting");
     let loop_task = tokio::spawn(scheduling.run(event_rx, outcome_rx, eviction_rx, shutdown_rx));
@@ -99,6 +114,10 @@ pub async fn run(kubeconfig: Option<PathBuf>, config_path: &Path, http_address: 
     // Binds already sent get a moment to finish; whatever completes, a
     // restarted scheduler sees through its watch.
     draining.drain(DRAIN).await;
+    if let Some(election) = election {
+        // Binds are done: the standby may take over now, not a lease duration later.
+        election.release().await;
+    }
     http_task.await.context("http server task")?.context("http server")?;
     info!("stopped");
     Ok(())

@@ -6,6 +6,7 @@ pub mod framework;
 pub mod gang;
 pub mod gang_placement;
 pub mod gang_scheduler;
+pub mod leader_lease;
 pub mod node;
 pub mod plugins;
 pub mod pod;

@@ -16,6 +16,7 @@ use kube::core::Status;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use super::leader_election::Leadership;
 use super::metrics::Metrics;
 use super::rate_limit::RateLimiter;
 use super::translate::{GPUS_ANNOTATION, gpu_annotation_value};
@@ -36,6 +37,9 @@ pub enum BindResult {
     NodeGone,
     /// Anything else: the pod goes back to the queue.
     Failed(String),
+    /// Not sent, for the reason given (this replica no longer leads): the
+    /// pod goes back to the queue.
+    NotSent(String),
 }
 
 #[derive(Debug)]
@@ -57,6 +61,7 @@ pub struct Binder {
     /// pod to a node that does not exist (and the pod is lost with it), so
     /// binds still waiting for their turn are not sent there.
     gone_nodes: Arc<Mutex<HashSet<String>>>,
+    leadership: Leadership,
 }
 
 impl Binder {
@@ -66,7 +71,15 @@ impl Binder {
         outcomes: mpsc::UnboundedSender<BindOutcome>,
         metrics: Metrics,
     ) -> Self {
-        Self { client, limiter, outcomes, metrics, in_flight: Arc::default(), gone_nodes: Arc::default() }
+        Self {
+            client,
+            limiter,
+            outcomes,
+            metrics,
+            in_flight: Arc::default(),
+            gone_nodes: Arc::default(),
+            leadership: Leadership::always(),
+        }
     }
 
     /// Marks a node deleted (`gone`), or there again.
@@ -81,6 +94,12 @@ impl Binder {
 
     fn node_gone(&self, node: &str) -> bool {
         self.gone_nodes.lock().unwrap_or_else(|e| e.into_inner()).contains(node)
+    }
+
+    /// Sends calls only while `leadership` holds, checked right before each.
+    pub fn gated_by(mut self, leadership: Leadership) -> Self {
+        self.leadership = leadership;
+        self
     }
 
     /// Waits until no bind is in flight, or `limit` has passed. Used at
@@ -110,6 +129,7 @@ impl Binder {
                 BindResult::Conflict(_) => "conflict",
                 BindResult::NodeGone => "node_gone",
                 BindResult::Failed(_) => "error",
+                BindResult::NotSent(_) => "not_sent",
             };
             this.metrics
                 .bind_duration
@@ -170,6 +190,7 @@ impl Binder {
         if self.node_gone(node) {
             return Err(BindResult::NodeGone);
         }
+        self.check_leading()?;
         let patch = serde_json::json!({"metadata": {
             "uid": uid,
             "annotations": {GPUS_ANNOTATION: gpu_annotation_value(gpus)}
@@ -181,10 +202,18 @@ impl Binder {
             .map_err(|e| classify(e, key))
     }
 
+    /// Checked right before each call: nothing is sent once the lease is lost.
+    fn check_leading(&self) -> Result<(), BindResult> {
+        if self.leadership.is_leading() { Ok(()) } else { Err(BindResult::NotSent(NOT_LEADING.into())) }
+    }
+
     async fn post_binding(&self, uid: &str, key: &PodKey, node: &str) -> BindResult {
         self.limiter.acquire().await;
         if self.node_gone(node) {
             return BindResult::NodeGone;
+        }
+        if let Err(not_sent) = self.check_leading() {
+            return not_sent;
         }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
         let binding = Binding {
@@ -207,6 +236,9 @@ impl Binder {
         }
     }
 }
+
+/// Why a write was not sent after the lease was lost.
+pub(super) const NOT_LEADING: &str = "this replica no longer leads";
 
 /// Runs `attempt`, and again after each of `RETRY_DELAYS` while its result
 /// is `transient`.

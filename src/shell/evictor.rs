@@ -18,7 +18,8 @@ use kube::core::Status;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::binder::retrying;
+use super::binder::{NOT_LEADING, retrying};
+use super::leader_election::Leadership;
 use super::metrics::Metrics;
 use super::rate_limit::RateLimiter;
 use crate::core::pod::PodKey;
@@ -36,6 +37,8 @@ pub enum EvictResult {
     Blocked(String),
     /// Anything else, after retries.
     Failed(String),
+    /// Not sent, for the reason given (this replica no longer leads).
+    NotSent(String),
 }
 
 impl EvictResult {
@@ -46,6 +49,7 @@ impl EvictResult {
             EvictResult::PodGone => "gone",
             EvictResult::Blocked(_) => "blocked",
             EvictResult::Failed(_) => "error",
+            EvictResult::NotSent(_) => "not_sent",
         }
     }
 }
@@ -65,6 +69,7 @@ pub struct Evictor {
     limiter: Arc<RateLimiter>,
     outcomes: mpsc::UnboundedSender<EvictOutcome>,
     metrics: Metrics,
+    leadership: Leadership,
 }
 
 impl Evictor {
@@ -78,7 +83,13 @@ impl Evictor {
         metrics: Metrics,
     ) -> Result<Self, kube::Error> {
         config.default_retry = false;
-        Ok(Self { client: Client::try_from(config)?, limiter, outcomes, metrics })
+        Ok(Self { client: Client::try_from(config)?, limiter, outcomes, metrics, leadership: Leadership::always() })
+    }
+
+    /// Sends evictions only while `leadership` holds, checked right before each.
+    pub fn gated_by(mut self, leadership: Leadership) -> Self {
+        self.leadership = leadership;
+        self
     }
 
     /// Starts the eviction in the background; the outcome arrives on the channel.
@@ -95,6 +106,9 @@ impl Evictor {
 
     async fn try_evict(&self, uid: &str, key: &PodKey) -> EvictResult {
         self.limiter.acquire().await;
+        if !self.leadership.is_leading() {
+            return EvictResult::NotSent(NOT_LEADING.into());
+        }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
         match api
             .create_subresource::<_, Status>("eviction", &key.name, &PostParams::default(), &eviction(uid, key))

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::gang_objects;
+use super::leader_election::Leadership;
 use super::metrics::{Metrics, WatchLabels};
 use super::quota_objects::{self, Quota};
 use super::translate::{
@@ -49,6 +50,12 @@ pub enum ClusterEvent {
     },
     /// UIDs of every relevant pod after a (re-)list.
     PodsListed(HashSet<String>),
+    /// UIDs of every relevant pod after a list made for leadership `term`
+    /// (see `watch_pods`): the new leader's first fresh view.
+    PodsRelisted {
+        uids: HashSet<String>,
+        term: u64,
+    },
     TopologyApplied(TopologyReport),
     TopologyDeleted(String),
     TopologiesListed(HashSet<String>),
@@ -136,12 +143,14 @@ async fn serves(client: &Client, api_version: &str, plural: &str, consequence: &
 const POD_FIELDS: &str = "status.phase!=Succeeded,status.phase!=Failed";
 
 /// Starts every watch; gang objects and ElasticQuotas only where the API
-/// server serves them.
+/// server serves them. Pods are listed again at the start of every term of
+/// `leadership`.
 pub fn spawn(
     client: Client,
     scheduler_names: Arc<HashSet<String>>,
     served: &Served,
     metrics: Metrics,
+    leadership: Leadership,
     tx: mpsc::Sender<ClusterEvent>,
 ) {
     tokio::spawn(watch_nodes(Api::all(client.clone()), metrics.clone(), tx.clone()));
@@ -173,7 +182,7 @@ pub fn spawn(
     let translate = |q: &ResourceQuota| quota_objects::resource_quota(q).map(Quota::Hard);
     tokio::spawn(watch_quotas(Api::all(client.clone()), metrics.clone(), QuotaKind::Hard, tx.clone(), translate));
     tokio::spawn(watch_budgets(Api::all(client.clone()), metrics.clone(), tx.clone()));
-    tokio::spawn(watch_pods(Api::all(client), metrics, scheduler_names, tx));
+    tokio::spawn(watch_pods(Api::all(client), metrics, scheduler_names, leadership, tx));
 }
 
 fn reference<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {
@@ -271,11 +280,37 @@ async fn watch_nodes(api: Api<Node>, metrics: Metrics, tx: mpsc::Sender<ClusterE
     pump(api, watcher::Config::default(), Some(metrics), tx, on_apply, on_delete, ClusterEvent::NodesListed).await;
 }
 
+/// A new leader must not decide on a view its watch may not have caught up
+/// with (pods the previous leader bound a moment ago): each term restarts
+/// the watch, whose list is a consistent read from the API server, and that
+/// list's end (`PodsRelisted`) tells the loop it may decide. Events of the
+/// old watch still queued are older than the list, so order holds.
 async fn watch_pods(
     api: Api<Pod>,
     metrics: Metrics,
     scheduler_names: Arc<HashSet<String>>,
+    mut leadership: Leadership,
     tx: mpsc::Sender<ClusterEvent>,
+) {
+    loop {
+        let term = leadership.term();
+        let on_listed = move |uids| match term {
+            Some(term) if term > 0 => ClusterEvent::PodsRelisted { uids, term },
+            _ => ClusterEvent::PodsListed(uids),
+        };
+        tokio::select! {
+            _ = watch_pods_once(api.clone(), &metrics, &scheduler_names, tx.clone(), on_listed) => return,
+            _ = leadership.next_term(term) => tracing::info!("a new term: listing pods afresh"),
+        }
+    }
+}
+
+async fn watch_pods_once(
+    api: Api<Pod>,
+    metrics: &Metrics,
+    scheduler_names: &HashSet<String>,
+    tx: mpsc::Sender<ClusterEvent>,
+    on_listed: impl Fn(HashSet<String>) -> ClusterEvent,
 ) {
     let on_apply = |pod: Pod| {
         // Only pods that hold node resources, or that wait for one of our
@@ -297,7 +332,7 @@ async fn watch_pods(
     };
     let on_delete = |pod: Pod| pod.metadata.uid.map(|uid| ClusterEvent::PodDeleted { uid });
     let config = watcher::Config::default().fields(POD_FIELDS);
-    pump(api, config, Some(metrics), tx, on_apply, on_delete, ClusterEvent::PodsListed).await;
+    pump(api, config, Some(metrics.clone()), tx, on_apply, on_delete, on_listed).await;
 }
 
 async fn watch_topologies(api: Api<GPUTopology>, metrics: Metrics, tx: mpsc::Sender<ClusterEvent>) {

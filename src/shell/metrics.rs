@@ -75,6 +75,8 @@ pub struct Metrics {
     /// Pods in the queue (every state), besides those whose bind is in flight.
     pub queued_pods: Gauge,
     pub watch_restarts: Family<WatchLabels, Counter>,
+    /// 1 while this replica leads (always, without leader election).
+    pub leader: Gauge,
     /// The label sets of the quota gauges last published (to drop the ones that went).
     quota_published: Arc<Mutex<HashSet<QuotaLabels>>>,
 }
@@ -97,6 +99,7 @@ impl Metrics {
             gangs_waiting: Family::default(),
             queued_pods: Gauge::default(),
             watch_restarts: Family::default(),
+            leader: Gauge::default(),
             quota_published: Arc::default(),
         };
         let r = registry.sub_registry_with_prefix("phalanx");
@@ -142,6 +145,7 @@ impl Metrics {
             "Watches that failed and started again, by kind and reason (expired: 410 Gone, so re-listed)",
             m.watch_restarts.clone(),
         );
+        r.register("leader", "1 while this replica holds the leader lease and decides, else 0", m.leader.clone());
         m
     }
 

@@ -7,6 +7,7 @@ pub mod explain;
 pub mod gang_objects;
 pub mod http;
 pub mod informers;
+pub mod leader_election;
 pub mod metrics;
 pub mod pod_group_status;
 pub mod quota_objects;

@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::informers::{Applied, pump};
+use super::leader_election::Leadership;
 use super::rate_limit::RateLimiter;
 use super::translate::POD_GROUP_LABEL;
 use crate::api::pod_group::{PodGroup, PodGroupStatus};
@@ -50,6 +51,8 @@ pub enum StatusError {
     Conflict { group: String },
     #[error("PodGroup {group} is gone")]
     Gone { group: String },
+    #[error("status of PodGroup {group} not written: this replica no longer leads")]
+    NotLeading { group: String },
     #[error("writing the status of PodGroup {group}: {source}")]
     Write {
         group: String,
@@ -58,12 +61,13 @@ pub enum StatusError {
     },
 }
 
-/// Starts the watches and the writer; they run until the process ends.
-pub fn spawn(client: Client, scheduler_names: Arc<HashSet<String>>, limiter: Arc<RateLimiter>) {
+/// Starts the watches and the writer; they run until the process ends. The
+/// writer writes only while `leadership` holds (a standby keeps watching).
+pub fn spawn(client: Client, scheduler_names: Arc<HashSet<String>>, limiter: Arc<RateLimiter>, leadership: Leadership) {
     let (tx, rx) = mpsc::channel(INPUT_CAPACITY);
     tokio::spawn(watch_groups(Api::all(client.clone()), tx.clone()));
     tokio::spawn(watch_members(Api::all(client.clone()), tx));
-    tokio::spawn(run(Tracker::new(scheduler_names), rx, Writer { client, limiter }));
+    tokio::spawn(run(Tracker::new(scheduler_names), rx, Writer { client, limiter, leadership }));
 }
 
 /// What the watches report, translated.
@@ -358,7 +362,7 @@ impl Tracker {
             }
             Err(StatusError::Gone { .. }) => {}
             Err(error) => {
-                if matches!(error, StatusError::Conflict { .. }) {
+                if matches!(error, StatusError::Conflict { .. } | StatusError::NotLeading { .. }) {
                     debug!(%error, "will look again");
                 } else {
                     warn!(%error, "will try again");
@@ -373,11 +377,15 @@ impl Tracker {
 struct Writer {
     client: Client,
     limiter: Arc<RateLimiter>,
+    leadership: Leadership,
 }
 
 impl Writer {
     async fn write(&self, write: &Write) -> WriteResult {
         self.limiter.acquire().await;
+        if !self.leadership.is_leading() {
+            return Err(StatusError::NotLeading { group: write.group.clone() });
+        }
         let patch = status_patch(&write.status, write.resource_version.as_deref());
         let api: Api<PodGroup> = Api::namespaced(self.client.clone(), &write.namespace);
         let group = write.group.clone();
@@ -396,9 +404,17 @@ impl Writer {
 async fn run(mut tracker: Tracker, mut inputs: mpsc::Receiver<Input>, writer: Writer) {
     let slots = Arc::new(Semaphore::new(CONCURRENT_WRITES));
     let (done_tx, mut done) = mpsc::unbounded_channel::<(String, WriteResult)>();
+    let mut leadership = writer.leadership.clone();
     loop {
-        let wake = tracker.next_due();
+        // A standby writes nothing: what falls due waits for its term.
+        let wake = tracker.next_due().filter(|_| leadership.is_leading());
         tokio::select! {
+            _ = leadership.changed() => {
+                if leadership.is_leading() {
+                    // The previous leader may have left statuses behind.
+                    tracker.mark_all(Instant::now());
+                }
+            }
             input = inputs.recv() => match input {
                 Some(input) => tracker.apply(input, Instant::now()),
                 None => return,

@@ -15,6 +15,7 @@ use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::debug;
 
+use super::leader_election::Leadership;
 use super::metrics::Metrics;
 use super::rate_limit::RateLimiter;
 use crate::core::pod::PodKey;
@@ -43,6 +44,7 @@ pub enum Report {
 pub struct Reporter {
     queue: mpsc::Sender<Report>,
     metrics: Metrics,
+    leadership: Leadership,
 }
 
 impl Reporter {
@@ -50,10 +52,19 @@ impl Reporter {
     pub fn start(client: Client, limiter: Arc<RateLimiter>, instance: String, metrics: Metrics) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
         tokio::spawn(write_reports(Writer { client, limiter, instance }, rx));
-        Self { queue, metrics }
+        Self { queue, metrics, leadership: Leadership::always() }
+    }
+
+    /// Reports only while `leadership` holds: a standby writes nothing.
+    pub fn gated_by(mut self, leadership: Leadership) -> Self {
+        self.leadership = leadership;
+        self
     }
 
     pub fn send(&self, report: Report) {
+        if !self.leadership.is_leading() {
+            return;
+        }
         if self.queue.try_send(report).is_err() {
             self.metrics.reports_dropped.inc();
         }

@@ -17,6 +17,7 @@ use super::binder::{BindOutcome, BindResult, Binder};
 use super::evictor::{EvictOutcome, EvictResult, Evictor};
 use super::explain::ExplainRequest;
 use super::informers::ClusterEvent;
+use super::leader_election::Leadership;
 use super::metrics::{Metrics, QuotaUsage};
 use super::quota_objects::Quota;
 use super::reporter::{Report, Reporter};
@@ -116,6 +117,10 @@ pub struct SchedulingLoop<B = Binder, R = Reporter, E = Evictor> {
     /// Watches whose first list has not arrived; scheduling waits for them.
     unlisted: HashSet<&'static str>,
     ready: Arc<AtomicBool>,
+    /// Decisions are made only while this replica leads, and only once the
+    /// pods were listed afresh in its current term (`synced_term`).
+    leadership: Leadership,
+    synced_term: Option<u64>,
     /// Questions from the `/explain` endpoint.
     explain_requests: Option<mpsc::Receiver<ExplainRequest>>,
 }
@@ -173,8 +178,16 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
             next_quota_metrics: Instant::now(),
             unlisted,
             ready,
+            leadership: Leadership::always(),
+            synced_term: None,
             explain_requests: None,
         }
+    }
+
+    /// Decides only while `leadership` holds, each term after its fresh list of pods.
+    pub fn with_leadership(mut self, leadership: Leadership) -> Self {
+        self.leadership = leadership;
+        self
     }
 
     /// Answers `/explain` questions arriving on `requests` between rounds.
@@ -221,6 +234,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
         mut evictions: mpsc::UnboundedReceiver<EvictOutcome>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let mut leadership = self.leadership.clone();
         let mut next_flush = Instant::now() + UNSCHEDULABLE_FLUSH;
         // Whether anything applied since the last round may let waiting pods fit.
         let mut changed = false;
@@ -251,7 +265,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
                 self.queue.cluster_changed(now);
                 self.retry_head();
             }
-            let busy = self.is_ready() && self.schedule_round();
+            let busy = self.is_ready() && self.may_decide() && self.schedule_round();
             self.publish_queue_lengths();
             self.publish_quota_usage(now);
             if busy {
@@ -269,6 +283,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
                 Some(request) = next_request(&mut explain_requests) => self.answer(request),
                 _ = tokio::time::sleep_until(wake_at.into()) => {}
                 _ = shutdown.changed() => {}
+                _ = leadership.changed() => {}
             }
         }
     }
@@ -281,9 +296,18 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
         ready
     }
 
+    fn may_decide(&self) -> bool {
+        // Term 0 (no election, leading for ever) needs no list of its own.
+        self.leadership.term().is_some_and(|term| term == 0 || self.synced_term == Some(term))
+    }
+
     /// Decides for up to a round of gangs. Returns whether gangs are left.
     fn schedule_round(&mut self) -> bool {
         for _ in 0..DECISIONS_PER_ROUND {
+            if !self.may_decide() {
+                // The lease was lost mid-round.
+                return false;
+            }
             let Some(key) = self.queue.pop(Instant::now()) else {
                 return false;
             };
@@ -520,6 +544,15 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
                 self.gangs.budgets_listed(&keys);
                 true
             }
+            ClusterEvent::PodsRelisted { uids, term } => {
+                self.unlisted.remove(PODS);
+                self.resync_pods(&uids);
+                if self.leadership.term() == Some(term) {
+                    info!(term, "pods listed afresh; this replica decides from now on");
+                    self.synced_term = Some(term);
+                }
+                true
+            }
             ClusterEvent::Invalid { regarding, error } => {
                 warn!(%error, "ignoring an object phalanx cannot read");
                 self.metrics.invalid_objects.inc();
@@ -629,9 +662,12 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
                 false
             }
             BindResult::PodGone => self.snapshot.forget(&outcome.uid),
-            failed @ (BindResult::NodeGone | BindResult::Conflict(_) | BindResult::Failed(_)) => {
+            failed @ (BindResult::NodeGone
+            | BindResult::Conflict(_)
+            | BindResult::Failed(_)
+            | BindResult::NotSent(_)) => {
                 let why = match failed {
-                    BindResult::Conflict(why) | BindResult::Failed(why) => why,
+                    BindResult::Conflict(why) | BindResult::Failed(why) | BindResult::NotSent(why) => why,
                     _ => "the node was deleted before the bind was sent".to_string(),
                 };
                 let released = self.snapshot.forget(&outcome.uid);
@@ -673,7 +709,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
                 self.reporter.send(Report::Preempted { key, uid, preemptor, message });
             }
             EvictResult::PodGone => debug!(pod = %outcome.key, "victim gone before its eviction"),
-            EvictResult::Blocked(why) | EvictResult::Failed(why) => {
+            EvictResult::Blocked(why) | EvictResult::Failed(why) | EvictResult::NotSent(why) => {
                 info!(pod = %outcome.key, preemptor = %outcome.preemptor, %why, "victim not evicted");
                 if let Some(e) = eviction {
                     self.gangs.abandon_preemption(&e.preemptor);
@@ -783,6 +819,7 @@ mod tests {
     use crate::core::quota::{ElasticQuota, HardQuota, Limits};
     use crate::core::resources::GPU;
     use crate::core::testing::{gpu_node, gpu_pod};
+    use crate::shell::leader_election::Term;
     use crate::shell::metrics::QuotaLabels;
     use crate::shell::translate::TranslateError;
 
@@ -1182,5 +1219,37 @@ mod tests {
         l.apply_eviction(evicted(&victim, "Pod default/big", EvictResult::Blocked("budget".into())));
         assert_eq!(l.queue.lengths().unschedulable, 0, "in backoff, to be tried again");
         assert!(!rec.reports.lock().unwrap().iter().any(|r| matches!(r, Report::Preempted { .. })));
+    }
+
+    #[test]
+    fn a_standby_decides_nothing_and_a_new_leader_only_after_its_term_s_fresh_list_of_pods() {
+        let (l, rec) = synced_loop();
+        let (terms, leadership) = Leadership::standby();
+        let mut l = l.with_leadership(leadership);
+        let pod = gpu_pod("p", 4);
+        l.apply_event(ClusterEvent::PodApplied { pod: pod.clone(), gated: false });
+        assert!(!l.schedule_round() && rec.bind_count() == 0, "a standby binds nothing");
+        assert!(l.queue.contains(&pod.uid), "but keeps its queue");
+        terms.send_replace(Some(Term { number: 1, until: None }));
+        l.schedule_round();
+        assert_eq!(rec.bind_count(), 0, "not before the term's own list of pods");
+        // The list shows a pod the previous leader bound, with its GPUs.
+        let mut bound = gpu_pod("old", 4);
+        bound.node_name = Some("n1".into());
+        bound.gpu_indices = Some(vec![0, 1, 2, 3]);
+        l.apply_event(ClusterEvent::PodApplied { pod: bound.clone(), gated: false });
+        // A list made for an earlier term does not count.
+        let uids = HashSet::from([pod.uid.clone(), bound.uid.clone()]);
+        l.apply_event(ClusterEvent::PodsRelisted { uids: uids.clone(), term: 0 });
+        l.schedule_round();
+        assert_eq!(rec.bind_count(), 0);
+        l.apply_event(ClusterEvent::PodsRelisted { uids, term: 1 });
+        l.schedule_round();
+        assert_eq!(rec.binds.lock().unwrap()[0], ("p".to_string(), "n1".to_string(), vec![4, 5, 6, 7]));
+        // A term whose deadline passed stops decisions, whatever was published.
+        terms.send_replace(Some(Term { number: 1, until: Some(std::time::Instant::now()) }));
+        l.apply_event(ClusterEvent::PodApplied { pod: gpu_pod("q", 1), gated: false });
+        l.schedule_round();
+        assert_eq!(rec.bind_count(), 1);
     }
 }

@@ -190,28 +190,38 @@ impl TestEnv {
     /// Starts `phalanx run` with this configuration text; the log of an
     /// earlier run of this env is kept (appended to).
     pub async fn start_scheduler_with(&mut self, config_text: &str) {
-        let config = self.workdir.join("scheduler-config.yaml");
+        let replica = self.start_replica(config_text, "phalanx").await;
+        self.http_port = replica.http_port;
+        self.scheduler = Some(replica.process);
+    }
+
+    /// Starts a `phalanx run` of its own, named `identity` (its `HOSTNAME`,
+    /// which leader election uses) and logging to `<identity>.log`; returns
+    /// once it is ready.
+    pub async fn start_replica(&self, config_text: &str, identity: &str) -> Replica {
+        let config = self.workdir.join(format!("{identity}-config.yaml"));
         std::fs::write(&config, config_text).unwrap();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.workdir.join("phalanx.log")).unwrap();
-        self.http_port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_phalanx"))
+        let log_path = self.workdir.join(format!("{identity}.log"));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+        let http_port = free_port();
+        let process = Command::new(env!("CARGO_BIN_EXE_phalanx"))
             .args(["run", "--config"])
             .arg(&config)
             .arg("--kubeconfig")
             .arg(&self.scheduler_kubeconfig)
-            .args(["--http-address", &format!("127.0.0.1:{}", self.http_port)])
+            .args(["--http-address", &format!("127.0.0.1:{http_port}")])
             .env("RUST_LOG", "info,phalanx=debug,kube=warn")
+            .env("HOSTNAME", identity)
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .expect("start phalanx");
-        self.scheduler = Some(child);
-        let port = self.http_port;
         eventually(Duration::from_secs(30), "phalanx /readyz", || async move {
-            http_get(port, "/readyz").await.filter(|(code, _)| *code == 200)
+            http_get(http_port, "/readyz").await.filter(|(code, _)| *code == 200)
         })
         .await;
+        Replica { process, http_port, log_path }
     }
 
     pub fn config_text(&self) -> String {
@@ -332,6 +342,32 @@ impl TestEnv {
         let _ =
             self.nodes().delete_collection(&DeleteParams::default(), &ListParams::default().labels(&selector)).await;
         let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.name, &DeleteParams::default()).await;
+    }
+}
+
+/// A `phalanx run` started by [`TestEnv::start_replica`]; killed when dropped.
+pub struct Replica {
+    pub process: Child,
+    pub http_port: u16,
+    pub log_path: PathBuf,
+}
+
+impl Replica {
+    pub fn log(&self) -> String {
+        plain(&std::fs::read_to_string(&self.log_path).unwrap_or_default())
+    }
+
+    /// The value of one sample of its `/metrics` (`name{labels}` as exposed), if present.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let (_, body) = http_get(self.http_port, "/metrics").await?;
+        body.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.process.id().expect("replica running").to_string();
+        let status = std::process::Command::new("kill").args([&format!("-{signal}"), &pid]).status().expect("kill");
+        assert!(status.success(), "kill -{signal} {pid}");
     }
 }
 
