@@ -192,8 +192,9 @@ struct NodeResourcesFitConfig {
 }
 
 /// A field path and what is wrong with it, before the file name is attached.
-#[derive(Debug)]
-struct FieldError(String, String);
+#[derive(Debug, Error)]
+#[error("{0}: {1}")]
+pub struct FieldError(pub String, pub String);
 
 fn bad(field: impl Into<String>, message: impl Into<String>) -> FieldError {
     FieldError(field.into(), message.into())
@@ -205,7 +206,8 @@ pub fn load(path: &Path) -> Result<SchedulerConfig, ConfigError> {
     parse(&text).map_err(|FieldError(field, message)| ConfigError::Invalid { path: path.to_path_buf(), field, message })
 }
 
-fn parse(text: &str) -> Result<SchedulerConfig, FieldError> {
+/// The configuration in `text` (the contents of the file `load` reads).
+pub fn parse(text: &str) -> Result<SchedulerConfig, FieldError> {
     let raw: RawConfig =
         serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text)).map_err(|e| {
             let field = match e.path().to_string() {
@@ -337,8 +339,7 @@ fn profile(at: &str, raw: RawProfile, shared: &mut SharedSettings) -> Result<Pro
         configured.push(&pc.name);
         match pc.name.as_str() {
             plugins::NodeResourcesFit::NAME => {
-                let cfg: NodeResourcesFitConfig = serde_path_to_error::deserialize(&pc.args)
-                    .map_err(|e| bad(format!("{field}.args.{}", e.path()), e.into_inner().to_string()))?;
+                let cfg: NodeResourcesFitConfig = parse_args(&field, &pc.args)?;
                 for (k, r) in cfg.scoring_strategy.resources.iter().enumerate() {
                     let rf = format!("{field}.args.scoringStrategy.resources[{k}]");
                     if r.name.is_empty() {
@@ -404,8 +405,14 @@ fn profile(at: &str, raw: RawProfile, shared: &mut SharedSettings) -> Result<Pro
 }
 
 fn parse_args<T: serde::de::DeserializeOwned>(field: &str, args: &serde_json::Value) -> Result<T, FieldError> {
-    serde_path_to_error::deserialize(args)
-        .map_err(|e| bad(format!("{field}.args.{}", e.path()), e.into_inner().to_string()))
+    serde_path_to_error::deserialize(args).map_err(|e| {
+        // The path of the args themselves is ".", not a field below them.
+        let at = match e.path().to_string() {
+            p if p == "." => format!("{field}.args"),
+            p => format!("{field}.args.{p}"),
+        };
+        bad(at, e.into_inner().to_string())
+    })
 }
 
 fn positive(field: &str, value: f64) -> Result<(), FieldError> {
@@ -600,6 +607,70 @@ mod tests {
     )]
     #[case("apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles: []\n", "profiles")]
     #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nclientConnection: {burst: -1}\nprofiles: [{schedulerName: a}]\n",
+        "clientConnection.burst"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nclientConnection: {qps: .nan}\nprofiles: [{schedulerName: a}]\n",
+        "clientConnection.qps"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\npodInitialBackoffSeconds: ten\nprofiles: [{schedulerName: a}]\n",
+        "podInitialBackoffSeconds"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\npodInitialBackoffSeconds: 5\npodMaxBackoffSeconds: 2\nprofiles: [{schedulerName: a}]\n",
+        "podMaxBackoffSeconds"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nleaderElection: {leaseDuration: 15}\nprofiles: [{schedulerName: a}]\n",
+        "leaderElection.leaseDuration"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nleaderElection: {leaseDuration: 99999999999999999999h}\nprofiles: [{schedulerName: a}]\n",
+        "leaderElection.leaseDuration"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles: {schedulerName: a}\n",
+        "profiles"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles: [{schedulerName: '  '}]\n",
+        "profiles[0].schedulerName"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles: [{schedulerName: a, pluginConfig: [{name: GpuTopology, args: {linkBandwidthGBps: {nvlinkPerLink: fast, pix: 35, pxb: 30, phb: 25, node: 20, sys: 12}}}]}]\n",
+        "profiles[0].pluginConfig[0].args.linkBandwidthGBps.nvlinkPerLink"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles: [{schedulerName: a, pluginConfig: [{name: GpuTopology, args: {linkBandwidthGBps: {nvlinkPerLink: 25, pix: -35, pxb: 30, phb: 25, node: 20, sys: 12}}}]}]\n",
+        "profiles[0].pluginConfig[0].args.linkBandwidthGBps.pix"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles: [{schedulerName: a, pluginConfig: [{name: TopologyDomain, args: {clusterBandwidthGBps: 0, levels: []}}]}]\n",
+        "profiles[0].pluginConfig[0].args.clusterBandwidthGBps"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles: [{schedulerName: a, pluginConfig: [{name: NodeResourcesFit, args: {scoringStrategy: {type: MostAllocated, resources: [{name: cpu, weight: heavy}]}}}]}]\n",
+        "profiles[0].pluginConfig[0].args.scoringStrategy.resources[0].weight"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles: [{schedulerName: a, pluginConfig: [{name: NodeResourcesFit, args: {scoringStrategy: {type: MostAllocated, resources: [{name: cpu, weight: 1000}]}}}]}]\n",
+        "profiles[0].pluginConfig[0].args.scoringStrategy.resources[0].weight"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles: [{schedulerName: a, pluginConfig: [{name: NodeAffinity}, {name: NodeAffinity}]}]\n",
+        "profiles[0].pluginConfig[1].name"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles: [{schedulerName: a, pluginConfig: [{name: GpuTopology}]}]\n",
+        "profiles[0].pluginConfig[0].args"
+    )]
+    #[case(
+        "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles: [{schedulerName: a, plugins: {queueSort: {disabled: [{name: '*'}]}}}]\n",
+        "profiles[0].plugins.queueSort"
+    )]
+    #[case(
         "apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles: [{schedulerName: a, plugins: {bind: {}}}]\n",
         "profiles[0].plugins.bind"
     )]
@@ -638,6 +709,13 @@ mod tests {
         assert_eq!((le.lease_duration, le.renew_deadline), (Duration::from_secs(4), Duration::from_secs(3)));
         assert_eq!(le.retry_period, Duration::from_millis(500));
         assert_eq!((le.resource_namespace.as_str(), le.resource_name.as_str()), ("ops", "sched"));
+    fn broken_yaml_names_the_line() {
+        let (field, message) = error_of(&format!("{MINIMAL}  plugins: [unclosed\n"));
+        assert!(message.contains("line 5"), "{field}: {message}");
+        for text in ["", "~", "42", "- a\n- b\n", "\u{0}", "a: &x [*x]\n"] {
+            let (field, message) = error_of(text);
+            assert!(!field.is_empty() && !message.is_empty(), "{text:?}");
+        }
     }
 
     #[test]
@@ -655,6 +733,21 @@ mod tests {
     #[case("5d", None)]
     fn durations(#[case] text: &str, #[case] millis: Option<u64>) {
         assert_eq!(parse_duration(text).map(|d| d.as_millis() as u64), millis);
+    }
+
+    /// The fuzzer's corpus (`fuzz/corpus/config`), run by the ordinary test suite.
+    #[test]
+    fn fuzz_corpus_gives_a_config_or_a_field_error() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/config");
+        let mut count = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if let Err(FieldError(field, message)) = parse(&String::from_utf8_lossy(&std::fs::read(&path).unwrap())) {
+                assert!(!field.is_empty() && !message.is_empty(), "{}", path.display());
+            }
+            count += 1;
+        }
+        assert!(count >= 4, "only {count} files in {dir}");
     }
 
     proptest::proptest! {

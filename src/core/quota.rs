@@ -154,7 +154,7 @@ impl QuotaBook {
         for quota in self.hard.values().filter(|q| q.namespace == namespace) {
             for (resource, amount) in need.iter() {
                 if let Some(limit) = quota.hard.get(resource)
-                    && used.get(resource) + amount > limit
+                    && used.get(resource).saturating_add(amount) > limit
                 {
                     return Err(QuotaExceeded {
                         quota: format!("ResourceQuota {namespace}/{}", quota.name),
@@ -171,7 +171,7 @@ impl QuotaBook {
         let Some(quota) = self.elastic.get(namespace) else { return Ok(()) };
         let name = format!("ElasticQuota {namespace}/{}", quota.name);
         for (resource, amount) in need.iter() {
-            let after = used.get(resource) + amount;
+            let after = used.get(resource).saturating_add(amount);
             let exceeded = |limit: i64, kind: QuotaLimit| QuotaExceeded {
                 quota: name.clone(),
                 namespace: namespace.to_string(),
@@ -195,7 +195,10 @@ impl QuotaBook {
             // that the others leave unused.
             let lendable = self.pool_room(resource, &usage_of);
             if amount > lendable {
-                return Err(exceeded(used.get(resource) + lendable, QuotaLimit::Borrow { min, lendable }));
+                return Err(exceeded(
+                    used.get(resource).saturating_add(lendable),
+                    QuotaLimit::Borrow { min, lendable },
+                ));
             }
         }
         Ok(())
@@ -203,8 +206,10 @@ impl QuotaBook {
 
     /// The sum of every ElasticQuota's min less the sum of their usage.
     fn pool_room<'a>(&self, resource: &str, usage_of: &impl Fn(&str) -> Option<&'a Resources>) -> i64 {
-        let min: i64 = self.elastic.values().map(|q| q.min.get(resource).unwrap_or(0)).sum();
-        let used: i64 = self.elastic.values().map(|q| usage_of(&q.namespace).map_or(0, |u| u.get(resource))).sum();
+        // Saturating: absurd mins (the API server takes "5E") must not overflow.
+        let sum = |amounts: &mut dyn Iterator<Item = i64>| amounts.fold(0i64, i64::saturating_add);
+        let min = sum(&mut self.elastic.values().map(|q| q.min.get(resource).unwrap_or(0)));
+        let used = sum(&mut self.elastic.values().map(|q| usage_of(&q.namespace).map_or(0, |u| u.get(resource))));
         (min - used).max(0)
     }
 
@@ -233,6 +238,19 @@ mod tests {
 
     fn gpus(n: i64) -> Resources {
         Resources::new().with(GPU, n)
+    }
+
+    #[test]
+    fn absurd_amounts_are_refused_without_overflow() {
+        let mut book = QuotaBook::default();
+        book.set_elastic(eq("a", 5_000_000_000_000_000_000, 6_000_000_000_000_000_000));
+        book.set_elastic(eq("b", 5_000_000_000_000_000_000, i64::MAX));
+        book.set_hard(HardQuota { namespace: "c".into(), name: "hard".into(), hard: limits(16) });
+        let usage: HashMap<String, Resources> =
+            [("a".to_string(), gpus(i64::MAX)), ("b".to_string(), gpus(1)), ("c".to_string(), gpus(8))].into();
+        assert_eq!(book.check("a", &gpus(i64::MAX), |ns| usage.get(ns)).unwrap_err().kind, QuotaLimit::Max);
+        assert!(book.check("b", &gpus(i64::MAX - 1), |ns| usage.get(ns)).is_err());
+        assert_eq!(book.check("c", &gpus(i64::MAX), |ns| usage.get(ns)).unwrap_err().kind, QuotaLimit::Hard);
     }
 
     #[test]

@@ -146,13 +146,16 @@ impl ClusterSnapshot {
         let Some(info) = self.nodes.get(name) else { return };
         let Some(spec) = &info.spec else { return };
         let gpus = spec.allocatable.get(GPU).max(0) as usize;
+        // A report listing more or fewer GPUs than the node offers describes
+        // another machine (or a stale one): the template is safer than indices
+        // the device plugin does not have.
         let topology = match self.reported.get(name) {
-            Some(t) => Some(t.clone()),
-            None if gpus > 0 => {
+            Some(t) if t.gpus.len() == gpus => Some(t.clone()),
+            _ if gpus > 0 => {
                 let product = spec.labels.get(GPU_PRODUCT_LABEL).map(String::as_str);
                 Some(templates::for_labels(product, gpus.min(64)))
             }
-            None => None,
+            _ => None,
         };
         let model = topology.map(|t| {
             let table = self.settings.link_bandwidth;
@@ -194,6 +197,14 @@ impl ClusterSnapshot {
             p.gpus = info.gpu_model.as_ref().and_then(|m| m.choose(free, wanted)).map_or(0, |c| c.gpus);
             add_holders(&mut info.gpu_holders, p.gpus);
         }
+    }
+
+    /// For a node whose agent report is not used because it lists another
+    /// number of GPUs than the node offers: the two numbers (reported, offered).
+    pub fn unused_report(&self, node: &str) -> Option<(usize, usize)> {
+        let reported = self.reported.get(node)?.gpus.len();
+        let offered = self.nodes.get(node)?.spec.as_ref()?.allocatable.get(GPU).max(0) as usize;
+        (reported != offered).then_some((reported, offered))
     }
 
     /// Nodes with an agent report.
@@ -537,6 +548,20 @@ mod tests {
         assert!(!s.set_reported_topology("n", Some(templates::nvswitch(8, 12, "A100"))));
         let model = s.node("n").unwrap().gpu_model.clone().unwrap();
         assert_eq!(model.ring_bandwidth(0b11), 300.0);
+    }
+
+    #[test]
+    fn a_report_with_another_number_of_gpus_than_the_node_offers_is_not_used() {
+        let mut s = ClusterSnapshot::new();
+        s.upsert_node(node("n", 8));
+        for gpus in [16, 4] {
+            s.set_reported_topology("n", Some(templates::nvswitch(gpus, 12, "A100")));
+            assert_eq!(s.node("n").unwrap().gpu_model.as_ref().unwrap().gpu_count(), 8, "the template");
+            assert_eq!(s.unused_report("n"), Some((gpus, 8)));
+        }
+        s.set_reported_topology("n", Some(templates::nvswitch(8, 12, "A100")));
+        assert_eq!(s.unused_report("n"), None);
+        assert_eq!(s.node("n").unwrap().gpu_model.as_ref().unwrap().ring_bandwidth(0b11), 300.0, "the report");
     }
 
     #[test]

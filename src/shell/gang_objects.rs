@@ -138,6 +138,14 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_min_member_is_read_as_it_is() {
+        // The gang scheduler then says no cluster holds that many pods.
+        let GangObject::Valid(spec) = pod_group(&group(json!({"minMember": i32::MAX}))).1 else { panic!() };
+        assert_eq!(spec.min_member, i32::MAX as usize);
+        assert!(problem(pod_group(&group(json!({"minMember": i32::MIN}))).1).contains("is -2147483648"));
+    }
+
+    #[test]
     fn bad_pod_groups_name_the_field() {
         assert_eq!(
             problem(pod_group(&group(json!({"minMember": 0}))).1),

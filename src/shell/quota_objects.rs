@@ -175,6 +175,13 @@ mod tests {
             elastic_quota(&negative).unwrap_err().to_string(),
             "elasticquota team-a/quota: spec.max[nvidia.com/gpu]: \"-1\" is negative"
         );
+        let absurd: ElasticQuotaObject = object(json!({"spec": {"max": {"nvidia.com/gpu": "1e30"}}}));
+        assert_eq!(
+            elastic_quota(&absurd).unwrap_err().to_string(),
+            "elasticquota team-a/quota: spec.max[nvidia.com/gpu]: \"1e30\" is too large"
+        );
+        let huge: ElasticQuotaObject = object(json!({"spec": {"max": {"memory": "7Ei"}}}));
+        assert_eq!(elastic_quota(&huge).unwrap().max.get(MEMORY), Some(7 << 60), "large but representable");
         let garbage: ElasticQuotaObject = object(json!({"spec": {"min": {"cpu": "lots"}}}));
         assert_eq!(elastic_quota(&garbage).unwrap_err().field, "spec.min[cpu]");
         let inverted: ElasticQuotaObject =

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ObjectReference;
+use kube::Resource;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, info_span, warn};
 
@@ -21,6 +22,7 @@ use super::leader_election::Leadership;
 use super::metrics::{Metrics, QuotaUsage};
 use super::quota_objects::Quota;
 use super::reporter::{Report, Reporter};
+use crate::api::gpu_topology::GPUTopology;
 use crate::core::disruption::DisruptionBudget;
 use crate::core::framework::Profile;
 use crate::core::gang::{GangId, GangObject};
@@ -28,7 +30,7 @@ use crate::core::gang_scheduler::{GangDecision, GangScheduler, WaitReason};
 use crate::core::pod::{PodInfo, PodKey, PodPhase};
 use crate::core::queue::{GangKey, SchedulingQueue};
 use crate::core::quota::QuotaKind;
-use crate::core::resources::Resources;
+use crate::core::resources::{GPU, Resources};
 use crate::core::snapshot::{ClusterSnapshot, PlacementState};
 use crate::explain::{ExplainError, GangExplanation, SchedulerState, Target, explain_gang};
 
@@ -445,6 +447,22 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
         self.reporter.send(Report::Event { regarding, warning: true, reason, message });
     }
 
+    fn report_unused_topology(&mut self, node: &str, reported: usize, offered: usize) {
+        let message = format!(
+            "gputopology {node}: spec.gpus: lists {reported} GPUs but node {node} offers {offered} {GPU}; \
+             the built-in template is used instead"
+        );
+        warn!(%message, "topology report not used");
+        self.metrics.invalid_objects.inc();
+        let regarding = ObjectReference {
+            api_version: Some(GPUTopology::api_version(&()).into_owned()),
+            kind: Some(GPUTopology::kind(&()).into_owned()),
+            name: Some(node.to_string()),
+            ..Default::default()
+        };
+        self.reporter.send(Report::Event { regarding, warning: true, reason: "InvalidObject", message });
+    }
+
     /// Applies one watch event. Returns whether capacity may have been freed
     /// or added (so that waiting pods deserve another look).
     fn apply_event(&mut self, event: ClusterEvent) -> bool {
@@ -472,6 +490,9 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
             ClusterEvent::PodDeleted { uid } => self.forget_pod(&uid),
             ClusterEvent::TopologyApplied(report) => {
                 let changed = self.snapshot.set_reported_topology(&report.node, Some(report.topology));
+                if let Some((reported, offered)) = self.snapshot.unused_report(&report.node).filter(|_| changed) {
+                    self.report_unused_topology(&report.node, reported, offered);
+                }
                 let corrected = self.snapshot.correct_gpus(&report.node, &report.pod_gpus);
                 changed || corrected > 0
             }

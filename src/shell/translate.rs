@@ -495,6 +495,40 @@ mod tests {
         assert!(err.field.ends_with("nodeSelectorTerms[0].matchExpressions[0].values"), "{}", err.field);
     }
 
+    /// Quantities the API server may let through (or that come from an older
+    /// or hostile writer): whole units rounded up as kube does, the rest an
+    /// error naming the container and resource.
+    #[test]
+    fn absurd_and_negative_quantities() {
+        let requesting = |resource: &str, amount: &str| {
+            pod_info(&pod(json!({"containers": [{"name": "a", "resources": {"requests": {resource: amount}}}]})))
+        };
+        assert_eq!(requesting(GPU, "1e18").unwrap().requests.get(GPU), 1_000_000_000_000_000_000);
+        assert_eq!(requesting(GPU, "0.5").unwrap().requests.get(GPU), 1, "rounded up, as kube's Value()");
+        for (resource, amount, message) in
+            [(GPU, "-1", "is negative"), (MEMORY, "999Ei", "is too large"), (GPU, "1e19", "is too large")]
+        {
+            let err = requesting(resource, amount).unwrap_err();
+            assert_eq!(err.object, "pod team-a/w-0");
+            assert_eq!(err.field, format!("spec.containers[0].resources.requests[{resource}]"));
+            assert!(err.message.contains(message), "{amount}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn priority_extremes_and_odd_group_labels_are_taken_as_they_are() {
+        for priority in [i32::MIN, i32::MAX] {
+            let mut p = pod(json!({"containers": [{"name": "a"}], "priority": priority}));
+            p.metadata.labels = Some([(POD_GROUP_LABEL.to_string(), "Not_A.DNS-name".to_string())].into());
+            let info = pod_info(&p).unwrap();
+            assert_eq!(info.priority, priority);
+            assert_eq!(info.job, Some(GangId::new(GangKind::PodGroup, "team-a", "Not_A.DNS-name")));
+        }
+        let mut p = pod(json!({"containers": [{"name": "a"}]}));
+        p.metadata.labels = Some([(POD_GROUP_LABEL.to_string(), String::new())].into());
+        assert_eq!(pod_info(&p).unwrap().job, None, "an empty group label names no gang");
+    }
+
     #[test]
     fn node_translation_reads_readiness_taints_and_allocatable() {
         let node: Node = serde_json::from_value(json!({
@@ -540,6 +574,54 @@ mod topology_report_tests {
         let r = topology_report(&report(vec![pd])).unwrap();
         assert_eq!(r.node, "gpu-1");
         assert_eq!(r.pod_gpus[0].1, vec![3, 5]);
+    }
+
+    /// The fuzzer's corpus (`fuzz/corpus/gpu_topology`, resources in YAML or
+    /// JSON), run by the ordinary test suite: what is accepted builds a GPU
+    /// model; what is refused names the resource and a field.
+    #[test]
+    fn fuzz_corpus_is_decoded_or_refused_by_field() {
+        use crate::core::topology::gpu_choice::NodeGpuModel;
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/gpu_topology");
+        let (mut accepted, mut count) = (0, 0);
+        for entry in std::fs::read_dir(dir).unwrap() {
+            count += 1;
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            let Ok(resource) = serde_yaml_ng::from_slice::<GPUTopology>(&bytes) else { continue };
+            match topology_report(&resource) {
+                Ok(report) => {
+                    let model = NodeGpuModel::new(report.topology, &Default::default());
+                    for k in 0..=model.gpu_count() {
+                        let chosen = model.choose(model.all_gpus(), k).map(|c| c.gpus.count_ones() as usize);
+                        assert!(chosen.is_none_or(|n| n == k));
+                    }
+                    accepted += 1;
+                }
+                Err(e) => assert!(e.object.starts_with("gputopology ") && !e.field.is_empty(), "{e}"),
+            }
+        }
+        assert!(count >= 10 && accepted >= 5, "{accepted} of {count} files in {dir} accepted");
+    }
+
+    #[test]
+    fn malformed_topologies_name_what_is_wrong() {
+        let mut duplicate = report(vec![]);
+        duplicate.spec.topology.gpus[5].index = 2;
+        let err = topology_report(&duplicate).unwrap_err();
+        assert_eq!((err.object.as_str(), err.field.as_str()), ("gputopology gpu-1", "spec"));
+        assert_eq!(err.message, "gpus[5].index 2 appears twice");
+        let mut short = report(vec![]);
+        short.spec.topology.links.truncate(3);
+        assert_eq!(topology_report(&short).unwrap_err().message, "links has 3 rows for 8 GPUs");
+        let mut wide = report(vec![]);
+        wide.spec.topology.links[4].push(crate::core::topology::model::Link::Sys);
+        assert_eq!(topology_report(&wide).unwrap_err().message, "links[4] has 9 entries for 8 GPUs");
+        let mut many = report(vec![]);
+        many.spec.topology = templates::nvswitch(65, 18, "H100");
+        assert!(topology_report(&many).unwrap_err().message.contains("65 GPUs"));
+        let pd = PodDevices { namespace: "a".into(), name: "w".into(), device_ids: vec!["99".into()] };
+        let err = topology_report(&report(vec![pd])).unwrap_err();
+        assert_eq!(err.message, "\"99\" is not a GPU of this node");
     }
 
     #[test]

@@ -93,11 +93,13 @@ impl ScorePlugin for NodeResourcesFit {
             if capacity <= 0 {
                 continue;
             }
-            let used = (usage.requested.get(name) + pod.requests.get(name)).min(capacity);
+            // In i128: a node may report petabytes of memory, and 100 times that overflows i64.
+            let capacity = i128::from(capacity);
+            let used = (i128::from(usage.requested.get(name)) + i128::from(pod.requests.get(name))).min(capacity);
             let share = match self.args.strategy {
                 ScoringStrategy::MostAllocated => used * 100 / capacity,
                 ScoringStrategy::LeastAllocated => (capacity - used) * 100 / capacity,
-            };
+            } as i64;
             total += share * weight;
             weights += weight;
         }
@@ -124,6 +126,19 @@ mod tests {
         let full = NodeInfo { requested: Resources::new().with(GPU, 7).with(PODS, 110), ..usage };
         let err = plugin.filter(&gpu_pod("p", 2), &gpu_node("n", 8), &full).unwrap_err();
         assert_eq!(err.0, vec!["Insufficient nvidia.com/gpu", "Too many pods"]);
+    }
+
+    #[test]
+    fn petabytes_of_memory_score_without_overflow() {
+        let plugin = NodeResourcesFit::new(Default::default());
+        let mut node = gpu_node("n", 8);
+        node.allocatable.add(&Resources::new().with(MEMORY, 128 << 50));
+        let usage = NodeInfo { requested: Resources::new().with(MEMORY, i64::MAX), ..Default::default() };
+        let pod = gpu_pod("p", 2);
+        let snapshot = ClusterSnapshot::new();
+        let ctx = ScoreContext { pod: &pod, snapshot: &snapshot, job: None };
+        assert!((0..=100).contains(&plugin.score(&ctx, &node, &usage)));
+        assert!((0..=100).contains(&plugin.score(&ctx, &node, &NodeInfo::default())));
     }
 
     #[test]

@@ -153,6 +153,23 @@ mod tests {
         assert_eq!(levels.bandwidth(&c, &d), 10.0);
     }
 
+    /// Contradictory labels (one NVLink domain claimed by nodes of two
+    /// blocks, one block under two spines): the tree wins, each claim is a
+    /// domain of its own, so no placement counts on a link that cannot exist.
+    #[test]
+    fn a_domain_claimed_under_two_parents_is_two_domains() {
+        const NVLINK: &str = "network.topology.nvidia.com/accelerator";
+        let levels = DomainLevels::default();
+        let mut index = DomainIndex::default();
+        let a = levels.domains_of(&labels(&[(NVLINK, "nvl-0"), (BLOCK, "b0"), (SPINE, "s0")]), &mut index);
+        let b = levels.domains_of(&labels(&[(NVLINK, "nvl-0"), (BLOCK, "b1"), (SPINE, "s0")]), &mut index);
+        let c = levels.domains_of(&labels(&[(NVLINK, "nvl-0"), (BLOCK, "b1"), (SPINE, "s1")]), &mut index);
+        assert_ne!(a[0], b[0]);
+        assert_eq!(DomainLevels::shared_level(&a, &b), Some(2), "only the spine is shared");
+        assert_eq!(DomainLevels::shared_level(&b, &c), None, "b1 under s0 and b1 under s1 share nothing");
+        assert_eq!(index.describe(b[0].unwrap()), "nvl-0 (b1/s0)");
+    }
+
     #[test]
     fn missing_labels_keep_the_node_in_wider_domains() {
         let levels = DomainLevels::default();
