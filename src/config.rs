@@ -202,7 +202,12 @@ fn bad(field: impl Into<String>, message: impl Into<String>) -> FieldError {
 pub fn load(path: &Path) -> Result<SchedulerConfig, ConfigError> {
     let text =
         std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-    parse(&text).map_err(|FieldError(field, message)| ConfigError::Invalid { path: path.to_path_buf(), field, message })
+    from_text(&text, path)
+}
+
+/// Parses configuration text; `path` names it in errors.
+pub fn from_text(text: &str, path: &Path) -> Result<SchedulerConfig, ConfigError> {
+    parse(text).map_err(|FieldError(field, message)| ConfigError::Invalid { path: path.to_path_buf(), field, message })
 }
 
 fn parse(text: &str) -> Result<SchedulerConfig, FieldError> {
