@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 use thiserror::Error;
@@ -59,34 +61,48 @@ fn steps(samples: &[Sample], value: impl Fn(&Sample) -> f64) -> Vec<(f64, f64)> 
     points
 }
 
+/// A chart on `area` over `0..end` seconds and `0..y_max`, its axes and grid drawn.
+fn panel<'a, 'b>(
+    area: &'a DrawingArea<BitMapBackend<'b>, Shift>,
+    title: &str,
+    y_desc: &str,
+    end: f64,
+    y_max: f64,
+    text: bool,
+) -> Result<ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>, String> {
+    let label_area = if text { 50 } else { 5 };
+    let mut builder = ChartBuilder::on(area);
+    builder.margin(12).x_label_area_size(label_area).y_label_area_size(label_area + 10);
+    if text {
+        builder.caption(title, (FAMILY, 22));
+    }
+    let mut chart = builder.build_cartesian_2d(0.0..end, 0.0..y_max).map_err(|e| e.to_string())?;
+    let mut mesh = chart.configure_mesh();
+    if text {
+        mesh.x_desc("time (s)").y_desc(y_desc);
+    } else {
+        mesh.x_labels(0).y_labels(0);
+    }
+    mesh.draw().map_err(|e| e.to_string())?;
+    Ok(chart)
+}
+
 pub fn draw(outcome: &Outcome, path: &Path, text: bool) -> Result<(), PlotError> {
-    let fail = |e: &dyn std::fmt::Display| PlotError { path: path.display().to_string(), message: e.to_string() };
+    let fail = |message: String| PlotError { path: path.display().to_string(), message };
     let samples = &outcome.samples;
     let end = samples.last().map_or(1.0, |s| s.at.as_secs_f64()).max(1.0);
     let total = outcome.total_gpus.max(1) as f64;
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| fail(&e))?;
+    root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
     let (top, bottom) = root.split_vertically(SIZE.1 / 2);
-    let label_area = if text { 50 } else { 5 };
 
-    let mut gpus = ChartBuilder::on(&top);
-    gpus.margin(12).x_label_area_size(label_area).y_label_area_size(label_area + 10);
-    if text {
-        gpus.caption("GPUs over simulated time", (FAMILY, 22));
-    }
-    let mut gpus = gpus.build_cartesian_2d(0.0..end, 0.0..105.0).map_err(|e| fail(&e))?;
-    let mut mesh = gpus.configure_mesh();
-    if text {
-        mesh.x_desc("time (s)").y_desc("% of GPUs");
-    } else {
-        mesh.x_labels(0).y_labels(0);
-    }
-    mesh.draw().map_err(|e| fail(&e))?;
+    let mut gpus = panel(&top, "GPUs over simulated time", "% of GPUs", end, 105.0, text).map_err(fail)?;
     let allocated = steps(samples, |s| s.allocated_gpus as f64 * 100.0 / total);
     let stranded = steps(samples, |s| s.stranded_gpus as f64 * 100.0 / total);
     let series = [("allocated", allocated, BLUE), ("stranded (free, fits no pending pod)", stranded, RED)];
     for (name, points, color) in series {
-        let drawn = gpus.draw_series(LineSeries::new(points, color.stroke_width(2))).map_err(|e| fail(&e))?;
+        let drawn =
+            gpus.draw_series(LineSeries::new(points, color.stroke_width(2))).map_err(|e| fail(e.to_string()))?;
         if text {
             drawn.label(name).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
         }
@@ -97,25 +113,14 @@ pub fn draw(outcome: &Outcome, path: &Path, text: bool) -> Result<(), PlotError>
             .border_style(BLACK)
             .position(SeriesLabelPosition::LowerRight)
             .draw()
-            .map_err(|e| fail(&e))?;
+            .map_err(|e| fail(e.to_string()))?;
     }
 
     let longest = samples.iter().map(|s| s.pending_pods).max().unwrap_or(0).max(1) as f64;
-    let mut queue = ChartBuilder::on(&bottom);
-    queue.margin(12).x_label_area_size(label_area).y_label_area_size(label_area + 10);
-    if text {
-        queue.caption("Queue length", (FAMILY, 22));
-    }
-    let mut queue = queue.build_cartesian_2d(0.0..end, 0.0..longest * 1.05).map_err(|e| fail(&e))?;
-    let mut mesh = queue.configure_mesh();
-    if text {
-        mesh.x_desc("time (s)").y_desc("pending pods");
-    } else {
-        mesh.x_labels(0).y_labels(0);
-    }
-    mesh.draw().map_err(|e| fail(&e))?;
+    let mut queue = panel(&bottom, "Queue length", "pending pods", end, longest * 1.05, text).map_err(fail)?;
     let pending = steps(samples, |s| s.pending_pods as f64);
-    queue.draw_series(LineSeries::new(pending, RGBColor(0, 130, 0).stroke_width(2))).map_err(|e| fail(&e))?;
-    root.present().map_err(|e| fail(&e))?;
+    let green = RGBColor(0, 130, 0).stroke_width(2);
+    queue.draw_series(LineSeries::new(pending, green)).map_err(|e| fail(e.to_string()))?;
+    root.present().map_err(|e| fail(e.to_string()))?;
     Ok(())
 }
