@@ -203,7 +203,12 @@ fn bad(field: impl Into<String>, message: impl Into<String>) -> FieldError {
 pub fn load(path: &Path) -> Result<SchedulerConfig, ConfigError> {
     let text =
         std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-    parse(&text).map_err(|FieldError(field, message)| ConfigError::Invalid { path: path.to_path_buf(), field, message })
+    from_text(&text, path)
+}
+
+/// Parses configuration text; `path` names it in errors.
+pub fn from_text(text: &str, path: &Path) -> Result<SchedulerConfig, ConfigError> {
+    parse(text).map_err(|FieldError(field, message)| ConfigError::Invalid { path: path.to_path_buf(), field, message })
 }
 
 /// The configuration in `text` (the contents of the file `load` reads).
@@ -709,6 +714,9 @@ mod tests {
         assert_eq!((le.lease_duration, le.renew_deadline), (Duration::from_secs(4), Duration::from_secs(3)));
         assert_eq!(le.retry_period, Duration::from_millis(500));
         assert_eq!((le.resource_namespace.as_str(), le.resource_name.as_str()), ("ops", "sched"));
+    }
+
+    #[test]
     fn broken_yaml_names_the_line() {
         let (field, message) = error_of(&format!("{MINIMAL}  plugins: [unclosed\n"));
         assert!(message.contains("line 5"), "{field}: {message}");

@@ -3,7 +3,8 @@
 //! `core` decides (pure, no I/O); `shell` watches and writes; `config` reads
 //! `deploy/scheduler-config.yaml`; `fleet` describes simulated GPU fleets;
 //! `agent` discovers a node's GPUs (NVML) and who holds them (kubelet);
-//! `workload` describes benchmark workloads (jobs to submit).
+//! `workload` describes benchmark workloads (jobs to submit); `sim` replays
+//! them through the core on a simulated clock (`phalanx simulate`).
 
 pub mod agent;
 pub mod api;
@@ -12,4 +13,5 @@ pub mod core;
 pub mod explain;
 pub mod fleet;
 pub mod shell;
+pub mod sim;
 pub mod workload;

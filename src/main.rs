@@ -78,6 +78,8 @@ enum Command {
         #[arg(long)]
         test_only: bool,
     },
+    /// Replay a trace of jobs against a fleet through the scheduler's core, on a simulated clock.
+    Simulate(cli::simulate::SimulateArgs),
     /// Create (or update) the fake GPU nodes a fleet file describes.
     Fleet {
         /// The fleet file (see e2e/fleets/).
@@ -115,6 +117,8 @@ fn main() -> anyhow::Result<()> {
                 cli::explain::run(cli::explain::ExplainOptions { kubeconfig, target, dot, config, scheduler, json })
                     .await
             }
+            // Simulated time: nothing awaits, nothing sleeps.
+            Command::Simulate(args) => cli::simulate::run(args),
             Command::Crds { write, test_only } => {
                 let manifests =
                     if test_only { phalanx::api::test_crd_manifests() } else { phalanx::api::crd_manifests() };

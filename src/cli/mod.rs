@@ -4,6 +4,7 @@ pub mod agent;
 pub mod explain;
 pub mod fleet;
 pub mod run;
+pub mod simulate;
 
 use std::path::Path;
 

@@ -10,7 +10,7 @@ use super::disruption::DisruptionBudget;
 use super::framework::Profile;
 use super::gang::{GangId, GangKind, GangObject, GangSpec};
 use super::gang_placement::{
-    GangPlacement, GangRequest, GangUnschedulable, Scope, nodes_to_hold, place_gang, placement_order,
+    GangPlacement, GangRequest, GangUnschedulable, MemberPlacement, Scope, nodes_to_hold, place_gang, placement_order,
 };
 use super::pod::PodInfo;
 use super::preemption::{PreemptionPlan, PreemptionRules, PreemptionSettings, plan_preemption};
@@ -101,6 +101,14 @@ impl GangVerdict {
     fn plain(decision: GangDecision, warnings: Vec<String>) -> Self {
         Self { decision, warnings, preemption_tried: false, detail: WaitDetail::default() }
     }
+}
+
+/// A decision with the queue already moved as it implies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    pub verdict: GangVerdict,
+    /// For a `Bind`: each placed member with its pod, taken out of the queue.
+    pub placed: Vec<(MemberPlacement, PodInfo)>,
 }
 
 /// Nodes held for the gang at the head of the line.
@@ -250,6 +258,69 @@ impl GangScheduler {
         let at = self.holds.iter().position(|h| ranks_above(rank, h.rank)).unwrap_or(self.holds.len());
         self.holds.insert(at, Hold { owner: key.clone(), rank, nodes });
         self.holds.truncate(MAX_HOLDS);
+    }
+
+    /// Decides for the gang `key` just popped from `queue`, then moves its
+    /// queue entry as the decision implies: placed members leave the queue,
+    /// members beyond minMember without room wait for a cluster change, a
+    /// gang short of members waits for them, a timed-out one starts a new run
+    /// of attempts after backoff. The scheduler's loop and the simulator both
+    /// drive the core through here, so they move the queue the same way.
+    pub fn decide_and_settle(
+        &mut self,
+        key: &GangKey,
+        profiles: &HashMap<String, Profile>,
+        snapshot: &mut ClusterSnapshot,
+        queue: &mut SchedulingQueue,
+        now: Instant,
+    ) -> Settled {
+        // Before the decision: a placement releases the gang's hold.
+        let was_head = self.hold_of(key).is_some();
+        let verdict = self.decide(key, profiles, snapshot, queue, now);
+        let mut placed = Vec::new();
+        match &verdict.decision {
+            GangDecision::Bind(placement) => {
+                for member in &placement.members {
+                    if let Some(pod) = queue.remove(&member.uid) {
+                        placed.push((member.clone(), pod));
+                    }
+                }
+                if queue.member_count(key) > 0 {
+                    // Members beyond minMember that found no room yet.
+                    queue.mark_unschedulable(key, now);
+                }
+                if was_head {
+                    // The next gang in line is tried now, before smaller ones
+                    // coming out of backoff take what it needs.
+                    self.retry_head(queue);
+                }
+            }
+            GangDecision::Wait(_) => queue.wait(key),
+            GangDecision::Preempt { .. } => queue.mark_unschedulable(key, now),
+            GangDecision::Unschedulable { timed_out: Some(_), .. } => {
+                queue.restart_clock(key);
+                queue.retry_later(key, now);
+            }
+            GangDecision::Unschedulable { timed_out: None, .. } => queue.mark_unschedulable(key, now),
+            GangDecision::Drop => {
+                for uid in queue.members(key).map(|p| p.uid.clone()).collect::<Vec<_>>() {
+                    queue.remove(&uid);
+                }
+            }
+        }
+        Settled { verdict, placed }
+    }
+
+    /// The gangs at the head of the line skip their backoff when capacity
+    /// may have freed: those holding nodes, else the highest-ranked waiting one.
+    pub fn retry_head(&self, queue: &mut SchedulingQueue) {
+        let mut heads: Vec<GangKey> = self.holds().map(|(owner, _)| owner.clone()).collect();
+        if heads.is_empty() {
+            heads.extend(queue.head_waiting().cloned());
+        }
+        for head in heads {
+            queue.retry_now(&head);
+        }
     }
 
     /// Decides for the gang `key` just popped from `queue`.

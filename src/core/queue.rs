@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 use super::gang::GangId;
 use super::pod::PodInfo;
 
+/// Unschedulable gangs are retried at least this often even if no event
+/// suggests they might fit (a safety net, as kube-scheduler has).
+pub const UNSCHEDULABLE_FLUSH: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackoffPolicy {
     pub initial: Duration,

@@ -26,9 +26,9 @@ use crate::api::gpu_topology::GPUTopology;
 use crate::core::disruption::DisruptionBudget;
 use crate::core::framework::Profile;
 use crate::core::gang::{GangId, GangObject};
-use crate::core::gang_scheduler::{GangDecision, GangScheduler, WaitReason};
+use crate::core::gang_scheduler::{GangDecision, GangScheduler, Settled, WaitReason};
 use crate::core::pod::{PodInfo, PodKey, PodPhase};
-use crate::core::queue::{GangKey, SchedulingQueue};
+use crate::core::queue::{GangKey, SchedulingQueue, UNSCHEDULABLE_FLUSH};
 use crate::core::quota::QuotaKind;
 use crate::core::resources::{GPU, Resources};
 use crate::core::snapshot::{ClusterSnapshot, PlacementState};
@@ -37,9 +37,6 @@ use crate::explain::{ExplainError, GangExplanation, SchedulerState, Target, expl
 /// Decisions made between two looks at the event channels: enough to amortise
 /// the look, few enough that events are not left waiting.
 const DECISIONS_PER_ROUND: usize = 128;
-/// Unschedulable pods are retried at least this often even if no event
-/// suggests they might fit (a safety net, as kube-scheduler has).
-const UNSCHEDULABLE_FLUSH: Duration = Duration::from_secs(60);
 /// An unchanged unschedulable message is reported again only after this long.
 const REPORT_REPEAT: Duration = Duration::from_secs(30);
 /// How often quota usage is published as metrics.
@@ -265,7 +262,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
             }
             if std::mem::take(&mut changed) {
                 self.queue.cluster_changed(now);
-                self.retry_head();
+                self.gangs.retry_head(&mut self.queue);
             }
             let busy = self.is_ready() && self.may_decide() && self.schedule_round();
             self.publish_queue_lengths();
@@ -324,38 +321,27 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
         let _entered = span.enter();
         let started = Instant::now();
         let now = Instant::now();
-        let verdict = self.gangs.decide(&key, &self.profiles, &mut self.snapshot, &self.queue, now);
         let profile = self.queue.members(&key).next().map(|p| p.scheduler_name.clone()).unwrap_or_default();
+        let Settled { verdict, placed } =
+            self.gangs.decide_and_settle(&key, &self.profiles, &mut self.snapshot, &mut self.queue, now);
         for warning in &verdict.warnings {
             self.report_gang(&key, "GangMembersDisagree", warning.clone());
         }
         match verdict.decision {
             GangDecision::Bind(placement) => {
                 self.waiting.remove(&key);
-                let was_head = self.gangs.holds().any(|(owner, _)| *owner == key);
                 debug!(members = placement.members.len(), scope = ?placement.scope, "placed");
                 self.metrics.attempt("scheduled", &profile, started.elapsed().as_secs_f64());
-                for member in placement.members {
-                    let Some(pod) = self.queue.remove(&member.uid) else { continue };
+                for (member, pod) in placed {
                     self.last_report.remove(&member.uid);
                     self.binder.bind(member.uid.clone(), member.key, member.node, member.gpu_indices);
                     self.binding.insert(member.uid, pod);
                 }
-                if self.queue.member_count(&key) > 0 {
-                    // Members beyond minMember that found no room yet.
-                    self.queue.mark_unschedulable(&key, now);
-                }
                 self.last_gang_report.remove(&key);
-                if was_head {
-                    // The next gang in line is tried now, before smaller ones
-                    // coming out of backoff take what it needs.
-                    self.retry_head();
-                }
             }
             GangDecision::Wait(message) => {
                 debug!(%message, "waiting");
                 self.waiting.insert(key.clone(), WaitReason::Members);
-                self.queue.wait(&key);
                 self.report_members(&key, &message);
                 self.report_gang(&key, "Waiting", message);
             }
@@ -371,7 +357,6 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
                     self.reporter.send(Report::Nominated { key: member.key, uid: member.uid, node: member.node });
                 }
                 self.waiting.insert(key.clone(), WaitReason::Preempting);
-                self.queue.mark_unschedulable(&key, now);
                 self.report_gang(&key, "Preempting", message.clone());
                 self.report_members(&key, &message);
             }
@@ -382,33 +367,11 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
                 }
                 debug!(%message, attempts = self.queue.attempts(&key), "unschedulable");
                 self.metrics.attempt("unschedulable", &profile, started.elapsed().as_secs_f64());
-                if timed_out.is_some() {
-                    self.queue.restart_clock(&key);
-                    self.queue.retry_later(&key, now);
-                    self.report_gang(&key, "GangTimeout", message.clone());
-                } else {
-                    self.queue.mark_unschedulable(&key, now);
-                    self.report_gang(&key, "FailedScheduling", message.clone());
-                }
+                let reason = if timed_out.is_some() { "GangTimeout" } else { "FailedScheduling" };
+                self.report_gang(&key, reason, message.clone());
                 self.report_members(&key, &message);
             }
-            GangDecision::Drop => {
-                for uid in self.queue.members(&key).map(|p| p.uid.clone()).collect::<Vec<_>>() {
-                    self.queue.remove(&uid);
-                }
-            }
-        }
-    }
-
-    /// The gangs at the head of the line skip their backoff when capacity
-    /// may have freed: those holding nodes, else the highest-ranked waiting one.
-    fn retry_head(&mut self) {
-        let mut heads: Vec<GangKey> = self.gangs.holds().map(|(owner, _)| owner.clone()).collect();
-        if heads.is_empty() {
-            heads.extend(self.queue.head_waiting().cloned());
-        }
-        for head in heads {
-            self.queue.retry_now(&head);
+            GangDecision::Drop => {}
         }
     }
 
