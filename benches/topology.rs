@@ -15,23 +15,11 @@ use phalanx::core::pod::PodInfo;
 use phalanx::core::resources::{CPU, GPU, PODS, Resources};
 use phalanx::core::schedule::choose_node;
 use phalanx::core::snapshot::{ClusterSnapshot, GPU_PRODUCT_LABEL};
-use phalanx::core::testing;
+use phalanx::core::testing::{self, Rng};
 use phalanx::core::topology::gpu_choice::{GpuMask, NodeGpuModel, ring_by_search};
 use phalanx::core::topology::graph::LinkBandwidth;
 use phalanx::core::topology::model::GpuTopology;
 use phalanx::core::topology::nvidia_smi;
-
-/// xorshift64*: reproducible without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
