@@ -83,8 +83,8 @@ fn main() {
         let build = start.elapsed();
         let cases: Vec<(GpuMask, usize)> = (0..scale(10_000))
             .map(|_| {
-                let free = rng.next() & model.all_gpus();
-                (free, 1 + (rng.next() as usize % free.count_ones().max(1) as usize))
+                let free = rng.next_u64() & model.all_gpus();
+                (free, 1 + (rng.next_u64() as usize % free.count_ones().max(1) as usize))
             })
             .collect();
         let mut sink = 0u64;
@@ -110,7 +110,7 @@ fn main() {
         let model = NodeGpuModel::new(topology, &table);
         let (mut sum_ours, mut sum_ff, mut worst_ours, mut worst_ff, mut cases) = (0.0, 0.0, 1.0f64, 1.0f64, 0usize);
         for _ in 0..scale(300) {
-            let free = rng.next() & model.all_gpus();
+            let free = rng.next_u64() & model.all_gpus();
             for k in 2..=free.count_ones() as usize {
                 let best = (0..=model.all_gpus())
                     .filter(|s| s & !free == 0 && s.count_ones() as usize == k)
@@ -168,7 +168,7 @@ fn main() {
                 ready: true,
                 allocatable: Resources::new().with(GPU, 8).with(CPU, 224_000).with(PODS, 110),
             });
-            let used = (0..8).filter(|_| (rng.next() % 1000) as f64 / 1000.0 < occupancy).count() as i64;
+            let used = (0..8).filter(|_| (rng.next_u64() % 1000) as f64 / 1000.0 < occupancy).count() as i64;
             if used > 0 {
                 let mut holder = pod(used);
                 holder.uid = format!("holder-{i}");
