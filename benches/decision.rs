@@ -163,7 +163,7 @@ impl Fleet {
                 while self.free_gpus(node) > 0 {
                     job += 1;
                     let gpus = 1 << self.free_gpus(node).ilog2().min(2);
-                    let p = pod(&format!("fill-{job}"), gpus, None, rng.below(100) as i32, 1_700_000_000 + job as i64);
+                    let p = pod(&format!("fill-{job}"), gpus, None, rng.below(100) as i32, 1_700_000_000 + job);
                     self.bind(&p, node);
                 }
             }
