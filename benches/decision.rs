@@ -88,6 +88,8 @@ fn pod(name: &str, gpus: i64, job: Option<&GangId>, priority: i32, created: i64)
 /// A fleet, the jobs already running on it, and the gang objects they name.
 struct Fleet {
     snapshot: ClusterSnapshot,
+    /// Node count (the snapshot counts them by walking them).
+    nodes: usize,
     objects: Vec<(GangId, GangSpec)>,
     gpus_used: usize,
 }
@@ -98,11 +100,11 @@ impl Fleet {
         for i in 0..nodes {
             snapshot.upsert_node(h100_node(i));
         }
-        Self { snapshot, objects: vec![], gpus_used: 0 }
+        Self { snapshot, nodes, objects: vec![], gpus_used: 0 }
     }
 
     fn nodes(&self) -> usize {
-        self.snapshot.node_count()
+        self.nodes
     }
 
     fn free_gpus(&self, i: usize) -> usize {
