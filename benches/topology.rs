@@ -15,23 +15,11 @@ use phalanx::core::pod::PodInfo;
 use phalanx::core::resources::{CPU, GPU, PODS, Resources};
 use phalanx::core::schedule::choose_node;
 use phalanx::core::snapshot::{ClusterSnapshot, GPU_PRODUCT_LABEL};
-use phalanx::core::testing;
+use phalanx::core::testing::{self, Rng};
 use phalanx::core::topology::gpu_choice::{GpuMask, NodeGpuModel, ring_by_search};
 use phalanx::core::topology::graph::LinkBandwidth;
 use phalanx::core::topology::model::GpuTopology;
 use phalanx::core::topology::nvidia_smi;
-
-/// xorshift64*: reproducible without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -95,8 +83,8 @@ fn main() {
         let build = start.elapsed();
         let cases: Vec<(GpuMask, usize)> = (0..scale(10_000))
             .map(|_| {
-                let free = rng.next() & model.all_gpus();
-                (free, 1 + (rng.next() as usize % free.count_ones().max(1) as usize))
+                let free = rng.next_u64() & model.all_gpus();
+                (free, 1 + (rng.next_u64() as usize % free.count_ones().max(1) as usize))
             })
             .collect();
         let mut sink = 0u64;
@@ -122,7 +110,7 @@ fn main() {
         let model = NodeGpuModel::new(topology, &table);
         let (mut sum_ours, mut sum_ff, mut worst_ours, mut worst_ff, mut cases) = (0.0, 0.0, 1.0f64, 1.0f64, 0usize);
         for _ in 0..scale(300) {
-            let free = rng.next() & model.all_gpus();
+            let free = rng.next_u64() & model.all_gpus();
             for k in 2..=free.count_ones() as usize {
                 let best = (0..=model.all_gpus())
                     .filter(|s| s & !free == 0 && s.count_ones() as usize == k)
@@ -180,7 +168,7 @@ fn main() {
                 ready: true,
                 allocatable: Resources::new().with(GPU, 8).with(CPU, 224_000).with(PODS, 110),
             });
-            let used = (0..8).filter(|_| (rng.next() % 1000) as f64 / 1000.0 < occupancy).count() as i64;
+            let used = (0..8).filter(|_| (rng.next_u64() % 1000) as f64 / 1000.0 < occupancy).count() as i64;
             if used > 0 {
                 let mut holder = pod(used);
                 holder.uid = format!("holder-{i}");

@@ -16,7 +16,9 @@ impl Rejection {
     }
 }
 
-/// Decides whether one node can take the pod at all.
+/// Decides whether one node can take the pod at all. The verdict may read
+/// only the node and the pod's placement constraints (`PodInfo::same_constraints`):
+/// a gang's members reuse it while the node is unchanged.
 pub trait FilterPlugin: Send + Sync {
     fn name(&self) -> &'static str;
     fn filter(&self, pod: &PodInfo, node: &NodeSpec, usage: &NodeInfo) -> Result<(), Rejection>;
@@ -58,6 +60,12 @@ pub trait ScorePlugin: Send + Sync {
         }
     }
     fn normalize(&self, _scores: &mut [i64]) {}
+    /// Whether the raw score reads only the node and the pod's placement
+    /// constraints (no other node, no job, nothing else in the snapshot), so
+    /// that it may be kept between a gang's members while the node is unchanged.
+    fn node_local(&self) -> bool {
+        false
+    }
 }
 
 pub struct WeightedScore {

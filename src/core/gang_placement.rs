@@ -17,7 +17,7 @@ use super::gang::GangId;
 use super::node::{NodeInfo, NodeSpec};
 use super::pod::{PodInfo, PodKey};
 use super::resources::{GPU, Resources};
-use super::schedule::{FitError, NodeGate, choose_node_gated, filter_node};
+use super::schedule::{FitError, NodeGate, NodeVerdicts, choose_node_among, filter_node};
 use super::snapshot::ClusterSnapshot;
 use super::topology::domains::DomainId;
 
@@ -156,10 +156,15 @@ pub(crate) fn place_all(
 ) -> Result<Vec<MemberPlacement>, (usize, FitError)> {
     let gpus_per_pod = members.iter().map(|p| p.gpu_count()).max().unwrap_or(0);
     let mut placed: Vec<MemberPlacement> = Vec::with_capacity(members.len());
+    let mut verdicts = NodeVerdicts::default();
     for (i, pod) in members.iter().enumerate() {
+        if i > 0 && !members[i - 1].same_constraints(pod) {
+            verdicts = NodeVerdicts::default();
+        }
         let demand = JobDemand { pending_pods: members.len() - i, gpus_per_pod };
         let gate = |spec: &NodeSpec, usage: &NodeInfo| gate(scope, held, spec, usage);
-        match choose_node_gated(profile, pod, snapshot, Some(&demand), gate) {
+        let nodes = scope_nodes(snapshot, scope);
+        match choose_node_among(profile, pod, snapshot, nodes, Some(&demand), gate, &mut verdicts) {
             Ok(choice) => {
                 snapshot.assume(pod.placement(&choice.node), choice.gpus);
                 placed.push(MemberPlacement {
@@ -178,6 +183,17 @@ pub(crate) fn place_all(
         }
     }
     Ok(placed)
+}
+
+/// The nodes a scope spans, in name order.
+pub(crate) fn scope_nodes(
+    snapshot: &ClusterSnapshot,
+    scope: Scope,
+) -> Box<dyn Iterator<Item = (&NodeSpec, &NodeInfo)> + '_> {
+    match scope {
+        Scope::Domain { id, .. } => Box::new(snapshot.domain_nodes(id)),
+        Scope::Cluster => Box::new(snapshot.nodes()),
+    }
 }
 
 fn gate(scope: Scope, held: &HashSet<String>, spec: &NodeSpec, usage: &NodeInfo) -> NodeGate {
@@ -264,7 +280,7 @@ pub(crate) fn could_ever_take(profile: &Profile, pod: &PodInfo, spec: &NodeSpec,
 }
 
 /// A node's room for pods like `pod`: when empty, and now.
-fn node_room(pod: &PodInfo, spec: &NodeSpec, usage: &NodeInfo) -> (usize, usize) {
+pub(crate) fn node_room(pod: &PodInfo, spec: &NodeSpec, usage: &NodeInfo) -> (usize, usize) {
     let all_gpus = usage.gpu_holders.len().max(spec.allocatable.get(GPU).max(0) as usize);
     let empty = pods_that_fit(pod, &spec.allocatable, all_gpus);
     let now = pods_that_fit(pod, &usage.free(), usage.free_gpus().count_ones() as usize);
@@ -304,8 +320,13 @@ pub(crate) fn scopes_that_could_hold(
 
 impl Scope {
     pub fn contains(&self, usage: &NodeInfo) -> bool {
+        self.contains_domains(&usage.domains)
+    }
+
+    /// Whether a node in these domains (one per level) is in the scope.
+    pub fn contains_domains(&self, domains: &[Option<DomainId>]) -> bool {
         match self {
-            Scope::Domain { level, id } => usage.domains.get(*level) == Some(&Some(*id)),
+            Scope::Domain { level, id } => domains.get(*level) == Some(&Some(*id)),
             Scope::Cluster => true,
         }
     }
@@ -523,6 +544,78 @@ mod tests {
         let request = GangRequest { gang: None, members: vec![&pod], required: 1 };
         let err = place_gang(&profile_with_defaults(), &request, &mut s, &held).unwrap_err();
         assert_eq!(err.to_string(), "0/4 nodes are available: 4 node(s) were held for a gang waiting ahead.");
+    }
+
+    proptest::proptest! {
+        /// Verdicts kept between members and scopes walked through their own
+        /// node lists change nothing: each member goes where a decision from
+        /// scratch over every node sends it.
+        #[test]
+        fn kept_verdicts_place_members_as_fresh_decisions_do(
+            busy in proptest::collection::vec(0usize..9, 12),
+            sizes in proptest::collection::vec(proptest::sample::select(vec![2i64, 4, 8]), 1..7),
+        ) {
+            let mut s = ClusterSnapshot::new();
+            for (i, used) in busy.iter().enumerate() {
+                let mut node = gpu_node(&format!("r{}-n{}", i / 4, i % 4), 8);
+                node.labels.insert(BLOCK.into(), format!("rack-{}", i / 4));
+                s.upsert_node(node);
+                if *used > 0 {
+                    let p = gpu_pod(&format!("busy-{i}"), (*used).min(8) as i64);
+                    s.observe_bound(p.placement(&format!("r{}-n{}", i / 4, i % 4)), None);
+                }
+            }
+            let id = GangId::new(GangKind::PodGroup, "default", "g");
+            let members: Vec<PodInfo> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, gpus)| {
+                    let mut p = gpu_pod(&format!("g-{i}"), *gpus);
+                    p.job = Some(id.clone());
+                    p
+                })
+                .collect();
+            let order = placement_order(&members.iter().collect::<Vec<_>>());
+            let profile = profile_with_defaults();
+            let held = HashSet::from(["r0-n1".to_string()]);
+            for scope in candidate_scopes(&profile, &order, Some(&id), &s, &held) {
+                let kept = place_all(&profile, &order, &mut s, &held, scope);
+                if let Ok(placed) = &kept {
+                    for m in placed {
+                        s.forget(&m.uid);
+                    }
+                }
+                let mut fresh: Vec<MemberPlacement> = Vec::new();
+                let mut failed = None;
+                for (i, pod) in order.iter().enumerate() {
+                    let demand = JobDemand { pending_pods: order.len() - i, gpus_per_pod: order[0].gpu_count() };
+                    let gate = |spec: &NodeSpec, usage: &NodeInfo| gate(scope, &held, spec, usage);
+                    match crate::core::schedule::choose_node_gated(&profile, pod, &s, Some(&demand), gate) {
+                        Ok(c) => {
+                            s.assume(pod.placement(&c.node), c.gpus);
+                            fresh.push(MemberPlacement {
+                                uid: pod.uid.clone(),
+                                key: pod.key.clone(),
+                                node: c.node,
+                                gpu_indices: c.gpu_indices,
+                            });
+                        }
+                        Err(fit) => {
+                            failed = Some((i, fit));
+                            break;
+                        }
+                    }
+                }
+                for m in &fresh {
+                    s.forget(&m.uid);
+                }
+                match (kept, failed) {
+                    (Ok(placed), None) => proptest::prop_assert_eq!(placed, fresh),
+                    (Err(kept), Some(fresh)) => proptest::prop_assert_eq!(kept, fresh),
+                    (kept, fresh) => proptest::prop_assert!(false, "{kept:?} against {fresh:?}"),
+                }
+            }
+        }
     }
 
     #[test]

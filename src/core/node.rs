@@ -50,6 +50,10 @@ pub struct NodeInfo {
     pub gpu_holders: Vec<u16>,
     /// The node's domain at each configured topology level.
     pub domains: Vec<Option<DomainId>>,
+    /// Changes whenever anything above does, and is never the same for two
+    /// states of any two nodes of a snapshot: a verdict on a node made at one
+    /// version still holds while the version is unchanged.
+    pub version: u64,
 }
 
 impl NodeInfo {

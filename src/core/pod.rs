@@ -144,6 +144,16 @@ impl PodInfo {
         }
     }
 
+    /// Whether filters and node-local scores see the two pods alike: the
+    /// same requests and placement rules (a gang's members usually are).
+    pub fn same_constraints(&self, other: &PodInfo) -> bool {
+        self.requests == other.requests
+            && self.node_selector == other.node_selector
+            && self.required_terms == other.required_terms
+            && self.preferred_terms == other.preferred_terms
+            && self.tolerations == other.tolerations
+    }
+
     /// Whether the scheduling-relevant parts differ (and a new attempt might succeed).
     pub fn scheduling_spec_differs(&self, other: &PodInfo) -> bool {
         self.requests != other.requests

@@ -18,10 +18,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use super::disruption::DisruptionBudget;
 use super::framework::Profile;
 use super::gang::GangId;
-use super::gang_placement::{GangRequest, MemberPlacement, Scope, place_all, placement_order, scopes_that_could_hold};
+use super::gang_placement::{
+    GangRequest, MemberPlacement, Scope, could_ever_take, node_room, place_all, placement_order, scope_nodes,
+    scopes_that_could_hold,
+};
 use super::pod::{PodInfo, PodKey};
 use super::resources::GPU;
 use super::snapshot::{ClusterSnapshot, Placement};
+use super::topology::domains::DomainId;
 
 /// The `preemption` section of the scheduler configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -91,11 +95,21 @@ enum Owner {
 
 /// A placed gang (or lone pod) that could lose members.
 struct Candidate {
+    /// UIDs, in order, with what weighing them needs.
     pods: Vec<String>,
+    facts: Vec<PodFacts>,
     /// Members that may go one by one (above minMember).
     spare: usize,
     priority: i32,
     namespace: String,
+}
+
+/// What choosing a placed pod as a victim weighs, read once per plan
+/// rather than looked up again in every scope tried.
+struct PodFacts {
+    domains: Vec<Option<DomainId>>,
+    gpus: i64,
+    created: i64,
 }
 
 /// One step of a victim set: a spare member, or all that is left of a gang.
@@ -160,23 +174,42 @@ fn candidates(
     own: Option<&GangId>,
     rules: &PreemptionRules<'_>,
 ) -> BTreeMap<Owner, Candidate> {
-    let mut groups: BTreeMap<Owner, Candidate> = BTreeMap::new();
+    // Grouped by borrowed gang ids first: an owned key per placement was most of the cost.
+    let mut gangs: HashMap<&GangId, Vec<(&str, &Placement)>> = HashMap::new();
+    let mut lone: Vec<(&str, &Placement)> = Vec::new();
     for (uid, p) in snapshot.placements() {
-        if own.is_some() && p.job.as_ref() == own {
-            continue;
+        match &p.job {
+            Some(job) if Some(job) == own => {}
+            Some(job) => gangs.entry(job).or_default().push((uid, p)),
+            None => lone.push((uid, p)),
         }
-        let owner = p.job.clone().map_or_else(|| Owner::Lone(uid.to_string()), Owner::Gang);
-        let group = groups.entry(owner).or_insert_with(|| Candidate {
-            pods: vec![],
+    }
+    let group = |mut pods: Vec<(&str, &Placement)>| {
+        pods.sort_by_key(|(uid, _)| *uid);
+        let facts = pods
+            .iter()
+            .map(|(_, p)| PodFacts {
+                domains: snapshot.node(&p.node).map(|n| n.domains.clone()).unwrap_or_default(),
+                gpus: p.requests.get(GPU),
+                created: p.created,
+            })
+            .collect();
+        Candidate {
+            pods: pods.iter().map(|(uid, _)| uid.to_string()).collect(),
+            facts,
             spare: 0,
-            priority: i32::MIN,
-            namespace: p.key.namespace.clone(),
-        });
-        group.pods.push(uid.to_string());
-        group.priority = group.priority.max(p.priority);
+            priority: pods.iter().map(|(_, p)| p.priority).max().unwrap_or(i32::MIN),
+            namespace: pods[0].1.key.namespace.clone(),
+        }
+    };
+    let mut groups: BTreeMap<Owner, Candidate> = BTreeMap::new();
+    for (id, pods) in gangs {
+        groups.insert(Owner::Gang(id.clone()), group(pods));
+    }
+    for (uid, p) in lone {
+        groups.insert(Owner::Lone(uid.to_string()), group(vec![(uid, p)]));
     }
     groups.retain(|owner, group| {
-        group.pods.sort();
         let min = match owner {
             Owner::Gang(id) => (rules.min_member)(id).unwrap_or(group.pods.len()),
             Owner::Lone(_) => 1,
@@ -191,28 +224,26 @@ fn candidates(
 }
 
 /// The units to try, cheapest first: spare members, then whole gangs.
-fn units(snapshot: &ClusterSnapshot, candidates: &BTreeMap<Owner, Candidate>, scope: Scope) -> Vec<(Unit, VictimCost)> {
+fn units(candidates: &BTreeMap<Owner, Candidate>, scope: Scope) -> Vec<(Unit, VictimCost)> {
     let mut units = Vec::new();
     for (owner, group) in candidates {
-        let placed: Vec<&Placement> = group.pods.iter().filter_map(|uid| snapshot.placement(uid)).collect();
-        let touches_scope = placed.iter().any(|p| snapshot.node(&p.node).is_some_and(|n| scope.contains(n)));
-        if !touches_scope {
+        if !group.facts.iter().any(|f| scope.contains_domains(&f.domains)) {
             continue;
         }
-        let cost_of = |ps: &[&Placement]| VictimCost {
+        let cost_of = |fs: &[&PodFacts]| VictimCost {
             top_priority: group.priority,
-            gpus: ps.iter().map(|p| p.requests.get(GPU)).sum(),
+            gpus: fs.iter().map(|f| f.gpus).sum(),
             gangs: 1,
-            oldest: Reverse(ps.iter().map(|p| p.created).min().unwrap_or(0)),
+            oldest: Reverse(fs.iter().map(|f| f.created).min().unwrap_or(0)),
         };
         if group.spare > 0 {
-            for (uid, p) in group.pods.iter().zip(&placed) {
-                if snapshot.node(&p.node).is_some_and(|n| scope.contains(n)) {
-                    units.push((Unit::Spare { owner: owner.clone(), uid: uid.clone() }, cost_of(&[*p])));
+            for (uid, f) in group.pods.iter().zip(&group.facts) {
+                if scope.contains_domains(&f.domains) {
+                    units.push((Unit::Spare { owner: owner.clone(), uid: uid.clone() }, cost_of(&[f])));
                 }
             }
         }
-        units.push((Unit::Whole { owner: owner.clone() }, cost_of(&placed)));
+        units.push((Unit::Whole { owner: owner.clone() }, cost_of(&group.facts.iter().collect::<Vec<_>>())));
     }
     // Cheapest first by the same order sets are compared in (youngest first among equals).
     units.sort_by_key(|(_, cost)| *cost);
@@ -315,6 +346,54 @@ impl<'c> Eviction<'c> {
     }
 }
 
+/// An upper bound on how many of the needed members the scope could take now,
+/// by each node's free resources and GPUs, kept up to date as victims are
+/// taken and put back. Below what is needed, `place_all` would fail, so it
+/// is not run: most victim sets tried on the way up are far too small.
+struct RoomBound<'p> {
+    /// The members' shape; `None` when they differ (then there is no bound).
+    pod: Option<&'p PodInfo>,
+    /// Room per node of the scope that could ever take the pod, capped at what is needed.
+    nodes: HashMap<String, usize>,
+    total: usize,
+    cap: usize,
+}
+
+impl<'p> RoomBound<'p> {
+    fn new(profile: &Profile, needed: &[&'p PodInfo], snapshot: &ClusterSnapshot, scope: Scope) -> Self {
+        let first = needed.first().copied();
+        let pod = first.filter(|f| needed.iter().all(|p| p.same_constraints(f)));
+        let cap = needed.len();
+        let mut bound = Self { pod, nodes: HashMap::new(), total: 0, cap };
+        if let Some(pod) = pod {
+            for (spec, usage) in scope_nodes(snapshot, scope) {
+                if could_ever_take(profile, pod, spec, usage) {
+                    let room = node_room(pod, spec, usage).1.min(cap);
+                    bound.nodes.insert(spec.name.clone(), room);
+                    bound.total += room;
+                }
+            }
+        }
+        bound
+    }
+
+    /// Counts the room of `nodes` again.
+    fn refresh<'a>(&mut self, snapshot: &ClusterSnapshot, nodes: impl Iterator<Item = &'a str>) {
+        let Some(pod) = self.pod else { return };
+        for name in nodes {
+            let (Some(room), Some(usage)) = (self.nodes.get_mut(name), snapshot.node(name)) else { continue };
+            let Some(spec) = usage.spec.as_ref() else { continue };
+            self.total -= *room;
+            *room = node_room(pod, spec, usage).1.min(self.cap);
+            self.total += *room;
+        }
+    }
+
+    fn may_fit(&self, needed: usize) -> bool {
+        self.pod.is_none() || self.total >= needed
+    }
+}
+
 /// Whether the members fit in `scope` now (a what-if: rolled back).
 fn fits(
     profile: &Profile,
@@ -341,14 +420,17 @@ fn plan_in_scope(
     let mut eviction = Eviction::new(candidates);
     let mut chosen: Vec<Unit> = Vec::new();
     let mut placement = None;
-    for (unit, _) in units(snapshot, candidates, scope) {
+    let mut room = RoomBound::new(profile, needed, snapshot, scope);
+    for (unit, _) in units(candidates, scope) {
         let Some((owner, pods)) = eviction.pods_of(&unit) else { continue };
         if pods.is_empty() || !eviction.allowed(snapshot, rules, &owner, &pods, enforce_budgets) {
             continue;
         }
+        let before = eviction.taken.len();
         eviction.take(snapshot, &unit, owner, pods);
+        room.refresh(snapshot, eviction.taken[before..].iter().map(|(_, p)| p.node.as_str()));
         chosen.push(unit);
-        placement = fits(profile, needed, snapshot, scope);
+        placement = room.may_fit(needed.len()).then(|| fits(profile, needed, snapshot, scope)).flatten();
         if placement.is_some() {
             break;
         }
@@ -369,13 +451,15 @@ fn plan_in_scope(
             continue;
         }
         let restored = restore_unit(snapshot, &mut eviction, &unit);
-        match fits(profile, needed, snapshot, scope) {
+        room.refresh(snapshot, restored.iter().map(|(_, p)| p.node.as_str()));
+        match room.may_fit(needed.len()).then(|| fits(profile, needed, snapshot, scope)).flatten() {
             Some(p) => placement = Some(p),
             None => {
                 for (uid, p) in restored.iter().cloned() {
                     snapshot.take(&uid);
                     eviction.taken.push((uid, p));
                 }
+                room.refresh(snapshot, restored.iter().map(|(_, p)| p.node.as_str()));
                 kept.push(unit);
             }
         }

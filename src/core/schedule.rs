@@ -82,37 +82,100 @@ pub fn choose_node_gated(
     job: Option<&JobDemand>,
     gate: impl Fn(&NodeSpec, &NodeInfo) -> NodeGate,
 ) -> Result<NodeChoice, FitError> {
+    choose_node_among(profile, pod, snapshot, snapshot.nodes(), job, gate, &mut NodeVerdicts::default())
+}
+
+/// What the gate, the filters and the node-local scores said about one node,
+/// and at which of its versions.
+#[derive(Debug, Clone)]
+struct NodeVerdict {
+    version: u64,
+    verdict: Verdict,
+}
+
+#[derive(Debug, Clone)]
+enum Verdict {
+    OutOfScope,
+    Held,
+    Rejected(Vec<String>),
+    /// Feasible, with its node-local raw scores at this offset in `NodeVerdicts::scores`.
+    Feasible(usize),
+}
+
+/// Verdicts kept between decisions for pods with the same constraints (a
+/// gang's members), one profile and one gate: a node is looked at again only
+/// once it has changed (usually the one that took the last member). Without
+/// this, a gang of 512 walked every filter and score of every node 512 times.
+#[derive(Debug, Default)]
+pub struct NodeVerdicts {
+    /// By position among the nodes offered, valid while the node's version matches.
+    nodes: Vec<Option<NodeVerdict>>,
+    scores: Vec<i64>,
+}
+
+/// `choose_node_gated` over `nodes` (name order, a subset of the snapshot's),
+/// reusing and updating `verdicts`. Callers keep one `NodeVerdicts` per
+/// profile, gate, set of nodes and pod constraints.
+pub fn choose_node_among<'s>(
+    profile: &Profile,
+    pod: &PodInfo,
+    snapshot: &'s ClusterSnapshot,
+    nodes: impl Iterator<Item = (&'s NodeSpec, &'s NodeInfo)>,
+    job: Option<&JobDemand>,
+    gate: impl Fn(&NodeSpec, &NodeInfo) -> NodeGate,
+    verdicts: &mut NodeVerdicts,
+) -> Result<NodeChoice, FitError> {
+    let ctx = ScoreContext { pod, snapshot, job };
+    let local: Vec<usize> =
+        profile.scores.iter().enumerate().filter(|(_, s)| s.plugin.node_local()).map(|(i, _)| i).collect();
     let mut feasible: Vec<(&NodeSpec, &NodeInfo)> = Vec::new();
-    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    let mut total_nodes = 0;
-    for (spec, usage) in snapshot.nodes() {
-        match gate(spec, usage) {
-            NodeGate::Open => {}
-            NodeGate::OutOfScope => continue,
-            NodeGate::Held => {
-                total_nodes += 1;
-                *reasons.entry(HELD_REASON.to_string()).or_default() += 1;
-                continue;
-            }
+    let mut offsets: Vec<(usize, usize)> = Vec::new();
+    let mut seen = 0;
+    for (position, (spec, usage)) in nodes.enumerate() {
+        seen = position + 1;
+        if verdicts.nodes.len() <= position {
+            verdicts.nodes.resize(position + 1, None);
         }
-        total_nodes += 1;
-        match filter_node(profile, pod, spec, usage) {
-            Ok(()) => feasible.push((spec, usage)),
-            Err(why) => {
-                for r in why {
-                    *reasons.entry(r).or_default() += 1;
-                }
+        let known = verdicts.nodes[position].as_ref().filter(|v| v.version == usage.version);
+        let verdict = match known {
+            Some(v) => &v.verdict,
+            None => {
+                let verdict = match gate(spec, usage) {
+                    NodeGate::OutOfScope => Verdict::OutOfScope,
+                    NodeGate::Held => Verdict::Held,
+                    NodeGate::Open => match filter_node(profile, pod, spec, usage) {
+                        Err(why) => Verdict::Rejected(why),
+                        Ok(()) => {
+                            let offset = verdicts.scores.len();
+                            verdicts
+                                .scores
+                                .extend(local.iter().map(|&i| profile.scores[i].plugin.score(&ctx, spec, usage)));
+                            Verdict::Feasible(offset)
+                        }
+                    },
+                };
+                &verdicts.nodes[position].insert(NodeVerdict { version: usage.version, verdict }).verdict
             }
+        };
+        if let Verdict::Feasible(offset) = verdict {
+            feasible.push((spec, usage));
+            offsets.push((position, *offset));
         }
     }
     if feasible.is_empty() {
-        return Err(FitError { total_nodes, reasons });
+        return Err(fit_error(&verdicts.nodes[..seen]));
     }
-    let ctx = ScoreContext { pod, snapshot, job };
     let mut totals = vec![0i64; feasible.len()];
     let mut raw = vec![0i64; feasible.len()];
-    for scorer in &profile.scores {
-        scorer.plugin.score_all(&ctx, &feasible, &mut raw);
+    for (i, scorer) in profile.scores.iter().enumerate() {
+        match local.iter().position(|&l| l == i) {
+            Some(slot) => {
+                for (r, (_, offset)) in raw.iter_mut().zip(&offsets) {
+                    *r = verdicts.scores[offset + slot];
+                }
+            }
+            None => scorer.plugin.score_all(&ctx, &feasible, &mut raw),
+        }
         scorer.plugin.normalize(&mut raw);
         for (total, s) in totals.iter_mut().zip(&raw) {
             *total += s * scorer.weight;
@@ -131,7 +194,32 @@ pub fn choose_node_gated(
         }
         _ => (0, vec![]),
     };
+    // Verdicts whose scores are no longer referenced pile up; start afresh
+    // once they outweigh the live ones.
+    if verdicts.scores.len() > 4 * seen * local.len().max(1) {
+        *verdicts = NodeVerdicts::default();
+    }
     Ok(NodeChoice { node: spec.name.clone(), score, feasible: feasible.len(), gpus, gpu_indices })
+}
+
+/// How many nodes failed for each reason (held ones included); out-of-scope ones are not counted.
+fn fit_error(verdicts: &[Option<NodeVerdict>]) -> FitError {
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let mut total_nodes = 0;
+    for v in verdicts.iter().flatten() {
+        match &v.verdict {
+            Verdict::OutOfScope => continue,
+            Verdict::Feasible(_) => {}
+            Verdict::Held => *reasons.entry(HELD_REASON.to_string()).or_default() += 1,
+            Verdict::Rejected(why) => {
+                for r in why {
+                    *reasons.entry(r.clone()).or_default() += 1;
+                }
+            }
+        }
+        total_nodes += 1;
+    }
+    FitError { total_nodes, reasons }
 }
 
 #[cfg(test)]

@@ -6,14 +6,14 @@
 //! so the next decision already sees the resources as taken; the watch later
 //! *confirms* it, or a failed bind *forgets* it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::gang::GangId;
 use super::node::{NodeInfo, NodeSpec};
 use super::pod::PodKey;
 use super::resources::{GPU, Resources};
-use super::topology::domains::{DomainIndex, DomainLevels};
+use super::topology::domains::{DomainId, DomainIndex, DomainLevels};
 use super::topology::gpu_choice::{GpuMask, NodeGpuModel};
 use super::topology::graph::LinkBandwidth;
 use super::topology::model::GpuTopology;
@@ -79,6 +79,11 @@ pub struct ClusterSnapshot {
     /// Topologies reported by the agent (GPUTopology resources), by node.
     reported: HashMap<String, GpuTopology>,
     domains: DomainIndex,
+    /// The nodes of each topology domain, in name order, so that a decision
+    /// scoped to one domain does not walk the whole cluster.
+    domain_members: HashMap<DomainId, BTreeSet<String>>,
+    /// Last version given to a node (see `NodeInfo::version`).
+    versions: u64,
     /// Where each job's placed pods are: node -> pod count.
     jobs: HashMap<GangId, BTreeMap<String, usize>>,
     /// What each namespace's placed pods request (for quotas).
@@ -108,8 +113,19 @@ impl ClusterSnapshot {
         let name = spec.name.clone();
         let info = self.nodes.entry(name.clone()).or_default();
         let changed = info.spec.as_ref() != Some(&spec);
+        let listed = info.spec.is_some() && info.domains == domains;
+        if !listed {
+            unlist(&mut self.domain_members, &name, &info.domains);
+            for id in domains.iter().flatten() {
+                self.domain_members.entry(*id).or_default().insert(name.clone());
+            }
+        }
         info.spec = Some(spec);
         info.domains = domains;
+        if changed || !listed {
+            self.versions += 1;
+            info.version = self.versions;
+        }
         if changed {
             self.refresh_gpu_model(&name);
         }
@@ -118,7 +134,10 @@ impl ClusterSnapshot {
 
     pub fn remove_node(&mut self, name: &str) {
         if let Some(info) = self.nodes.get_mut(name) {
+            unlist(&mut self.domain_members, name, &info.domains);
             info.spec = None;
+            self.versions += 1;
+            info.version = self.versions;
             if info.pods.is_empty() {
                 self.nodes.remove(name);
             }
@@ -171,6 +190,8 @@ impl ClusterSnapshot {
             return;
         }
         info.gpu_model = model;
+        self.versions += 1;
+        info.version = self.versions;
         info.gpu_holders = vec![0; info.gpu_model.as_ref().map_or(0, |m| m.gpu_count())];
         let all = info.gpu_model.as_ref().map_or(0, |m| m.all_gpus());
         // Pods with recorded indices first, so the others are fitted around them.
@@ -219,6 +240,12 @@ impl ClusterSnapshot {
     /// Nodes whose object exists, in name order.
     pub fn nodes(&self) -> impl Iterator<Item = (&NodeSpec, &NodeInfo)> {
         self.nodes.values().filter_map(|info| info.spec.as_ref().map(|spec| (spec, info)))
+    }
+
+    /// Nodes in one topology domain whose object exists, in name order.
+    pub fn domain_nodes(&self, domain: DomainId) -> impl Iterator<Item = (&NodeSpec, &NodeInfo)> {
+        let names = self.domain_members.get(&domain).into_iter().flatten();
+        names.filter_map(|name| self.nodes.get(name)).filter_map(|info| info.spec.as_ref().map(|spec| (spec, info)))
     }
 
     pub fn node_names(&self) -> impl Iterator<Item = &str> {
@@ -289,6 +316,8 @@ impl ClusterSnapshot {
             let Some((_, indices)) = devices.iter().find(|(k, _)| *k == p.key) else { continue };
             let Some(mask) = model.mask_of_indices(indices) else { continue };
             if mask != p.gpus {
+                self.versions += 1;
+                info.version = self.versions;
                 remove_holders(&mut info.gpu_holders, p.gpus);
                 add_holders(&mut info.gpu_holders, mask);
                 p.gpus = mask;
@@ -356,6 +385,8 @@ impl ClusterSnapshot {
             }
         }
         if let Some(info) = self.nodes.get_mut(&old.node) {
+            self.versions += 1;
+            info.version = self.versions;
             info.requested.subtract(&old.requests);
             info.pods.remove(uid);
             remove_holders(&mut info.gpu_holders, old.gpus);
@@ -379,6 +410,8 @@ impl ClusterSnapshot {
         let wanted = pod.requests.get(GPU).max(0) as usize;
         let gpus = gpus.or_else(|| self.choose_gpus(pod.node, wanted)).unwrap_or(0);
         let info = self.nodes.entry(pod.node.to_string()).or_default();
+        self.versions += 1;
+        info.version = self.versions;
         info.requested.add(pod.requests);
         info.pods.insert(pod.uid.to_string());
         add_holders(&mut info.gpu_holders, gpus);
@@ -401,6 +434,15 @@ impl ClusterSnapshot {
                 labels: pod.labels.clone(),
             },
         );
+    }
+}
+
+/// Takes a node out of the member lists of its domains.
+fn unlist(members: &mut HashMap<DomainId, BTreeSet<String>>, name: &str, domains: &[Option<DomainId>]) {
+    for id in domains.iter().flatten() {
+        if let Some(names) = members.get_mut(id) {
+            names.remove(name);
+        }
     }
 }
 
@@ -562,6 +604,47 @@ mod tests {
         s.set_reported_topology("n", Some(templates::nvswitch(8, 12, "A100")));
         assert_eq!(s.unused_report("n"), None);
         assert_eq!(s.node("n").unwrap().gpu_model.as_ref().unwrap().ring_bandwidth(0b11), 300.0, "the report");
+    }
+
+    #[test]
+    fn domains_list_their_nodes_through_relabels_and_removals() {
+        let mut s = ClusterSnapshot::new();
+        let racked = |name: &str, rack: &str| {
+            let mut n = node(name, 8);
+            n.labels.insert("network.topology.nvidia.com/block".into(), rack.into());
+            n
+        };
+        s.upsert_node(racked("b", "r1"));
+        s.upsert_node(racked("a", "r1"));
+        let r1 = s.node("a").unwrap().domains[1].unwrap();
+        let names = |s: &ClusterSnapshot, id| s.domain_nodes(id).map(|(n, _)| n.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&s, r1), ["a", "b"], "in name order");
+        s.upsert_node(racked("b", "r2"));
+        let r2 = s.node("b").unwrap().domains[1].unwrap();
+        assert_eq!((names(&s, r1), names(&s, r2)), (vec!["a".to_string()], vec!["b".to_string()]));
+        s.remove_node("a");
+        assert!(names(&s, r1).is_empty());
+        s.upsert_node(racked("a", "r2"));
+        assert_eq!(names(&s, r2), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_node_gets_a_new_version_whenever_its_usage_changes() {
+        let mut s = ClusterSnapshot::new();
+        s.upsert_node(node("a", 8));
+        s.upsert_node(node("b", 8));
+        let version = |s: &ClusterSnapshot, n| s.node(n).unwrap().version;
+        let (a, b) = (version(&s, "a"), version(&s, "b"));
+        assert_ne!(a, b, "unique across nodes");
+        s.upsert_node(node("a", 8));
+        assert_eq!(version(&s, "a"), a, "an unchanged node keeps its version");
+        let k = key("p");
+        let ask = Resources::new().with(GPU, 2);
+        s.assume(pod("p", &k, "a", &ask), 0b11);
+        let assumed = version(&s, "a");
+        assert!(assumed > a && version(&s, "b") == b);
+        s.forget("p");
+        assert!(version(&s, "a") > assumed, "released: not the version before the assumption either");
     }
 
     #[test]

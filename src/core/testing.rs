@@ -47,3 +47,20 @@ pub fn gpu_node(name: &str, gpus: i64) -> NodeSpec {
 pub fn profile_with_defaults() -> Profile {
     plugins::default_profile("phalanx")
 }
+
+/// xorshift64*: reproducible random numbers for benchmarks, without a dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}

@@ -51,6 +51,10 @@ impl ScorePlugin for GpuTopology {
         Self::NAME
     }
 
+    fn node_local(&self) -> bool {
+        true
+    }
+
     fn score(&self, ctx: &ScoreContext<'_>, _: &NodeSpec, usage: &NodeInfo) -> i64 {
         let wanted = ctx.pod.gpu_count();
         let Some(model) = &usage.gpu_model else {

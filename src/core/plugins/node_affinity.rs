@@ -40,6 +40,10 @@ impl ScorePlugin for NodeAffinity {
         Self::NAME
     }
 
+    fn node_local(&self) -> bool {
+        true
+    }
+
     fn score(&self, ctx: &ScoreContext<'_>, node: &NodeSpec, _: &NodeInfo) -> i64 {
         ctx.pod.preferred_terms.iter().filter(|p| term_matches(&p.term, node)).map(|p| i64::from(p.weight)).sum()
     }

@@ -83,6 +83,10 @@ impl ScorePlugin for NodeResourcesFit {
         Self::NAME
     }
 
+    fn node_local(&self) -> bool {
+        true
+    }
+
     /// Weighted mean, over the configured resources the node has, of the
     /// share (0..=100) that would be allocated (or left free) after placing the pod.
     fn score(&self, ctx: &ScoreContext<'_>, node: &NodeSpec, usage: &NodeInfo) -> i64 {

@@ -55,6 +55,10 @@ impl ScorePlugin for TaintToleration {
         Self::NAME
     }
 
+    fn node_local(&self) -> bool {
+        true
+    }
+
     fn score(&self, ctx: &ScoreContext<'_>, node: &NodeSpec, _: &NodeInfo) -> i64 {
         let pod = ctx.pod;
         node.taints

@@ -62,22 +62,27 @@ impl ScorePlugin for TopologyDomain {
         out.iter_mut().for_each(|s| *s = 0);
         let (Some(job), Some(demand)) = (ctx.pod.job.as_ref(), ctx.job) else { return };
         let levels = ctx.snapshot.settings().levels.len();
-        let domains_of = |name: &str| ctx.snapshot.node(name).map(|n| n.domains.clone()).unwrap_or_default();
-        // Members already placed: stay as close to them as possible.
+        // Members already placed: stay as close to them as possible, that is
+        // at the narrowest level where the node shares a domain with one of
+        // them. Their domains are marked once (ids are unique across levels),
+        // rather than each node compared with each of them.
         if let Some(placed) = ctx.snapshot.job_nodes(job) {
-            let anchors: Vec<(&String, Vec<Option<DomainId>>)> = placed.keys().map(|n| (n, domains_of(n))).collect();
+            let mut near = vec![false; ctx.snapshot.domain_index().domain_count()];
+            for anchor in placed.keys().filter_map(|name| ctx.snapshot.node(name)) {
+                for id in anchor.domains.iter().take(levels).flatten() {
+                    near[*id as usize] = true;
+                }
+            }
             for (slot, (spec, usage)) in out.iter_mut().zip(nodes) {
-                *slot = anchors
-                    .iter()
-                    .map(|(name, domains)| {
-                        if **name == spec.name {
-                            100
-                        } else {
-                            closeness(DomainLevels::shared_level(&usage.domains, domains), levels)
-                        }
-                    })
-                    .max()
-                    .unwrap_or(0);
+                let domains = &usage.domains[..usage.domains.len().min(levels)];
+                let shared = domains.iter().position(|d| d.is_some_and(|id| near[id as usize]));
+                // Only a node that shares its narrowest domain (or has none) can be one of them.
+                let narrowest = domains.iter().position(Option::is_some);
+                *slot = if shared == narrowest && placed.contains_key(&spec.name) {
+                    100
+                } else {
+                    closeness(shared, levels)
+                };
             }
             return;
         }

@@ -113,6 +113,11 @@ impl DomainIndex {
         id
     }
 
+    /// How many domains there are: ids run from 0 to this, less one.
+    pub fn domain_count(&self) -> usize {
+        self.names.len()
+    }
+
     /// "rack-1 (block-0/zone-a)": the domain's own value and what it sits in.
     pub fn describe(&self, id: DomainId) -> String {
         match self.names.get(id as usize) {
