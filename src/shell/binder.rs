@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::core::Status;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -72,7 +72,8 @@ impl Binder {
     }
 
     /// Starts the bind in the background; the outcome arrives on the channel.
-    /// GPU pods first get their chosen GPUs recorded (`phalanx.dev/gpus`).
+    /// GPU pods get their chosen GPUs recorded (`phalanx.dev/gpus`) by the
+    /// same call.
     pub fn bind(&self, uid: String, key: PodKey, node: String, gpus: Vec<u32>) {
         let this = self.clone();
         self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -82,7 +83,7 @@ impl Binder {
             // is retried here, so a gang's member keeps the place its gang was
             // given instead of going back to the queue on its own.
             let result =
-                retrying(|| this.try_bind(&uid, &key, &node, &gpus), |r| matches!(r, BindResult::Failed(_))).await;
+                retrying(|| this.post_binding(&uid, &key, &node, &gpus), |r| matches!(r, BindResult::Failed(_))).await;
             let label = match &result {
                 BindResult::Bound => "bound",
                 BindResult::PodGone => "gone",
@@ -100,39 +101,20 @@ impl Binder {
         });
     }
 
-    async fn try_bind(&self, uid: &str, key: &PodKey, node: &str, gpus: &[u32]) -> BindResult {
-        match self.record_gpus(uid, key, gpus).await {
-            Ok(()) => self.post_binding(uid, key, node).await,
-            Err(failed) => failed,
-        }
-    }
-
-    /// The annotation carries the UID, so it cannot land on a pod recreated
-    /// under the same name.
-    async fn record_gpus(&self, uid: &str, key: &PodKey, gpus: &[u32]) -> Result<(), BindResult> {
-        if gpus.is_empty() {
-            return Ok(());
-        }
+    /// The API server copies a Binding's annotations onto the pod as it sets
+    /// the node, so the GPUs are recorded with the bind in one call (half the
+    /// requests of a patch then a bind), and the UID guards both.
+    async fn post_binding(&self, uid: &str, key: &PodKey, node: &str, gpus: &[u32]) -> BindResult {
         self.limiter.acquire().await;
-        let patch = serde_json::json!({"metadata": {
-            "uid": uid,
-            "annotations": {GPUS_ANNOTATION: gpu_annotation_value(gpus)}
-        }});
-        Api::<Pod>::namespaced(self.client.clone(), &key.namespace)
-            .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map(|_| ())
-            .map_err(|e| classify(e, key))
-    }
-
-    async fn post_binding(&self, uid: &str, key: &PodKey, node: &str) -> BindResult {
-        self.limiter.acquire().await;
+        let annotations =
+            (!gpus.is_empty()).then(|| [(GPUS_ANNOTATION.to_string(), gpu_annotation_value(gpus))].into());
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
         let binding = Binding {
             metadata: ObjectMeta {
                 name: Some(key.name.clone()),
                 namespace: Some(key.namespace.clone()),
                 uid: Some(uid.to_string()),
+                annotations,
                 ..Default::default()
             },
             target: ObjectReference {
