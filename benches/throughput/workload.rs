@@ -86,10 +86,12 @@ pub async fn submit(
             let gang_ref = (workload.gang_size > 1).then_some((group.as_str(), gang_api));
             let pod = pod(namespace, &name, scheduler, workload.gpus, gang_ref);
             let (pods, recorder) = (pods.clone(), recorder.clone());
+            // Recorded when sent: under load the bind can be seen before
+            // the create's answer arrives.
+            recorder.created(&name, Instant::now());
             creates.push(tokio::spawn(async move {
-                match pods.create(&PostParams::default(), &pod).await {
-                    Ok(_) => recorder.created(&name, Instant::now()),
-                    Err(e) => eprintln!("creating pod {name}: {e}"),
+                if let Err(e) = pods.create(&PostParams::default(), &pod).await {
+                    eprintln!("creating pod {name}: {e}");
                 }
             }));
         }
