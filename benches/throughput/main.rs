@@ -136,7 +136,7 @@ async fn main() {
             runs.push(Run { workload, scheduler, result });
         }
     }
-    let text = report::render(&args, full, &runs, load_before, began.elapsed());
+    let text = report::render(&args, &runs, load_before, began.elapsed());
     println!("{text}");
     if full {
         let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(&args.out);

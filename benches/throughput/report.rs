@@ -15,7 +15,7 @@ pub fn load_average() -> String {
         .unwrap_or_default()
 }
 
-pub fn render(args: &Args, release: bool, runs: &[Run], load_before: String, took: Duration) -> String {
+pub fn render(args: &Args, runs: &[Run], load_before: String, took: Duration) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# End-to-end throughput\n");
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -36,7 +36,7 @@ pub fn render(args: &Args, release: bool, runs: &[Run], load_before: String, too
          client QPS {} and burst {} for every scheduler and for the ceiling; every bind in flight at once, \
          paced by that budget; a gang counts as partly bound after {} s with some but not all members bound. \
          Control plane: kube-apiserver {}; peers: kube-scheduler {} (GenericWorkload and GangScheduling on), \
-         scheduler-plugins {} (Coscheduling); phalanx {} build.\n",
+         scheduler-plugins {} (Coscheduling); phalanx: {}.\n",
         args.nodes,
         args.pods,
         args.gpus,
@@ -47,7 +47,7 @@ pub fn render(args: &Args, release: bool, runs: &[Run], load_before: String, too
         pinned("K8S_VERSION"),
         pinned("K8S_VERSION"),
         pinned("SCHEDULER_PLUGINS_VERSION"),
-        if release { "release" } else { "debug" },
+        phalanx_build(),
     );
     let _ = writeln!(
         out,
@@ -137,4 +137,10 @@ fn pinned(key: &str) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let value = text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('='));
     value.map_or_else(|| "?".into(), |v| format!("v{v}"))
+}
+
+fn phalanx_build() -> String {
+    let path = crate::schedulers::phalanx_binary();
+    let kind = if path.components().any(|c| c.as_os_str() == "release") { "release build" } else { "debug build" };
+    format!("{kind} ({})", path.display())
 }

@@ -64,7 +64,7 @@ pub fn start(scheduler: Contender, setup: &Setup) -> Option<Child> {
     let (program, args, config) = match scheduler {
         Contender::Ceiling => return None,
         Contender::Phalanx => (
-            PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
+            phalanx_binary(),
             vec!["run".to_string(), "--http-address".into(), "127.0.0.1:0".into()],
             phalanx_config(repo, setup),
         ),
@@ -119,4 +119,10 @@ fn phalanx_config(repo: &Path, setup: &Setup) -> String {
     config["clientConnection"]["burst"] = setup.burst.into();
     config["profiles"][0]["schedulerName"] = Contender::Phalanx.scheduler_name().into();
     serde_yaml_ng::to_string(&config).expect("scheduler config")
+}
+
+/// `PHALANX_BIN` if set (as for e2e/cluster), else the binary cargo built
+/// with this benchmark (release under `cargo bench`).
+pub fn phalanx_binary() -> PathBuf {
+    std::env::var_os("PHALANX_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_phalanx")), PathBuf::from)
 }
