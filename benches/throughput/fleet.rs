@@ -14,7 +14,9 @@ use tokio::time::Instant;
 
 use crate::workload::FLEET_LABEL;
 
-/// The fleet's node names, once all are Ready and untainted.
+/// The fleet's node names, once all are Ready and untainted. Nodes of a
+/// larger earlier fleet are left alone (deleting thousands of nodes takes
+/// longer than a run); [`ready_count`] says how many the schedulers see.
 pub async fn ensure(client: &Client, count: usize) -> Vec<String> {
     let text = format!(
         "apiVersion: phalanx.dev/v1alpha1\nkind: Fleet\npools:\n- name: tp\n  count: {count}\n  gpus: 8\n  \
@@ -27,10 +29,6 @@ pub async fn ensure(client: &Client, count: usize) -> Vec<String> {
     let wanted = fleet.nodes();
     let names: Vec<String> = wanted.iter().map(|n| n.name_any()).collect();
     let existing: Vec<String> = labelled(&api).await.iter().map(|n| n.name_any()).collect();
-    let extra: Vec<&String> = existing.iter().filter(|n| !names.contains(n)).collect();
-    for name in extra {
-        let _ = api.delete(name, &DeleteParams::default()).await;
-    }
     let started = Instant::now();
     let missing: Vec<Node> = wanted.into_iter().filter(|n| !existing.contains(&n.name_any())).collect();
     eprintln!("[fleet] creating {} of {count} nodes", missing.len());
@@ -51,7 +49,7 @@ pub async fn ensure(client: &Client, count: usize) -> Vec<String> {
         .expect("creating the benchmark's nodes");
     loop {
         let nodes = labelled(&api).await;
-        let ready = nodes.iter().filter(|n| ready_and_untainted(n)).count();
+        let ready = nodes.iter().filter(|n| names.contains(&n.name_any()) && ready_and_untainted(n)).count();
         eprintln!("[fleet] {ready}/{count} nodes Ready after {:.0}s", started.elapsed().as_secs_f64());
         if ready >= count {
             break;
@@ -82,4 +80,9 @@ fn ready_and_untainted(n: &Node) -> bool {
     // The not-ready taint set at creation goes once the node lifecycle
     // controller has seen the node Ready.
     ready && n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_none_or(|t| t.is_empty())
+}
+
+/// Labelled nodes Ready and untainted: the fleet the schedulers really see.
+pub async fn ready_count(client: &Client) -> usize {
+    labelled(&Api::all(client.clone())).await.iter().filter(|n| ready_and_untainted(n)).count()
 }

@@ -128,6 +128,7 @@ async fn main() {
     let began = Instant::now();
     let load_before = report::load_average();
     let nodes = fleet::ensure(&client, args.nodes).await;
+    let fleet_seen = fleet::ready_count(&client).await;
     let mut runs = Vec::new();
     for &gang_size in &args.gangs {
         let workload = Workload::new(gang_size, args.pods, args.gpus);
@@ -136,7 +137,7 @@ async fn main() {
             runs.push(Run { workload, scheduler, result });
         }
     }
-    let text = report::render(&args, &runs, load_before, began.elapsed());
+    let text = report::render(&args, fleet_seen, &runs, load_before, began.elapsed());
     println!("{text}");
     if full {
         let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(&args.out);

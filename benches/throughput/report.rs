@@ -15,7 +15,7 @@ pub fn load_average() -> String {
         .unwrap_or_default()
 }
 
-pub fn render(args: &Args, runs: &[Run], load_before: String, took: Duration) -> String {
+pub fn render(args: &Args, fleet_seen: usize, runs: &[Run], load_before: String, took: Duration) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# End-to-end throughput\n");
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -32,7 +32,7 @@ pub fn render(args: &Args, runs: &[Run], load_before: String, took: Duration) ->
     );
     let _ = writeln!(
         out,
-        "Settings: {} kwok nodes x 8 GPUs; {} pods per run of {} GPUs each, created at {} pods/s by the harness; \
+        "Settings: {} kwok nodes x 8 GPUs ({fleet_seen} Ready fleet nodes seen by the schedulers); {} pods per run of {} GPUs each, created at {} pods/s by the harness; \
          client QPS {} and burst {} for every scheduler and for the ceiling; every bind in flight at once, \
          paced by that budget; a gang counts as partly bound after {} s with some but not all members bound. \
          Control plane: kube-apiserver {}; peers: kube-scheduler {} (GenericWorkload and GangScheduling on), \
