@@ -29,38 +29,13 @@ mkdir -p "$bin"
 start=$(date +%s)
 log() { echo "[build-control-plane] $(( $(date +%s) - start ))s: $*" >&2; }
 
-# The wrapper module: k8s.io/kubernetes publishes go.mod with every staging
-# module at v0.0.0, and a dependency's replace lines are ignored, so pin each
-# staging module to the v0.x.y tag that matches the release.
+# The wrapper module pins the staging modules (see go-wrapper.sh).
+# shellcheck source=go-wrapper.sh
+source "$here/go-wrapper.sh"
 mod="$cache/src/$key/wrapper"
-if [ ! -f "$mod/.ready" ]; then
-  rm -rf "$mod" && mkdir -p "$mod"
-  (
-    cd "$mod"
-    go mod init phalanx.dev/e2e/controlplane >/dev/null 2>&1
-    log "resolving k8s.io/kubernetes v$K8S_VERSION"
-    upstream_mod=$(go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')
-    staging="v0.${K8S_VERSION#1.}"
-    for m in $(awk '$1 ~ /^k8s\.io\// && $2 == "v0.0.0" {print $1}' "$upstream_mod"); do
-      go mod edit -replace="$m=$m@$staging"
-    done
-    go mod edit -require="k8s.io/kubernetes@v$K8S_VERSION" -require="go.etcd.io/etcd/server/v3@v$ETCD_VERSION"
-    cat > tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "go.etcd.io/etcd/server/v3"
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-)
-GO
-    log "go mod tidy (downloads modules on the first run)"
-    go mod tidy >&2
-    touch .ready
-  )
-fi
+log "preparing the wrapper module (downloads modules on the first run)"
+go_wrapper_module "$mod" "$K8S_VERSION" "k8s.io/kubernetes@v$K8S_VERSION" "go.etcd.io/etcd/server/v3@v$ETCD_VERSION" \
+  go.etcd.io/etcd/server/v3 k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
 
 minor=$(echo "$K8S_VERSION" | cut -d. -f2)
 ldflags="-s -w -X k8s.io/component-base/version.gitVersion=v$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"

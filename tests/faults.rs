@@ -206,50 +206,43 @@ async fn bind_conflicts_leave_each_pod_counted_where_it_went() {
     let pools = format!("- {{name: a, count: 2, gpus: 8, {H100}}}\n");
     let mut env = TestEnv::new("bind-conflict").await;
     let nodes = env.add_pools(&pools).await;
-    env.start_scheduler_with(&env.config_with_client(1, 1)).await;
-    // Three 4-GPU members: GPUs are recorded on all three before the first
-    // bind, which leaves time to step in.
+    // One bind every 2 s: the whole gang is placed before its first bind, and
+    // each later bind leaves time to step in.
+    let config = env.config_with_client(1, 1).replace("qps: 1,", "qps: 0.5,");
+    env.start_scheduler_with(&config).await;
     let gang = create_gang(&env, "g", 3, 4).await;
-    let recorded = |name: &'static str| {
-        let pods = env.pods();
-        async move {
-            let pod = pods.get(name).await.ok()?;
-            let unbound = pod.spec.as_ref()?.node_name.is_none();
-            (unbound && pod.metadata.annotations?.contains_key("phalanx.dev/gpus")).then_some(pod.metadata.uid?)
-        }
-    };
-    // Another client binds g-1 first: phalanx's bind gets 409 (already assigned).
-    let uid = eventually(Duration::from_secs(30), "g-1's GPUs recorded", || recorded("g-1")).await;
+    let (first, first_node) = eventually(Duration::from_secs(30), "a first member bound", || async {
+        invariants::bound(&pods_now(&env).await)
+            .into_iter()
+            .find(|(name, _)| gang.contains(name))
+            .map(|(n, (_, node))| (n, node))
+    })
+    .await;
+    let mut rest = gang.iter().filter(|n| **n != first);
+    let (taken, recreated) = (rest.next().unwrap().clone(), rest.next().unwrap().clone());
+    // Another client binds one member first, to the other node: phalanx's
+    // bind of it gets 409 (already assigned).
+    let elsewhere = nodes.iter().find(|n| **n != first_node).unwrap().clone();
+    let uid = env.pods().get(&taken).await.unwrap().metadata.uid.unwrap();
     let binding: k8s_openapi::api::core::v1::Binding = serde_json::from_value(json!({
-        "metadata": {"name": "g-1", "namespace": env.name, "uid": uid},
-        "target": {"apiVersion": "v1", "kind": "Node", "name": nodes[1]}
+        "metadata": {"name": taken, "namespace": env.name, "uid": uid},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": elsewhere}
     }))
     .unwrap();
     env.pods()
-        .create_subresource::<_, kube::core::Status>("binding", "g-1", &PostParams::default(), &binding)
+        .create_subresource::<_, kube::core::Status>("binding", &taken, &PostParams::default(), &binding)
         .await
-        .expect("bind g-1 first");
-    // g-2 is deleted and created again: phalanx's bind, with the old UID, gets 409.
-    eventually(Duration::from_secs(30), "g-2's GPUs recorded", || recorded("g-2")).await;
-    delete_now(&env, "g-2").await;
-    env.create(&member(&env, "g-2", 4, "g")).await;
+        .expect("bind a member first");
+    // Another is deleted and created again: phalanx's bind, with the old UID, gets 409.
+    delete_now(&env, &recreated).await;
+    env.create(&member(&env, &recreated, 4, "g")).await;
 
     let bound = wait_all_bound(&env, &gang, Duration::from_secs(60)).await;
-    assert_eq!(bound["g-1"].1, nodes[1], "g-1 stays where the other client put it");
-    // The GPUs phalanx recorded on g-1 were chosen for the node it meant to
-    // bind g-1 to: kept if that is where g-1 went, withdrawn if not.
-    let tried = format!("bind finished pod={}/g-1 node=", env.name);
-    let chosen = eventually(Duration::from_secs(10), "phalanx's bind of g-1 finished", || async {
-        let log = support::plain(&env.log());
-        log.lines().find_map(|l| Some(l.split_once(&tried)?.1.split_whitespace().next()?.to_string()))
-    })
-    .await;
-    let kept = chosen == nodes[1];
-    eventually(Duration::from_secs(10), "g-1's GPU choice kept only if right", || async {
-        let pod = env.pods().get("g-1").await.ok()?;
-        (pod.metadata.annotations.unwrap_or_default().contains_key("phalanx.dev/gpus") == kept).then_some(())
-    })
-    .await;
+    assert_eq!(bound[&taken].1, elsewhere, "{taken} stays where the other client put it");
+    // The GPUs travel with phalanx's binding, which was refused: none are
+    // recorded on the member the other client bound.
+    let annotations = env.pods().get(&taken).await.unwrap().metadata.annotations.unwrap_or_default();
+    assert!(!annotations.contains_key("phalanx.dev/gpus"), "{taken}: {annotations:?}");
     wait_metric(&env, "phalanx_bind_duration_seconds_count{result=\"conflict\"}", 2.0, Duration::from_secs(10)).await;
     let before = invariants::check(&env, &bound).await;
     // 12 of 16 GPUs are taken: a 4-GPU pod fits, and then nothing more. A

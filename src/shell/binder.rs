@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::core::Status;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -112,7 +112,8 @@ impl Binder {
     }
 
     /// Starts the bind in the background; the outcome arrives on the channel.
-    /// GPU pods first get their chosen GPUs recorded (`phalanx.dev/gpus`).
+    /// GPU pods get their chosen GPUs recorded (`phalanx.dev/gpus`) by the
+    /// same call.
     pub fn bind(&self, uid: String, key: PodKey, node: String, gpus: Vec<u32>) {
         let this = self.clone();
         self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -122,7 +123,7 @@ impl Binder {
             // is retried here, so a gang's member keeps the place its gang was
             // given instead of going back to the queue on its own.
             let result =
-                retrying(|| this.try_bind(&uid, &key, &node, &gpus), |r| matches!(r, BindResult::Failed(_))).await;
+                retrying(|| this.post_binding(&uid, &key, &node, &gpus), |r| matches!(r, BindResult::Failed(_))).await;
             let label = match &result {
                 BindResult::Bound => "bound",
                 BindResult::PodGone => "gone",
@@ -142,72 +143,16 @@ impl Binder {
         });
     }
 
-    async fn try_bind(&self, uid: &str, key: &PodKey, node: &str, gpus: &[u32]) -> BindResult {
-        if let Err(failed) = self.record_gpus(uid, key, node, gpus).await {
-            return failed;
-        }
-        let result = self.post_binding(uid, key, node).await;
-        if matches!(result, BindResult::Conflict(_)) && !gpus.is_empty() {
-            self.withdraw_gpus(uid, key, node, gpus).await;
-        }
-        result
-    }
-
-    /// After a 409 on the bind: if another client bound the pod to another
-    /// node, the GPUs recorded on it were chosen for ours and may be held by
-    /// others there, so they are taken off the pod (which then counts as
-    /// holding the GPUs it most likely got). Best effort: on any failure the
-    /// annotation stays, and the agent's report corrects the view.
-    async fn withdraw_gpus(&self, uid: &str, key: &PodKey, node: &str, gpus: &[u32]) {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
-        self.limiter.acquire().await;
-        let Ok(pod) = api.get(&key.name).await else { return };
-        let elsewhere = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| n != node);
-        let recorded = pod.metadata.annotations.as_ref().and_then(|a| a.get(GPUS_ANNOTATION));
-        if pod.metadata.uid.as_deref() != Some(uid) || !elsewhere || recorded != Some(&gpu_annotation_value(gpus)) {
-            return;
-        }
-        self.limiter.acquire().await;
-        // The resource version: only the version just read, with our annotation, is changed.
-        let patch = serde_json::json!({"metadata": {
-            "uid": uid,
-            "resourceVersion": pod.metadata.resource_version,
-            "annotations": {GPUS_ANNOTATION: null}
-        }});
-        match api.patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-            Ok(_) => debug!(pod = %key, "bound elsewhere by another client; GPUs chosen for {node} withdrawn"),
-            Err(e) => warn!(pod = %key, error = %e, "could not withdraw the GPUs recorded for {node}"),
-        }
-    }
-
-    /// The annotation carries the UID, so it cannot land on a pod recreated
-    /// under the same name.
-    async fn record_gpus(&self, uid: &str, key: &PodKey, node: &str, gpus: &[u32]) -> Result<(), BindResult> {
-        if gpus.is_empty() {
-            return Ok(());
-        }
-        self.limiter.acquire().await;
-        if self.node_gone(node) {
-            return Err(BindResult::NodeGone);
-        }
-        self.check_leading()?;
-        let patch = serde_json::json!({"metadata": {
-            "uid": uid,
-            "annotations": {GPUS_ANNOTATION: gpu_annotation_value(gpus)}
-        }});
-        Api::<Pod>::namespaced(self.client.clone(), &key.namespace)
-            .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map(|_| ())
-            .map_err(|e| classify(e, key))
-    }
-
     /// Checked right before each call: nothing is sent once the lease is lost.
     fn check_leading(&self) -> Result<(), BindResult> {
         if self.leadership.is_leading() { Ok(()) } else { Err(BindResult::NotSent(NOT_LEADING.into())) }
     }
 
-    async fn post_binding(&self, uid: &str, key: &PodKey, node: &str) -> BindResult {
+    /// The API server copies a Binding's annotations onto the pod as it sets
+    /// the node, so the GPUs are recorded with the bind in one call (half the
+    /// requests of a patch then a bind), the UID guards both, and a bind that
+    /// fails (another client bound the pod first) leaves no GPUs recorded.
+    async fn post_binding(&self, uid: &str, key: &PodKey, node: &str, gpus: &[u32]) -> BindResult {
         self.limiter.acquire().await;
         if self.node_gone(node) {
             return BindResult::NodeGone;
@@ -215,12 +160,15 @@ impl Binder {
         if let Err(not_sent) = self.check_leading() {
             return not_sent;
         }
+        let annotations =
+            (!gpus.is_empty()).then(|| [(GPUS_ANNOTATION.to_string(), gpu_annotation_value(gpus))].into());
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
         let binding = Binding {
             metadata: ObjectMeta {
                 name: Some(key.name.clone()),
                 namespace: Some(key.namespace.clone()),
                 uid: Some(uid.to_string()),
+                annotations,
                 ..Default::default()
             },
             target: ObjectReference {
