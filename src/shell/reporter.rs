@@ -13,7 +13,7 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::leader_election::Leadership;
 use super::metrics::Metrics;
@@ -86,8 +86,11 @@ async fn write_reports(writer: Writer, mut rx: mpsc::Receiver<Report>) {
         };
         let writer = writer.clone();
         tokio::spawn(async move {
-            if let Err(e) = writer.write(&report).await {
-                debug!(error = %e, ?report, "report not written");
+            match writer.write(&report).await {
+                // Refused: the RBAC in use lacks a rule, which someone must fix.
+                Err(kube::Error::Api(e)) if e.code == 403 => warn!(error = %e, ?report, "report refused"),
+                Err(e) => debug!(error = %e, ?report, "report not written"),
+                Ok(()) => {}
             }
             drop(permit);
         });
