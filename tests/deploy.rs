@@ -451,7 +451,6 @@ const SCHEDULER_MAY: &[(&str, &str, &str)] = &[
     ("list", "pods", ANY),
     ("watch", "pods", ANY),
     ("get", "pods", ANY),
-    ("patch", "pods", ANY),
     ("patch", "pods/status", ANY),
     ("create", "pods/binding", ANY),
     ("create", "pods/eviction", ANY),
@@ -473,6 +472,7 @@ const SCHEDULER_MAY: &[(&str, &str, &str)] = &[
 const SCHEDULER_MUST_NOT: &[(&str, &str, &str)] = &[
     ("create", "pods", ANY),
     ("update", "pods", ANY),
+    ("patch", "pods", ANY),
     ("delete", "pods", ANY),
     ("deletecollection", "pods", ANY),
     ("update", "pods/status", ANY),
