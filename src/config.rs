@@ -215,8 +215,9 @@ pub fn from_text(text: &str, path: &Path) -> Result<SchedulerConfig, ConfigError
 pub fn parse(text: &str) -> Result<SchedulerConfig, FieldError> {
     let raw: RawConfig =
         serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text)).map_err(|e| {
+            // The root, or a key that is itself empty, has no path to name.
             let field = match e.path().to_string() {
-                p if p == "." => "(document)".to_string(),
+                p if p == "." || p.is_empty() => "(document)".to_string(),
                 p => p,
             };
             bad(field, e.into_inner().to_string())

@@ -23,18 +23,6 @@ use support::{TestEnv, ensure_crds, eventually, gpus_by_node, http_get};
 const SETTLE: Duration = Duration::from_secs(30);
 const GROUP_LABEL: &str = "scheduling.x-k8s.io/pod-group";
 
-async fn create<K>(env: &TestEnv, body: serde_json::Value) -> K
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-{
-    let object: K = serde_json::from_value(body).unwrap();
-    Api::<K>::namespaced(env.client.clone(), &env.name).create(&PostParams::default(), &object).await.unwrap()
-}
-
 fn member(env: &TestEnv, name: &str, gpus: u32, group: &str) -> Pod {
     let mut pod = env.pod(name, gpus);
     pod.metadata.labels = Some([(GROUP_LABEL.to_string(), group.to_string())].into());
@@ -89,13 +77,13 @@ async fn hostile_objects_are_reported_by_field_and_a_healthy_gang_still_binds() 
     let ns = env.name.clone();
 
     // A namespace quota that lets the healthy gang in, and an absurd one.
-    let _: ElasticQuota = create(
+    let _: ElasticQuota = support::create_object(
         &env,
         json!({"apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "ElasticQuota",
             "metadata": {"name": "gpus", "namespace": ns}, "spec": {"max": {"nvidia.com/gpu": 64}}}),
     )
     .await;
-    let _: ElasticQuota = create(
+    let _: ElasticQuota = support::create_object(
         &env,
         json!({"apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "ElasticQuota",
             "metadata": {"name": "absurd", "namespace": ns}, "spec": {"max": {"nvidia.com/gpu": "1e30"}}}),
@@ -132,7 +120,7 @@ async fn hostile_objects_are_reported_by_field_and_a_healthy_gang_still_binds() 
     env.nodes().patch_status(absurd, &PatchParams::default(), &memory).await.unwrap();
 
     // Hostile gangs and pods.
-    let _: PodGroup = create(
+    let _: PodGroup = support::create_object(
         &env,
         json!({"apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "PodGroup",
             "metadata": {"name": "huge", "namespace": ns}, "spec": {"minMember": i32::MAX}}),
@@ -151,7 +139,7 @@ async fn hostile_objects_are_reported_by_field_and_a_healthy_gang_still_binds() 
         assert!(message.contains(refusal) && message.contains("nvidia.com/gpu"), "{message}");
     }
     // The healthy gang: four 4-GPU members.
-    let _: PodGroup = create(
+    let _: PodGroup = support::create_object(
         &env,
         json!({"apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "PodGroup",
             "metadata": {"name": "healthy", "namespace": ns}, "spec": {"minMember": 4}}),

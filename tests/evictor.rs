@@ -15,7 +15,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Pod, ResourceQuota};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use phalanx::api::elastic_quota::ElasticQuota;
 use phalanx::core::pod::PodKey;
 use phalanx::shell::evictor::{EvictOutcome, EvictResult, Evictor};
@@ -29,18 +29,6 @@ use tokio::sync::mpsc;
 
 const SETTLE: Duration = Duration::from_secs(30);
 const ONE_NODE: &str = "- {name: a, count: 1, gpus: 8, gpuProduct: NVIDIA-H100-80GB-HBM3}\n";
-
-async fn create<K>(env: &TestEnv, object: serde_json::Value) -> K
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let object: K = serde_json::from_value(object).unwrap();
-    Api::<K>::namespaced(env.client.clone(), &env.name).create(&PostParams::default(), &object).await.expect("create")
-}
 
 /// A pod on `node` already (no scheduler involved), which kwok runs.
 fn pod_on(env: &TestEnv, name: &str, node: &str, labels: serde_json::Value) -> serde_json::Value {
@@ -79,19 +67,19 @@ async fn evict(
 async fn the_evictor_evicts_and_a_budget_with_max_unavailable_0_refuses() {
     let env = TestEnv::new("evictor").await;
     let nodes = env.add_pools(ONE_NODE).await;
-    let free: Pod = create(&env, pod_on(&env, "free", &nodes[0], json!({"app": "free"}))).await;
-    let other: Pod = create(&env, pod_on(&env, "other", &nodes[0], json!({"app": "free"}))).await;
+    let free: Pod = support::create_object(&env, pod_on(&env, "free", &nodes[0], json!({"app": "free"}))).await;
+    let other: Pod = support::create_object(&env, pod_on(&env, "other", &nodes[0], json!({"app": "free"}))).await;
     // The disruption controller counts a budget's pods through their
     // controller: the guarded pod has one.
     let mut template = pod_on(&env, "", &nodes[0], json!({"app": "guarded"}));
     template["metadata"] = json!({"labels": {"app": "guarded"}});
-    let _: ReplicaSet = create(
+    let _: ReplicaSet = support::create_object(
         &env,
         json!({"metadata": {"name": "guarded", "namespace": env.name},
             "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "guarded"}}, "template": template}}),
     )
     .await;
-    let _: PodDisruptionBudget = create(
+    let _: PodDisruptionBudget = support::create_object(
         &env,
         json!({"metadata": {"name": "guarded", "namespace": env.name},
             "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": "guarded"}}}}),
@@ -204,26 +192,26 @@ async fn the_scheduler_sees_elastic_quotas_resource_quotas_and_budgets() {
     let mut env = TestEnv::new("quota-watch").await;
     env.add_pools("- {name: a, count: 2, gpus: 8, gpuProduct: NVIDIA-H100-80GB-HBM3}\n").await;
     let ns = env.name.clone();
-    let _: ElasticQuota = create(
+    let _: ElasticQuota = support::create_object(
         &env,
         json!({"apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "ElasticQuota",
             "metadata": {"name": "gpus", "namespace": ns},
             "spec": {"min": {"nvidia.com/gpu": 4}, "max": {"nvidia.com/gpu": "8", "cpu": 4}}}),
     )
     .await;
-    let _: ElasticQuota = create(
+    let _: ElasticQuota = support::create_object(
         &env,
         json!({"apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "ElasticQuota",
             "metadata": {"name": "broken", "namespace": ns}, "spec": {"max": {"nvidia.com/gpu": "-1"}}}),
     )
     .await;
-    let _: ResourceQuota = create(
+    let _: ResourceQuota = support::create_object(
         &env,
         json!({"metadata": {"name": "gpus", "namespace": ns},
             "spec": {"hard": {"requests.nvidia.com/gpu": "16", "pods": "20", "count/jobs.batch": "5"}}}),
     )
     .await;
-    let _: PodDisruptionBudget = create(
+    let _: PodDisruptionBudget = support::create_object(
         &env,
         json!({"metadata": {"name": "train", "namespace": ns},
             "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": "train"}}}}),

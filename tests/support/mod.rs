@@ -374,6 +374,19 @@ impl Replica {
 /// Installs the CRDs phalanx ships that the cluster lacks (a control plane
 /// started before a CRD was added to `deploy/crds/`), and waits until the API
 /// server serves them.
+/// Creates a namespaced object of any kind, given as JSON, in the env's namespace.
+pub async fn create_object<K>(env: &TestEnv, body: serde_json::Value) -> K
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let object: K = serde_json::from_value(body).expect("a valid object");
+    Api::<K>::namespaced(env.client.clone(), &env.name).create(&PostParams::default(), &object).await.expect("create")
+}
+
 pub async fn ensure_crds(client: &Client) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
