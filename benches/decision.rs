@@ -7,7 +7,7 @@
 //! from the queue, then the placed members leave the queue. Prints a table
 //! and writes bench/results/decision-speed.md.
 //!
-//! cargo bench --bench decision
+//! cargo bench --bench decision [-- --only "512 x 8 GPUs on 5000"]
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) it runs small
 //! cases only, checks what they placed, and leaves the results file alone.
@@ -278,6 +278,14 @@ struct Row {
     target: Option<Duration>,
 }
 
+fn placement_name(nodes: usize, occupancy: f64, pods: usize) -> String {
+    format!("place {pods} x 8 GPUs on {nodes} nodes at {:.0}%", occupancy * 100.0)
+}
+
+fn victims_name(nodes: usize, pods: usize) -> String {
+    format!("victims for {pods} x 8 GPUs on {nodes} full nodes")
+}
+
 /// Places one gang of `pods` x 8 GPUs on `nodes` nodes filled to `occupancy`.
 fn placement_case(profiles: &HashMap<String, Profile>, nodes: usize, occupancy: f64, pods: usize, runs: usize) -> Row {
     let mut rng = Rng(0x5eed_0000 + nodes as u64 * 31 + (occupancy * 100.0) as u64);
@@ -325,8 +333,7 @@ fn placement_case(profiles: &HashMap<String, Profile>, nodes: usize, occupancy: 
         (5000, 512) => Some(Duration::from_millis(100)),
         _ => None,
     };
-    let case = format!("place {pods} x 8 GPUs on {nodes} nodes at {:.0}%", occupancy * 100.0);
-    Row { case, outcome, timings, target }
+    Row { case: placement_name(nodes, occupancy, pods), outcome, timings, target }
 }
 
 /// Victim selection for a gang of `pods` x 8 GPUs on a full fleet of lower-priority jobs.
@@ -353,8 +360,12 @@ fn preemption_case(profiles: &HashMap<String, Profile>, nodes: usize, pods: usiz
         gangs.abandon_preemption(&key);
         took
     });
-    let case = format!("victims for {pods} x 8 GPUs on {nodes} full nodes");
-    Row { case, outcome, timings, target: (nodes == 5000).then(|| Duration::from_millis(50)) }
+    Row {
+        case: victims_name(nodes, pods),
+        outcome,
+        timings,
+        target: (nodes == 5000).then(|| Duration::from_millis(50)),
+    }
 }
 
 fn vm_rss_kib() -> u64 {
@@ -448,13 +459,17 @@ fn main() {
     }
     // `cargo bench` passes --bench; `cargo test` runs a quick smoke version.
     let full = args.iter().any(|a| a == "--bench");
+    // `--only TEXT`: just the cases whose name contains TEXT (for profiling);
+    // the results file is then left alone.
+    let only = args.iter().position(|a| a == "--only").map(|at| args[at + 1].clone());
+    let wanted = |case: &str| only.as_deref().is_none_or(|o| case.contains(o));
     let profiles = HashMap::from([("phalanx".to_string(), default_profile("phalanx"))]);
     let mut rows = Vec::new();
     let (fleets, gang_sizes, runs): (&[usize], &[usize], usize) =
         if full { (&[500, 5000], &[8, 64, 512], 200) } else { (&[64], &[2, 8, 32], 3) };
     for &nodes in fleets {
         for occupancy in [0.5, 0.9] {
-            for &pods in gang_sizes {
+            for &pods in gang_sizes.iter().filter(|&&p| wanted(&placement_name(nodes, occupancy, p))) {
                 let row = placement_case(&profiles, nodes, occupancy, pods, runs);
                 eprintln!("{}: p99 {}", row.case, ms(row.timings.p99()));
                 rows.push(row);
@@ -462,7 +477,14 @@ fn main() {
         }
     }
     let (victim_nodes, victim_pods) = if full { (5000, 64) } else { (64, 8) };
-    rows.push(preemption_case(&profiles, victim_nodes, victim_pods, if full { 50 } else { 3 }));
+    if wanted(&victims_name(victim_nodes, victim_pods)) {
+        let row = preemption_case(&profiles, victim_nodes, victim_pods, if full { 50 } else { 3 });
+        eprintln!("{}: p99 {}", row.case, ms(row.timings.p99()));
+        rows.push(row);
+    }
+    if only.is_some() {
+        return;
+    }
     let (mem_nodes, mem_pods) = if full { (5000, 50_000) } else { (64, 640) };
     let (before, after, bound, pending) = measure_memory(mem_nodes, mem_pods);
     assert!(after > before, "building the state takes memory");

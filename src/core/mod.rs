@@ -8,6 +8,7 @@ pub mod gang_placement;
 pub mod gang_scheduler;
 pub mod leader_lease;
 pub mod node;
+mod node_table;
 pub mod plugins;
 pub mod pod;
 pub mod pod_group_status;

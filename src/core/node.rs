@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use super::resources::Resources;
-use super::topology::domains::DomainId;
+use super::topology::domains::NodeDomains;
 use super::topology::gpu_choice::{GpuMask, NodeGpuModel};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,7 +49,7 @@ pub struct NodeInfo {
     /// one would be an over-commit.
     pub gpu_holders: Vec<u16>,
     /// The node's domain at each configured topology level.
-    pub domains: Vec<Option<DomainId>>,
+    pub domains: NodeDomains,
     /// Changes whenever anything above does, and is never the same for two
     /// states of any two nodes of a snapshot: a verdict on a node made at one
     /// version still holds while the version is unchanged.

@@ -25,7 +25,7 @@ use super::gang_placement::{
 use super::pod::{PodInfo, PodKey};
 use super::resources::GPU;
 use super::snapshot::{ClusterSnapshot, Placement};
-use super::topology::domains::DomainId;
+use super::topology::domains::NodeDomains;
 
 /// The `preemption` section of the scheduler configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -107,7 +107,7 @@ struct Candidate {
 /// What choosing a placed pod as a victim weighs, read once per plan
 /// rather than looked up again in every scope tried.
 struct PodFacts {
-    domains: Vec<Option<DomainId>>,
+    domains: NodeDomains,
     gpus: i64,
     created: i64,
 }
@@ -452,6 +452,14 @@ fn plan_in_scope(
         }
         let restored = restore_unit(snapshot, &mut eviction, &unit);
         room.refresh(snapshot, restored.iter().map(|(_, p)| p.node.as_str()));
+        // Pods put back on nodes the placement found does not use leave it
+        // valid (whether a member fits reads only its own node), so the unit
+        // is not needed; no new search. Most units taken on the way up are
+        // of this kind: cheap pods spread over the scope.
+        let used: HashSet<&str> = placement.iter().flatten().map(|m| m.node.as_str()).collect();
+        if restored.iter().all(|(_, p)| !used.contains(p.node.as_str())) {
+            continue;
+        }
         match room.may_fit(needed.len()).then(|| fits(profile, needed, snapshot, scope)).flatten() {
             Some(p) => placement = Some(p),
             None => {

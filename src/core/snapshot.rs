@@ -6,11 +6,12 @@
 //! so the next decision already sees the resources as taken; the watch later
 //! *confirms* it, or a failed bind *forgets* it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::gang::GangId;
 use super::node::{NodeInfo, NodeSpec};
+use super::node_table::{NodeTable, Slot};
 use super::pod::PodKey;
 use super::resources::{GPU, Resources};
 use super::topology::domains::{DomainId, DomainIndex, DomainLevels};
@@ -72,7 +73,7 @@ pub struct TopologySettings {
 #[derive(Debug, Default)]
 pub struct ClusterSnapshot {
     settings: TopologySettings,
-    nodes: BTreeMap<String, NodeInfo>,
+    nodes: NodeTable,
     placements: HashMap<String, Placement>,
     /// One model per distinct topology, shared by every node that has it.
     gpu_models: HashMap<GpuTopology, Arc<NodeGpuModel>>,
@@ -81,7 +82,7 @@ pub struct ClusterSnapshot {
     domains: DomainIndex,
     /// The nodes of each topology domain, in name order, so that a decision
     /// scoped to one domain does not walk the whole cluster.
-    domain_members: HashMap<DomainId, BTreeSet<String>>,
+    domain_members: HashMap<DomainId, Vec<Slot>>,
     /// Last version given to a node (see `NodeInfo::version`).
     versions: u64,
     /// Where each job's placed pods are: node -> pod count.
@@ -111,20 +112,22 @@ impl ClusterSnapshot {
     pub fn upsert_node(&mut self, spec: NodeSpec) -> bool {
         let domains = self.settings.levels.domains_of(&spec.labels, &mut self.domains);
         let name = spec.name.clone();
-        let info = self.nodes.entry(name.clone()).or_default();
+        let (slot, info) = self.nodes.entry(&name);
         let changed = info.spec.as_ref() != Some(&spec);
         let listed = info.spec.is_some() && info.domains == domains;
-        if !listed {
-            unlist(&mut self.domain_members, &name, &info.domains);
-            for id in domains.iter().flatten() {
-                self.domain_members.entry(*id).or_default().insert(name.clone());
-            }
-        }
+        let old_domains = std::mem::replace(&mut info.domains, domains.clone());
         info.spec = Some(spec);
-        info.domains = domains;
         if changed || !listed {
             self.versions += 1;
             info.version = self.versions;
+        }
+        if !listed {
+            self.unlist(slot, &old_domains);
+            for id in domains.iter().flatten() {
+                let mut members = self.domain_members.remove(id).unwrap_or_default();
+                self.nodes.list(&mut members, slot);
+                self.domain_members.insert(*id, members);
+            }
         }
         if changed {
             self.refresh_gpu_model(&name);
@@ -132,9 +135,20 @@ impl ClusterSnapshot {
         changed
     }
 
+    /// Takes a node out of its domains' member lists.
+    fn unlist(&mut self, slot: Slot, domains: &[Option<DomainId>]) {
+        for id in domains.iter().flatten() {
+            if let Some(members) = self.domain_members.get_mut(id) {
+                self.nodes.unlist(members, slot);
+            }
+        }
+    }
+
     pub fn remove_node(&mut self, name: &str) {
-        if let Some(info) = self.nodes.get_mut(name) {
-            unlist(&mut self.domain_members, name, &info.domains);
+        if let Some(slot) = self.nodes.slot_of(name) {
+            let domains = self.nodes.at(slot).domains.clone();
+            self.unlist(slot, &domains);
+            let info = self.nodes.get_mut(name).expect("present");
             info.spec = None;
             self.versions += 1;
             info.version = self.versions;
@@ -239,13 +253,13 @@ impl ClusterSnapshot {
 
     /// Nodes whose object exists, in name order.
     pub fn nodes(&self) -> impl Iterator<Item = (&NodeSpec, &NodeInfo)> {
-        self.nodes.values().filter_map(|info| info.spec.as_ref().map(|spec| (spec, info)))
+        self.nodes.iter().filter_map(|info| info.spec.as_ref().map(|spec| (spec, info)))
     }
 
     /// Nodes in one topology domain whose object exists, in name order.
     pub fn domain_nodes(&self, domain: DomainId) -> impl Iterator<Item = (&NodeSpec, &NodeInfo)> {
-        let names = self.domain_members.get(&domain).into_iter().flatten();
-        names.filter_map(|name| self.nodes.get(name)).filter_map(|info| info.spec.as_ref().map(|spec| (spec, info)))
+        let slots = self.domain_members.get(&domain).into_iter().flatten();
+        slots.map(|&slot| self.nodes.at(slot)).filter_map(|info| info.spec.as_ref().map(|spec| (spec, info)))
     }
 
     pub fn node_names(&self) -> impl Iterator<Item = &str> {
@@ -409,7 +423,7 @@ impl ClusterSnapshot {
         self.release(pod.uid);
         let wanted = pod.requests.get(GPU).max(0) as usize;
         let gpus = gpus.or_else(|| self.choose_gpus(pod.node, wanted)).unwrap_or(0);
-        let info = self.nodes.entry(pod.node.to_string()).or_default();
+        let (_, info) = self.nodes.entry(pod.node);
         self.versions += 1;
         info.version = self.versions;
         info.requested.add(pod.requests);
@@ -434,15 +448,6 @@ impl ClusterSnapshot {
                 labels: pod.labels.clone(),
             },
         );
-    }
-}
-
-/// Takes a node out of the member lists of its domains.
-fn unlist(members: &mut HashMap<DomainId, BTreeSet<String>>, name: &str, domains: &[Option<DomainId>]) {
-    for id in domains.iter().flatten() {
-        if let Some(names) = members.get_mut(id) {
-            names.remove(name);
-        }
     }
 }
 

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -56,6 +57,11 @@ impl Default for DomainLevels {
 /// A domain id, unique across levels.
 pub type DomainId = u32;
 
+/// A node's domain at each level, narrowest first (`None` where it has no
+/// label). Inline for the usual four levels: every decision reads it for
+/// every feasible node.
+pub type NodeDomains = SmallVec<[Option<DomainId>; 4]>;
+
 /// Interns domain names; ids are stable for the life of the scheduler.
 #[derive(Debug, Default)]
 pub struct DomainIndex {
@@ -78,7 +84,7 @@ impl DomainLevels {
     }
 
     /// The node's domain at each level (`None` where it has no label).
-    pub fn domains_of(&self, labels: &BTreeMap<String, String>, index: &mut DomainIndex) -> Vec<Option<DomainId>> {
+    pub fn domains_of(&self, labels: &BTreeMap<String, String>, index: &mut DomainIndex) -> NodeDomains {
         (0..self.levels.len())
             .map(|level| {
                 self.value(level, labels)?;
