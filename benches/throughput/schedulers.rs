@@ -110,7 +110,8 @@ fn fill(template: &str, scheduler: Contender, setup: &Setup) -> String {
         .replace("${SCHEDULER_NAME}", scheduler.scheduler_name())
 }
 
-/// deploy/scheduler-config.yaml with the benchmark's scheduler name and client limits.
+/// deploy/scheduler-config.yaml with the benchmark's scheduler name and client
+/// limits, without leader election.
 fn phalanx_config(repo: &Path, setup: &Setup) -> String {
     let text =
         std::fs::read_to_string(repo.join("deploy/scheduler-config.yaml")).expect("deploy/scheduler-config.yaml");
@@ -118,6 +119,8 @@ fn phalanx_config(repo: &Path, setup: &Setup) -> String {
     config["clientConnection"]["qps"] = setup.qps.into();
     config["clientConnection"]["burst"] = setup.burst.into();
     config["profiles"][0]["schedulerName"] = Contender::Phalanx.scheduler_name().into();
+    // One instance, as the peers run (their configs turn it off too).
+    config["leaderElection"]["leaderElect"] = false.into();
     serde_yaml_ng::to_string(&config).expect("scheduler config")
 }
 
