@@ -101,8 +101,17 @@ pub fn render(args: &Args, fleet_seen: usize, runs: &[Run], load_before: String,
             && let Some(cosched) = rate(size, Contender::Coscheduling)
         {
             let ratio = phalanx / cosched;
+            // Nobody binds faster than the ceiling at the same QPS: when
+            // Coscheduling is above half of it, 2x is out of reach for anyone.
+            let reachable = match rate(size, Contender::Ceiling) {
+                Some(ceiling) if 2.0 * cosched > ceiling => format!(
+                    "; out of reach at this QPS: 2x Coscheduling is {:.1} pods/s, above the bind ceiling's {ceiling:.1}",
+                    2.0 * cosched
+                ),
+                _ => String::new(),
+            };
             verdicts.push(format!(
-                "{} {name}: phalanx at {ratio:.2}x Coscheduling's pods/s (target 2x)",
+                "{} {name}: phalanx at {ratio:.2}x Coscheduling's pods/s (target 2x){reachable}",
                 if ratio >= 2.0 { "MET" } else { "MISSED" }
             ));
         }

@@ -16,7 +16,7 @@ use super::framework::{JobDemand, Profile};
 use super::gang::GangId;
 use super::node::{NodeInfo, NodeSpec};
 use super::pod::{PodInfo, PodKey};
-use super::resources::{GPU, Resources};
+use super::resources::GPU;
 use super::schedule::{FitError, NodeGate, NodeVerdicts, choose_node_among, filter_node};
 use super::snapshot::ClusterSnapshot;
 use super::topology::domains::DomainId;
@@ -200,7 +200,18 @@ fn gate(scope: Scope, held: &HashSet<String>, spec: &NodeSpec, usage: &NodeInfo)
     if !scope.contains(usage) {
         return NodeGate::OutOfScope;
     }
-    if held.contains(&spec.name) { NodeGate::Held } else { NodeGate::Open }
+    if is_in(held, &spec.name) { NodeGate::Held } else { NodeGate::Open }
+}
+
+/// Per topology domain (level, id), counted over every node in a decision:
+/// foldhash, as SipHash was a tenth of an unschedulable gang's decision.
+type DomainMap<V> = HashMap<(usize, DomainId), V, foldhash::fast::RandomState>;
+
+/// Whether `node` is in a set of node names that is usually empty (held
+/// nodes): hashing every node's name against an empty set cost as much as
+/// the rest of a walk.
+fn is_in(nodes: &HashSet<String>, node: &str) -> bool {
+    !nodes.is_empty() && nodes.contains(node)
 }
 
 /// Scopes to try, best first; the whole cluster is always last.
@@ -227,12 +238,12 @@ fn candidate_scopes(
         }
     } else if let Some(largest) = needed.first().filter(|_| needed.len() > 1) {
         // Domains that look big enough for the whole gang, packing the fullest first.
-        let mut room: HashMap<(usize, DomainId), usize> = HashMap::new();
+        let mut room: DomainMap<usize> = DomainMap::default();
         for (spec, usage) in snapshot.nodes() {
-            if held.contains(&spec.name) || filter_node(profile, largest, spec, usage).is_err() {
+            if is_in(held, &spec.name) || filter_node(profile, largest, spec, usage).is_err() {
                 continue;
             }
-            let fits = pods_that_fit(largest, &usage.free(), usage.free_gpus().count_ones() as usize);
+            let fits = pods_that_fit(largest, |name| usage.free_of(name), usage.free_gpus().count_ones() as usize);
             for (level, id) in usage.domains.iter().enumerate() {
                 if let Some(id) = id {
                     *room.entry((level, *id)).or_default() += fits;
@@ -262,12 +273,12 @@ fn capped_per_level(domains: impl Iterator<Item = (usize, DomainId)>) -> Vec<Sco
     scopes
 }
 
-/// How many pods like `pod` fit into `free` resources with `free_gpus` GPUs.
-fn pods_that_fit(pod: &PodInfo, free: &Resources, free_gpus: usize) -> usize {
+/// How many pods like `pod` fit into what is `free` (by resource name) with `free_gpus` GPUs.
+fn pods_that_fit(pod: &PodInfo, free: impl Fn(&str) -> i64, free_gpus: usize) -> usize {
     pod.requests
         .iter()
         .map(|(name, amount)| {
-            let available = if name == GPU { free_gpus as i64 } else { free.get(name) };
+            let available = if name == GPU { free_gpus as i64 } else { free(name) };
             if amount <= 0 { usize::MAX } else { (available.max(0) / amount) as usize }
         })
         .min()
@@ -282,8 +293,8 @@ pub(crate) fn could_ever_take(profile: &Profile, pod: &PodInfo, spec: &NodeSpec,
 /// A node's room for pods like `pod`: when empty, and now.
 pub(crate) fn node_room(pod: &PodInfo, spec: &NodeSpec, usage: &NodeInfo) -> (usize, usize) {
     let all_gpus = usage.gpu_holders.len().max(spec.allocatable.get(GPU).max(0) as usize);
-    let empty = pods_that_fit(pod, &spec.allocatable, all_gpus);
-    let now = pods_that_fit(pod, &usage.free(), usage.free_gpus().count_ones() as usize);
+    let empty = pods_that_fit(pod, |name| spec.allocatable.get(name), all_gpus);
+    let now = pods_that_fit(pod, |name| usage.free_of(name), usage.free_gpus().count_ones() as usize);
     (empty, now.min(empty))
 }
 
@@ -296,7 +307,7 @@ pub(crate) fn scopes_that_could_hold(
     required: usize,
     snapshot: &ClusterSnapshot,
 ) -> Vec<Scope> {
-    let mut room: HashMap<(usize, DomainId), (usize, usize)> = HashMap::new();
+    let mut room: DomainMap<(usize, usize)> = DomainMap::default();
     for (spec, usage) in snapshot.nodes() {
         if !could_ever_take(profile, largest, spec, usage) {
             continue;
@@ -354,10 +365,10 @@ fn narrowest_candidates<'s>(
     prefer: impl Fn(&[NodeRoom<'s>]) -> (usize, usize),
 ) -> Option<Candidates<'s>> {
     let levels = snapshot.settings().levels.len();
-    let mut by_domain: HashMap<(usize, DomainId), Vec<NodeRoom>> = HashMap::new();
+    let mut by_domain: DomainMap<Vec<NodeRoom>> = DomainMap::default();
     let mut everything = Vec::new();
     for (spec, usage) in snapshot.nodes() {
-        if excluded.contains(&spec.name) || !could_ever_take(profile, largest, spec, usage) {
+        if is_in(excluded, &spec.name) || !could_ever_take(profile, largest, spec, usage) {
             continue;
         }
         let (empty, now) = node_room(largest, spec, usage);

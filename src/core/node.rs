@@ -64,6 +64,13 @@ impl NodeInfo {
         free
     }
 
+    /// How much of one resource is still free, without building the whole
+    /// `free()` set (room is counted for every node in every decision).
+    pub fn free_of(&self, name: &str) -> i64 {
+        let allocatable = self.spec.as_ref().map_or(0, |s| s.allocatable.get(name));
+        allocatable.saturating_sub(self.requested.get(name))
+    }
+
     /// GPUs no pod holds, as a set of topology positions.
     pub fn free_gpus(&self) -> GpuMask {
         self.gpu_holders.iter().enumerate().filter(|(_, h)| **h == 0).fold(0, |mask, (p, _)| mask | (1 << p))

@@ -204,22 +204,22 @@ pub fn choose_node_among<'s>(
 
 /// How many nodes failed for each reason (held ones included); out-of-scope ones are not counted.
 fn fit_error(verdicts: &[Option<NodeVerdict>]) -> FitError {
-    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
     let mut total_nodes = 0;
     for v in verdicts.iter().flatten() {
         match &v.verdict {
             Verdict::OutOfScope => continue,
             Verdict::Feasible(_) => {}
-            Verdict::Held => *reasons.entry(HELD_REASON.to_string()).or_default() += 1,
+            Verdict::Held => *reasons.entry(HELD_REASON).or_default() += 1,
             Verdict::Rejected(why) => {
                 for r in why {
-                    *reasons.entry(r.clone()).or_default() += 1;
+                    *reasons.entry(r).or_default() += 1;
                 }
             }
         }
         total_nodes += 1;
     }
-    FitError { total_nodes, reasons }
+    FitError { total_nodes, reasons: reasons.into_iter().map(|(r, n)| (r.to_string(), n)).collect() }
 }
 
 #[cfg(test)]

@@ -71,6 +71,11 @@ impl FilterPlugin for NodeResourcesFit {
             .shortfalls(&node.allocatable, &usage.requested)
             .map(|name| match name {
                 PODS => "Too many pods".to_string(),
+                // Formatted only for extended resources: a fleet that is
+                // full rejects every node in every decision.
+                CPU => "Insufficient cpu".to_string(),
+                MEMORY => "Insufficient memory".to_string(),
+                GPU => "Insufficient nvidia.com/gpu".to_string(),
                 other => format!("Insufficient {other}"),
             })
             .collect();
