@@ -3,7 +3,8 @@
 //! server never holds up a decision; when the queue is full a report is
 //! dropped and counted (the next attempt reports again).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
@@ -51,7 +52,7 @@ impl Reporter {
     /// Starts the background writer.
     pub fn start(client: Client, limiter: Arc<RateLimiter>, instance: String, metrics: Metrics) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(write_reports(Writer { client, limiter, instance }, rx));
+        tokio::spawn(write_reports(Writer { client, limiter, instance, newest: SharedNewest::default() }, rx));
         Self { queue, metrics, leadership: Leadership::always() }
     }
 
@@ -76,6 +77,40 @@ struct Writer {
     client: Client,
     limiter: Arc<RateLimiter>,
     instance: String,
+    newest: SharedNewest,
+}
+
+/// The newest condition report sent for each pod (by UID), so that an older
+/// one still being written (or retried after a 409) for the same pod gives
+/// way instead of landing last: writes run concurrently, and "1 of 2
+/// members created" must not overwrite the verdict that followed it.
+#[derive(Default)]
+struct NewestCondition {
+    sequence: u64,
+    by_pod: HashMap<String, u64>,
+}
+
+type SharedNewest = Arc<Mutex<NewestCondition>>;
+
+/// Marks `uid`'s newest condition report; returns its number.
+fn mark_newest(newest: &SharedNewest, uid: &str) -> u64 {
+    let mut newest = newest.lock().expect("not poisoned");
+    newest.sequence += 1;
+    let sequence = newest.sequence;
+    newest.by_pod.insert(uid.to_string(), sequence);
+    sequence
+}
+
+fn is_newest(newest: &SharedNewest, uid: &str, sequence: u64) -> bool {
+    newest.lock().expect("not poisoned").by_pod.get(uid) == Some(&sequence)
+}
+
+/// Forgets `uid` once its newest report is written.
+fn done(newest: &SharedNewest, uid: &str, sequence: u64) {
+    let mut newest = newest.lock().expect("not poisoned");
+    if newest.by_pod.get(uid) == Some(&sequence) {
+        newest.by_pod.remove(uid);
+    }
 }
 
 async fn write_reports(writer: Writer, mut rx: mpsc::Receiver<Report>) {
@@ -85,8 +120,16 @@ async fn write_reports(writer: Writer, mut rx: mpsc::Receiver<Report>) {
             return;
         };
         let writer = writer.clone();
+        let condition = match &report {
+            Report::Unschedulable { uid, .. } => Some((uid.clone(), mark_newest(&writer.newest, uid))),
+            _ => None,
+        };
         tokio::spawn(async move {
-            match writer.write(&report).await {
+            let written = writer.write(&report, condition.as_ref().map(|(_, sequence)| *sequence)).await;
+            if let Some((uid, sequence)) = &condition {
+                done(&writer.newest, uid, *sequence);
+            }
+            match written {
                 // Refused: the RBAC in use lacks a rule, which someone must fix.
                 Err(kube::Error::Api(e)) if e.code == 403 => warn!(error = %e, ?report, "report refused"),
                 Err(e) => debug!(error = %e, ?report, "report not written"),
@@ -109,10 +152,12 @@ pub fn pod_reference(key: &PodKey, uid: &str) -> ObjectReference {
 }
 
 impl Writer {
-    async fn write(&self, report: &Report) -> Result<(), kube::Error> {
+    /// `sequence`: the number `mark_newest` gave a condition report.
+    async fn write(&self, report: &Report, sequence: Option<u64>) -> Result<(), kube::Error> {
         match report {
             Report::Unschedulable { key, uid, resource_version, message } => {
-                self.unschedulable_condition(key, uid, resource_version.clone(), message).await?;
+                let newest = || sequence.is_none_or(|s| is_newest(&self.newest, uid, s));
+                self.unschedulable_condition(key, uid, resource_version.clone(), message, newest).await?;
                 self.event(pod_reference(key, uid), "Warning", "FailedScheduling", "Scheduling", message).await
             }
             Report::Scheduled { key, uid, node } => {
@@ -148,11 +193,16 @@ impl Writer {
         uid: &str,
         resource_version: Option<String>,
         message: &str,
+        newest: impl Fn() -> bool,
     ) -> Result<(), kube::Error> {
         let api = Api::<Pod>::namespaced(self.client.clone(), &key.namespace);
         let mut version = resource_version;
         for _ in 0..2 {
             self.limiter.acquire().await;
+            if !newest() {
+                // A newer report for this pod is on its way; it decides.
+                return Ok(());
+            }
             let patch = json!({
                 "metadata": {"uid": uid, "resourceVersion": version},
                 "status": {"conditions": [{
@@ -239,6 +289,23 @@ fn truncate(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_older_condition_report_gives_way_to_a_newer_one_for_the_same_pod() {
+        let newest = SharedNewest::default();
+        let older = mark_newest(&newest, "pod-a");
+        let other_pod = mark_newest(&newest, "pod-b");
+        assert!(is_newest(&newest, "pod-a", older));
+        let newer = mark_newest(&newest, "pod-a");
+        assert!(!is_newest(&newest, "pod-a", older), "superseded");
+        assert!(is_newest(&newest, "pod-a", newer));
+        assert!(is_newest(&newest, "pod-b", other_pod), "other pods are not affected");
+        done(&newest, "pod-a", older);
+        assert!(is_newest(&newest, "pod-a", newer), "finishing the older one keeps the newer");
+        done(&newest, "pod-a", newer);
+        done(&newest, "pod-b", other_pod);
+        assert!(newest.lock().unwrap().by_pod.is_empty(), "nothing kept once written");
+    }
 
     #[test]
     fn a_preempted_event_names_the_preemptor() {
