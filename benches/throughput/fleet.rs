@@ -3,6 +3,7 @@
 //! benchmark's pods land there. Created concurrently; nodes already there
 //! from an earlier run are kept.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
@@ -28,7 +29,9 @@ pub async fn ensure(client: &Client, count: usize) -> Vec<String> {
     let api: Api<Node> = Api::all(client.clone());
     let wanted = fleet.nodes();
     let names: Vec<String> = wanted.iter().map(|n| n.name_any()).collect();
-    let existing: Vec<String> = labelled(&api).await.iter().map(|n| n.name_any()).collect();
+    // Sets: with 5,000 nodes, a list search per node is 25 million comparisons per poll.
+    let wanted_names: HashSet<&str> = names.iter().map(String::as_str).collect();
+    let existing: HashSet<String> = labelled(&api).await.iter().map(|n| n.name_any()).collect();
     let started = Instant::now();
     let missing: Vec<Node> = wanted.into_iter().filter(|n| !existing.contains(&n.name_any())).collect();
     eprintln!("[fleet] creating {} of {count} nodes", missing.len());
@@ -49,7 +52,8 @@ pub async fn ensure(client: &Client, count: usize) -> Vec<String> {
         .expect("creating the benchmark's nodes");
     loop {
         let nodes = labelled(&api).await;
-        let ready = nodes.iter().filter(|n| names.contains(&n.name_any()) && ready_and_untainted(n)).count();
+        let ready =
+            nodes.iter().filter(|n| wanted_names.contains(n.name_any().as_str()) && ready_and_untainted(n)).count();
         eprintln!("[fleet] {ready}/{count} nodes Ready after {:.0}s", started.elapsed().as_secs_f64());
         if ready >= count {
             break;

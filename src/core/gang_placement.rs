@@ -200,19 +200,12 @@ fn gate(scope: Scope, held: &HashSet<String>, spec: &NodeSpec, usage: &NodeInfo)
     if !scope.contains(usage) {
         return NodeGate::OutOfScope;
     }
-    if is_in(held, &spec.name) { NodeGate::Held } else { NodeGate::Open }
+    if held.contains(&spec.name) { NodeGate::Held } else { NodeGate::Open }
 }
 
 /// Per topology domain (level, id), counted over every node in a decision:
 /// foldhash, as SipHash was a tenth of an unschedulable gang's decision.
 type DomainMap<V> = HashMap<(usize, DomainId), V, foldhash::fast::RandomState>;
-
-/// Whether `node` is in a set of node names that is usually empty (held
-/// nodes): hashing every node's name against an empty set cost as much as
-/// the rest of a walk.
-fn is_in(nodes: &HashSet<String>, node: &str) -> bool {
-    !nodes.is_empty() && nodes.contains(node)
-}
 
 /// Scopes to try, best first; the whole cluster is always last.
 fn candidate_scopes(
@@ -240,7 +233,7 @@ fn candidate_scopes(
         // Domains that look big enough for the whole gang, packing the fullest first.
         let mut room: DomainMap<usize> = DomainMap::default();
         for (spec, usage) in snapshot.nodes() {
-            if is_in(held, &spec.name) || filter_node(profile, largest, spec, usage).is_err() {
+            if held.contains(&spec.name) || filter_node(profile, largest, spec, usage).is_err() {
                 continue;
             }
             let fits = pods_that_fit(largest, |name| usage.free_of(name), usage.free_gpus().count_ones() as usize);
@@ -368,7 +361,7 @@ fn narrowest_candidates<'s>(
     let mut by_domain: DomainMap<Vec<NodeRoom>> = DomainMap::default();
     let mut everything = Vec::new();
     for (spec, usage) in snapshot.nodes() {
-        if is_in(excluded, &spec.name) || !could_ever_take(profile, largest, spec, usage) {
+        if excluded.contains(&spec.name) || !could_ever_take(profile, largest, spec, usage) {
             continue;
         }
         let (empty, now) = node_room(largest, spec, usage);

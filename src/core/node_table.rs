@@ -50,9 +50,7 @@ impl NodeTable {
                 });
                 self.names[slot] = name.to_string();
                 self.by_name.insert(name.to_string(), slot);
-                let mut order = std::mem::take(&mut self.in_name_order);
-                self.list(&mut order, slot);
-                self.in_name_order = order;
+                insert_in_name_order(&self.names, &mut self.in_name_order, slot);
                 slot
             }
         };
@@ -61,9 +59,7 @@ impl NodeTable {
 
     pub fn remove(&mut self, name: &str) {
         if let Some(slot) = self.by_name.remove(name) {
-            let mut order = std::mem::take(&mut self.in_name_order);
-            self.unlist(&mut order, slot);
-            self.in_name_order = order;
+            remove_in_name_order(&self.names, &mut self.in_name_order, slot);
             self.slots[slot] = NodeInfo::default();
             self.names[slot] = String::new();
             self.vacant.push(slot);
@@ -81,20 +77,31 @@ impl NodeTable {
 
     /// Adds `slot` to a list of slots kept in name order (once).
     pub fn list(&self, slots: &mut Vec<Slot>, slot: Slot) {
-        let name = self.names[slot].as_str();
-        let at = slots.partition_point(|&s| self.names[s].as_str() < name);
-        if slots.get(at) != Some(&slot) {
-            slots.insert(at, slot);
-        }
+        insert_in_name_order(&self.names, slots, slot);
     }
 
     /// Takes `slot` out of a list made by [`NodeTable::list`].
     pub fn unlist(&self, slots: &mut Vec<Slot>, slot: Slot) {
-        let name = self.names[slot].as_str();
-        let at = slots.partition_point(|&s| self.names[s].as_str() < name);
-        if slots.get(at) == Some(&slot) {
-            slots.remove(at);
-        }
+        remove_in_name_order(&self.names, slots, slot);
+    }
+}
+
+/// Where `slot` belongs in `slots` (sorted by `names`), and whether it is there.
+fn position(names: &[String], slots: &[Slot], slot: Slot) -> (usize, bool) {
+    let name = names[slot].as_str();
+    let at = slots.partition_point(|&s| names[s].as_str() < name);
+    (at, slots.get(at) == Some(&slot))
+}
+
+fn insert_in_name_order(names: &[String], slots: &mut Vec<Slot>, slot: Slot) {
+    if let (at, false) = position(names, slots, slot) {
+        slots.insert(at, slot);
+    }
+}
+
+fn remove_in_name_order(names: &[String], slots: &mut Vec<Slot>, slot: Slot) {
+    if let (at, true) = position(names, slots, slot) {
+        slots.remove(at);
     }
 }
 

@@ -124,9 +124,7 @@ impl ClusterSnapshot {
         if !listed {
             self.unlist(slot, &old_domains);
             for id in domains.iter().flatten() {
-                let mut members = self.domain_members.remove(id).unwrap_or_default();
-                self.nodes.list(&mut members, slot);
-                self.domain_members.insert(*id, members);
+                self.nodes.list(self.domain_members.entry(*id).or_default(), slot);
             }
         }
         if changed {

@@ -423,7 +423,7 @@ impl Simulation<'_> {
             self.queue.keys().filter_map(|k| self.queue.members(k).map(PodInfo::gpu_count).min()).min();
         let (mut stranded, mut broken) = (0u64, 0usize);
         for (spec, info) in self.snapshot.nodes() {
-            let free = info.free().get(GPU).max(0) as u64;
+            let free = info.free_of(GPU).max(0) as u64;
             let total = spec.allocatable.get(GPU).max(0) as u64;
             if free > 0 && free < total {
                 broken += 1;
