@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams, PostParams};
 use phalanx::api::pod_group::PodGroup;
 use serde_json::json;
@@ -32,13 +33,21 @@ fn elected(env: &TestEnv, qps: u32) -> String {
 }
 
 async fn holder(env: &TestEnv) -> Option<String> {
-    let lease = Api::<Lease>::namespaced(env.client.clone(), &env.name).get_opt(LEASE).await.ok()??;
+    holder_in(env, &env.name).await
+}
+
+async fn holder_in(env: &TestEnv, namespace: &str) -> Option<String> {
+    let lease = Api::<Lease>::namespaced(env.client.clone(), namespace).get_opt(LEASE).await.ok()??;
     lease.spec?.holder_identity.filter(|h| !h.is_empty())
 }
 
 async fn wait_holder(env: &TestEnv, identity: &str, limit: Duration) {
-    eventually(limit, &format!("{identity} to hold the lease"), || async {
-        (holder(env).await.as_deref() == Some(identity)).then_some(())
+    wait_holder_in(env, &env.name, identity, limit).await;
+}
+
+async fn wait_holder_in(env: &TestEnv, namespace: &str, identity: &str, limit: Duration) {
+    eventually(limit, &format!("{identity} to hold the lease in {namespace}"), || async {
+        (holder_in(env, namespace).await.as_deref() == Some(identity)).then_some(())
     })
     .await;
 }
@@ -217,5 +226,53 @@ async fn a_leader_frozen_past_its_lease_binds_nothing_once_it_wakes() {
     assert!(leader.log().contains("this replica lost the lease"), "{}", leader.log());
     println!("the woken leader refused {refused} queued binds and bound nothing more");
     assert_no_gpu_handed_out_twice(&env).await;
+    env.teardown().await;
+}
+
+/// The README's own command before `kubectl apply -k deploy/`: the Lease's
+/// namespace does not exist. The replica says so at start and in `/readyz`
+/// (naming the setting and the ways out) instead of standing by silently,
+/// and leads as soon as the namespace appears.
+#[tokio::test]
+async fn a_missing_lease_namespace_is_reported_at_start_and_by_readyz_until_it_exists() {
+    let env = TestEnv::new("leasens").await;
+    env.add_pools("- {name: n, count: 1, gpus: 8, gpuProduct: NVIDIA-H100-80GB-HBM3}\n").await;
+    let lease_namespace = format!("{}-lease", env.name);
+    let config = format!(
+        "{}leaderElection: {{leaderElect: true, {TIMES}, resourceNamespace: {lease_namespace}, resourceName: {LEASE}}}\n",
+        env.config_with_client(100, 200)
+    );
+    let replica = env.spawn_replica(&config, "replica-1");
+    let port = replica.http_port;
+    let (_, why) = eventually(Duration::from_secs(30), "/readyz saying why it cannot lead", || async move {
+        support::http_get(port, "/readyz").await.filter(|(code, body)| *code == 503 && body.contains("Lease"))
+    })
+    .await;
+    println!("/readyz: {why}");
+    for needed in ["leaderElection.resourceNamespace", &lease_namespace, "kubectl create namespace", "does not exist"] {
+        assert!(why.contains(needed), "/readyz lacks {needed:?}: {why}");
+    }
+    let log = replica.log();
+    let error = log.lines().find(|l| l.contains("ERROR") && l.contains("leaderElection.resourceNamespace"));
+    assert!(error.is_some(), "no error naming the setting in the log:\n{log}");
+    let said = log.lines().filter(|l| l.contains("leaderElection.resourceNamespace")).count();
+    assert_eq!(said, 1, "said once, not at every retry:\n{log}");
+
+    env.create(&env.pod("waits", 8)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pod = env.pods().get("waits").await.expect("pod");
+    assert_eq!(pod.spec.and_then(|s| s.node_name), None, "bound although no replica can lead");
+
+    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": lease_namespace}})).unwrap();
+    let namespaces = Api::<Namespace>::all(env.client.clone());
+    namespaces.create(&PostParams::default(), &namespace).await.expect("create the lease namespace");
+    wait_holder_in(&env, &lease_namespace, "replica-1", Duration::from_secs(20)).await;
+    let _ = env.wait_bound("waits", Duration::from_secs(30)).await;
+    eventually(Duration::from_secs(10), "/readyz ok", || async move {
+        support::http_get(port, "/readyz").await.filter(|(code, _)| *code == 200)
+    })
+    .await;
+    assert!(replica.log().contains("the leader lease can be written again"), "{}", replica.log());
+    let _ = namespaces.delete(&lease_namespace, &Default::default()).await;
     env.teardown().await;
 }

@@ -45,7 +45,19 @@ pub async fn run(kubeconfig: Option<PathBuf>, config_path: &Path, http_address: 
         tokio::net::TcpListener::bind(http_address).await.with_context(|| format!("listening on {http_address}"))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (explain_tx, explain_rx) = explain::channel();
-    let http_state = HealthState { registry: Arc::new(registry), ready: ready.clone(), explain: Some(explain_tx) };
+
+    // With two replicas, only the lease holder writes; the other keeps its
+    // caches warm. Without election this replica always leads.
+    let (leadership, lease, election) = if cfg.leader_election.leader_elect {
+        let (leadership, lease, election) =
+            leader_election::start(client.clone(), &cfg.leader_election, instance.clone(), metrics.clone());
+        (leadership, Some(lease), Some(election))
+    } else {
+        metrics.leader.set(1);
+        (Leadership::always(), None, None)
+    };
+    let http_state =
+        HealthState { registry: Arc::new(registry), ready: ready.clone(), lease, explain: Some(explain_tx) };
     let mut http_shutdown = shutdown_rx.clone();
     let http_task = tokio::spawn(http::serve(listener, http_state, async move {
         let _ = http_shutdown.wait_for(|stop| *stop).await;
@@ -55,16 +67,6 @@ pub async fn run(kubeconfig: Option<PathBuf>, config_path: &Path, http_address: 
     // its event broadcaster a separate client: Events never slow down binds.
     let bind_limiter = Arc::new(RateLimiter::new(cfg.client.qps, cfg.client.burst));
     let report_limiter = Arc::new(RateLimiter::new(cfg.client.qps, cfg.client.burst));
-    // With two replicas, only the lease holder writes; the other keeps its
-    // caches warm. Without election this replica always leads.
-    let (leadership, election) = if cfg.leader_election.leader_elect {
-        let (leadership, election) =
-            leader_election::start(client.clone(), &cfg.leader_election, instance.clone(), metrics.clone());
-        (leadership, Some(election))
-    } else {
-        metrics.leader.set(1);
-        (Leadership::always(), None)
-    };
     let (outcome_tx, outcome_rx) = mpsc::unbounded_channel();
     let binder =
         Binder::new(client.clone(), bind_limiter.clone(), outcome_tx, metrics.clone()).gated_by(leadership.clone());

@@ -10,11 +10,15 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 
+use super::leader_election::LeaseHealth;
+
 #[derive(Clone)]
 pub struct HealthState {
     pub registry: Arc<Registry>,
     /// Set once the caches hold a full list of nodes and pods.
     pub ready: Arc<AtomicBool>,
+    /// Why no replica can lead, while that lasts (with leader election).
+    pub lease: Option<LeaseHealth>,
     /// Where `/explain` questions go (the scheduling loop).
     pub explain: Option<tokio::sync::mpsc::Sender<super::explain::ExplainRequest>>,
 }
@@ -33,10 +37,13 @@ async fn metrics(State(s): State<HealthState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<HealthState>) -> impl IntoResponse {
+    if let Some(why) = s.lease.as_ref().and_then(|health| health.borrow().clone()) {
+        return (StatusCode::SERVICE_UNAVAILABLE, why.to_string());
+    }
     if s.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok")
+        (StatusCode::OK, "ok".to_string())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced".to_string())
     }
 }
 

@@ -11,6 +11,11 @@
 //! once when it wakes, before the elector has even run again. A new term
 //! starts with a fresh list of pods (the pod watch restarts, see
 //! `informers`) so the new leader never decides on a stale view.
+//!
+//! A Lease that cannot be written at all (its namespace missing, or RBAC
+//! refusing) would otherwise leave every replica a silent standby for ever,
+//! so the elector also publishes a [`LeaseBlocked`]: logged as an error when
+//! it starts and shown by `/readyz` while it lasts.
 
 use std::time::Duration;
 
@@ -19,9 +24,10 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Client;
 use kube::api::{Api, PostParams};
+use thiserror::Error;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::metrics::Metrics;
 use crate::config::LeaderElection;
@@ -79,6 +85,30 @@ impl Leadership {
     }
 }
 
+/// Why no replica can lead with this configuration: the Lease cannot be
+/// written. Each message names the setting and the ways out.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum LeaseBlocked {
+    #[error(
+        "leader election cannot write the Lease {namespace}/{name}: namespace {namespace:?} \
+         (leaderElection.resourceNamespace) does not exist, so no replica can lead and nothing is scheduled. \
+         Either create it (`kubectl create namespace {namespace}`, or install with `kubectl apply -k deploy/`), \
+         or set leaderElection.resourceNamespace to an existing namespace (or leaderElection.leaderElect: \
+         false to run a single replica without election)"
+    )]
+    NamespaceMissing { namespace: String, name: String },
+    #[error(
+        "leader election may not {verb} the Lease {namespace}/{name} (leaderElection.resourceNamespace, \
+         leaderElection.resourceName): {message}; so no replica can lead and nothing is scheduled. Either grant \
+         this identity get, create and update on leases in {namespace:?} (deploy/rbac/scheduler.yaml), or set \
+         leaderElection.resourceNamespace to a namespace where it may"
+    )]
+    Forbidden { namespace: String, name: String, verb: &'static str, message: String },
+}
+
+/// What the elector last learned about writing the Lease: `None` while it works.
+pub type LeaseHealth = watch::Receiver<Option<LeaseBlocked>>;
+
 /// Stops the elector and gives the lease up.
 pub struct Election {
     stop: oneshot::Sender<()>,
@@ -96,20 +126,28 @@ impl Election {
 }
 
 /// Starts the elector for `identity`.
-pub fn start(client: Client, settings: &LeaderElection, identity: String, metrics: Metrics) -> (Leadership, Election) {
+pub fn start(
+    client: Client,
+    settings: &LeaderElection,
+    identity: String,
+    metrics: Metrics,
+) -> (Leadership, LeaseHealth, Election) {
     let times = LeaseTimes {
         lease_duration: settings.lease_duration,
         renew_deadline: settings.renew_deadline,
         retry_period: settings.retry_period,
     };
     let (publish, leadership) = Leadership::standby();
+    let (blocked, health) = watch::channel(None);
     metrics.leader.set(0);
     let elector = Elector {
         api: Api::namespaced(client, &settings.resource_namespace),
+        namespace: settings.resource_namespace.clone(),
         name: settings.resource_name.clone(),
         candidate: Candidate::new(identity, times),
         times,
         publish,
+        blocked,
         metrics,
         term: 0,
         leader_seen: None,
@@ -121,15 +159,17 @@ pub fn start(client: Client, settings: &LeaderElection, identity: String, metric
     );
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(elector.run(stopped));
-    (leadership, Election { stop, task })
+    (leadership, health, Election { stop, task })
 }
 
 struct Elector {
     api: Api<Lease>,
+    namespace: String,
     name: String,
     candidate: Candidate,
     times: LeaseTimes,
     publish: watch::Sender<Option<Term>>,
+    blocked: watch::Sender<Option<LeaseBlocked>>,
     metrics: Metrics,
     /// Terms started so far.
     term: u64,
@@ -160,7 +200,10 @@ impl Elector {
         let lease = match self.call(self.api.get_opt(&self.name)).await {
             Ok(lease) => lease,
             Err(e) => {
-                warn!(error = %e, "reading the leader lease failed");
+                match refusal(&e, LeaseVerb::Get, &self.namespace, &self.name) {
+                    Some(why) => self.set_blocked(Some(why)),
+                    None => warn!(error = %e, "reading the leader lease failed"),
+                }
                 return false;
             }
         };
@@ -173,6 +216,8 @@ impl Elector {
                 false
             }
             LeaseStep::StandBy { holder } => {
+                // Another replica leads, so the Lease works for the cluster.
+                self.set_blocked(None);
                 if self.leader_seen.as_ref() != Some(&holder) {
                     info!(leader = %holder, "another replica leads; standing by");
                     self.leader_seen = Some(holder);
@@ -190,6 +235,7 @@ impl Elector {
         let identity = self.candidate.identity().to_string();
         let seconds = i32::try_from(self.times.lease_duration.as_secs()).unwrap_or(i32::MAX);
         let sent_at = std::time::Instant::now();
+        let verb = if lease.is_some() { LeaseVerb::Update } else { LeaseVerb::Create };
         let written = match lease {
             None => {
                 let lease = Lease {
@@ -222,12 +268,32 @@ impl Elector {
                 let version = lease.metadata.resource_version.unwrap_or_default();
                 self.candidate.written(sent_at, version);
                 self.leader_seen = None;
+                self.set_blocked(None);
                 return true;
             }
             Err(kube::Error::Api(e)) if e.code == 409 => debug!("the leader lease changed meanwhile; reading it again"),
-            Err(e) => warn!(error = %e, new_term, "writing the leader lease failed"),
+            Err(e) => match refusal(&e, verb, &self.namespace, &self.name) {
+                Some(why) => self.set_blocked(Some(why)),
+                None => warn!(error = %e, new_term, "writing the leader lease failed"),
+            },
         }
         false
+    }
+
+    /// Logs each change once: an error when writing becomes impossible, a
+    /// note when it works again.
+    fn set_blocked(&self, blocked: Option<LeaseBlocked>) {
+        self.blocked.send_if_modified(|current| {
+            if *current == blocked {
+                return false;
+            }
+            match &blocked {
+                Some(why) => error!("{why}"),
+                None => info!("the leader lease can be written again"),
+            }
+            *current = blocked;
+            true
+        });
     }
 
     /// Announces a term that starts or ends; a renewal in time only moves
@@ -310,6 +376,37 @@ impl Elector {
     }
 }
 
+/// A refusal that no retry gets past (namespace missing, forbidden), if `e` is one.
+fn refusal(e: &kube::Error, verb: LeaseVerb, namespace: &str, name: &str) -> Option<LeaseBlocked> {
+    let kube::Error::Api(response) = e else { return None };
+    let (namespace, name) = (namespace.to_string(), name.to_string());
+    match (response.code, verb) {
+        // Creating in a namespace that exists cannot answer 404.
+        (404, LeaseVerb::Create) => Some(LeaseBlocked::NamespaceMissing { namespace, name }),
+        (403, _) => {
+            Some(LeaseBlocked::Forbidden { namespace, name, verb: verb.as_str(), message: response.message.clone() })
+        }
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum LeaseVerb {
+    Get,
+    Create,
+    Update,
+}
+
+impl LeaseVerb {
+    fn as_str(self) -> &'static str {
+        match self {
+            LeaseVerb::Get => "get",
+            LeaseVerb::Create => "create",
+            LeaseVerb::Update => "update",
+        }
+    }
+}
+
 fn record(lease: &Lease) -> LeaseRecord {
     let spec = lease.spec.as_ref();
     LeaseRecord {
@@ -319,5 +416,37 @@ fn record(lease: &Lease) -> LeaseRecord {
             .and_then(|s| u64::try_from(s).ok())
             .map(Duration::from_secs),
         version: lease.metadata.resource_version.clone().unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(kube::core::Status::failure(message, "").with_code(code).boxed())
+    }
+
+    #[test]
+    fn a_missing_namespace_and_a_forbidden_lease_name_the_setting_and_the_ways_out() {
+        let missing = refusal(&api_error(404, "namespaces \"ops\" not found"), LeaseVerb::Create, "ops", "phalanx")
+            .expect("a create answered 404 means the namespace is missing")
+            .to_string();
+        for needed in ["leaderElection.resourceNamespace", "kubectl create namespace ops", "leaderElect: false"] {
+            assert!(missing.contains(needed), "{needed:?} missing from: {missing}");
+        }
+        let forbidden = refusal(&api_error(403, "leases is forbidden"), LeaseVerb::Update, "ops", "phalanx")
+            .expect("403 is a refusal")
+            .to_string();
+        for needed in ["may not update the Lease ops/phalanx", "leases is forbidden", "deploy/rbac/scheduler.yaml"] {
+            assert!(forbidden.contains(needed), "{needed:?} missing from: {forbidden}");
+        }
+    }
+
+    #[test]
+    fn passing_failures_are_retried_not_reported() {
+        // The Lease deleted between read and write, or a server error: the next round may work.
+        assert_eq!(refusal(&api_error(404, "leases \"phalanx\" not found"), LeaseVerb::Update, "ops", "phalanx"), None);
+        assert_eq!(refusal(&api_error(500, "etcd timeout"), LeaseVerb::Create, "ops", "phalanx"), None);
     }
 }

@@ -199,6 +199,17 @@ impl TestEnv {
     /// which leader election uses) and logging to `<identity>.log`; returns
     /// once it is ready.
     pub async fn start_replica(&self, config_text: &str, identity: &str) -> Replica {
+        let replica = self.spawn_replica(config_text, identity);
+        let http_port = replica.http_port;
+        eventually(Duration::from_secs(30), "phalanx /readyz", || async move {
+            http_get(http_port, "/readyz").await.filter(|(code, _)| *code == 200)
+        })
+        .await;
+        replica
+    }
+
+    /// Like [`TestEnv::start_replica`], without waiting for it to be ready.
+    pub fn spawn_replica(&self, config_text: &str, identity: &str) -> Replica {
         let config = self.workdir.join(format!("{identity}-config.yaml"));
         std::fs::write(&config, config_text).unwrap();
         let log_path = self.workdir.join(format!("{identity}.log"));
@@ -217,10 +228,6 @@ impl TestEnv {
             .kill_on_drop(true)
             .spawn()
             .expect("start phalanx");
-        eventually(Duration::from_secs(30), "phalanx /readyz", || async move {
-            http_get(http_port, "/readyz").await.filter(|(code, _)| *code == 200)
-        })
-        .await;
         Replica { process, http_port, log_path }
     }
 
