@@ -48,6 +48,9 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Offer fake GPUs (a saved `nvidia-smi topo -m` output) to this node's
+    /// kubelet as a device plugin, and label the node as GPU Feature Discovery would.
+    DevicePlugin(cli::device_plugin::DevicePluginArgs),
     /// Why a gang waits or where it runs: `NAMESPACE/NAME` (a pod, PodGroup or
     /// PyTorchJob; `NAMESPACE/KIND/NAME` when names collide). Or a node's GPU
     /// topology and who holds which GPU: `node/NAME`.
@@ -113,6 +116,7 @@ fn main() -> anyhow::Result<()> {
                 })
                 .await
             }
+            Command::DevicePlugin(args) => cli::device_plugin::run(args).await,
             Command::Explain { target, kubeconfig, dot, config, scheduler, json } => {
                 cli::explain::run(cli::explain::ExplainOptions { kubeconfig, target, dot, config, scheduler, json })
                     .await

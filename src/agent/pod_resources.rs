@@ -120,7 +120,7 @@ async fn list(socket: &Path) -> Result<ListPodResourcesResponse, PodResourcesErr
 
 /// A channel to the unix socket at `socket`. The endpoint's URI only fills
 /// the HTTP/2 `:authority`; the connector ignores it and dials the socket.
-async fn connect(socket: &Path) -> Result<Channel, tonic::transport::Error> {
+pub(crate) async fn connect(socket: &Path) -> Result<Channel, tonic::transport::Error> {
     let socket = socket.to_path_buf();
     let connector = tower::service_fn(move |_: Uri| {
         let socket = socket.clone();
@@ -165,7 +165,7 @@ fn gpu_devices(response: &ListPodResourcesResponse) -> Vec<PodDevices> {
 /// An error and its sources, joined: tonic's own message is only
 /// "transport error", while the useful part ("No such file or directory")
 /// sits at the bottom of the chain.
-fn causes(err: &dyn std::error::Error) -> String {
+pub(crate) fn causes(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -231,10 +231,7 @@ mod tests {
     /// Serves `answer` for List on a unix socket, like the kubelet, and
     /// Unimplemented for any other method.
     async fn fake_kubelet(listener: UnixListener, answer: Result<ListPodResourcesResponse, Status>) {
-        let incoming = futures::stream::unfold(listener, |listener| async move {
-            let conn = listener.accept().await.map(|(stream, _)| stream);
-            Some((conn, listener))
-        });
+        let incoming = crate::device_plugin::service::unix_incoming(listener);
         let service = tower::service_fn(move |req: http::Request<Body>| {
             let answer = answer.clone();
             async move {

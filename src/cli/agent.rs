@@ -35,7 +35,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
 }
 
 async fn round(publisher: &Publisher, options: &AgentOptions) -> anyhow::Result<()> {
-    let (topology, source) = discovery::discover(options.topology_file.as_deref())?;
+    let (topology, source) = discovery::discover(options.topology_file.as_deref(), &options.node_name)?;
     let devices = pod_devices(&options.pod_resources_socket).await;
     let published = publisher.publish(&topology, source, devices).await?;
     info!(node = %options.node_name, gpus = topology.gpus.len(), source, ?published, "topology published");

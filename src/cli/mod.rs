@@ -1,6 +1,7 @@
 //! Subcommands. Each wires library pieces together and reports errors with context.
 
 pub mod agent;
+pub mod device_plugin;
 pub mod explain;
 pub mod fleet;
 pub mod run;

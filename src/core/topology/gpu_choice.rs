@@ -123,7 +123,42 @@ impl NodeGpuModel {
         if !self.choices.is_empty() {
             return self.choices[free as usize * (self.gpu_count() + 1) + k];
         }
-        Some(self.greedy_choice(free, k))
+        Some(self.greedy_choice(free, 0, k))
+    }
+
+    /// The best `k` GPUs out of `free` that include all of `required` (the
+    /// kubelet's must-include list, GPUs a container already holds), or
+    /// `None` if `required` is not free or larger than `k`.
+    pub fn choose_including(&self, free: GpuMask, required: GpuMask, k: usize) -> Option<GpuChoice> {
+        let free = free & self.all_gpus();
+        let needed = required.count_ones() as usize;
+        if required & !free != 0 || needed > k || k > free.count_ones() as usize {
+            return None;
+        }
+        if required == 0 {
+            return self.choose(free, k);
+        }
+        if self.best_of_size.is_empty() {
+            return Some(self.greedy_choice(free, required, k));
+        }
+        let rest = free & !required;
+        let mut best: Option<GpuChoice> = None;
+        // Every subset of the other free GPUs, by the standard submask walk
+        // (the empty one last), topped up with the required GPUs.
+        let mut extra = rest;
+        loop {
+            if extra.count_ones() as usize == k - needed {
+                let candidate = self.evaluate(free, required | extra);
+                if best.is_none_or(|b| better(&candidate, &b)) {
+                    best = Some(candidate);
+                }
+            }
+            if extra == 0 {
+                break;
+            }
+            extra = (extra - 1) & rest;
+        }
+        best
     }
 
     /// Lowest-numbered free GPUs: what a topology-blind allocator does.
@@ -174,11 +209,11 @@ impl NodeGpuModel {
         table
     }
 
-    /// For nodes too large for exact tables: grow the set one GPU at a time,
-    /// always adding the GPU that keeps the ring fastest.
-    fn greedy_choice(&self, free: GpuMask, k: usize) -> GpuChoice {
-        let mut pick: GpuMask = 0;
-        for _ in 0..k {
+    /// For nodes too large for exact tables: grow the set from `start` one
+    /// GPU at a time, always adding the GPU that keeps the ring fastest.
+    fn greedy_choice(&self, free: GpuMask, start: GpuMask, k: usize) -> GpuChoice {
+        let mut pick = start;
+        for _ in start.count_ones() as usize..k {
             let next = bits(free & !pick)
                 .max_by(|&a, &b| {
                     let (ca, cb) = (self.evaluate(free, pick | 1 << a), self.evaluate(free, pick | 1 << b));
@@ -348,6 +383,19 @@ mod tests {
         assert!(one.gpus & mask(&[2, 3]) == 0, "took {:b}", one.gpus);
         // First fit would have broken nothing here but picks 0 and 2 for a pair.
         assert_eq!(model.first_fit(free, 2), Some(mask(&[0, 2])));
+    }
+
+    #[test]
+    fn a_required_gpu_pulls_in_its_nvlink_partner() {
+        let model = NodeGpuModel::new(nvlink_pairs(), &LinkBandwidth::default());
+        let all = model.all_gpus();
+        // Holding GPU 5, a pair takes its NVLink partner 4, not a free pair elsewhere.
+        assert_eq!(model.choose_including(all, mask(&[5]), 2).unwrap().gpus, mask(&[4, 5]));
+        // Four around GPU 6: the two pairs of its socket.
+        assert_eq!(model.choose_including(all, mask(&[6]), 4).unwrap().gpus, mask(&[4, 5, 6, 7]));
+        assert_eq!(model.choose_including(all, 0, 2), model.choose(all, 2));
+        assert_eq!(model.choose_including(mask(&[1, 2]), mask(&[0]), 2), None, "GPU 0 is not free");
+        assert_eq!(model.choose_including(all, mask(&[0, 1, 2]), 2), None, "more required than asked");
     }
 
     #[test]
