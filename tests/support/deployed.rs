@@ -18,14 +18,17 @@ pub const LEASE: &str = "phalanx";
 const SCHEDULER_PODS: &str = "app.kubernetes.io/name=phalanx,app.kubernetes.io/component=scheduler";
 const HTTP_PORT: u16 = 10351;
 
-/// The scheduler pods that are running and not being deleted.
+/// The scheduler pods that are Ready (their informers synced) and not being deleted.
 pub async fn scheduler_pods(client: &Client) -> Vec<String> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
     let list = pods.list(&ListParams::default().labels(SCHEDULER_PODS)).await.expect("list scheduler pods");
     list.items
         .into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .filter(|p| {
+            let conditions = p.status.as_ref().and_then(|s| s.conditions.as_ref());
+            conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
         .map(|p| p.name_any())
         .collect()
 }
