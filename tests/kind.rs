@@ -257,9 +257,13 @@ async fn when_the_leader_pod_is_deleted_the_other_replica_takes_the_lease_and_bi
     })
     .await;
     // The standby, or the Deployment's replacement for the deleted pod if
-    // it won the race for the released Lease.
+    // it won the race for the released Lease (seen, even before it was Ready).
     let who = if new == standby { "the standby" } else { "the replacement replica" };
-    assert!(scheduler_pods(&client).await.contains(&new), "the Lease went to {new}, not a Ready replica");
+    let live = Api::<Pod>::namespaced(client.clone(), deployed::NAMESPACE).get(&new).await;
+    assert!(
+        live.is_ok_and(|p| p.metadata.deletion_timestamp.is_none() && p.name_any().starts_with("phalanx-scheduler-")),
+        "the Lease went to {new}, not a live scheduler replica"
+    );
     for name in &names {
         env.wait_bound(name, Duration::from_secs(90)).await;
     }

@@ -78,13 +78,6 @@ async fn session(
     let listener = UnixListener::bind(socket).map_err(listen_error)?;
     let (stop, stopped) = watch::channel(false);
     let server = tokio::spawn(serve(listener, gpus, stopped));
-    let stop_server = || async {
-        let _ = stop.send(true);
-        match server.await {
-            Ok(result) => result.map_err(|source| PluginError::Serve { socket: socket.to_path_buf(), source }),
-            Err(join) => panic!("device plugin server task: {join}"),
-        }
-    };
     let kubelet_socket = config.dir.join(KUBELET_SOCKET);
     let registered = tokio::select! {
         kubelet = register_when_ready(config, &kubelet_socket, socket) => Some(kubelet),
@@ -97,7 +90,10 @@ async fn session(
             () = &mut *shutdown => SessionEnd::Shutdown,
         },
     };
-    stop_server().await?;
+    let _ = stop.send(true);
+    // The task is never aborted, so a join error is its panic: pass it on.
+    let served = server.await.unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
+    served.map_err(|source| PluginError::Serve { socket: socket.to_path_buf(), source })?;
     Ok(end)
 }
 
