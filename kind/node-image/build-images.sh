@@ -8,7 +8,8 @@
 #   phalanx-workload:1              busybox (static) for test pods' real containers
 # Each is built only when its tag is missing; the node image's tag is keyed by
 # e2e/versions.env and the files that go into it. Prints the node image's name.
-# `build-images.sh base` builds only the Debian base.
+# `build-images.sh base` builds only the Debian base; `workload`, the base and
+# the workload image (all that a stock kindest/node cluster needs).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -140,11 +141,19 @@ assemble_node() {
   trap - EXIT
 }
 
-if [ "${1:-}" = base ]; then
-  build_base
-  echo "$base"
-  exit 0
-fi
+case "${1:-}" in
+  base)
+    build_base
+    echo "$base"
+    exit 0
+    ;;
+  workload)
+    build_base
+    build_workload
+    echo "$workload"
+    exit 0
+    ;;
+esac
 if have "$node" && have "$workload"; then
   echo "$node"
   exit 0
