@@ -23,9 +23,9 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::leader_lease::{Candidate, LeaseRecord, LeaseStep, LeaseTimes};
 use super::metrics::Metrics;
 use crate::config::LeaderElection;
-use crate::core::leader_lease::{Candidate, LeaseRecord, LeaseStep, LeaseTimes};
 
 /// A term of leadership: numbered from 1 per process (0: no election, this
 /// replica always leads), valid until `until` unless renewed.
