@@ -88,6 +88,14 @@ pub async fn run(kubeconfig: Option<PathBuf>, config_path: &Path, http_address: 
     let scheduling = SchedulingLoop::new(scheduler, binder, reporter, evictor, metrics, ready)
         .with_leadership(leadership)
         .with_explain_requests(explain_rx);
+    let scheduling = match std::env::var_os("PHALANX_RECORD") {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            let recording = scheduling.recording_to(&path);
+            recording.with_context(|| format!("PHALANX_RECORD: creating {}", path.display()))?
+        }
+        None => scheduling,
+    };
     info!(%instance, profiles = ?names, %http_address, "phalanx starting");
     let loop_task = tokio::spawn(scheduling.run(event_rx, outcome_rx, eviction_rx, shutdown_rx));
 

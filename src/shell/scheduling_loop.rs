@@ -3,16 +3,25 @@
 //! order, with the time they arrived; the actions the scheduler asks for go
 //! out to the binder, the evictor and the reporter; metrics are published
 //! from its state. Nothing else touches scheduling state, so no locks.
+//!
+//! With `PHALANX_RECORD=FILE`, every step it takes (each input with its
+//! time, each retry of waiting gangs, each round of decisions) is written to
+//! FILE as JSON lines, to be replayed through another driver.
 
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use phalanx_core::pod::PodKey;
 use phalanx_core::queue::UNSCHEDULABLE_FLUSH;
-use phalanx_core::scheduler::{Action, Attempt, BindOutcome, Change, ClusterEvent, EvictOutcome, Report, Scheduler};
+use phalanx_core::scheduler::{
+    Action, Attempt, BindOutcome, Change, ClusterEvent, EvictOutcome, Recorded, Report, Scheduler, Step,
+};
 use tokio::sync::{mpsc, watch};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::binder::Binder;
 use super::evictor::Evictor;
@@ -77,6 +86,44 @@ pub enum Input {
     Eviction(EvictOutcome),
 }
 
+impl Input {
+    fn step(&self) -> Step {
+        match self {
+            Input::Event(event) => Step::Event(event.clone()),
+            Input::Bind(outcome) => Step::Bind(outcome.clone()),
+            Input::Eviction(outcome) => Step::Eviction(outcome.clone()),
+        }
+    }
+}
+
+/// What a round of decisions left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Round {
+    /// Gangs may be waiting for the next round.
+    MoreLeft,
+    Idle,
+}
+
+/// The steps the loop takes, written as JSON lines (`PHALANX_RECORD`).
+struct Recording {
+    started: Instant,
+    out: BufWriter<File>,
+}
+
+impl Recording {
+    fn create(path: &Path) -> std::io::Result<Self> {
+        Ok(Self { started: Instant::now(), out: BufWriter::new(File::create(path)?) })
+    }
+
+    fn write(&mut self, now: Instant, step: Step) -> std::io::Result<()> {
+        let at_ms = now.saturating_duration_since(self.started).as_millis() as u64;
+        serde_json::to_writer(&mut self.out, &Recorded { at_ms, step })?;
+        // A test may kill the scheduler at any time: each line is whole.
+        self.out.write_all(b"\n")?;
+        self.out.flush()
+    }
+}
+
 pub struct SchedulingLoop<B = Binder, R = Reporter, E = Evictor> {
     scheduler: Scheduler,
     binder: B,
@@ -92,6 +139,7 @@ pub struct SchedulingLoop<B = Binder, R = Reporter, E = Evictor> {
     next_quota_metrics: Instant,
     /// Questions from the `/explain` endpoint.
     explain_requests: Option<mpsc::Receiver<ExplainRequest>>,
+    recording: Option<Recording>,
 }
 
 impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
@@ -114,6 +162,22 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
             told_term: None,
             next_quota_metrics: Instant::now(),
             explain_requests: None,
+            recording: None,
+        }
+    }
+
+    /// Writes every step to `path` (JSON lines of `Recorded`).
+    pub fn recording_to(mut self, path: &Path) -> std::io::Result<Self> {
+        self.recording = Some(Recording::create(path)?);
+        Ok(self)
+    }
+
+    fn record(&mut self, now: Instant, step: impl FnOnce() -> Step) {
+        if let Some(recording) = &mut self.recording
+            && let Err(error) = recording.write(now, step())
+        {
+            warn!(%error, "recording stopped");
+            self.recording = None;
         }
     }
 
@@ -133,6 +197,10 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
     /// hearing of a deleted node, an Event about an unreadable object) is
     /// carried out with the next decision.
     pub fn apply(&mut self, input: Input, now: Instant) -> Change {
+        self.record(now, || input.step());
+        if let Input::Event(ClusterEvent::Leadership(term)) = &input {
+            self.told_term = Some(*term);
+        }
         match input {
             Input::Event(event) => self.scheduler.apply(event, now),
             Input::Bind(outcome) => self.scheduler.apply_bind_outcome(outcome, now),
@@ -147,28 +215,35 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
     fn observe_leadership(&mut self, now: Instant) {
         let term = self.leadership.term();
         if self.told_term != Some(term) {
-            self.told_term = Some(term);
-            let _ = self.scheduler.apply(ClusterEvent::Leadership(term), now);
+            let _ = self.apply(Input::Event(ClusterEvent::Leadership(term)), now);
         }
     }
 
+    /// Waiting gangs get another look (after a change, and periodically).
+    pub fn retry_waiting(&mut self, now: Instant) {
+        self.record(now, || Step::RetryWaiting);
+        self.scheduler.retry_waiting(now);
+    }
+
     /// Decides for up to a round of gangs, carrying out what each asks.
-    /// Returns whether gangs may be left.
-    pub fn round(&mut self, now: Instant) -> bool {
+    pub fn round(&mut self, now: Instant) -> Round {
+        self.record(now, || Step::Decide);
         if !self.ready.load(Ordering::Relaxed) && self.scheduler.is_synced() {
             self.ready.store(true, Ordering::Relaxed);
             info!(nodes = self.scheduler.snapshot().node_count(), "caches synced; scheduling starts");
         }
         for _ in 0..DECISIONS_PER_ROUND {
-            // The lease may be lost mid-round.
-            self.observe_leadership(now);
+            if self.told_term != Some(self.leadership.term()) {
+                // The lease changed mid-round: the scheduler hears of it first.
+                return Round::MoreLeft;
+            }
             let started = Instant::now();
             let actions = self.scheduler.next_actions(now);
             if !self.carry_out(actions, started) {
-                return false;
+                return Round::Idle;
             }
         }
-        true
+        Round::MoreLeft
     }
 
     /// Hands each action to its writer. Returns whether a gang was decided.
@@ -245,11 +320,12 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
                 next_flush = now + UNSCHEDULABLE_FLUSH;
             }
             if std::mem::take(&mut changed) {
-                self.scheduler.retry_waiting(now);
+                self.retry_waiting(now);
             }
-            let busy = self.round(now);
+            self.observe_leadership(now);
+            let round = self.round(now);
             self.publish_metrics(now);
-            if busy {
+            if round == Round::MoreLeft {
                 tokio::task::yield_now().await;
                 continue;
             }

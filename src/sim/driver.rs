@@ -25,7 +25,8 @@ use phalanx_core::queue::{BackoffPolicy, GangKey, UNSCHEDULABLE_FLUSH};
 use phalanx_core::quota::QuotaKind;
 use phalanx_core::resources::{CPU, GPU, PODS, Resources};
 use phalanx_core::scheduler::{
-    Action, Attempt, BindOutcome, BindResult, ClusterEvent, EvictOutcome, EvictResult, Scheduler, SchedulerConfig,
+    Action, Attempt, BindOutcome, BindResult, ClusterEvent, EvictOutcome, EvictResult, Recorded, Scheduler,
+    SchedulerConfig, Step,
 };
 use phalanx_core::snapshot::TopologySettings;
 
@@ -214,6 +215,38 @@ pub fn simulate(
         decision_times: sim.decision_times,
         hit_horizon,
     }
+}
+
+/// Replays a live run's recording (`PHALANX_RECORD`) on the simulated
+/// clock: each input at its time, each retry and round of decisions where
+/// the live loop took it, outcomes as the API server gave them. Returns
+/// every action the scheduler asked for, in order.
+pub fn replay(recording: &[Recorded], config: SchedulerConfig) -> Vec<Action> {
+    let base = Instant::now();
+    let mut scheduler = Scheduler::new(config);
+    let mut actions = Vec::new();
+    for Recorded { at_ms, step } in recording {
+        let now = base + Duration::from_millis(*at_ms);
+        match step.clone() {
+            Step::Event(event) => {
+                let _ = scheduler.apply(event, now);
+            }
+            Step::Bind(outcome) => {
+                let _ = scheduler.apply_bind_outcome(outcome, now);
+            }
+            Step::Eviction(outcome) => scheduler.apply_eviction_outcome(outcome, now),
+            Step::RetryWaiting => scheduler.retry_waiting(now),
+            Step::Decide => loop {
+                let decided = scheduler.next_actions(now);
+                let more = decided.iter().any(|a| matches!(a, Action::Attempted { .. }));
+                actions.extend(decided);
+                if !more {
+                    break;
+                }
+            },
+        }
+    }
+    actions
 }
 
 impl Simulation<'_> {

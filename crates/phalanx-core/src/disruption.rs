@@ -7,7 +7,7 @@ use super::pod::SelectorRequirement;
 
 /// `matchLabels` and `matchExpressions`; an empty selector selects every pod
 /// of the namespace (policy/v1 semantics).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct LabelSelector {
     pub match_labels: BTreeMap<String, String>,
     pub match_expressions: Vec<SelectorRequirement>,
@@ -20,7 +20,7 @@ impl LabelSelector {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DisruptionBudget {
     pub namespace: String,
     pub name: String,

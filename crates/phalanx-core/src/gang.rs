@@ -6,7 +6,7 @@
 use std::fmt;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum GangKind {
     /// `scheduling.x-k8s.io/v1alpha1` PodGroup, named by the pod label.
     PodGroup,
@@ -35,7 +35,7 @@ impl GangKind {
 }
 
 /// The object a gang's pods name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct GangId {
     pub kind: GangKind,
     pub namespace: String,
@@ -56,7 +56,7 @@ impl fmt::Display for GangId {
 }
 
 /// What the gang's object asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GangSpec {
     /// Pods that must all have a place before any of them binds.
     pub min_member: usize,
@@ -75,7 +75,7 @@ impl GangSpec {
 }
 
 /// Why a gang's object cannot be used: names the field at fault.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{gang}: {field} {problem}")]
 pub struct InvalidGang {
     pub gang: GangId,
@@ -86,7 +86,7 @@ pub struct InvalidGang {
 }
 
 /// What is known about a gang's object.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum GangObject {
     Valid(GangSpec),
     Invalid(InvalidGang),

@@ -8,14 +8,14 @@ use super::resources::Resources;
 use super::topology::domains::NodeDomains;
 use super::topology::gpu_choice::{GpuMask, NodeGpuModel};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum TaintEffect {
     NoSchedule,
     PreferNoSchedule,
     NoExecute,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Taint {
     pub key: String,
     pub value: String,
@@ -23,7 +23,7 @@ pub struct Taint {
 }
 
 /// The parts of a Node object that scheduling decisions read.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct NodeSpec {
     pub name: String,
     pub labels: BTreeMap<String, String>,

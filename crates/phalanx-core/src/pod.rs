@@ -20,7 +20,7 @@ pub struct PodPlacement<'a> {
 }
 
 /// Namespace and name: how users and logs refer to a pod.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct PodKey {
     pub namespace: String,
     pub name: String,
@@ -32,14 +32,14 @@ impl std::fmt::Display for PodKey {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PodPhase {
     Pending,
     Running,
     Finished,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SelectorOperator {
     In(Vec<String>),
     NotIn(Vec<String>),
@@ -51,7 +51,7 @@ pub enum SelectorOperator {
 
 /// One requirement on a node label (`matchExpressions`) or on the node's name
 /// (`matchFields` with `metadata.name`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SelectorRequirement {
     pub key: String,
     pub operator: SelectorOperator,
@@ -75,25 +75,25 @@ impl SelectorRequirement {
 }
 
 /// A node selector term: all its requirements must hold.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct NodeSelectorTerm {
     pub match_labels: Vec<SelectorRequirement>,
     pub match_node_name: Vec<SelectorRequirement>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PreferredTerm {
     pub weight: i32,
     pub term: NodeSelectorTerm,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TolerationOperator {
     Equal(String),
     Exists,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Toleration {
     /// `None` with `Exists` tolerates every taint.
     pub key: Option<String>,
@@ -103,7 +103,7 @@ pub struct Toleration {
 }
 
 /// The parts of a Pod object that scheduling decisions read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PodInfo {
     pub uid: String,
     pub key: PodKey,

@@ -12,7 +12,7 @@ use super::resources::{GPU, Resources};
 use super::update::Update;
 
 /// Per-resource limits; a resource not named is not limited.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Limits(pub BTreeMap<String, i64>);
 
 impl Limits {
@@ -21,7 +21,7 @@ impl Limits {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ElasticQuota {
     pub namespace: String,
     pub name: String,
@@ -31,21 +31,21 @@ pub struct ElasticQuota {
 
 /// A ResourceQuota's hard limits on requests (`requests.nvidia.com/gpu`,
 /// `requests.cpu` or `cpu`, `pods`), by resource name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HardQuota {
     pub namespace: String,
     pub name: String,
     pub hard: Limits,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum QuotaKind {
     Elastic,
     Hard,
 }
 
 /// An ElasticQuota or a ResourceQuota, as a watch delivers it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Quota {
     Elastic(ElasticQuota),
     Hard(HardQuota),

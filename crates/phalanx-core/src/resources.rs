@@ -14,7 +14,7 @@ const KNOWN: [&str; 4] = [CPU, MEMORY, GPU, PODS];
 
 /// Amounts by resource name. CPU is counted in millicores, everything else in
 /// whole units (bytes, pods, devices), as kube-scheduler counts them.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Resources {
     known: [i64; 4],
     /// Every other resource with a non-zero amount.

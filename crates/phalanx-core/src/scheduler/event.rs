@@ -13,7 +13,7 @@ use crate::topology::model::GpuTopology;
 use crate::update::Update;
 
 /// One change in the cluster, as the watches (or a simulated cluster) saw it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum ClusterEvent {
     NodeApplied(NodeSpec),
     NodeDeleted(String),
@@ -83,7 +83,7 @@ pub enum ClusterEvent {
 
 /// What the scheduler takes from a GPUTopology resource: the node it
 /// describes, its topology, and the GPU indices each pod really holds.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TopologyReport {
     pub node: String,
     pub topology: GpuTopology,
@@ -91,7 +91,7 @@ pub struct TopologyReport {
 }
 
 /// An API object an Event is about.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct ObjectRef {
     pub api_version: Option<String>,
     pub kind: Option<String>,
@@ -129,7 +129,7 @@ impl From<Released> for Change {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum BindResult {
     Bound,
     /// The pod is gone (404): nothing to do.
@@ -146,7 +146,7 @@ pub enum BindResult {
 }
 
 /// How a bind the scheduler asked for ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BindOutcome {
     pub uid: String,
     pub key: PodKey,
@@ -154,7 +154,7 @@ pub struct BindOutcome {
     pub result: BindResult,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum EvictResult {
     /// Accepted: the pod is being deleted (its graceful deletion follows).
     Evicted,
@@ -182,7 +182,7 @@ impl EvictResult {
 }
 
 /// How an eviction the scheduler asked for ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EvictOutcome {
     pub uid: String,
     pub key: PodKey,

@@ -7,6 +7,7 @@
 
 mod action;
 mod event;
+mod recording;
 mod reports;
 #[cfg(test)]
 mod tests;
@@ -18,6 +19,7 @@ use tracing::{debug, info, info_span, warn};
 
 pub use action::{Action, Attempt, Report};
 pub use event::{BindOutcome, BindResult, Change, ClusterEvent, EvictOutcome, EvictResult, ObjectRef, TopologyReport};
+pub use recording::{Recorded, Step};
 use reports::ReportLog;
 
 use crate::disruption::DisruptionBudget;
