@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use phalanx::config;
 use phalanx::shell::metrics::Metrics;
-use phalanx::shell::scheduling_loop::{BindRequests, Evictions, Input, Reports, SchedulingLoop};
+use phalanx::shell::scheduling_loop::{BindRequests, Evictions, Reports, SchedulingLoop};
 use phalanx::sim::driver::replay;
 use phalanx_core::pod::PodKey;
 use phalanx_core::quota::QuotaKind;
@@ -93,9 +93,9 @@ fn through_the_live_loop(recording: &[Recorded], config: SchedulerConfig) -> Vec
     for Recorded { at_ms, step } in recording {
         let now = base + Duration::from_millis(*at_ms);
         match step.clone() {
-            Step::Event(event) => drop(live.apply(Input::Event(event), now)),
-            Step::Bind(outcome) => drop(live.apply(Input::Bind(outcome), now)),
-            Step::Eviction(outcome) => drop(live.apply(Input::Eviction(outcome), now)),
+            Step::Event(event) => drop(live.apply_event(event, now)),
+            Step::Bind(outcome) => drop(live.apply_bind_outcome(outcome, now)),
+            Step::Eviction(outcome) => live.apply_eviction_outcome(outcome, now),
             Step::RetryWaiting => live.retry_waiting(now),
             Step::Decide => drop(live.round(now)),
         }

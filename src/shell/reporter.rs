@@ -272,6 +272,18 @@ fn truncate(text: &str, max: usize) -> String {
     format!("{}...", &text[..end])
 }
 
+/// The API's form of the object an Event is about.
+fn object_reference(object: &ObjectRef) -> ObjectReference {
+    ObjectReference {
+        api_version: object.api_version.clone(),
+        kind: object.kind.clone(),
+        namespace: object.namespace.clone(),
+        name: object.name.clone(),
+        uid: object.uid.clone(),
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,17 +329,5 @@ mod tests {
         let cut = truncate(&long, 1024);
         assert!(cut.len() <= 1024 && cut.ends_with("..."));
         assert_eq!(truncate("short", 1024), "short");
-    }
-}
-
-/// The API's form of the object an Event is about.
-fn object_reference(object: &ObjectRef) -> ObjectReference {
-    ObjectReference {
-        api_version: object.api_version.clone(),
-        kind: object.kind.clone(),
-        namespace: object.namespace.clone(),
-        name: object.name.clone(),
-        uid: object.uid.clone(),
-        ..Default::default()
     }
 }

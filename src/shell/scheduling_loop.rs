@@ -78,24 +78,6 @@ impl Reports for Reporter {
     }
 }
 
-/// One input of the scheduler, as the loop receives it.
-#[derive(Debug)]
-pub enum Input {
-    Event(ClusterEvent),
-    Bind(BindOutcome),
-    Eviction(EvictOutcome),
-}
-
-impl Input {
-    fn step(&self) -> Step {
-        match self {
-            Input::Event(event) => Step::Event(event.clone()),
-            Input::Bind(outcome) => Step::Bind(outcome.clone()),
-            Input::Eviction(outcome) => Step::Eviction(outcome.clone()),
-        }
-    }
-}
-
 /// What a round of decisions left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Round {
@@ -193,29 +175,32 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
         self
     }
 
-    /// Applies one input at `now`; what it asks for right away (the binder
-    /// hearing of a deleted node, an Event about an unreadable object) is
-    /// carried out with the next decision.
-    pub fn apply(&mut self, input: Input, now: Instant) -> Change {
-        self.record(now, || input.step());
-        if let Input::Event(ClusterEvent::Leadership(term)) = &input {
+    /// Applies a watch event at `now`; what it asks for right away (the
+    /// binder hearing of a deleted node, an Event about an unreadable
+    /// object) is carried out with the next round.
+    pub fn apply_event(&mut self, event: ClusterEvent, now: Instant) -> Change {
+        self.record(now, || Step::Event(event.clone()));
+        if let ClusterEvent::Leadership(term) = &event {
             self.told_term = Some(*term);
         }
-        match input {
-            Input::Event(event) => self.scheduler.apply(event, now),
-            Input::Bind(outcome) => self.scheduler.apply_bind_outcome(outcome, now),
-            Input::Eviction(outcome) => {
-                self.scheduler.apply_eviction_outcome(outcome, now);
-                Change::NoNewRoom
-            }
-        }
+        self.scheduler.apply(event, now)
+    }
+
+    pub fn apply_bind_outcome(&mut self, outcome: BindOutcome, now: Instant) -> Change {
+        self.record(now, || Step::Bind(outcome.clone()));
+        self.scheduler.apply_bind_outcome(outcome, now)
+    }
+
+    pub fn apply_eviction_outcome(&mut self, outcome: EvictOutcome, now: Instant) {
+        self.record(now, || Step::Eviction(outcome.clone()));
+        self.scheduler.apply_eviction_outcome(outcome, now);
     }
 
     /// Tells the scheduler whether this replica leads, when that changed.
     fn observe_leadership(&mut self, now: Instant) {
         let term = self.leadership.term();
         if self.told_term != Some(term) {
-            let _ = self.apply(Input::Event(ClusterEvent::Leadership(term)), now);
+            let _ = self.apply_event(ClusterEvent::Leadership(term), now);
         }
     }
 
@@ -303,13 +288,13 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
                 return;
             }
             while let Ok(event) = events.try_recv() {
-                changed |= self.apply(Input::Event(event), Instant::now()) == Change::MayFitMore;
+                changed |= self.apply_event(event, Instant::now()) == Change::MayFitMore;
             }
             while let Ok(outcome) = outcomes.try_recv() {
-                changed |= self.apply(Input::Bind(outcome), Instant::now()) == Change::MayFitMore;
+                changed |= self.apply_bind_outcome(outcome, Instant::now()) == Change::MayFitMore;
             }
             while let Ok(outcome) = evictions.try_recv() {
-                let _ = self.apply(Input::Eviction(outcome), Instant::now());
+                self.apply_eviction_outcome(outcome, Instant::now());
             }
             while let Some(request) = explain_requests.as_mut().and_then(|r| r.try_recv().ok()) {
                 self.answer(request);
@@ -332,14 +317,14 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
             let wake_at = self.scheduler.next_wakeup().map_or(next_flush, |t| t.min(next_flush));
             tokio::select! {
                 event = events.recv() => match event {
-                    Some(event) => changed |= self.apply(Input::Event(event), Instant::now()) == Change::MayFitMore,
+                    Some(event) => changed |= self.apply_event(event, Instant::now()) == Change::MayFitMore,
                     None => return,
                 },
                 Some(outcome) = outcomes.recv() => {
-                    changed |= self.apply(Input::Bind(outcome), Instant::now()) == Change::MayFitMore;
+                    changed |= self.apply_bind_outcome(outcome, Instant::now()) == Change::MayFitMore;
                 }
                 Some(outcome) = evictions.recv() => {
-                    let _ = self.apply(Input::Eviction(outcome), Instant::now());
+                    self.apply_eviction_outcome(outcome, Instant::now());
                 }
                 Some(request) = next_request(&mut explain_requests) => self.answer(request),
                 _ = tokio::time::sleep_until(wake_at.into()) => {}

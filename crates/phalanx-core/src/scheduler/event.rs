@@ -13,6 +13,8 @@ use crate::topology::model::GpuTopology;
 use crate::update::Update;
 
 /// One change in the cluster, as the watches (or a simulated cluster) saw it.
+// Most events are pod events: boxing the pod would cost each an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum ClusterEvent {
     NodeApplied(NodeSpec),

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{BindOutcome, ClusterEvent, EvictOutcome};
 
+// Mostly events, as `ClusterEvent` is mostly pods.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Step {
     Event(ClusterEvent),
