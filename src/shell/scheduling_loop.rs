@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use phalanx_core::pod::PodKey;
 use phalanx_core::queue::UNSCHEDULABLE_FLUSH;
 use phalanx_core::scheduler::{
-    Action, Attempt, BindOutcome, Change, ClusterEvent, EvictOutcome, Recorded, Report, Scheduler, Step,
+    Action, Attempt, BindOutcome, Change, ClusterEvent, EvictOutcome, Progress, Recorded, Report, Scheduler, Step,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -224,16 +224,17 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
             }
             let started = Instant::now();
             let actions = self.scheduler.next_actions(now);
-            if !self.carry_out(actions, started) {
+            let progress = Progress::of(&actions);
+            self.carry_out(actions, started);
+            if progress == Progress::NothingReady {
                 return Round::Idle;
             }
         }
         Round::MoreLeft
     }
 
-    /// Hands each action to its writer. Returns whether a gang was decided.
-    fn carry_out(&mut self, actions: Vec<Action>, started: Instant) -> bool {
-        let mut decided = false;
+    /// Hands each action to its writer; `started`: when the decision began.
+    fn carry_out(&mut self, actions: Vec<Action>, started: Instant) {
         for action in actions {
             match action {
                 Action::Bind { uid, key, node, gpus } => self.binder.bind(uid, key, node, gpus),
@@ -246,7 +247,6 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
                     self.reporter.send(report);
                 }
                 Action::Attempted { profile, result, .. } => {
-                    decided = true;
                     let seconds = started.elapsed().as_secs_f64();
                     match result {
                         Attempt::Scheduled => self.metrics.attempt("scheduled", &profile, seconds),
@@ -262,7 +262,6 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
                 }
             }
         }
-        decided
     }
 
     fn answer(&mut self, request: ExplainRequest) {

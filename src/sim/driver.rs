@@ -25,8 +25,8 @@ use phalanx_core::queue::{BackoffPolicy, GangKey, UNSCHEDULABLE_FLUSH};
 use phalanx_core::quota::QuotaKind;
 use phalanx_core::resources::{CPU, GPU, PODS, Resources};
 use phalanx_core::scheduler::{
-    Action, Attempt, BindOutcome, BindResult, ClusterEvent, EvictOutcome, EvictResult, Recorded, Scheduler,
-    SchedulerConfig, Step,
+    Action, Attempt, BindOutcome, BindResult, Change, ClusterEvent, EvictOutcome, EvictResult, Progress, Recorded,
+    Scheduler, SchedulerConfig, Step,
 };
 use phalanx_core::snapshot::TopologySettings;
 
@@ -238,9 +238,9 @@ pub fn replay(recording: &[Recorded], config: SchedulerConfig) -> Vec<Action> {
             Step::RetryWaiting => scheduler.retry_waiting(now),
             Step::Decide => loop {
                 let decided = scheduler.next_actions(now);
-                let more = decided.iter().any(|a| matches!(a, Action::Attempted { .. }));
+                let progress = Progress::of(&decided);
                 actions.extend(decided);
-                if !more {
+                if progress == Progress::NothingReady {
                     break;
                 }
             },
@@ -299,7 +299,7 @@ impl Simulation<'_> {
                 && *t <= self.now
             {
                 let Reverse((_, _, event)) = self.events.pop().expect("peeked");
-                changed |= self.apply(event, progress);
+                changed |= self.apply(event, progress) == Change::MayFitMore;
             }
             if self.now >= next_flush {
                 changed = true;
@@ -308,24 +308,26 @@ impl Simulation<'_> {
             if changed {
                 self.scheduler.retry_waiting(self.instant());
             }
-            while self.decide_next() {}
+            while self.decide_next() == Progress::Decided {}
             self.sample();
         }
     }
 
     /// Tells the scheduler what the fake API server saw.
-    fn watch(&mut self, event: ClusterEvent) -> bool {
-        self.scheduler.apply(event, self.instant()) == phalanx_core::scheduler::Change::MayFitMore
+    fn watch(&mut self, event: ClusterEvent) {
+        // The simulation retries waiting gangs as the trace's events say: a
+        // job that ended, victims gone.
+        let _ = self.scheduler.apply(event, self.instant());
     }
 
-    /// Applies one event. Returns whether capacity was freed.
-    fn apply(&mut self, event: Event, progress: &mut dyn FnMut(usize)) -> bool {
+    /// Applies one event.
+    fn apply(&mut self, event: Event, progress: &mut dyn FnMut(usize)) -> Change {
         match event {
             Event::Submit(job) => {
                 let object = GangObject::Valid(GangSpec::of_size(self.jobs[job].pods as usize));
                 self.watch(ClusterEvent::GangApplied { id: self.gang_id(job), object });
                 self.create_pods(job, self.jobs[job].pods);
-                false
+                Change::NoNewRoom
             }
             Event::Finish { job, run } if self.state[job].run == run => {
                 for uid in std::mem::take(&mut self.state[job].running) {
@@ -343,9 +345,9 @@ impl Simulation<'_> {
                 self.records[job].finished = Some(self.now);
                 self.finished += 1;
                 progress(self.finished);
-                true
+                Change::MayFitMore
             }
-            Event::Finish { .. } => false,
+            Event::Finish { .. } => Change::NoNewRoom,
             Event::Gone(victims) => {
                 let mut hit: Vec<usize> = Vec::new();
                 for uid in victims {
@@ -367,7 +369,7 @@ impl Simulation<'_> {
                     }
                     self.create_pods(job, lost);
                 }
-                true
+                Change::MayFitMore
             }
         }
     }
@@ -429,13 +431,13 @@ impl Simulation<'_> {
     }
 
     /// Asks the scheduler for its next decision and carries out what it asks.
-    /// Returns whether a gang was decided (there may be more).
-    fn decide_next(&mut self) -> bool {
+    fn decide_next(&mut self) -> Progress {
         let now = self.instant();
         let started = Instant::now();
         let actions = self.scheduler.next_actions(now);
         let elapsed = started.elapsed();
-        let (mut binds, mut victims, mut decided) = (Vec::new(), Vec::new(), false);
+        let progress = Progress::of(&actions);
+        let (mut binds, mut victims) = (Vec::new(), Vec::new());
         for action in actions {
             match action {
                 Action::Bind { uid, key, node, gpus } => binds.push(BindRequest { uid, key, node, gpus }),
@@ -446,7 +448,6 @@ impl Simulation<'_> {
                     victims.push(uid);
                 }
                 Action::Attempted { result, .. } => {
-                    decided = true;
                     self.decision_times.push(elapsed);
                     if let Attempt::Preempting { .. } = result {
                         self.preemptions += 1;
@@ -461,7 +462,7 @@ impl Simulation<'_> {
         if !binds.is_empty() {
             self.bind(binds);
         }
-        decided
+        progress
     }
 
     /// The binds all succeed: the members are bound where the scheduler put them.

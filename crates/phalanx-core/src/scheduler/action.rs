@@ -50,3 +50,21 @@ pub enum Report {
     /// (as kube-scheduler records it). An empty `node` clears it.
     Nominated { key: PodKey, uid: String, node: String },
 }
+
+/// What one call of `Scheduler::next_actions` came to: a gang decided (call
+/// again for the next), or none ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    Decided,
+    NothingReady,
+}
+
+impl Progress {
+    pub fn of(actions: &[Action]) -> Self {
+        if actions.iter().any(|a| matches!(a, Action::Attempted { .. })) {
+            Progress::Decided
+        } else {
+            Progress::NothingReady
+        }
+    }
+}

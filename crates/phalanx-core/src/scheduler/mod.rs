@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use tracing::{debug, info, info_span, warn};
 
-pub use action::{Action, Attempt, Report};
+pub use action::{Action, Attempt, Progress, Report};
 pub use event::{BindOutcome, BindResult, Change, ClusterEvent, EvictOutcome, EvictResult, ObjectRef, TopologyReport};
 pub use recording::{Recorded, Step};
 use reports::ReportLog;
