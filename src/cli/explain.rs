@@ -121,20 +121,20 @@ async fn explain_from_cluster(options: &ExplainOptions, target: &Target) -> anyh
     let cfg = options.config.as_deref().map(config::load).transpose()?;
     let client = super::client(options.kubeconfig.as_deref()).await?;
     let served = informers::Served::discover(&client).await;
+    // Nothing is tried here, so backoff never applies.
+    let no_backoff = BackoffPolicy { initial: Duration::ZERO, max: Duration::ZERO };
     let (gang_kinds, elastic_quotas) = (served.gang_kinds.clone(), served.elastic_quotas);
-    let mut config = match &cfg {
-        Some(cfg) => cfg.scheduler(gang_kinds, elastic_quotas),
+    let config = match &cfg {
+        Some(cfg) => SchedulerConfig { backoff: no_backoff, ..cfg.scheduler(gang_kinds, elastic_quotas) },
         None => SchedulerConfig {
             profiles: vec![default_profile("phalanx")],
             topology: Default::default(),
-            backoff: BackoffPolicy { initial: Duration::ZERO, max: Duration::ZERO },
+            backoff: no_backoff,
             preemption: Default::default(),
             gang_kinds,
             elastic_quotas,
         },
     };
-    // Nothing is tried here, so backoff never applies.
-    config.backoff = BackoffPolicy { initial: Duration::ZERO, max: Duration::ZERO };
     let names: HashSet<String> = config.profiles.iter().map(|p| p.scheduler_name.clone()).collect();
     let metrics = Metrics::register(&mut Registry::default());
     let (event_tx, mut events) = mpsc::channel(8192);
