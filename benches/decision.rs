@@ -17,18 +17,18 @@ use std::fmt::Write as _;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use phalanx::core::framework::Profile;
-use phalanx::core::gang::{GangId, GangKind, GangObject, GangSpec};
-use phalanx::core::gang_placement::{GangPlacement, Scope};
-use phalanx::core::gang_scheduler::{GangDecision, GangScheduler};
-use phalanx::core::node::{NodeSpec, TaintEffect};
-use phalanx::core::plugins::default_profile;
-use phalanx::core::pod::{PodInfo, Toleration, TolerationOperator};
-use phalanx::core::preemption::PreemptionPlan;
-use phalanx::core::queue::{BackoffPolicy, GangKey, SchedulingQueue};
-use phalanx::core::resources::{CPU, GPU, MEMORY, PODS, Resources};
-use phalanx::core::snapshot::{ClusterSnapshot, GPU_PRODUCT_LABEL};
-use phalanx::core::testing::{self, Rng};
+use phalanx_core::framework::Profile;
+use phalanx_core::gang::{GangId, GangKind, GangObject, GangSpec};
+use phalanx_core::gang_placement::{GangPlacement, Scope};
+use phalanx_core::gang_scheduler::{GangDecision, GangScheduler};
+use phalanx_core::node::{NodeSpec, TaintEffect};
+use phalanx_core::plugins::default_profile;
+use phalanx_core::pod::{PodInfo, Toleration, TolerationOperator};
+use phalanx_core::preemption::PreemptionPlan;
+use phalanx_core::queue::{BackoffPolicy, GangKey, SchedulingQueue};
+use phalanx_core::resources::{CPU, GPU, MEMORY, PODS, Resources};
+use phalanx_core::snapshot::{ClusterSnapshot, GPU_PRODUCT_LABEL, Released};
+use phalanx_core::testing::{self, Rng};
 
 const GIB: i64 = 1 << 30;
 const NODES_PER_NVLINK_DOMAIN: usize = 8;
@@ -313,7 +313,7 @@ fn placement_case(profiles: &HashMap<String, Profile>, nodes: usize, occupancy: 
                     outcome = format!("placed in {}", describe_scope(snapshot, placement.scope));
                 }
                 for m in &placement.members {
-                    assert!(snapshot.forget(&m.uid), "assumed");
+                    assert_eq!(snapshot.forget(&m.uid), Released::Freed, "assumed");
                 }
                 for m in &members {
                     queue.upsert(m.clone(), Instant::now());

@@ -8,18 +8,18 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use phalanx::core::framework::JobDemand;
-use phalanx::core::node::NodeSpec;
-use phalanx::core::plugins::default_profile;
-use phalanx::core::pod::PodInfo;
-use phalanx::core::resources::{CPU, GPU, PODS, Resources};
-use phalanx::core::schedule::choose_node;
-use phalanx::core::snapshot::{ClusterSnapshot, GPU_PRODUCT_LABEL};
-use phalanx::core::testing::{self, Rng};
-use phalanx::core::topology::gpu_choice::{GpuMask, NodeGpuModel, ring_by_search};
-use phalanx::core::topology::graph::LinkBandwidth;
-use phalanx::core::topology::model::GpuTopology;
-use phalanx::core::topology::nvidia_smi;
+use phalanx::agent::nvidia_smi;
+use phalanx_core::framework::JobDemand;
+use phalanx_core::node::NodeSpec;
+use phalanx_core::plugins::default_profile;
+use phalanx_core::pod::PodInfo;
+use phalanx_core::resources::{CPU, GPU, PODS, Resources};
+use phalanx_core::schedule::choose_node;
+use phalanx_core::snapshot::{ClusterSnapshot, GPU_PRODUCT_LABEL};
+use phalanx_core::testing::{self, Rng};
+use phalanx_core::topology::gpu_choice::{GpuMask, NodeGpuModel, ring_by_search};
+use phalanx_core::topology::graph::LinkBandwidth;
+use phalanx_core::topology::model::GpuTopology;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]

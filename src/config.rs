@@ -3,18 +3,21 @@
 //! values with an error that names the field, so a typo never silently
 //! falls back to a default.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::core::framework::Profile;
-use crate::core::plugins::{self, GpuTopologyArgs, NodeResourcesFitArgs, PluginArgs};
-use crate::core::preemption::PreemptionSettings;
-use crate::core::queue::BackoffPolicy;
-use crate::core::snapshot::TopologySettings;
-use crate::core::topology::domains::DomainLevels;
+use phalanx_core::framework::Profile;
+use phalanx_core::gang::GangKind;
+use phalanx_core::plugins::{self, GpuTopologyArgs, NodeResourcesFitArgs, PluginArgs};
+use phalanx_core::preemption::PreemptionSettings;
+use phalanx_core::queue::BackoffPolicy;
+use phalanx_core::scheduler;
+use phalanx_core::snapshot::TopologySettings;
+use phalanx_core::topology::domains::DomainLevels;
 
 pub const API_VERSION: &str = "phalanx.dev/v1alpha1";
 pub const KIND: &str = "SchedulerConfiguration";
@@ -38,6 +41,21 @@ pub struct SchedulerConfig {
     /// pluginConfig); they describe the cluster, so all profiles share them.
     pub topology: TopologySettings,
     pub preemption: PreemptionSettings,
+}
+
+impl SchedulerConfig {
+    /// The core scheduler's setup from this configuration, for a cluster
+    /// serving these gang kinds and (or not) ElasticQuotas.
+    pub fn scheduler(&self, gang_kinds: HashSet<GangKind>, elastic_quotas: bool) -> scheduler::SchedulerConfig {
+        scheduler::SchedulerConfig {
+            profiles: self.profiles.iter().map(ProfileSpec::build).collect(),
+            topology: self.topology.clone(),
+            backoff: self.backoff,
+            preemption: self.preemption,
+            gang_kinds,
+            elastic_quotas,
+        }
+    }
 }
 
 /// Cluster-wide settings and the field that set each, to report disagreements.

@@ -26,7 +26,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::core::quantity::{parse_milli, parse_units};
+use phalanx_core::quantity::{parse_milli, parse_units};
 
 pub const API_VERSION: &str = "phalanx.dev/v1alpha1";
 pub const KIND: &str = "Fleet";
@@ -205,7 +205,7 @@ impl PoolSpec {
             ("pods".to_string(), Quantity(self.pods.to_string())),
         ]);
         if self.gpus > 0 {
-            resources.insert(crate::core::resources::GPU.into(), Quantity(self.gpus.to_string()));
+            resources.insert(phalanx_core::resources::GPU.into(), Quantity(self.gpus.to_string()));
         }
         let taints: Vec<Taint> = self
             .taints

@@ -124,8 +124,11 @@ fn main() -> anyhow::Result<()> {
             // Simulated time: nothing awaits, nothing sleeps.
             Command::Simulate(args) => cli::simulate::run(args),
             Command::Crds { write, test_only } => {
-                let manifests =
-                    if test_only { phalanx::api::test_crd_manifests() } else { phalanx::api::crd_manifests() };
+                let manifests = if test_only {
+                    phalanx_kube::api::test_crd_manifests()
+                } else {
+                    phalanx_kube::api::crd_manifests()
+                };
                 for (file, yaml) in manifests {
                     match &write {
                         Some(dir) => std::fs::write(dir.join(&file), yaml)?,

@@ -9,8 +9,8 @@ mod support;
 use std::time::Duration;
 
 use kube::api::{Api, PostParams};
-use phalanx::api::elastic_quota::ElasticQuota;
-use phalanx::api::pod_group::PodGroup;
+use phalanx_kube::api::elastic_quota::ElasticQuota;
+use phalanx_kube::api::pod_group::PodGroup;
 use serde_json::json;
 use support::{TestEnv, ensure_crds, eventually, http_get, phalanx};
 

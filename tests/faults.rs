@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use phalanx::api::pod_group::PodGroup;
+use phalanx_kube::api::pod_group::PodGroup;
 use serde_json::json;
 use support::apiserver::ExtraApiServer;
 use support::invariants::{self, Bound, wait_metric};

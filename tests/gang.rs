@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::scheduling::v1alpha2::PodGroup as UpstreamPodGroup;
 use kube::api::{Api, ListParams, PostParams};
-use phalanx::api::pod_group::PodGroup;
-use phalanx::api::pytorch_job::PyTorchJob;
+use phalanx_kube::api::pod_group::PodGroup;
+use phalanx_kube::api::pytorch_job::PyTorchJob;
 use serde_json::json;
 use support::{TestEnv, eventually};
 

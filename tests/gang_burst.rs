@@ -25,8 +25,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use phalanx::api::pod_group::{PodGroup, PodGroupSpec};
 use phalanx::workload::{GangJob, knavigator_gang_burst, makespan_lower_bound};
+use phalanx_kube::api::pod_group::{PodGroup, PodGroupSpec};
 use serde_json::json;
 use support::{ENV_LABEL, TestEnv};
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams, PostParams};
-use phalanx::api::pod_group::PodGroup;
+use phalanx_kube::api::pod_group::PodGroup;
 use serde_json::json;
 use support::{Replica, TestEnv, eventually};
 

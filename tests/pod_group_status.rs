@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use phalanx::api::pod_group::{PodGroup, PodGroupStatus};
+use phalanx_kube::api::pod_group::{PodGroup, PodGroupStatus};
 use serde_json::json;
 use support::{TestEnv, eventually};
 use tokio::task::JoinHandle;

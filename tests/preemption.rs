@@ -14,7 +14,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use phalanx::api::pod_group::PodGroup;
+use phalanx_kube::api::pod_group::PodGroup;
 use serde_json::json;
 use support::{ENV_LABEL, TestEnv, eventually};
 

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use kube::api::Api;
-use phalanx::api::gpu_topology::GPUTopology;
+use phalanx_kube::api::gpu_topology::GPUTopology;
 use support::{TestEnv, eventually, fixture, phalanx};
 
 const BIND: Duration = Duration::from_secs(30);

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::scheduling::v1alpha2::PodGroup as UpstreamPodGroup;
 use kube::Client;
 use kube::api::{Api, PostParams};
-use phalanx::api::pod_group::PodGroup;
+use phalanx_kube::api::pod_group::PodGroup;
 use serde_json::json;
 use tokio::time::{Instant, MissedTickBehavior};
 

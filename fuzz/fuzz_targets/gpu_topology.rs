@@ -5,10 +5,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use phalanx::api::gpu_topology::GPUTopology;
-use phalanx::core::topology::gpu_choice::NodeGpuModel;
-use phalanx::core::topology::graph::LinkBandwidth;
-use phalanx::shell::translate::topology_report;
+use phalanx_kube::api::gpu_topology::GPUTopology;
+use phalanx_core::topology::gpu_choice::NodeGpuModel;
+use phalanx_core::topology::graph::LinkBandwidth;
+use phalanx_kube::translate::topology_report;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(resource) = serde_yaml_ng::from_slice::<GPUTopology>(data) else { return };

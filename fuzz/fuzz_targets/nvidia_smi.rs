@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use phalanx::core::topology::nvidia_smi::parse;
+use phalanx::agent::nvidia_smi::parse;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

@@ -12,8 +12,8 @@ use std::path::Path;
 
 use thiserror::Error;
 
-use crate::core::topology::model::GpuTopology;
-use crate::core::topology::nvidia_smi;
+use super::nvidia_smi;
+use phalanx_core::topology::model::GpuTopology;
 
 #[derive(Debug, Error)]
 pub enum DiscoveryError {

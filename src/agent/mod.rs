@@ -3,6 +3,7 @@
 //! which of them.
 
 pub mod discovery;
+pub mod nvidia_smi;
 pub mod nvml;
 pub mod pod_resources;
 pub mod publish;

@@ -17,7 +17,7 @@ use nvml_wrapper::enum_wrappers::nv_link::IntDeviceType;
 use nvml_wrapper::error::{NvmlError as RawError, nvml_try};
 use nvml_wrapper::{Device, Nvml};
 
-use crate::core::topology::model::{GpuDevice, GpuTopology, Link, TopologyError};
+use phalanx_core::topology::model::{GpuDevice, GpuTopology, Link, TopologyError};
 
 /// NVML's upper bound on NVLinks per GPU (`NVML_NVLINK_MAX_LINKS`: 18 on H100).
 const MAX_NVLINKS: u32 = 18;

@@ -6,7 +6,7 @@
 //! read (protobuf skips unknown fields, so newer kubelets still decode); no
 //! protoc or build script is needed.
 
-pub use crate::api::gpu_topology::PodDevices;
+pub use phalanx_kube::api::gpu_topology::PodDevices;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

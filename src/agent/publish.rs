@@ -9,8 +9,8 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use thiserror::Error;
 
-use crate::api::gpu_topology::{GPUTopology, GpuTopologySpec, GpuTopologyStatus, PodDevices};
-use crate::core::topology::model::GpuTopology;
+use phalanx_core::topology::model::GpuTopology;
+use phalanx_kube::api::gpu_topology::{GPUTopology, GpuTopologySpec, GpuTopologyStatus, PodDevices};
 
 const FIELD_MANAGER: &str = "phalanx-agent";
 

@@ -10,10 +10,10 @@ use anyhow::Context;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use phalanx::agent::discovery::read_topology_file;
-use phalanx::core::topology::graph::LinkBandwidth;
 use phalanx::device_plugin::allocation::NodeGpus;
 use phalanx::device_plugin::node_labels;
 use phalanx::device_plugin::plugin::{self, PluginConfig};
+use phalanx_core::topology::graph::LinkBandwidth;
 use tracing::info;
 
 /// The plugin's socket in the kubelet's directory.

@@ -4,35 +4,31 @@
 //!
 //! `phalanx explain NAMESPACE/NAME [--scheduler URL]`: why a gang waits, or
 //! where it runs. Asks a running scheduler's `/explain` endpoint when given
-//! one that answers; otherwise lists the cluster into the scheduler's own
-//! state (its informers and loop, with nothing bound or written) and runs the
-//! same explanation there.
+//! one that answers; otherwise lists the cluster through the scheduler's
+//! informers, feeds what they list to a `Scheduler` of its own (which decides
+//! nothing: it is asked, not run) and asks it the same question.
 
 use std::path::PathBuf;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
-use phalanx::api::gpu_topology::GPUTopology;
 use phalanx::config;
-use phalanx::core::framework::Profile;
-use phalanx::core::gang_scheduler::GangScheduler;
-use phalanx::core::plugins::default_profile;
-use phalanx::core::pod::PodKey;
-use phalanx::core::queue::{BackoffPolicy, SchedulingQueue};
-use phalanx::core::snapshot::ClusterSnapshot;
-use phalanx::explain::{GangExplanation, NodeReport, PodGpus, Target, render_gang, render_node};
+use phalanx::explain::{NodeReport, PodGpus, render_node};
 use phalanx::shell::informers;
 use phalanx::shell::leader_election::Leadership;
 use phalanx::shell::metrics::Metrics;
-use phalanx::shell::reporter::Report;
-use phalanx::shell::scheduling_loop::{BindRequests, Evictions, Reports, SchedulingLoop};
-use phalanx::shell::translate::{node_spec, pod_info, topology_report};
+use phalanx_core::explain::{GangExplanation, Target, render_gang};
+use phalanx_core::plugins::default_profile;
+use phalanx_core::queue::BackoffPolicy;
+use phalanx_core::scheduler::{Scheduler, SchedulerConfig};
+use phalanx_core::snapshot::ClusterSnapshot;
+use phalanx_kube::api::gpu_topology::GPUTopology;
+use phalanx_kube::translate::{node_spec, pod_info, topology_report};
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -119,56 +115,36 @@ async fn ask_scheduler(url: &str, target: &Target, json: bool) -> Result<String,
 
 const SCHEDULER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Binds, reports and evictions go nowhere: explaining changes nothing.
-struct Nothing;
-
-impl BindRequests for Nothing {
-    fn bind(&self, _: String, _: PodKey, _: String, _: Vec<u32>) {}
-}
-
-impl Reports for Nothing {
-    fn send(&self, _: Report) {}
-}
-
-impl Evictions for Nothing {
-    fn evict(&self, _: String, _: PodKey, _: String) {}
-}
-
-/// The scheduler's state as its informers list it, with nothing scheduled:
+/// The scheduler's state as its informers list it, with nothing decided:
 /// queue positions come from the pending gangs' order, and no node is held.
 async fn explain_from_cluster(options: &ExplainOptions, target: &Target) -> anyhow::Result<GangExplanation> {
     let cfg = options.config.as_deref().map(config::load).transpose()?;
-    let profiles: Vec<Profile> = match &cfg {
-        Some(cfg) => cfg.profiles.iter().map(config::ProfileSpec::build).collect(),
-        None => vec![default_profile("phalanx")],
-    };
     let client = super::client(options.kubeconfig.as_deref()).await?;
-    let names: HashSet<String> = profiles.iter().map(|p| p.scheduler_name.clone()).collect();
     let served = informers::Served::discover(&client).await;
-    let metrics = Metrics::register(&mut Registry::default());
-    let (event_tx, mut event_rx) = mpsc::channel(8192);
-    informers::spawn(client, Arc::new(names), &served, metrics.clone(), Leadership::always(), event_tx);
-    let snapshot = ClusterSnapshot::with_settings(cfg.as_ref().map(|c| c.topology.clone()).unwrap_or_default());
     // Nothing is tried here, so backoff never applies.
-    let queue = SchedulingQueue::new(BackoffPolicy { initial: Duration::ZERO, max: Duration::ZERO });
-    let gangs = GangScheduler::new(served.gang_kinds.clone(), cfg.as_ref().map(|c| c.preemption).unwrap_or_default());
-    let ready = Arc::new(AtomicBool::new(false));
-    let mut state = SchedulingLoop::new(
-        profiles,
-        snapshot,
-        queue,
-        gangs,
-        served.elastic_quotas,
-        Nothing,
-        Nothing,
-        Nothing,
-        metrics,
-        ready,
-    );
-    if !state.sync(&mut event_rx).await {
-        bail!("the watches of the cluster ended before listing it");
+    let no_backoff = BackoffPolicy { initial: Duration::ZERO, max: Duration::ZERO };
+    let (gang_kinds, elastic_quotas) = (served.gang_kinds.clone(), served.elastic_quotas);
+    let config = match &cfg {
+        Some(cfg) => SchedulerConfig { backoff: no_backoff, ..cfg.scheduler(gang_kinds, elastic_quotas) },
+        None => SchedulerConfig {
+            profiles: vec![default_profile("phalanx")],
+            topology: Default::default(),
+            backoff: no_backoff,
+            preemption: Default::default(),
+            gang_kinds,
+            elastic_quotas,
+        },
+    };
+    let names: HashSet<String> = config.profiles.iter().map(|p| p.scheduler_name.clone()).collect();
+    let metrics = Metrics::register(&mut Registry::default());
+    let (event_tx, mut events) = mpsc::channel(8192);
+    informers::spawn(client, Arc::new(names), &served, metrics, Leadership::always(), event_tx);
+    let mut scheduler = Scheduler::new(config);
+    while !scheduler.is_synced() {
+        let event = events.recv().await.context("the watches of the cluster ended before listing it")?;
+        let _ = scheduler.apply(event, Instant::now());
     }
-    Ok(state.explain(target)?)
+    Ok(scheduler.explain(target, Instant::now())?)
 }
 
 async fn explain_node(
@@ -197,7 +173,7 @@ async fn explain_node(
         }
         None => "the built-in template its GPU Feature Discovery labels select".to_string(),
     };
-    let product = spec.labels.get(phalanx::core::snapshot::GPU_PRODUCT_LABEL).cloned();
+    let product = spec.labels.get(phalanx_core::snapshot::GPU_PRODUCT_LABEL).cloned();
     snapshot.upsert_node(spec);
     let info = snapshot.node(node_name).expect("just added");
     let Some(model) = info.gpu_model.clone() else {

@@ -9,10 +9,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use phalanx::config;
-use phalanx::core::gang::GangKind;
-use phalanx::core::gang_scheduler::GangScheduler;
-use phalanx::core::queue::SchedulingQueue;
-use phalanx::core::snapshot::ClusterSnapshot;
 use phalanx::shell::binder::Binder;
 use phalanx::shell::evictor::Evictor;
 use phalanx::shell::explain;
@@ -24,6 +20,8 @@ use phalanx::shell::pod_group_status;
 use phalanx::shell::rate_limit::RateLimiter;
 use phalanx::shell::reporter::Reporter;
 use phalanx::shell::scheduling_loop::SchedulingLoop;
+use phalanx_core::gang::GangKind;
+use phalanx_core::scheduler::Scheduler;
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 use tracing::info;
@@ -88,24 +86,18 @@ pub async fn run(kubeconfig: Option<PathBuf>, config_path: &Path, http_address: 
     }
     informers::spawn(client, Arc::new(names.clone()), &served, metrics.clone(), leadership.clone(), event_tx);
 
-    let profiles = cfg.profiles.iter().map(config::ProfileSpec::build).collect();
-    let snapshot = ClusterSnapshot::with_settings(cfg.topology.clone());
-    let queue = SchedulingQueue::new(cfg.backoff);
-    let gangs = GangScheduler::new(served.gang_kinds.clone(), cfg.preemption);
-    let scheduling = SchedulingLoop::new(
-        profiles,
-        snapshot,
-        queue,
-        gangs,
-        served.elastic_quotas,
-        binder,
-        reporter,
-        evictor,
-        metrics,
-        ready,
-    )
-    .with_leadership(leadership)
-    .with_explain_requests(explain_rx);
+    let scheduler = Scheduler::new(cfg.scheduler(served.gang_kinds.clone(), served.elastic_quotas));
+    let scheduling = SchedulingLoop::new(scheduler, binder, reporter, evictor, metrics, ready)
+        .with_leadership(leadership)
+        .with_explain_requests(explain_rx);
+    let scheduling = match std::env::var_os("PHALANX_RECORD") {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            let recording = scheduling.recording_to(&path);
+            recording.with_context(|| format!("PHALANX_RECORD: creating {}", path.display()))?
+        }
+        None => scheduling,
+    };
     info!(%instance, profiles = ?names, %http_address, "phalanx starting");
     let loop_task = tokio::spawn(scheduling.run(event_rx, outcome_rx, eviction_rx, shutdown_rx));
 

@@ -9,7 +9,6 @@ use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use phalanx::config::{self, SchedulerConfig};
-use phalanx::core::resources::GPU;
 use phalanx::fleet::FleetSpec;
 use phalanx::sim::driver::{Settings, simulate};
 use phalanx::sim::fleet::{SyntheticFleet, node_specs};
@@ -17,6 +16,7 @@ use phalanx::sim::synthetic::{SyntheticSpec, Weighted, generate};
 use phalanx::sim::trace::{Job, from_gang_jobs, read_csv};
 use phalanx::sim::{plot, report};
 use phalanx::workload::knavigator_gang_burst;
+use phalanx_core::resources::GPU;
 
 /// The configuration deployed by `deploy/`, used unless `--config` names another.
 const DEPLOYED_CONFIG: &str = include_str!("../../deploy/scheduler-config.yaml");

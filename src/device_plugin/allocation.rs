@@ -10,9 +10,9 @@ use thiserror::Error;
 use super::api::{
     ContainerAllocateResponse, ContainerPreferredAllocationRequest, Device, HEALTHY, NumaNode, TopologyInfo,
 };
-use crate::core::topology::gpu_choice::{GpuMask, NodeGpuModel};
-use crate::core::topology::graph::LinkBandwidth;
-use crate::core::topology::model::GpuTopology;
+use phalanx_core::topology::gpu_choice::{GpuMask, NodeGpuModel};
+use phalanx_core::topology::graph::LinkBandwidth;
+use phalanx_core::topology::model::GpuTopology;
 
 /// The environment variable the NVIDIA container runtime reads: which GPUs
 /// (by UUID) the container sees.
@@ -192,7 +192,7 @@ mod tests {
 
     #[test]
     fn a_topology_without_uuids_is_refused() {
-        let topology = crate::core::topology::templates::nvswitch(2, 18, "H100");
+        let topology = phalanx_core::topology::templates::nvswitch(2, 18, "H100");
         let err = NodeGpus::new(topology, &LinkBandwidth::default()).unwrap_err();
         assert_eq!(err, AllocationError::MissingUuid { position: 0, index: 0 });
     }

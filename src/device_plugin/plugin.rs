@@ -142,10 +142,10 @@ mod tests {
     use super::*;
     use crate::agent::discovery::{fixture_gpu_uuid, read_topology_file};
     use crate::agent::pod_resources::connect;
-    use crate::core::topology::graph::LinkBandwidth;
     use crate::device_plugin::allocation::{GPU_INDICES_ENV, VISIBLE_DEVICES_ENV};
     use crate::device_plugin::api::*;
     use crate::device_plugin::service::{unary, unix_incoming};
+    use phalanx_core::topology::graph::LinkBandwidth;
 
     const NODE: &str = "kind-worker";
 

@@ -1,9 +1,8 @@
-//! Text a person reads: `phalanx explain node/NAME` shows how a node's GPUs
-//! are wired and who holds them; `phalanx explain NAMESPACE/NAME` (and the
-//! scheduler's `/explain/...` endpoint) says why a gang waits or where it runs.
+//! Text a person reads about a node: `phalanx explain node/NAME` shows how
+//! its GPUs are wired and who holds them. Why a gang waits is the core's
+//! (`phalanx_core::explain`), so the CLI and the scheduler's `/explain`
+//! endpoint say the same.
 
-pub mod gang;
 pub mod node;
 
-pub use gang::{ExplainError, GangExplanation, SchedulerState, Target, explain_gang, render_gang};
 pub use node::{NodeReport, PodGpus, render_node};

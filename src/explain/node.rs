@@ -3,8 +3,8 @@
 
 use std::fmt::Write;
 
-use crate::core::pod::PodKey;
-use crate::core::topology::gpu_choice::NodeGpuModel;
+use phalanx_core::pod::PodKey;
+use phalanx_core::topology::gpu_choice::NodeGpuModel;
 
 /// A pod on the node, with the GPU indices recorded on it (if any).
 pub struct PodGpus {
@@ -108,8 +108,8 @@ pub fn render_node(report: &NodeReport<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::topology::graph::LinkBandwidth;
-    use crate::core::topology::templates;
+    use phalanx_core::topology::graph::LinkBandwidth;
+    use phalanx_core::topology::templates;
 
     #[test]
     fn the_node_report_shows_links_bandwidth_and_holders() {

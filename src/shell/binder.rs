@@ -19,36 +19,13 @@ use tracing::{debug, warn};
 use super::leader_election::Leadership;
 use super::metrics::Metrics;
 use super::rate_limit::RateLimiter;
-use super::translate::{GPUS_ANNOTATION, gpu_annotation_value};
-use crate::core::pod::PodKey;
+use phalanx_core::pod::PodKey;
+pub use phalanx_core::scheduler::{BindOutcome, BindResult};
+use phalanx_kube::translate::{GPUS_ANNOTATION, gpu_annotation_value};
 
 /// Waits between attempts of a write (a bind, an eviction) that failed for a
 /// reason worth another try.
 const RETRY_DELAYS: [Duration; 3] = [Duration::from_millis(200), Duration::from_millis(800), Duration::from_secs(2)];
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BindResult {
-    Bound,
-    /// The pod is gone (404): nothing to do.
-    PodGone,
-    /// 409: already bound, or the UID no longer matches. The watch tells the truth.
-    Conflict(String),
-    /// The node was deleted before the call went out: the pod must go elsewhere.
-    NodeGone,
-    /// Anything else: the pod goes back to the queue.
-    Failed(String),
-    /// Not sent, for the reason given (this replica no longer leads): the
-    /// pod goes back to the queue.
-    NotSent(String),
-}
-
-#[derive(Debug)]
-pub struct BindOutcome {
-    pub uid: String,
-    pub key: PodKey,
-    pub node: String,
-    pub result: BindResult,
-}
 
 #[derive(Clone)]
 pub struct Binder {

@@ -22,46 +22,11 @@ use super::binder::{NOT_LEADING, retrying};
 use super::leader_election::Leadership;
 use super::metrics::Metrics;
 use super::rate_limit::RateLimiter;
-use crate::core::pod::PodKey;
+use phalanx_core::pod::PodKey;
+pub use phalanx_core::scheduler::{EvictOutcome, EvictResult};
 
 /// The cause the API server gives when a budget refuses an eviction.
 const BUDGET_CAUSE: &str = "DisruptionBudget";
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EvictResult {
-    /// Accepted: the pod is being deleted (its graceful deletion follows).
-    Evicted,
-    /// 404, or 409 on the UID precondition: the victim is gone already.
-    PodGone,
-    /// 429 from a PodDisruptionBudget: the pod stays. The API server's words.
-    Blocked(String),
-    /// Anything else, after retries.
-    Failed(String),
-    /// Not sent, for the reason given (this replica no longer leads).
-    NotSent(String),
-}
-
-impl EvictResult {
-    /// The metric label.
-    pub fn label(&self) -> &'static str {
-        match self {
-            EvictResult::Evicted => "evicted",
-            EvictResult::PodGone => "gone",
-            EvictResult::Blocked(_) => "blocked",
-            EvictResult::Failed(_) => "error",
-            EvictResult::NotSent(_) => "not_sent",
-        }
-    }
-}
-
-#[derive(Debug)]
-pub struct EvictOutcome {
-    pub uid: String,
-    pub key: PodKey,
-    /// Who the victim makes room for, as the request named it.
-    pub preemptor: String,
-    pub result: EvictResult,
-}
 
 #[derive(Clone)]
 pub struct Evictor {

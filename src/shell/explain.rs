@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::explain::{ExplainError, GangExplanation, Target, render_gang};
+use phalanx_core::explain::{ExplainError, GangExplanation, Target, render_gang};
 
 /// One question for the scheduling loop.
 pub struct ExplainRequest {

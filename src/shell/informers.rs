@@ -19,86 +19,21 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::gang_objects;
 use super::leader_election::Leadership;
 use super::metrics::{Metrics, WatchLabels};
-use super::quota_objects::{self, Quota};
-use super::translate::{
-    KUBEFLOW_JOB_LABEL, POD_GROUP_LABEL, TopologyReport, TranslateError, is_gated, node_spec, pod_info, topology_report,
+use phalanx_core::gang::{GangId, GangKind, GangObject};
+use phalanx_core::quota::QuotaKind;
+pub use phalanx_core::scheduler::ClusterEvent;
+use phalanx_core::scheduler::ObjectRef;
+use phalanx_kube::api::elastic_quota::ElasticQuota;
+use phalanx_kube::api::gpu_topology::GPUTopology;
+use phalanx_kube::api::pod_group::PodGroup;
+use phalanx_kube::api::pytorch_job::PyTorchJob;
+use phalanx_kube::gang_objects;
+use phalanx_kube::quota_objects::{self, Quota};
+use phalanx_kube::translate::{
+    KUBEFLOW_JOB_LABEL, POD_GROUP_LABEL, TranslateError, is_gated, node_spec, pod_info, topology_report,
 };
-use crate::api::elastic_quota::ElasticQuota;
-use crate::api::gpu_topology::GPUTopology;
-use crate::api::pod_group::PodGroup;
-use crate::api::pytorch_job::PyTorchJob;
-use crate::core::disruption::DisruptionBudget;
-use crate::core::gang::{GangId, GangKind, GangObject};
-use crate::core::node::NodeSpec;
-use crate::core::pod::PodInfo;
-use crate::core::quota::QuotaKind;
-
-#[derive(Debug)]
-pub enum ClusterEvent {
-    NodeApplied(NodeSpec),
-    NodeDeleted(String),
-    NodesListed(HashSet<String>),
-    PodApplied {
-        pod: PodInfo,
-        gated: bool,
-    },
-    PodDeleted {
-        uid: String,
-    },
-    /// UIDs of every relevant pod after a (re-)list.
-    PodsListed(HashSet<String>),
-    /// UIDs of every relevant pod after a list made for leadership `term`
-    /// (see `watch_pods`): the new leader's first fresh view.
-    PodsRelisted {
-        uids: HashSet<String>,
-        term: u64,
-    },
-    TopologyApplied(TopologyReport),
-    TopologyDeleted(String),
-    TopologiesListed(HashSet<String>),
-    /// A gang object (PodGroup, PyTorchJob) added or changed.
-    GangApplied {
-        id: GangId,
-        object: GangObject,
-    },
-    GangDeleted(GangId),
-    GangsListed {
-        kind: GangKind,
-        ids: HashSet<GangId>,
-    },
-    /// An ElasticQuota or ResourceQuota added or changed.
-    QuotaApplied(Quota),
-    QuotaDeleted {
-        kind: QuotaKind,
-        namespace: String,
-        name: String,
-    },
-    /// Namespace and name of every quota of one kind after a (re-)list.
-    QuotasListed {
-        kind: QuotaKind,
-        keys: Vec<(String, String)>,
-    },
-    /// A PodDisruptionBudget added or changed; `budget: None`: it has no
-    /// selector, so it protects no pod.
-    BudgetApplied {
-        namespace: String,
-        name: String,
-        budget: Option<DisruptionBudget>,
-    },
-    BudgetDeleted {
-        namespace: String,
-        name: String,
-    },
-    /// Namespace and name of every PodDisruptionBudget after a (re-)list.
-    BudgetsListed(Vec<(String, String)>),
-    Invalid {
-        regarding: ObjectReference,
-        error: TranslateError,
-    },
-}
 
 /// The optional APIs the API server serves, found by discovery at start:
 /// what is watched, and so what the loop waits for before scheduling.
@@ -185,8 +120,12 @@ pub fn spawn(
     tokio::spawn(watch_pods(Api::all(client), metrics, scheduler_names, leadership, tx));
 }
 
-fn reference<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {
-    obj.object_ref(&())
+/// The event for an object phalanx cannot read, naming it and the field.
+fn invalid<K: Resource<DynamicType = ()>>(obj: &K, error: &TranslateError) -> ClusterEvent {
+    let r: ObjectReference = obj.object_ref(&());
+    let regarding =
+        ObjectRef { api_version: r.api_version, kind: r.kind, namespace: r.namespace, name: r.name, uid: r.uid };
+    ClusterEvent::Invalid { regarding, error: error.to_string() }
 }
 
 /// What one applied object means for the consumer of a watch.
@@ -274,7 +213,7 @@ fn expired(error: &watcher::Error) -> bool {
 async fn watch_nodes(api: Api<Node>, metrics: Metrics, tx: mpsc::Sender<ClusterEvent>) {
     let on_apply = |node: Node| match node_spec(&node) {
         Ok(spec) => Applied::Event(spec.name.clone(), ClusterEvent::NodeApplied(spec)),
-        Err(error) => Applied::Invalid(ClusterEvent::Invalid { regarding: reference(&node), error }),
+        Err(error) => Applied::Invalid(invalid(&node, &error)),
     };
     let on_delete = |node: Node| Some(ClusterEvent::NodeDeleted(node.name_any()));
     pump(api, watcher::Config::default(), Some(metrics), tx, on_apply, on_delete, ClusterEvent::NodesListed).await;
@@ -327,7 +266,7 @@ async fn watch_pods_once(
         }
         match pod_info(&pod) {
             Ok(info) => Applied::Event(info.uid.clone(), ClusterEvent::PodApplied { gated: is_gated(&pod), pod: info }),
-            Err(error) => Applied::Invalid(ClusterEvent::Invalid { regarding: reference(&pod), error }),
+            Err(error) => Applied::Invalid(invalid(&pod, &error)),
         }
     };
     let on_delete = |pod: Pod| pod.metadata.uid.map(|uid| ClusterEvent::PodDeleted { uid });
@@ -338,7 +277,7 @@ async fn watch_pods_once(
 async fn watch_topologies(api: Api<GPUTopology>, metrics: Metrics, tx: mpsc::Sender<ClusterEvent>) {
     let on_apply = |report: GPUTopology| match topology_report(&report) {
         Ok(r) => Applied::Event(r.node.clone(), ClusterEvent::TopologyApplied(r)),
-        Err(error) => Applied::Invalid(ClusterEvent::Invalid { regarding: reference(&report), error }),
+        Err(error) => Applied::Invalid(invalid(&report, &error)),
     };
     let on_delete = |report: GPUTopology| Some(ClusterEvent::TopologyDeleted(report.name_any()));
     pump(api, watcher::Config::default(), Some(metrics), tx, on_apply, on_delete, ClusterEvent::TopologiesListed).await;
@@ -396,9 +335,7 @@ async fn watch_quotas<K>(
 {
     let on_apply = |object: K| match translate(&object) {
         Ok(quota) => Applied::Event(list_key(&object), ClusterEvent::QuotaApplied(quota)),
-        Err(error) => {
-            Applied::InvalidKept(list_key(&object), ClusterEvent::Invalid { regarding: reference(&object), error })
-        }
+        Err(error) => Applied::InvalidKept(list_key(&object), invalid(&object, &error)),
     };
     let on_delete = move |object: K| {
         let (namespace, name) = namespaced_key(&object);
@@ -416,7 +353,7 @@ async fn watch_budgets(api: Api<PodDisruptionBudget>, metrics: Metrics, tx: mpsc
                 let (namespace, name) = namespaced_key(&object);
                 Applied::Event(key, ClusterEvent::BudgetApplied { namespace, name, budget })
             }
-            Err(error) => Applied::InvalidKept(key, ClusterEvent::Invalid { regarding: reference(&object), error }),
+            Err(error) => Applied::InvalidKept(key, invalid(&object, &error)),
         }
     };
     let on_delete = |object: PodDisruptionBudget| {

@@ -29,9 +29,9 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
+use super::leader_lease::{Candidate, LeaseRecord, LeaseStep, LeaseTimes};
 use super::metrics::Metrics;
 use crate::config::LeaderElection;
-use crate::core::leader_lease::{Candidate, LeaseRecord, LeaseStep, LeaseTimes};
 
 /// A term of leadership: numbered from 1 per process (0: no election, this
 /// replica always leads), valid until `until` unless renewed.
@@ -180,8 +180,8 @@ struct Elector {
 impl Elector {
     async fn run(mut self, mut stop: oneshot::Receiver<()>) {
         loop {
-            let took = self.round().await;
-            self.publish(took);
+            let round = self.round().await;
+            self.publish(round);
             // Wake at the deadline too, so a lapsed term is announced on time.
             let now = std::time::Instant::now();
             let deadline = self.candidate.leading_until().filter(|until| *until > now);
@@ -195,8 +195,7 @@ impl Elector {
     }
 
     /// One look at the lease, and the write the candidate decides on.
-    /// Returns whether it took (or created) the lease.
-    async fn round(&mut self) -> bool {
+    async fn round(&mut self) -> Round {
         let lease = match self.call(self.api.get_opt(&self.name)).await {
             Ok(lease) => lease,
             Err(e) => {
@@ -204,16 +203,17 @@ impl Elector {
                     Some(why) => self.set_blocked(Some(why)),
                     None => warn!(error = %e, "reading the leader lease failed"),
                 }
-                return false;
+                return Round::NoNewTerm;
             }
         };
         let record = lease.as_ref().map(record);
         match self.candidate.next_step(record.as_ref(), std::time::Instant::now()) {
-            LeaseStep::Create => self.write(None, true).await,
-            LeaseStep::Acquire => self.write(lease, true).await,
+            LeaseStep::Create => self.write(None, LeaseWrite::NewTerm).await,
+            LeaseStep::Acquire => self.write(lease, LeaseWrite::NewTerm).await,
             LeaseStep::Renew => {
-                self.write(lease, false).await;
-                false
+                // A renewal written late starts a new term all the same (see publish).
+                self.write(lease, LeaseWrite::Renewal).await;
+                Round::NoNewTerm
             }
             LeaseStep::StandBy { holder } => {
                 // Another replica leads, so the Lease works for the cluster.
@@ -222,15 +222,15 @@ impl Elector {
                     info!(leader = %holder, "another replica leads; standing by");
                     self.leader_seen = Some(holder);
                 }
-                false
+                Round::NoNewTerm
             }
         }
     }
 
-    /// Creates (`lease: None`), takes (`new_term`) or renews the lease. The
-    /// lease read carries its resourceVersion, so the write fails with a
-    /// 409 if anyone wrote in between. Returns whether it succeeded.
-    async fn write(&mut self, lease: Option<Lease>, new_term: bool) -> bool {
+    /// Creates (`lease: None`), takes or renews the lease. The lease read
+    /// carries its resourceVersion, so the write fails with a 409 if anyone
+    /// wrote in between. A new term that was written is [`Round::TookLease`].
+    async fn write(&mut self, lease: Option<Lease>, kind: LeaseWrite) -> Round {
         let now = MicroTime(Timestamp::now());
         let identity = self.candidate.identity().to_string();
         let seconds = i32::try_from(self.times.lease_duration.as_secs()).unwrap_or(i32::MAX);
@@ -253,7 +253,7 @@ impl Elector {
             }
             Some(mut lease) => {
                 let spec = lease.spec.get_or_insert_with(Default::default);
-                if new_term {
+                if kind == LeaseWrite::NewTerm {
                     spec.acquire_time = Some(now.clone());
                     spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
                 }
@@ -269,15 +269,18 @@ impl Elector {
                 self.candidate.written(sent_at, version);
                 self.leader_seen = None;
                 self.set_blocked(None);
-                return true;
+                return match kind {
+                    LeaseWrite::NewTerm => Round::TookLease,
+                    LeaseWrite::Renewal => Round::NoNewTerm,
+                };
             }
             Err(kube::Error::Api(e)) if e.code == 409 => debug!("the leader lease changed meanwhile; reading it again"),
             Err(e) => match refusal(&e, verb, &self.namespace, &self.name) {
                 Some(why) => self.set_blocked(Some(why)),
-                None => warn!(error = %e, new_term, "writing the leader lease failed"),
+                None => warn!(error = %e, ?kind, "writing the leader lease failed"),
             },
         }
-        false
+        Round::NoNewTerm
     }
 
     /// Logs each change once: an error when writing becomes impossible, a
@@ -297,11 +300,12 @@ impl Elector {
     }
 
     /// Announces a term that starts or ends; a renewal in time only moves
-    /// the deadline on, silently. A lease taken (`took`), or renewed after
+    /// the deadline on, silently. A lease taken (`Round::TookLease`), or renewed after
     /// its deadline passed, starts a new term even if the last one was never
     /// seen to end (this process was frozen while another replica led): the
     /// new term lists pods afresh.
-    fn publish(&mut self, took: bool) {
+    fn publish(&mut self, round: Round) {
+        let took = round == Round::TookLease;
         let now = std::time::Instant::now();
         let leading = self.candidate.is_leading(now);
         let until = self.candidate.leading_until();
@@ -388,6 +392,20 @@ fn refusal(e: &kube::Error, verb: LeaseVerb, namespace: &str, name: &str) -> Opt
         }
         _ => None,
     }
+}
+
+/// What one round of the elector did: a term starts only when it took the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Round {
+    TookLease,
+    NoNewTerm,
+}
+
+/// A write of the lease: taking it (a new term) or renewing it within one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaseWrite {
+    NewTerm,
+    Renewal,
 }
 
 #[derive(Debug, Clone, Copy)]

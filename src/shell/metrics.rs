@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+pub use phalanx_core::quota::QuotaUsage;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -45,17 +46,6 @@ pub struct WatchLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
-}
-
-/// One namespace's use of one resource under its quota (cpu in millicores,
-/// the rest in units, as the core counts them).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QuotaUsage {
-    pub namespace: String,
-    pub resource: String,
-    pub used: i64,
-    /// Beyond the namespace's ElasticQuota min.
-    pub borrowed: i64,
 }
 
 #[derive(Clone)]

@@ -34,9 +34,9 @@ use tracing::{debug, warn};
 use super::informers::{Applied, pump};
 use super::leader_election::Leadership;
 use super::rate_limit::RateLimiter;
-use super::translate::POD_GROUP_LABEL;
-use crate::api::pod_group::{PodGroup, PodGroupStatus};
-use crate::core::pod_group_status::{GroupPhase, GroupStatus, GroupView, MemberPhase, MemberSummary, next_status};
+use phalanx_kube::api::pod_group::{PodGroup, PodGroupStatus};
+use phalanx_kube::pod_group_status::{GroupPhase, GroupStatus, GroupView, MemberPhase, MemberSummary, next_status};
+use phalanx_kube::translate::POD_GROUP_LABEL;
 
 /// How long a group's changes are gathered before its status is worked out.
 pub const DEBOUNCE: Duration = Duration::from_millis(250);

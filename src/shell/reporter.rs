@@ -19,27 +19,13 @@ use tracing::{debug, warn};
 use super::leader_election::Leadership;
 use super::metrics::Metrics;
 use super::rate_limit::RateLimiter;
-use crate::core::pod::PodKey;
+use phalanx_core::pod::PodKey;
+use phalanx_core::scheduler::ObjectRef;
+pub use phalanx_core::scheduler::Report;
 
 pub const REPORTING_CONTROLLER: &str = "phalanx.dev/scheduler";
 const QUEUE_CAPACITY: usize = 4096;
 const CONCURRENT_WRITES: usize = 16;
-
-#[derive(Debug, Clone)]
-pub enum Report {
-    /// No node fits: condition on the pod plus a Warning Event.
-    Unschedulable { key: PodKey, uid: String, resource_version: Option<String>, message: String },
-    /// Bound: a Normal Event, as kube-scheduler writes.
-    Scheduled { key: PodKey, uid: String, node: String },
-    /// An Event about any object (an unreadable object, a gang's PodGroup).
-    Event { regarding: ObjectReference, warning: bool, reason: &'static str, message: String },
-    /// A victim was evicted: a Warning Event `Preempted` on it naming the
-    /// preemptor (a gang or pod), then `message` if not empty.
-    Preempted { key: PodKey, uid: String, preemptor: String, message: String },
-    /// Capacity is held for the preemptor on `node`: its `status.nominatedNodeName`
-    /// (as kube-scheduler records it). An empty `node` clears it.
-    Nominated { key: PodKey, uid: String, node: String },
-}
 
 #[derive(Clone)]
 pub struct Reporter {
@@ -166,7 +152,7 @@ impl Writer {
             }
             Report::Event { regarding, warning, reason, message } => {
                 let type_ = if *warning { "Warning" } else { "Normal" };
-                self.event(regarding.clone(), type_, reason, "Scheduling", message).await
+                self.event(object_reference(regarding), type_, reason, "Scheduling", message).await
             }
             Report::Preempted { key, uid, preemptor, message } => {
                 let note = preempted_note(preemptor, message);
@@ -284,6 +270,18 @@ fn truncate(text: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}...", &text[..end])
+}
+
+/// The API's form of the object an Event is about.
+fn object_reference(object: &ObjectRef) -> ObjectReference {
+    ObjectReference {
+        api_version: object.api_version.clone(),
+        kind: object.kind.clone(),
+        namespace: object.namespace.clone(),
+        name: object.name.clone(),
+        uid: object.uid.clone(),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]

@@ -1,36 +1,37 @@
-//! The simulation loop: replays jobs against a fleet through the scheduler's
-//! own core, on a simulated clock that jumps from one event to the next.
+//! The simulation loop: replays jobs against a fleet through the production
+//! `Scheduler`, on a simulated clock that jumps from one event to the next.
 //!
-//! It drives the core as `shell::scheduling_loop` does: pods enter the
-//! queue as they are created; when capacity frees, the queue hears of a
-//! cluster change and the gangs at the head of the line skip their backoff;
-//! then every gang ready at that instant is popped and decided through
-//! `GangScheduler::decide_and_settle` (holds, quotas, preemption). What the
-//! shell does through the API server happens here at once or after a set
-//! delay: a bind succeeds, a pod runs its time and finishes, a victim is gone
-//! after its grace period and its job is re-created, as a training operator
-//! restarts a job that lost pods. The queue's clock is a fixed base
-//! `Instant` plus the simulated time, so backoff and timeouts behave as in
-//! the scheduler without anyone sleeping.
+//! It drives the scheduler as `shell::scheduling_loop` does: watch events
+//! in (pods created, deleted, bound), outcomes of its binds and evictions
+//! back, a retry of waiting gangs after each change and every
+//! `UNSCHEDULABLE_FLUSH`, and every gang ready at that instant decided. A
+//! fake API server carries out its actions: a bind succeeds at once, a pod
+//! runs its time and finishes, an eviction is accepted and the victim is
+//! gone after its grace period, and its job is re-created, as a training
+//! operator restarts a job that lost pods. The scheduler's clock is a fixed
+//! base `Instant` plus the simulated time, so backoff and timeouts behave as
+//! in the scheduler without anyone sleeping.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use tracing::debug;
+use phalanx_core::framework::Profile;
+use phalanx_core::gang::{GangId, GangKind, GangObject, GangSpec};
+use phalanx_core::node::NodeSpec;
+use phalanx_core::pod::{PodInfo, PodKey, PodPhase};
+use phalanx_core::preemption::PreemptionSettings;
+use phalanx_core::queue::{BackoffPolicy, GangKey, UNSCHEDULABLE_FLUSH};
+use phalanx_core::quota::QuotaKind;
+use phalanx_core::resources::{CPU, GPU, PODS, Resources};
+use phalanx_core::scheduler::{
+    Action, Attempt, BindOutcome, BindResult, Change, ClusterEvent, EvictOutcome, EvictResult, Progress, Recorded,
+    Scheduler, SchedulerConfig, Step,
+};
+use phalanx_core::snapshot::TopologySettings;
 
 use super::quality::{best_score, placement_score, quality};
 use super::trace::Job;
-use crate::core::framework::Profile;
-use crate::core::gang::{GangId, GangKind, GangObject, GangSpec};
-use crate::core::gang_placement::MemberPlacement;
-use crate::core::gang_scheduler::{GangDecision, GangScheduler, Settled};
-use crate::core::node::NodeSpec;
-use crate::core::pod::{PodInfo, PodKey, PodPhase};
-use crate::core::preemption::PreemptionSettings;
-use crate::core::queue::{BackoffPolicy, GangKey, SchedulingQueue, UNSCHEDULABLE_FLUSH};
-use crate::core::resources::{CPU, GPU, PODS, Resources};
-use crate::core::snapshot::{ClusterSnapshot, TopologySettings};
 
 /// How the simulated scheduler is configured and how the simulated cluster behaves.
 #[derive(Debug)]
@@ -119,14 +120,21 @@ struct JobState {
     pending_since: Option<Duration>,
 }
 
+/// A member the scheduler asked to bind.
+struct BindRequest {
+    uid: String,
+    key: PodKey,
+    node: String,
+    gpus: Vec<u32>,
+}
+
 struct Simulation<'a> {
     jobs: &'a [Job],
     settings: Settings,
-    profiles: HashMap<String, Profile>,
+    scheduler: Scheduler,
     scheduler_name: String,
-    snapshot: ClusterSnapshot,
-    queue: SchedulingQueue,
-    gangs: GangScheduler,
+    /// The fake API server's pods, by UID.
+    pods: HashMap<String, PodInfo>,
     base: Instant,
     now: Duration,
     events: BinaryHeap<Reverse<(Duration, u64, Event)>>,
@@ -134,7 +142,6 @@ struct Simulation<'a> {
     state: Vec<JobState>,
     records: Vec<JobRecord>,
     job_of: HashMap<String, usize>,
-    evicting: HashSet<String>,
     allocated: u64,
     outcome_samples: Vec<Sample>,
     preemptions: usize,
@@ -150,22 +157,23 @@ pub fn simulate(
     mut settings: Settings,
     progress: &mut dyn FnMut(usize),
 ) -> Outcome {
-    let mut snapshot = ClusterSnapshot::with_settings(settings.topology.clone());
     let node_count = nodes.len();
     let total_gpus = nodes.iter().map(|n| n.allocatable.get(GPU).max(0) as u64).sum();
-    for node in nodes {
-        snapshot.upsert_node(node);
-    }
     let scheduler_name = settings.profiles.first().map(|p| p.scheduler_name.clone()).unwrap_or_default();
-    let profiles = std::mem::take(&mut settings.profiles).into_iter().map(|p| (p.scheduler_name.clone(), p)).collect();
+    let scheduler = Scheduler::new(SchedulerConfig {
+        profiles: std::mem::take(&mut settings.profiles),
+        topology: settings.topology.clone(),
+        backoff: settings.backoff,
+        preemption: settings.preemption,
+        gang_kinds: HashSet::from([GangKind::PodGroup]),
+        elastic_quotas: false,
+    });
     let mut sim = Simulation {
         jobs,
-        queue: SchedulingQueue::new(settings.backoff),
-        gangs: GangScheduler::new(HashSet::from([GangKind::PodGroup]), settings.preemption),
+        scheduler,
         settings,
-        profiles,
         scheduler_name,
-        snapshot,
+        pods: HashMap::new(),
         base: Instant::now(),
         now: Duration::ZERO,
         events: BinaryHeap::new(),
@@ -185,7 +193,6 @@ pub fn simulate(
             })
             .collect(),
         job_of: HashMap::new(),
-        evicting: HashSet::new(),
         allocated: 0,
         outcome_samples: Vec::new(),
         preemptions: 0,
@@ -193,6 +200,7 @@ pub fn simulate(
         decision_times: Vec::new(),
         finished: 0,
     };
+    sim.list(nodes);
     for (i, job) in jobs.iter().enumerate() {
         sim.at(job.submit, Event::Submit(i));
     }
@@ -209,6 +217,38 @@ pub fn simulate(
     }
 }
 
+/// Replays a live run's recording (`PHALANX_RECORD`) on the simulated
+/// clock: each input at its time, each retry and round of decisions where
+/// the live loop took it, outcomes as the API server gave them. Returns
+/// every action the scheduler asked for, in order.
+pub fn replay(recording: &[Recorded], config: SchedulerConfig) -> Vec<Action> {
+    let base = Instant::now();
+    let mut scheduler = Scheduler::new(config);
+    let mut actions = Vec::new();
+    for Recorded { at_ms, step } in recording {
+        let now = base + Duration::from_millis(*at_ms);
+        match step.clone() {
+            Step::Event(event) => {
+                let _ = scheduler.apply(event, now);
+            }
+            Step::Bind(outcome) => {
+                let _ = scheduler.apply_bind_outcome(outcome, now);
+            }
+            Step::Eviction(outcome) => scheduler.apply_eviction_outcome(outcome, now),
+            Step::RetryWaiting => scheduler.retry_waiting(now),
+            Step::Decide => loop {
+                let decided = scheduler.next_actions(now);
+                let progress = Progress::of(&decided);
+                actions.extend(decided);
+                if progress == Progress::NothingReady {
+                    break;
+                }
+            },
+        }
+    }
+    actions
+}
+
 impl Simulation<'_> {
     fn at(&mut self, when: Duration, event: Event) {
         self.next_seq += 1;
@@ -219,15 +259,34 @@ impl Simulation<'_> {
         self.base + self.now
     }
 
+    /// The watches' first lists: the fleet, and no pods, gangs, quotas or budgets yet.
+    fn list(&mut self, nodes: Vec<NodeSpec>) {
+        let now = self.instant();
+        let names = nodes.iter().map(|n| n.name.clone()).collect();
+        let mut lists = vec![
+            ClusterEvent::NodesListed(names),
+            ClusterEvent::PodsListed(HashSet::new()),
+            ClusterEvent::GangsListed { kind: GangKind::PodGroup, ids: HashSet::new() },
+            ClusterEvent::QuotasListed { kind: QuotaKind::Hard, keys: vec![] },
+            ClusterEvent::BudgetsListed(vec![]),
+        ];
+        let applied = nodes.into_iter().map(ClusterEvent::NodeApplied).chain(lists.drain(..));
+        for event in applied {
+            // Nothing waits yet: no retry is due.
+            let _ = self.scheduler.apply(event, now);
+        }
+    }
+
     /// Steps from event to event. Returns whether the horizon cut the run short.
     fn run(&mut self, progress: &mut dyn FnMut(usize)) -> bool {
         let mut next_flush = UNSCHEDULABLE_FLUSH;
         loop {
             let next_event = self.events.peek().map(|Reverse((t, _, _))| *t);
-            let next_wakeup = self.queue.next_wakeup().map(|w| w.saturating_duration_since(self.base));
+            let next_wakeup = self.scheduler.next_wakeup().map(|w| w.saturating_duration_since(self.base));
             // The scheduler's periodic retry of unschedulable gangs matters only
             // while something can still change.
-            let flush = (next_event.is_some() && self.queue.lengths().unschedulable > 0).then_some(next_flush);
+            let flush =
+                (next_event.is_some() && self.scheduler.queue_lengths().unschedulable > 0).then_some(next_flush);
             let Some(next) = [next_event, next_wakeup, flush].into_iter().flatten().min() else {
                 return false;
             };
@@ -240,59 +299,61 @@ impl Simulation<'_> {
                 && *t <= self.now
             {
                 let Reverse((_, _, event)) = self.events.pop().expect("peeked");
-                changed |= self.apply(event, progress);
+                changed |= self.apply(event, progress) == Change::MayFitMore;
             }
             if self.now >= next_flush {
                 changed = true;
                 next_flush = self.now + UNSCHEDULABLE_FLUSH;
             }
-            let now = self.instant();
             if changed {
-                self.queue.cluster_changed(now);
-                self.gangs.retry_head(&mut self.queue);
+                self.scheduler.retry_waiting(self.instant());
             }
-            while let Some(key) = self.queue.pop(now) {
-                self.decide(&key, now);
-            }
+            while self.decide_next() == Progress::Decided {}
             self.sample();
         }
     }
 
-    /// Applies one event. Returns whether capacity was freed.
-    fn apply(&mut self, event: Event, progress: &mut dyn FnMut(usize)) -> bool {
+    /// Tells the scheduler what the fake API server saw.
+    fn watch(&mut self, event: ClusterEvent) {
+        // The simulation retries waiting gangs as the trace's events say: a
+        // job that ended, victims gone.
+        let _ = self.scheduler.apply(event, self.instant());
+    }
+
+    /// Applies one event.
+    fn apply(&mut self, event: Event, progress: &mut dyn FnMut(usize)) -> Change {
         match event {
             Event::Submit(job) => {
-                let spec = GangSpec::of_size(self.jobs[job].pods as usize);
-                self.gangs.set_object(self.gang_id(job), Some(GangObject::Valid(spec)));
+                let object = GangObject::Valid(GangSpec::of_size(self.jobs[job].pods as usize));
+                self.watch(ClusterEvent::GangApplied { id: self.gang_id(job), object });
                 self.create_pods(job, self.jobs[job].pods);
-                false
+                Change::NoNewRoom
             }
             Event::Finish { job, run } if self.state[job].run == run => {
                 for uid in std::mem::take(&mut self.state[job].running) {
-                    self.release(&uid);
+                    self.delete_pod(&uid);
                 }
                 // Members re-created after a preemption took spares end with the job.
                 let id = self.gang_id(job);
                 let key = GangKey::Gang(id.clone());
-                for uid in self.queue.members(&key).map(|p| p.uid.clone()).collect::<Vec<_>>() {
-                    self.queue.remove(&uid);
-                    self.job_of.remove(&uid);
+                let queued: Vec<String> = self.scheduler.queue().members(&key).map(|p| p.uid.clone()).collect();
+                for uid in queued {
+                    self.delete_pod(&uid);
                 }
-                self.gangs.set_object(id, None);
+                self.watch(ClusterEvent::GangDeleted(id));
                 self.state[job].pending_since = None;
                 self.records[job].finished = Some(self.now);
                 self.finished += 1;
                 progress(self.finished);
-                true
+                Change::MayFitMore
             }
-            Event::Finish { .. } => false,
+            Event::Finish { .. } => Change::NoNewRoom,
             Event::Gone(victims) => {
                 let mut hit: Vec<usize> = Vec::new();
                 for uid in victims {
-                    self.evicting.remove(&uid);
                     let Some(&job) = self.job_of.get(&uid) else { continue };
                     if self.state[job].running.remove(&uid) {
-                        self.release(&uid);
+                        self.delete_pod(&uid);
                         self.evicted_pods += 1;
                         hit.push(job);
                     }
@@ -308,7 +369,7 @@ impl Simulation<'_> {
                     }
                     self.create_pods(job, lost);
                 }
-                true
+                Change::MayFitMore
             }
         }
     }
@@ -319,17 +380,17 @@ impl Simulation<'_> {
     }
 
     /// Creates `count` pods of the job (all of them, or the ones a
-    /// preemption took) and queues them.
+    /// preemption took).
     fn create_pods(&mut self, job: usize, count: u32) {
         let spec = &self.jobs[job];
         let run = self.state[job].run;
         let requests = Resources::new().with(GPU, i64::from(spec.gpus_per_pod)).with(CPU, 1000).with(PODS, 1);
         let gang = self.gang_id(job);
-        let now = self.instant();
+        let mut created = Vec::with_capacity(count as usize);
         for i in 0..count {
             // Names as a job controller gives them: a new suffix per creation.
             let name = format!("{}-r{run}-{}-{i}", spec.name, self.next_seq);
-            let pod = PodInfo {
+            created.push(PodInfo {
                 uid: format!("{}/{name}", spec.namespace),
                 key: PodKey { namespace: spec.namespace.clone(), name },
                 resource_version: None,
@@ -348,60 +409,87 @@ impl Simulation<'_> {
                 created: self.now.as_secs() as i64,
                 job: Some(gang.clone()),
                 gpu_indices: None,
-            };
+            });
+        }
+        for pod in created {
             self.job_of.insert(pod.uid.clone(), job);
-            self.queue.upsert(pod, now);
+            self.pods.insert(pod.uid.clone(), pod.clone());
+            self.watch(ClusterEvent::PodApplied { pod, gated: false });
         }
         self.next_seq += 1;
         self.state[job].pending_since.get_or_insert(self.now);
     }
 
-    fn release(&mut self, uid: &str) {
-        if let Some(p) = self.snapshot.placement(uid) {
+    /// The pod is gone from the API server (finished, evicted, or its job ended).
+    fn delete_pod(&mut self, uid: &str) {
+        if let Some(p) = self.scheduler.snapshot().placement(uid) {
             self.allocated -= p.requests.get(GPU).max(0) as u64;
         }
-        self.snapshot.release(uid);
+        self.pods.remove(uid);
         self.job_of.remove(uid);
+        self.watch(ClusterEvent::PodDeleted { uid: uid.to_string() });
     }
 
-    fn decide(&mut self, key: &GangKey, now: Instant) {
+    /// Asks the scheduler for its next decision and carries out what it asks.
+    fn decide_next(&mut self) -> Progress {
+        let now = self.instant();
         let started = Instant::now();
-        let Settled { verdict, placed } =
-            self.gangs.decide_and_settle(key, &self.profiles, &mut self.snapshot, &mut self.queue, now);
-        self.decision_times.push(started.elapsed());
-        match verdict.decision {
-            GangDecision::Bind(_) => self.bind(placed),
-            GangDecision::Preempt { plan, message } => {
-                debug!(%message, "preempting");
-                self.preemptions += 1;
-                let victims: Vec<String> =
-                    plan.victims.into_iter().map(|v| v.uid).filter(|uid| self.evicting.insert(uid.clone())).collect();
-                self.at(self.now + self.settings.eviction_grace, Event::Gone(victims));
+        let actions = self.scheduler.next_actions(now);
+        let elapsed = started.elapsed();
+        let progress = Progress::of(&actions);
+        let (mut binds, mut victims) = (Vec::new(), Vec::new());
+        for action in actions {
+            match action {
+                Action::Bind { uid, key, node, gpus } => binds.push(BindRequest { uid, key, node, gpus }),
+                Action::Evict { uid, key, preemptor } => {
+                    // The Eviction API accepts; the pod terminates over its grace period.
+                    let outcome = EvictOutcome { uid: uid.clone(), key, preemptor, result: EvictResult::Evicted };
+                    self.scheduler.apply_eviction_outcome(outcome, now);
+                    victims.push(uid);
+                }
+                Action::Attempted { result, .. } => {
+                    self.decision_times.push(elapsed);
+                    if let Attempt::Preempting { .. } = result {
+                        self.preemptions += 1;
+                        // Victims already leaving for another preemptor are not asked for twice.
+                        let gone = std::mem::take(&mut victims);
+                        self.at(self.now + self.settings.eviction_grace, Event::Gone(gone));
+                    }
+                }
+                Action::NodeGone { .. } | Action::Report(_) => {}
             }
-            GangDecision::Wait(_) | GangDecision::Unschedulable { .. } | GangDecision::Drop => {}
         }
+        if !binds.is_empty() {
+            self.bind(binds);
+        }
+        progress
     }
 
-    /// The binds all succeed: the members are bound where the core put them.
-    fn bind(&mut self, placed: Vec<(MemberPlacement, PodInfo)>) {
-        let Some(&job) = placed.first().and_then(|(m, _)| self.job_of.get(&m.uid)) else { return };
+    /// The binds all succeed: the members are bound where the scheduler put them.
+    fn bind(&mut self, placed: Vec<BindRequest>) {
+        let Some(&job) = placed.first().and_then(|b| self.job_of.get(&b.uid)) else { return };
         let starts = self.state[job].running.is_empty();
         if starts && self.records[job].started.is_none() {
             // Quality against the best on the GPUs that were free before this placement.
-            let uids: Vec<&str> = placed.iter().map(|(m, _)| m.uid.as_str()).collect();
-            let taken: Vec<_> = uids.iter().filter_map(|uid| Some((*uid, self.snapshot.take(uid)?))).collect();
-            let best = best_score(&self.snapshot, uids.len(), self.jobs[job].gpus_per_pod as usize);
-            for (uid, placement) in taken {
-                self.snapshot.restore(uid, placement);
-            }
+            let uids: Vec<&str> = placed.iter().map(|b| b.uid.as_str()).collect();
+            let gpus_per_pod = self.jobs[job].gpus_per_pod as usize;
+            let best = self.scheduler.without_pods(&uids, |snapshot| best_score(snapshot, uids.len(), gpus_per_pod));
             self.records[job].best = Some(best);
-            self.records[job].score = Some(placement_score(&self.snapshot, uids.iter().copied()));
+            self.records[job].score = Some(placement_score(self.scheduler.snapshot(), uids.iter().copied()));
             self.records[job].placed_together = uids.len() as u32;
         }
-        for (member, pod) in &placed {
-            self.snapshot.observe_bound(pod.placement(&member.node), Some(&member.gpu_indices));
+        let now = self.instant();
+        for BindRequest { uid, key, node, gpus } in placed {
+            let outcome = BindOutcome { uid: uid.clone(), key, node: node.clone(), result: BindResult::Bound };
+            let _ = self.scheduler.apply_bind_outcome(outcome, now);
+            let Some(pod) = self.pods.get_mut(&uid) else { continue };
+            pod.node_name = Some(node);
+            pod.gpu_indices = Some(gpus);
+            pod.phase = PodPhase::Running;
+            let pod = pod.clone();
             self.allocated += pod.gpu_count() as u64;
-            self.state[job].running.insert(member.uid.clone());
+            self.watch(ClusterEvent::PodApplied { pod, gated: false });
+            self.state[job].running.insert(uid);
         }
         if starts {
             let state = &mut self.state[job];
@@ -419,10 +507,10 @@ impl Simulation<'_> {
     }
 
     fn sample(&mut self) {
-        let smallest_request =
-            self.queue.keys().filter_map(|k| self.queue.members(k).map(PodInfo::gpu_count).min()).min();
+        let queue = self.scheduler.queue();
+        let smallest_request = queue.keys().filter_map(|k| queue.members(k).map(PodInfo::gpu_count).min()).min();
         let (mut stranded, mut broken) = (0u64, 0usize);
-        for (spec, info) in self.snapshot.nodes() {
+        for (spec, info) in self.scheduler.snapshot().nodes() {
             let free = info.free_of(GPU).max(0) as u64;
             let total = spec.allocatable.get(GPU).max(0) as u64;
             if free > 0 && free < total {
@@ -438,7 +526,7 @@ impl Simulation<'_> {
             at: self.now,
             allocated_gpus: self.allocated,
             pending_jobs,
-            pending_pods: self.queue.uids().count(),
+            pending_pods: queue.uids().count(),
             running_jobs: self.state.iter().filter(|s| !s.running.is_empty()).count(),
             stranded_gpus: stranded,
             broken_nodes: broken,

@@ -2,9 +2,9 @@
 //! machines the end-to-end tests create), or a uniform synthetic fleet for
 //! large runs, described in the same fleet format.
 
-use crate::core::node::NodeSpec;
 use crate::fleet::{API_VERSION, DomainLevel, FleetSpec, KIND, PoolSpec};
-use crate::shell::translate::{TranslateError, node_spec};
+use phalanx_core::node::NodeSpec;
+use phalanx_kube::translate::{TranslateError, node_spec};
 
 /// N nodes of G GPUs of one product, in racks (NVIDIA topograph's block
 /// level) grouped into blocks (its spine level), all in one datacenter.
@@ -56,7 +56,7 @@ pub fn node_specs(fleet: &FleetSpec) -> Result<Vec<NodeSpec>, TranslateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::resources::GPU;
+    use phalanx_core::resources::GPU;
 
     #[test]
     fn a_synthetic_fleet_labels_racks_and_blocks() {

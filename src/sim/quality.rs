@@ -6,8 +6,8 @@
 
 use std::collections::HashMap;
 
-use crate::core::snapshot::ClusterSnapshot;
-use crate::core::topology::domains::DomainId;
+use phalanx_core::snapshot::ClusterSnapshot;
+use phalanx_core::topology::domains::DomainId;
 
 /// The score (GB/s) of the pods `uids` where the snapshot has them placed.
 /// Infinite for one pod of at most one GPU (nothing to all-reduce over).
@@ -88,8 +88,8 @@ pub fn quality(score: f64, best: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::snapshot::GPU_PRODUCT_LABEL;
-    use crate::core::testing::{gpu_node, gpu_pod};
+    use phalanx_core::snapshot::GPU_PRODUCT_LABEL;
+    use phalanx_core::testing::{gpu_node, gpu_pod};
 
     /// Four H100 nodes, two per block.
     fn snapshot() -> ClusterSnapshot {

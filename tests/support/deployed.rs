@@ -8,7 +8,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
-use phalanx::api::gpu_topology::GPUTopology;
+use phalanx_kube::api::gpu_topology::GPUTopology;
 
 pub const NAMESPACE: &str = "phalanx-system";
 /// The deployed profile's scheduler name (deploy/scheduler-config.yaml).

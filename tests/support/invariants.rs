@@ -10,7 +10,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
-use phalanx::api::pod_group::PodGroup;
+use phalanx_kube::api::pod_group::PodGroup;
 
 use super::{ENV_LABEL, TestEnv, eventually, gpus_by_node, http_get};
 

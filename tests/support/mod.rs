@@ -397,7 +397,7 @@ where
 pub async fn ensure_crds(client: &Client) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (file, yaml) in phalanx::api::crd_manifests() {
+    for (file, yaml) in phalanx_kube::api::crd_manifests() {
         let crd: CustomResourceDefinition = serde_yaml_ng::from_str(&yaml).unwrap_or_else(|e| panic!("{file}: {e}"));
         match api.create(&PostParams::default(), &crd).await {
             Ok(_) => {}

@@ -1,0 +1,102 @@
+//! Gangs: pods that are placed together or not at all. A gang is named by
+//! where its size comes from (DESIGN.md, in this order of precedence): a
+//! scheduler-plugins PodGroup, an upstream `scheduling.k8s.io` PodGroup, a
+//! Kubeflow PyTorchJob; a pod with none of these is a gang of one.
+
+use std::fmt;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub enum GangKind {
+    /// `scheduling.x-k8s.io/v1alpha1` PodGroup, named by the pod label.
+    PodGroup,
+    /// `scheduling.k8s.io` PodGroup, named by `spec.schedulingGroup.podGroupName`.
+    UpstreamPodGroup,
+    /// A `kubeflow.org/v1` PyTorchJob owning the pod.
+    PyTorchJob,
+}
+
+impl GangKind {
+    /// The object's kind, as users write it.
+    pub fn object_kind(self) -> &'static str {
+        match self {
+            GangKind::PodGroup | GangKind::UpstreamPodGroup => "PodGroup",
+            GangKind::PyTorchJob => "PyTorchJob",
+        }
+    }
+
+    pub fn api_version(self) -> &'static str {
+        match self {
+            GangKind::PodGroup => "scheduling.x-k8s.io/v1alpha1",
+            GangKind::UpstreamPodGroup => "scheduling.k8s.io/v1alpha2",
+            GangKind::PyTorchJob => "kubeflow.org/v1",
+        }
+    }
+}
+
+/// The object a gang's pods name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct GangId {
+    pub kind: GangKind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl GangId {
+    pub fn new(kind: GangKind, namespace: &str, name: &str) -> Self {
+        Self { kind, namespace: namespace.to_string(), name: name.to_string() }
+    }
+}
+
+impl fmt::Display for GangId {
+    /// "PodGroup team-a/llama"
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind.object_kind(), self.namespace, self.name)
+    }
+}
+
+/// What the gang's object asks for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GangSpec {
+    /// Pods that must all have a place before any of them binds.
+    pub min_member: usize,
+    /// How long a placement may be tried before the gang is marked failed to schedule.
+    pub schedule_timeout: Option<Duration>,
+    /// How many pods will ever exist, where the owner says (a job's replicas).
+    pub max_member: Option<usize>,
+    /// The object's UID, for Events about it.
+    pub uid: Option<String>,
+}
+
+impl GangSpec {
+    pub fn of_size(min_member: usize) -> Self {
+        Self { min_member, schedule_timeout: None, max_member: None, uid: None }
+    }
+}
+
+/// Why a gang's object cannot be used: names the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[error("{gang}: {field} {problem}")]
+pub struct InvalidGang {
+    pub gang: GangId,
+    /// The object's UID, for Events about it.
+    pub uid: Option<String>,
+    pub field: String,
+    pub problem: String,
+}
+
+/// What is known about a gang's object.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum GangObject {
+    Valid(GangSpec),
+    Invalid(InvalidGang),
+}
+
+impl GangObject {
+    pub fn uid(&self) -> Option<&str> {
+        match self {
+            GangObject::Valid(spec) => spec.uid.as_deref(),
+            GangObject::Invalid(invalid) => invalid.uid.as_deref(),
+        }
+    }
+}

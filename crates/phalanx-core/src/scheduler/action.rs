@@ -1,0 +1,70 @@
+//! What the scheduler asks its driver to carry out.
+
+use super::event::ObjectRef;
+use crate::pod::PodKey;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Bind the pod (guarded by its UID) to `node`, recording its GPUs.
+    Bind { uid: String, key: PodKey, node: String, gpus: Vec<u32> },
+    /// Evict a preemption victim; `preemptor` names who it makes room for
+    /// ("PodGroup team-a/llm").
+    Evict { uid: String, key: PodKey, preemptor: String },
+    /// Binds not yet sent to this node must not be sent (`gone`), or may be again.
+    NodeGone { node: String, gone: bool },
+    /// Something users read: a condition, an Event, a nomination.
+    Report(Report),
+    /// One gang was decided (for metrics and logs): there may be more.
+    Attempted { gang: String, profile: String, result: Attempt },
+}
+
+/// What one decision came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    Scheduled,
+    /// No room; `preemption_tried`: victim selection ran and found no set.
+    Unschedulable {
+        preemption_tried: bool,
+    },
+    /// Members or its object missing.
+    Waiting,
+    Preempting {
+        victims: usize,
+    },
+    /// No member names one of our profiles any more.
+    Dropped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// No node fits: condition on the pod plus a Warning Event.
+    Unschedulable { key: PodKey, uid: String, resource_version: Option<String>, message: String },
+    /// Bound: a Normal Event, as kube-scheduler writes.
+    Scheduled { key: PodKey, uid: String, node: String },
+    /// An Event about any object (an unreadable object, a gang's PodGroup).
+    Event { regarding: ObjectRef, warning: bool, reason: &'static str, message: String },
+    /// A victim was evicted: a Warning Event `Preempted` on it naming the
+    /// preemptor (a gang or pod), then `message` if not empty.
+    Preempted { key: PodKey, uid: String, preemptor: String, message: String },
+    /// Capacity is held for the preemptor on `node`: its `status.nominatedNodeName`
+    /// (as kube-scheduler records it). An empty `node` clears it.
+    Nominated { key: PodKey, uid: String, node: String },
+}
+
+/// What one call of `Scheduler::next_actions` came to: a gang decided (call
+/// again for the next), or none ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    Decided,
+    NothingReady,
+}
+
+impl Progress {
+    pub fn of(actions: &[Action]) -> Self {
+        if actions.iter().any(|a| matches!(a, Action::Attempted { .. })) {
+            Progress::Decided
+        } else {
+            Progress::NothingReady
+        }
+    }
+}

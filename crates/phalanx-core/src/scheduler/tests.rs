@@ -1,0 +1,473 @@
+//! The state machine's unit tests: what it asks for after events and outcomes.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::gang::{GangId, GangKind, GangSpec, InvalidGang};
+use crate::plugins::default_profile;
+use crate::queue::BackoffPolicy;
+use crate::quota::{ElasticQuota, HardQuota, Limits};
+use crate::resources::GPU;
+use crate::testing::{gpu_node, gpu_pod};
+
+/// A bind request: pod name, node, GPU indices.
+type BindRequest = (String, String, Vec<u32>);
+
+/// Records what the scheduler asks of the binder, the evictor and the reporter.
+#[derive(Clone, Default)]
+struct Recorder {
+    binds: Arc<Mutex<Vec<BindRequest>>>,
+    /// Victim name and preemptor.
+    evictions: Arc<Mutex<Vec<(String, String)>>>,
+    reports: Arc<Mutex<Vec<Report>>>,
+    /// Nodes the binder was told are gone.
+    gone_nodes: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Recorder {
+    fn record(&self, action: Action) {
+        match action {
+            Action::Bind { key, node, gpus, .. } => self.binds.lock().unwrap().push((key.name, node, gpus)),
+            Action::Evict { key, preemptor, .. } => self.evictions.lock().unwrap().push((key.name, preemptor)),
+            Action::NodeGone { node, gone } => {
+                let mut nodes = self.gone_nodes.lock().unwrap();
+                if gone {
+                    nodes.insert(node)
+                } else {
+                    nodes.remove(&node)
+                };
+            }
+            Action::Report(report) => self.reports.lock().unwrap().push(report),
+            Action::Attempted { .. } => {}
+        }
+    }
+
+    fn bind_count(&self) -> usize {
+        self.binds.lock().unwrap().len()
+    }
+
+    fn unschedulable_reports(&self) -> Vec<String> {
+        let reports = self.reports.lock().unwrap();
+        reports
+            .iter()
+            .filter_map(|r| match r {
+                Report::Unschedulable { message, .. } => Some(message.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// The scheduler at a fixed instant, its actions carried out into a recorder.
+struct TestLoop {
+    s: Scheduler,
+    now: Instant,
+    rec: Recorder,
+}
+
+impl TestLoop {
+    fn apply_event(&mut self, event: ClusterEvent) -> bool {
+        let change = self.s.apply(event, self.now);
+        self.flush();
+        change == Change::MayFitMore
+    }
+
+    fn apply_outcome(&mut self, outcome: BindOutcome) -> bool {
+        let change = self.s.apply_bind_outcome(outcome, self.now);
+        self.flush();
+        change == Change::MayFitMore
+    }
+
+    fn apply_eviction(&mut self, outcome: EvictOutcome) {
+        self.s.apply_eviction_outcome(outcome, self.now);
+        self.flush();
+    }
+
+    fn evict(&mut self, victim: &PodKey, uid: &str, preemptor: &GangKey, message: String) {
+        self.s.evict(victim, uid, preemptor, message);
+        self.flush();
+    }
+
+    /// Decides every gang ready now. Returns whether any was decided.
+    fn schedule_round(&mut self) -> bool {
+        let mut decided = false;
+        loop {
+            let actions = self.s.next_actions(self.now);
+            let attempted = actions.iter().any(|a| matches!(a, Action::Attempted { .. }));
+            actions.into_iter().for_each(|a| self.rec.record(a));
+            if !attempted {
+                return decided;
+            }
+            decided = true;
+        }
+    }
+
+    /// Carries out what applying an event asked for (the binder hears of gone nodes at once).
+    fn flush(&mut self) {
+        let actions = std::mem::take(&mut self.s.outbox);
+        actions.into_iter().for_each(|a| self.rec.record(a));
+    }
+}
+
+/// A synced scheduler with one 8-GPU node and no backoff (so retries are immediate).
+fn synced_loop() -> (TestLoop, Recorder) {
+    let recorder = Recorder::default();
+    let config = SchedulerConfig {
+        profiles: vec![default_profile("phalanx")],
+        backoff: BackoffPolicy { initial: Duration::ZERO, max: Duration::ZERO },
+        gang_kinds: HashSet::from([GangKind::PodGroup]),
+        elastic_quotas: true,
+        topology: Default::default(),
+        preemption: Default::default(),
+    };
+    let mut l = TestLoop { s: Scheduler::new(config), now: Instant::now(), rec: recorder.clone() };
+    assert!(!l.s.is_synced(), "nothing is decided before the caches are synced");
+    l.apply_event(ClusterEvent::NodeApplied(gpu_node("n1", 8)));
+    l.apply_event(ClusterEvent::NodesListed(HashSet::from(["n1".to_string()])));
+    l.apply_event(ClusterEvent::PodsListed(HashSet::new()));
+    assert!(!l.s.is_synced(), "PodGroups are not listed yet");
+    l.apply_event(ClusterEvent::GangsListed { kind: GangKind::PodGroup, ids: HashSet::new() });
+    for kind in [QuotaKind::Elastic, QuotaKind::Hard] {
+        assert!(!l.s.is_synced(), "quotas are not all listed yet");
+        l.apply_event(ClusterEvent::QuotasListed { kind, keys: vec![] });
+    }
+    assert!(!l.s.is_synced(), "disruption budgets are not listed yet");
+    l.apply_event(ClusterEvent::BudgetsListed(vec![]));
+    assert!(l.s.is_synced());
+    (l, recorder)
+}
+
+fn member(name: &str, gpus: i64, group: &str) -> PodInfo {
+    let mut pod = gpu_pod(name, gpus);
+    pod.job = Some(GangId::new(GangKind::PodGroup, "default", group));
+    pod
+}
+
+fn group(l: &mut TestLoop, name: &str, object: GangObject) {
+    l.apply_event(ClusterEvent::GangApplied { id: GangId::new(GangKind::PodGroup, "default", name), object });
+}
+
+fn events(rec: &Recorder) -> Vec<(&'static str, String)> {
+    let reports = rec.reports.lock().unwrap();
+    reports
+        .iter()
+        .filter_map(|r| match r {
+            Report::Event { reason, message, .. } => Some((*reason, message.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_gang_binds_only_once_min_member_pods_exist_and_then_all_at_once() {
+    let (mut l, rec) = synced_loop();
+    group(&mut l, "g", GangObject::Valid(GangSpec::of_size(3)));
+    for i in 0..2 {
+        l.apply_event(ClusterEvent::PodApplied { pod: member(&format!("w{i}"), 2, "g"), gated: false });
+    }
+    l.schedule_round();
+    assert_eq!(rec.bind_count(), 0);
+    assert_eq!(rec.unschedulable_reports()[0], "waiting for members of PodGroup default/g: 2 of 3 members created");
+    assert!(events(&rec).iter().any(|(reason, m)| *reason == "Waiting" && m.contains("2 of 3")));
+    l.apply_event(ClusterEvent::PodApplied { pod: member("w2", 2, "g"), gated: false });
+    l.schedule_round();
+    assert_eq!(rec.bind_count(), 3, "the third member completes the gang");
+    assert_eq!(l.s.snapshot.node("n1").unwrap().free_gpus().count_ones(), 2);
+}
+
+#[test]
+fn a_gang_that_does_not_fit_binds_nothing() {
+    let (mut l, rec) = synced_loop();
+    group(&mut l, "g", GangObject::Valid(GangSpec::of_size(2)));
+    l.apply_event(ClusterEvent::PodApplied { pod: member("a", 4, "g"), gated: false });
+    l.apply_event(ClusterEvent::PodApplied { pod: member("b", 6, "g"), gated: false });
+    l.schedule_round();
+    assert_eq!(rec.bind_count(), 0);
+    assert_eq!(l.s.snapshot.node("n1").unwrap().free_gpus(), 0xff, "nothing stays reserved");
+    let message = &rec.unschedulable_reports()[0];
+    assert!(message.starts_with("gang needs 2 pods placed together (12 GPUs), only 1 have room"), "{message}");
+}
+
+#[test]
+fn an_invalid_pod_group_is_reported_and_its_pods_wait() {
+    let (mut l, rec) = synced_loop();
+    let invalid = InvalidGang {
+        gang: GangId::new(GangKind::PodGroup, "default", "bad"),
+        uid: Some("pg".into()),
+        field: "spec.minMember".into(),
+        problem: "is 0; a gang needs at least one member".into(),
+    };
+    group(&mut l, "bad", GangObject::Invalid(invalid));
+    l.apply_event(ClusterEvent::PodApplied { pod: member("w0", 1, "bad"), gated: false });
+    l.apply_event(ClusterEvent::PodApplied { pod: gpu_pod("solo", 1), gated: false });
+    l.schedule_round();
+    assert_eq!(rec.bind_count(), 1, "the rest of the queue keeps moving");
+    assert!(events(&rec).iter().any(|(reason, m)| *reason == "InvalidObject" && m.contains("spec.minMember is 0")));
+    assert!(rec.unschedulable_reports()[0].contains("waiting for a valid PodGroup"));
+    // A missing PodGroup: its pods wait too.
+    l.apply_event(ClusterEvent::PodApplied { pod: member("x", 1, "missing"), gated: false });
+    l.schedule_round();
+    assert!(
+        rec.unschedulable_reports()
+            .iter()
+            .any(|m| m.contains("default/missing, which the pods name but which does not exist"))
+    );
+}
+
+fn outcome(pod: &PodInfo, node: &str, result: BindResult) -> BindOutcome {
+    BindOutcome { uid: pod.uid.clone(), key: pod.key.clone(), node: node.into(), result }
+}
+
+#[test]
+fn a_stale_unbound_view_after_the_bind_does_not_bind_again() {
+    let (mut l, rec) = synced_loop();
+    let pod = gpu_pod("p", 2);
+    l.apply_event(ClusterEvent::PodApplied { pod: pod.clone(), gated: false });
+    l.schedule_round();
+    assert_eq!(rec.binds.lock().unwrap()[0], ("p".to_string(), "n1".to_string(), vec![0, 1]));
+    l.apply_outcome(outcome(&pod, "n1", BindResult::Bound));
+    // The annotation write, seen after the bind's outcome.
+    let mut stale = pod.clone();
+    stale.gpu_indices = Some(vec![0, 1]);
+    l.apply_event(ClusterEvent::PodApplied { pod: stale, gated: false });
+    l.schedule_round();
+    assert_eq!(rec.bind_count(), 1);
+    let mut bound = pod.clone();
+    bound.node_name = Some("n1".into());
+    bound.gpu_indices = Some(vec![0, 1]);
+    l.apply_event(ClusterEvent::PodApplied { pod: bound, gated: false });
+    assert_eq!(l.s.snapshot.placement(&pod.uid).unwrap().state, PlacementState::Bound);
+    assert_eq!(l.s.snapshot.node("n1").unwrap().free_gpus(), 0b1111_1100);
+}
+
+#[test]
+fn a_conflict_retries_unless_the_watch_shows_the_pod_bound() {
+    let (mut l, rec) = synced_loop();
+    let pod = gpu_pod("p", 1);
+    l.apply_event(ClusterEvent::PodApplied { pod: pod.clone(), gated: false });
+    l.schedule_round();
+    l.apply_outcome(outcome(&pod, "n1", BindResult::Conflict("UID mismatch".into())));
+    assert!(l.s.snapshot.placement(&pod.uid).is_none(), "the assumption is forgotten");
+    assert!(l.s.queue.contains(&pod.uid), "and the pod retried");
+    l.schedule_round();
+    assert_eq!(rec.bind_count(), 2);
+    // This time the watch is first: bound (by the second bind).
+    let mut bound = pod.clone();
+    bound.node_name = Some("n1".into());
+    l.apply_event(ClusterEvent::PodApplied { pod: bound, gated: false });
+    l.apply_outcome(outcome(&pod, "n1", BindResult::Failed("timeout".into())));
+    assert!(!l.s.queue.contains(&pod.uid), "a bound pod is not retried");
+    assert_eq!(l.s.snapshot.placement(&pod.uid).unwrap().state, PlacementState::Bound);
+}
+
+#[test]
+fn a_bind_held_back_from_a_deleted_node_sends_the_pod_elsewhere() {
+    let (mut l, rec) = synced_loop();
+    let pod = gpu_pod("p", 8);
+    l.apply_event(ClusterEvent::PodApplied { pod: pod.clone(), gated: false });
+    l.schedule_round();
+    l.apply_event(ClusterEvent::NodeDeleted("n1".into()));
+    assert!(rec.gone_nodes.lock().unwrap().contains("n1"), "the binder knows before its next call");
+    l.apply_event(ClusterEvent::NodeApplied(gpu_node("n2", 8)));
+    l.apply_outcome(outcome(&pod, "n1", BindResult::NodeGone));
+    assert!(l.s.snapshot.node("n1").is_none(), "nothing is left on the deleted node");
+    l.schedule_round();
+    assert_eq!(rec.binds.lock().unwrap().last().unwrap().1, "n2");
+    l.apply_event(ClusterEvent::NodeApplied(gpu_node("n1", 8)));
+    assert!(rec.gone_nodes.lock().unwrap().is_empty(), "a node created again under the name takes binds");
+}
+
+#[test]
+fn a_pod_deleted_while_binding_releases_its_gpus() {
+    let (mut l, _) = synced_loop();
+    let pod = gpu_pod("p", 8);
+    l.apply_event(ClusterEvent::PodApplied { pod: pod.clone(), gated: false });
+    l.schedule_round();
+    assert_eq!(l.s.snapshot.node("n1").unwrap().free_gpus(), 0);
+    l.apply_outcome(outcome(&pod, "n1", BindResult::PodGone));
+    assert_eq!(l.s.snapshot.node("n1").unwrap().free_gpus(), 0xff);
+    assert!(!l.s.queue.contains(&pod.uid));
+}
+
+#[test]
+fn a_relist_drops_what_is_gone_but_keeps_binds_in_flight() {
+    let (mut l, _) = synced_loop();
+    let (gone, flying) = (gpu_pod("gone", 1), gpu_pod("flying", 1));
+    let mut bound = gone.clone();
+    bound.node_name = Some("n1".into());
+    l.apply_event(ClusterEvent::PodApplied { pod: bound, gated: false });
+    l.apply_event(ClusterEvent::PodApplied { pod: flying.clone(), gated: false });
+    l.schedule_round();
+    l.apply_event(ClusterEvent::PodsListed(HashSet::new()));
+    assert!(l.s.snapshot.placement(&gone.uid).is_none());
+    assert!(l.s.snapshot.placement(&flying.uid).is_some(), "its bind's outcome settles it");
+}
+
+#[test]
+fn an_unchanged_reason_is_reported_once_and_a_new_one_again() {
+    let (mut l, rec) = synced_loop();
+    let pod = gpu_pod("big", 12);
+    l.apply_event(ClusterEvent::PodApplied { pod: pod.clone(), gated: false });
+    l.schedule_round();
+    l.s.retry_waiting(l.now);
+    l.schedule_round();
+    let reports = rec.unschedulable_reports();
+    assert_eq!(reports.len(), 1);
+    assert!(reports[0].starts_with("0/1 nodes are available: 1 Insufficient nvidia.com/gpu. preemption: "));
+    let mut cordoned = gpu_node("n2", 8);
+    cordoned.unschedulable = true;
+    l.apply_event(ClusterEvent::NodeApplied(cordoned));
+    l.s.retry_waiting(l.now);
+    l.schedule_round();
+    assert_eq!(rec.unschedulable_reports().len(), 2);
+    assert!(rec.unschedulable_reports()[1].contains("1 node(s) were unschedulable"));
+}
+
+fn elastic(namespace: &str, max_gpus: i64) -> Quota {
+    Quota::Elastic(ElasticQuota {
+        namespace: namespace.into(),
+        name: "quota".into(),
+        min: Limits([(GPU.to_string(), 4)].into()),
+        max: Limits([(GPU.to_string(), max_gpus)].into()),
+    })
+}
+
+#[test]
+fn quotas_apply_and_a_change_counts_as_a_cluster_change() {
+    let (mut l, rec) = synced_loop();
+    assert!(l.apply_event(ClusterEvent::QuotaApplied(elastic("default", 8))), "a new quota");
+    assert!(!l.apply_event(ClusterEvent::QuotaApplied(elastic("default", 8))), "the same again");
+    assert!(l.apply_event(ClusterEvent::QuotaApplied(elastic("default", 16))), "a limit raised");
+    assert_eq!(l.s.gangs.quotas().elastic("default").unwrap().max.get(GPU), Some(16));
+    let hard = HardQuota { namespace: "default".into(), name: "rq".into(), hard: Limits::default() };
+    assert!(l.apply_event(ClusterEvent::QuotaApplied(Quota::Hard(hard))));
+    // An unreadable quota is reported; the version read before stays.
+    let regarding = ObjectRef {
+        kind: Some("ElasticQuota".into()),
+        namespace: Some("default".into()),
+        name: Some("quota".into()),
+        ..Default::default()
+    };
+    let error = "elasticquota default/quota: spec.max[nvidia.com/gpu]: \"-1\" is negative".to_string();
+    l.apply_event(ClusterEvent::Invalid { regarding, error });
+    assert!(
+        events(&rec).iter().any(|(reason, m)| *reason == "InvalidObject" && m.contains("spec.max[nvidia.com/gpu]"))
+    );
+    assert_eq!(l.s.gangs.quotas().elastic("default").unwrap().max.get(GPU), Some(16));
+    let deleted =
+        ClusterEvent::QuotaDeleted { kind: QuotaKind::Elastic, namespace: "default".into(), name: "quota".into() };
+    assert!(l.apply_event(deleted));
+    assert!(l.s.gangs.quotas().elastic("default").is_none());
+    l.apply_event(ClusterEvent::QuotaApplied(elastic("other", 8)));
+    l.apply_event(ClusterEvent::QuotasListed { kind: QuotaKind::Elastic, keys: vec![] });
+    assert!(l.s.gangs.quotas().elastic("other").is_none(), "not listed, gone");
+}
+
+#[test]
+fn quota_usage_is_published_for_elastic_quota_namespaces() {
+    let (mut l, _) = synced_loop();
+    l.apply_event(ClusterEvent::QuotaApplied(elastic("default", 8)));
+    let mut bound = gpu_pod("p", 6);
+    bound.node_name = Some("n1".into());
+    l.apply_event(ClusterEvent::PodApplied { pod: bound, gated: false });
+    let usage = l.s.quota_usage();
+    let gpus = usage.iter().find(|row| row.namespace == "default" && row.resource == GPU).expect("a GPU row");
+    assert_eq!(gpus.used, 6);
+    assert_eq!(gpus.borrowed, 2, "6 used over a min of 4");
+}
+
+fn budget(allowed: u32) -> Option<DisruptionBudget> {
+    Some(DisruptionBudget {
+        namespace: "default".into(),
+        name: "pdb".into(),
+        selector: Default::default(),
+        disruptions_allowed: allowed,
+    })
+}
+
+#[test]
+fn budgets_apply_and_only_a_loosened_one_counts_as_a_change() {
+    let (mut l, _) = synced_loop();
+    let applied = |allowed| ClusterEvent::BudgetApplied {
+        namespace: "default".into(),
+        name: "pdb".into(),
+        budget: budget(allowed),
+    };
+    assert!(!l.apply_event(applied(0)), "a new budget only protects");
+    assert_eq!(l.s.gangs.budgets().count(), 1);
+    assert!(l.apply_event(applied(1)), "one more disruption allowed");
+    assert!(!l.apply_event(applied(0)));
+    assert!(l.apply_event(ClusterEvent::BudgetDeleted { namespace: "default".into(), name: "pdb".into() }));
+    assert_eq!(l.s.gangs.budgets().count(), 0);
+    l.apply_event(applied(0));
+    l.apply_event(ClusterEvent::BudgetsListed(vec![]));
+    assert_eq!(l.s.gangs.budgets().count(), 0, "not listed, gone");
+}
+
+fn evicted(victim: &PodInfo, preemptor: &str, result: EvictResult) -> EvictOutcome {
+    EvictOutcome { uid: victim.uid.clone(), key: victim.key.clone(), preemptor: preemptor.into(), result }
+}
+
+#[test]
+fn an_eviction_is_asked_once_and_an_evicted_victim_gets_an_event_naming_the_preemptor() {
+    let (mut l, rec) = synced_loop();
+    let victim = gpu_pod("victim", 8);
+    let preemptor = GangKey::Gang(GangId::new(GangKind::PodGroup, "default", "big"));
+    l.evict(&victim.key, &victim.uid, &preemptor, "priority 100 over 0".into());
+    l.evict(&victim.key, &victim.uid, &preemptor, "priority 100 over 0".into());
+    assert_eq!(*rec.evictions.lock().unwrap(), vec![("victim".to_string(), "PodGroup default/big".to_string())]);
+    assert!(l.s.evicting.values().any(|e| e.preemptor == preemptor));
+    l.apply_eviction(evicted(&victim, "PodGroup default/big", EvictResult::Evicted));
+    assert!(!l.s.evicting.values().any(|e| e.preemptor == preemptor));
+    let reports = rec.reports.lock().unwrap();
+    let Some(Report::Preempted { key, preemptor, message, .. }) = reports.last() else { panic!("{reports:?}") };
+    assert_eq!((key.name.as_str(), preemptor.as_str()), ("victim", "PodGroup default/big"));
+    assert_eq!(message, "priority 100 over 0");
+}
+
+#[test]
+fn a_refused_eviction_sends_the_preemptor_back_to_try_again() {
+    let (mut l, rec) = synced_loop();
+    let big = gpu_pod("big", 12);
+    l.apply_event(ClusterEvent::PodApplied { pod: big.clone(), gated: false });
+    l.schedule_round();
+    assert_eq!(l.s.queue.lengths().unschedulable, 1);
+    let victim = gpu_pod("victim", 8);
+    l.evict(&victim.key, &victim.uid, &GangKey::of(&big), String::new());
+    l.apply_eviction(evicted(&victim, "Pod default/big", EvictResult::Blocked("budget".into())));
+    assert_eq!(l.s.queue.lengths().unschedulable, 0, "in backoff, to be tried again");
+    assert!(!rec.reports.lock().unwrap().iter().any(|r| matches!(r, Report::Preempted { .. })));
+}
+
+#[test]
+fn a_standby_decides_nothing_and_a_new_leader_only_after_its_term_s_fresh_list_of_pods() {
+    let (mut l, rec) = synced_loop();
+    l.apply_event(ClusterEvent::Leadership(None));
+    let pod = gpu_pod("p", 4);
+    l.apply_event(ClusterEvent::PodApplied { pod: pod.clone(), gated: false });
+    assert!(!l.schedule_round() && rec.bind_count() == 0, "a standby binds nothing");
+    assert!(l.s.queue.contains(&pod.uid), "but keeps its queue");
+    l.apply_event(ClusterEvent::Leadership(Some(1)));
+    l.schedule_round();
+    assert_eq!(rec.bind_count(), 0, "not before the term's own list of pods");
+    // The list shows a pod the previous leader bound, with its GPUs.
+    let mut bound = gpu_pod("old", 4);
+    bound.node_name = Some("n1".into());
+    bound.gpu_indices = Some(vec![0, 1, 2, 3]);
+    l.apply_event(ClusterEvent::PodApplied { pod: bound.clone(), gated: false });
+    // A list made for an earlier term does not count.
+    let uids = HashSet::from([pod.uid.clone(), bound.uid.clone()]);
+    l.apply_event(ClusterEvent::PodsRelisted { uids: uids.clone(), term: 0 });
+    l.schedule_round();
+    assert_eq!(rec.bind_count(), 0);
+    l.apply_event(ClusterEvent::PodsRelisted { uids, term: 1 });
+    l.schedule_round();
+    assert_eq!(rec.binds.lock().unwrap()[0], ("p".to_string(), "n1".to_string(), vec![4, 5, 6, 7]));
+    // Losing the lease stops decisions.
+    l.apply_event(ClusterEvent::Leadership(None));
+    l.apply_event(ClusterEvent::PodApplied { pod: gpu_pod("q", 1), gated: false });
+    l.schedule_round();
+    assert_eq!(rec.bind_count(), 1);
+}

@@ -1,0 +1,197 @@
+//! Translates the objects that size a gang (scheduler-plugins PodGroups,
+//! upstream PodGroups, PyTorchJobs) into the core's `GangObject`: its
+//! minMember and timeout, or what is wrong with it, naming the field.
+
+use std::time::Duration;
+
+use k8s_openapi::api::scheduling::v1alpha2::PodGroup as UpstreamPodGroup;
+use kube::ResourceExt;
+
+use crate::api::pod_group::PodGroup;
+use crate::api::pytorch_job::PyTorchJob;
+use phalanx_core::gang::{GangId, GangKind, GangObject, GangSpec, InvalidGang};
+
+fn id_of(kind: GangKind, object: &impl ResourceExt) -> GangId {
+    GangId::new(kind, &object.namespace().unwrap_or_default(), &object.name_any())
+}
+
+fn invalid(id: GangId, uid: Option<String>, field: &str, problem: String) -> GangObject {
+    GangObject::Invalid(InvalidGang { gang: id, uid, field: field.into(), problem })
+}
+
+fn timeout(seconds: Option<i32>) -> Option<Duration> {
+    seconds.filter(|s| *s > 0).map(|s| Duration::from_secs(s as u64))
+}
+
+/// `spec.minMember` must be at least 1; `scheduleTimeoutSeconds` must not be negative.
+pub fn pod_group(group: &PodGroup) -> (GangId, GangObject) {
+    let id = id_of(GangKind::PodGroup, group);
+    let uid = group.uid();
+    let min_member = group.spec.min_member.unwrap_or(0);
+    if min_member < 1 {
+        let problem = format!("is {min_member}; a gang needs at least one member");
+        return (id.clone(), invalid(id, uid, "spec.minMember", problem));
+    }
+    if let Some(t) = group.spec.schedule_timeout_seconds.filter(|t| *t < 0) {
+        return (id.clone(), invalid(id, uid, "spec.scheduleTimeoutSeconds", format!("is {t}; it cannot be negative")));
+    }
+    let spec = GangSpec {
+        min_member: min_member as usize,
+        schedule_timeout: timeout(group.spec.schedule_timeout_seconds),
+        max_member: None,
+        uid,
+    };
+    (id, GangObject::Valid(spec))
+}
+
+/// minMember is `runPolicy.schedulingPolicy.minAvailable`, else the sum of
+/// all replicas. A job without replicas, with negative counts or with zero
+/// workers cannot be placed as a gang.
+pub fn pytorch_job(job: &PyTorchJob) -> (GangId, GangObject) {
+    let id = id_of(GangKind::PyTorchJob, job);
+    let uid = job.uid();
+    let specs = &job.spec.pytorch_replica_specs;
+    if specs.is_empty() {
+        return (id.clone(), invalid(id, uid, "spec.pytorchReplicaSpecs", "is empty: the job has no pods".into()));
+    }
+    let mut total = 0usize;
+    for (kind, spec) in specs {
+        let replicas = spec.replicas.unwrap_or(1);
+        let field = format!("spec.pytorchReplicaSpecs.{kind}.replicas");
+        if replicas < 0 {
+            return (id.clone(), invalid(id, uid, &field, format!("is {replicas}; it cannot be negative")));
+        }
+        if replicas == 0 && kind == "Worker" {
+            return (id.clone(), invalid(id, uid, &field, "is 0: a distributed job needs at least one worker".into()));
+        }
+        total += replicas as usize;
+    }
+    let policy = job.spec.run_policy.as_ref().and_then(|p| p.scheduling_policy.as_ref());
+    let min_member = match policy.and_then(|p| p.min_available) {
+        Some(m) if m < 1 => {
+            let field = "spec.runPolicy.schedulingPolicy.minAvailable";
+            return (id.clone(), invalid(id, uid, field, format!("is {m}; a gang needs at least one member")));
+        }
+        Some(m) => m as usize,
+        None => total,
+    };
+    let spec = GangSpec {
+        min_member,
+        schedule_timeout: timeout(policy.and_then(|p| p.schedule_timeout_seconds)),
+        max_member: Some(total),
+        uid,
+    };
+    (id, GangObject::Valid(spec))
+}
+
+/// `spec.schedulingPolicy.gang.minCount`; a basic policy is a gang of one.
+pub fn upstream_pod_group(group: &UpstreamPodGroup) -> (GangId, GangObject) {
+    let id = id_of(GangKind::UpstreamPodGroup, group);
+    let uid = group.uid();
+    let policy = Some(&group.spec.scheduling_policy);
+    let min_member = match policy.and_then(|p| p.gang.as_ref()) {
+        Some(gang) if gang.min_count < 1 => {
+            let field = "spec.schedulingPolicy.gang.minCount";
+            return (
+                id.clone(),
+                invalid(id, uid, field, format!("is {}; a gang needs at least one member", gang.min_count)),
+            );
+        }
+        Some(gang) => gang.min_count as usize,
+        None => 1,
+    };
+    (id, GangObject::Valid(GangSpec { min_member, schedule_timeout: None, max_member: None, uid }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn object<K: serde::de::DeserializeOwned>(name: &str, uid: &str, spec: serde_json::Value) -> K {
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": "team-a", "uid": uid}, "spec": spec}))
+            .unwrap()
+    }
+
+    fn group(spec: serde_json::Value) -> PodGroup {
+        object("llm", "pg-1", spec)
+    }
+
+    fn job(spec: serde_json::Value) -> PyTorchJob {
+        object("bert", "job-1", spec)
+    }
+
+    fn problem(object: GangObject) -> String {
+        match object {
+            GangObject::Invalid(i) => i.to_string(),
+            GangObject::Valid(spec) => panic!("expected invalid, got {spec:?}"),
+        }
+    }
+
+    #[test]
+    fn a_pod_group_gives_min_member_and_timeout() {
+        let (id, object) = pod_group(&group(json!({"minMember": 4, "scheduleTimeoutSeconds": 30})));
+        assert_eq!(id, GangId::new(GangKind::PodGroup, "team-a", "llm"));
+        let GangObject::Valid(spec) = object else { panic!() };
+        assert_eq!((spec.min_member, spec.schedule_timeout), (4, Some(Duration::from_secs(30))));
+        assert_eq!(spec.uid.as_deref(), Some("pg-1"));
+    }
+
+    #[test]
+    fn a_huge_min_member_is_read_as_it_is() {
+        // The gang scheduler then says no cluster holds that many pods.
+        let GangObject::Valid(spec) = pod_group(&group(json!({"minMember": i32::MAX}))).1 else { panic!() };
+        assert_eq!(spec.min_member, i32::MAX as usize);
+        assert!(problem(pod_group(&group(json!({"minMember": i32::MIN}))).1).contains("is -2147483648"));
+    }
+
+    #[test]
+    fn bad_pod_groups_name_the_field() {
+        assert_eq!(
+            problem(pod_group(&group(json!({"minMember": 0}))).1),
+            "PodGroup team-a/llm: spec.minMember is 0; a gang needs at least one member"
+        );
+        assert!(problem(pod_group(&group(json!({}))).1).contains("spec.minMember is 0"));
+        assert!(
+            problem(pod_group(&group(json!({"minMember": 2, "scheduleTimeoutSeconds": -5}))).1)
+                .contains("spec.scheduleTimeoutSeconds is -5")
+        );
+    }
+
+    #[test]
+    fn a_pytorch_job_is_sized_by_min_available_else_all_replicas() {
+        let replicas = json!({"Master": {"replicas": 1, "template": {}}, "Worker": {"replicas": 3, "template": {}}});
+        let GangObject::Valid(spec) = pytorch_job(&job(json!({"pytorchReplicaSpecs": replicas}))).1 else { panic!() };
+        assert_eq!((spec.min_member, spec.max_member), (4, Some(4)));
+        let with_policy = json!({"pytorchReplicaSpecs": replicas,
+            "runPolicy": {"schedulingPolicy": {"minAvailable": 2, "scheduleTimeoutSeconds": 60}}});
+        let GangObject::Valid(spec) = pytorch_job(&job(with_policy)).1 else { panic!() };
+        assert_eq!((spec.min_member, spec.schedule_timeout), (2, Some(Duration::from_secs(60))));
+    }
+
+    #[test]
+    fn bad_pytorch_jobs_name_the_field() {
+        let zero_workers = json!({"pytorchReplicaSpecs": {"Master": {"replicas": 1}, "Worker": {"replicas": 0}}});
+        assert_eq!(
+            problem(pytorch_job(&job(zero_workers)).1),
+            "PyTorchJob team-a/bert: spec.pytorchReplicaSpecs.Worker.replicas is 0: a distributed job needs at least one worker"
+        );
+        assert!(problem(pytorch_job(&job(json!({"pytorchReplicaSpecs": {}}))).1).contains("is empty"));
+        let negative = json!({"pytorchReplicaSpecs": {"Worker": {"replicas": -2}}});
+        assert!(problem(pytorch_job(&job(negative)).1).contains("Worker.replicas is -2"));
+        let bad_min = json!({"pytorchReplicaSpecs": {"Worker": {"replicas": 2}},
+            "runPolicy": {"schedulingPolicy": {"minAvailable": 0}}});
+        assert!(problem(pytorch_job(&job(bad_min)).1).contains("minAvailable is 0"));
+    }
+
+    #[test]
+    fn an_upstream_pod_group_reads_the_gang_policy() {
+        let group: UpstreamPodGroup = serde_json::from_value(json!({
+            "metadata": {"name": "g", "namespace": "ns"},
+            "spec": {"schedulingPolicy": {"gang": {"minCount": 8}}},
+        }))
+        .unwrap();
+        let (id, GangObject::Valid(spec)) = upstream_pod_group(&group) else { panic!() };
+        assert_eq!((id.kind, spec.min_member), (GangKind::UpstreamPodGroup, 8));
+    }
+}
