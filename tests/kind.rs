@@ -250,12 +250,13 @@ async fn when_the_leader_pod_is_deleted_the_other_replica_takes_the_lease_and_bi
 
     let scheduler_pods_api: Api<Pod> = Api::namespaced(client.clone(), deployed::NAMESPACE);
     scheduler_pods_api.delete(&old, &DeleteParams::default()).await.expect("delete the leader pod");
-    // The next gang arrives while the leader is going.
-    let names = create_gang(&env, "next", 2, 2).await;
     let new = eventually(Duration::from_secs(60), "another replica holding the Lease", || async {
         leader(&client).await.filter(|h| *h != old)
     })
     .await;
+    // The next gang arrives once the Lease has moved: until its SIGTERM the
+    // deleted leader still leads, and may rightly bind what comes before.
+    let names = create_gang(&env, "next", 2, 2).await;
     // The standby, or the Deployment's replacement for the deleted pod if
     // it won the race for the released Lease (seen, even before it was Ready).
     let who = if new == standby { "the standby" } else { "the replacement replica" };
