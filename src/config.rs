@@ -12,6 +12,7 @@ use thiserror::Error;
 
 use phalanx_core::framework::Profile;
 use phalanx_core::gang::GangKind;
+use phalanx_core::gang_status::WallClock;
 use phalanx_core::plugins::{self, GpuTopologyArgs, NodeResourcesFitArgs, PluginArgs};
 use phalanx_core::preemption::PreemptionSettings;
 use phalanx_core::queue::BackoffPolicy;
@@ -45,8 +46,14 @@ pub struct SchedulerConfig {
 
 impl SchedulerConfig {
     /// The core scheduler's setup from this configuration, for a cluster
-    /// serving these gang kinds and (or not) ElasticQuotas.
-    pub fn scheduler(&self, gang_kinds: HashSet<GangKind>, elastic_quotas: bool) -> scheduler::SchedulerConfig {
+    /// serving these gang kinds and (or not) ElasticQuotas, with the driver's
+    /// wall clock.
+    pub fn scheduler(
+        &self,
+        gang_kinds: HashSet<GangKind>,
+        elastic_quotas: bool,
+        wall_clock: WallClock,
+    ) -> scheduler::SchedulerConfig {
         scheduler::SchedulerConfig {
             profiles: self.profiles.iter().map(ProfileSpec::build).collect(),
             topology: self.topology.clone(),
@@ -54,6 +61,7 @@ impl SchedulerConfig {
             preemption: self.preemption,
             gang_kinds,
             elastic_quotas,
+            wall_clock,
         }
     }
 }

@@ -4,17 +4,20 @@
 //! `tests/fixtures/recorded/two-gangs.jsonl`) replayed through the
 //! simulator's driver and through the live loop's driver with recording
 //! writers: both must make the scheduler ask for the same actions in the
-//! same order, and bind every pod where the live run bound it.
+//! same order (PodGroup status writes included), and bind every pod where
+//! the live run bound it.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use jiff::Timestamp;
 use phalanx::config;
 use phalanx::shell::metrics::Metrics;
-use phalanx::shell::scheduling_loop::{BindRequests, Evictions, Reports, SchedulingLoop};
+use phalanx::shell::scheduling_loop::{BindRequests, Evictions, Reports, SchedulingLoop, StatusWrites, Writers};
 use phalanx::sim::driver::replay;
+use phalanx_core::gang_status::{GroupPhase, StatusWrite, WallClock};
 use phalanx_core::pod::PodKey;
 use phalanx_core::quota::QuotaKind;
 use phalanx_core::scheduler::{Action, BindResult, ClusterEvent, Recorded, Report, Scheduler, SchedulerConfig, Step};
@@ -53,7 +56,9 @@ fn scheduler_config(recording: &[Recorded]) -> SchedulerConfig {
         .expect("the bound pod was seen");
     let text =
         format!("apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles:\n- schedulerName: {name}\n");
-    config::parse(&text).unwrap().scheduler(gang_kinds, elastic_quotas)
+    // The recording starts now, at a fixed wall-clock time: both drivers stamp alike.
+    let wall_clock = WallClock { instant: Instant::now(), timestamp: Timestamp::from_second(1_700_000_000).unwrap() };
+    config::parse(&text).unwrap().scheduler(gang_kinds, elastic_quotas, wall_clock)
 }
 
 /// Writers that only note what they were asked, as actions.
@@ -76,6 +81,12 @@ impl Evictions for Recorder {
     }
 }
 
+impl StatusWrites for Recorder {
+    fn write(&self, write: StatusWrite) {
+        self.0.lock().unwrap().push(Action::WriteGroupStatus(write));
+    }
+}
+
 impl Reports for Recorder {
     fn send(&self, report: Report) {
         self.0.lock().unwrap().push(Action::Report(report));
@@ -87,15 +98,21 @@ fn through_the_live_loop(recording: &[Recorded], config: SchedulerConfig) -> Vec
     let writers = Recorder::default();
     let metrics = Metrics::register(&mut Registry::default());
     let ready = Arc::new(AtomicBool::new(false));
-    let mut live =
-        SchedulingLoop::new(Scheduler::new(config), writers.clone(), writers.clone(), writers.clone(), metrics, ready);
-    let base = Instant::now();
+    let base = config.wall_clock.instant;
+    let to = Writers {
+        binder: writers.clone(),
+        reporter: writers.clone(),
+        evictor: writers.clone(),
+        statuses: writers.clone(),
+    };
+    let mut live = SchedulingLoop::new(Scheduler::new(config), to, metrics, ready);
     for Recorded { at_ms, step } in recording {
         let now = base + Duration::from_millis(*at_ms);
         match step.clone() {
             Step::Event(event) => drop(live.apply_event(event, now)),
             Step::Bind(outcome) => drop(live.apply_bind_outcome(outcome, now)),
             Step::Eviction(outcome) => live.apply_eviction_outcome(outcome, now),
+            Step::GroupStatus(outcome) => live.apply_status_outcome(outcome, now),
             Step::RetryWaiting => live.retry_waiting(now),
             Step::Decide => drop(live.round(now)),
         }
@@ -134,4 +151,12 @@ fn a_recorded_run_asks_for_the_same_actions_through_both_drivers() {
         simulated.iter().any(|a| matches!(a, Action::Report(Report::Unschedulable { .. }))),
         "the gang that does not fit is reported waiting"
     );
+    let written: BTreeMap<&str, Option<GroupPhase>> = simulated
+        .iter()
+        .filter_map(|a| match a {
+            Action::WriteGroupStatus(w) => Some((w.name.as_str(), w.status.phase)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(written.len(), 2, "both PodGroups' statuses are written: {written:?}");
 }

@@ -22,6 +22,7 @@ use phalanx::explain::{NodeReport, PodGpus, render_node};
 use phalanx::shell::informers;
 use phalanx::shell::leader_election::Leadership;
 use phalanx::shell::metrics::Metrics;
+use phalanx::shell::wall_clock;
 use phalanx_core::explain::{GangExplanation, Target, render_gang};
 use phalanx_core::plugins::default_profile;
 use phalanx_core::queue::BackoffPolicy;
@@ -125,7 +126,7 @@ async fn explain_from_cluster(options: &ExplainOptions, target: &Target) -> anyh
     let no_backoff = BackoffPolicy { initial: Duration::ZERO, max: Duration::ZERO };
     let (gang_kinds, elastic_quotas) = (served.gang_kinds.clone(), served.elastic_quotas);
     let config = match &cfg {
-        Some(cfg) => SchedulerConfig { backoff: no_backoff, ..cfg.scheduler(gang_kinds, elastic_quotas) },
+        Some(cfg) => SchedulerConfig { backoff: no_backoff, ..cfg.scheduler(gang_kinds, elastic_quotas, wall_clock()) },
         None => SchedulerConfig {
             profiles: vec![default_profile("phalanx")],
             topology: Default::default(),
@@ -133,6 +134,7 @@ async fn explain_from_cluster(options: &ExplainOptions, target: &Target) -> anyh
             preemption: Default::default(),
             gang_kinds,
             elastic_quotas,
+            wall_clock: wall_clock(),
         },
     };
     let names: HashSet<String> = config.profiles.iter().map(|p| p.scheduler_name.clone()).collect();

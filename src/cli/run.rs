@@ -16,11 +16,11 @@ use phalanx::shell::http::{self, HealthState};
 use phalanx::shell::informers;
 use phalanx::shell::leader_election::{self, Leadership};
 use phalanx::shell::metrics::Metrics;
-use phalanx::shell::pod_group_status;
+use phalanx::shell::pod_group_status::StatusWriter;
 use phalanx::shell::rate_limit::RateLimiter;
 use phalanx::shell::reporter::Reporter;
-use phalanx::shell::scheduling_loop::SchedulingLoop;
-use phalanx_core::gang::GangKind;
+use phalanx::shell::scheduling_loop::{Inputs, SchedulingLoop, Writers};
+use phalanx::shell::wall_clock;
 use phalanx_core::scheduler::Scheduler;
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
@@ -77,17 +77,18 @@ pub async fn run(kubeconfig: Option<PathBuf>, config_path: &Path, http_address: 
     let reporter = Reporter::start(client.clone(), report_limiter.clone(), instance.clone(), metrics.clone())
         .gated_by(leadership.clone());
 
+    // PodGroup status shares the Events' budget.
+    let (status_tx, status_rx) = mpsc::unbounded_channel();
+    let statuses = StatusWriter::new(client.clone(), report_limiter, leadership.clone(), status_tx);
+
     let names: HashSet<String> = cfg.profiles.iter().map(|p| p.scheduler_name.clone()).collect();
     let (event_tx, event_rx) = mpsc::channel(8192);
     let served = informers::Served::discover(&client).await;
-    if served.gang_kinds.contains(&GangKind::PodGroup) {
-        // PodGroup status, with watches of its own, shares the Events' budget.
-        pod_group_status::spawn(client.clone(), Arc::new(names.clone()), report_limiter, leadership.clone());
-    }
     informers::spawn(client, Arc::new(names.clone()), &served, metrics.clone(), leadership.clone(), event_tx);
 
-    let scheduler = Scheduler::new(cfg.scheduler(served.gang_kinds.clone(), served.elastic_quotas));
-    let scheduling = SchedulingLoop::new(scheduler, binder, reporter, evictor, metrics, ready)
+    let scheduler = Scheduler::new(cfg.scheduler(served.gang_kinds.clone(), served.elastic_quotas, wall_clock()));
+    let writers = Writers { binder, reporter, evictor, statuses };
+    let scheduling = SchedulingLoop::new(scheduler, writers, metrics, ready)
         .with_leadership(leadership)
         .with_explain_requests(explain_rx);
     let scheduling = match std::env::var_os("PHALANX_RECORD") {
@@ -99,7 +100,14 @@ pub async fn run(kubeconfig: Option<PathBuf>, config_path: &Path, http_address: 
         None => scheduling,
     };
     info!(%instance, profiles = ?names, %http_address, "phalanx starting");
-    let loop_task = tokio::spawn(scheduling.run(event_rx, outcome_rx, eviction_rx, shutdown_rx));
+    let inputs = Inputs {
+        events: event_rx,
+        binds: outcome_rx,
+        evictions: eviction_rx,
+        statuses: status_rx,
+        shutdown: shutdown_rx,
+    };
+    let loop_task = tokio::spawn(scheduling.run(inputs));
 
     super::shutdown_signal().await;
     info!("shutting down");

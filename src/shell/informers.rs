@@ -1,6 +1,7 @@
 //! Watches nodes, pods, GPU topologies, gang objects (PodGroups,
 //! PyTorchJobs), quotas (ElasticQuotas, ResourceQuotas) and
-//! PodDisruptionBudgets, and turns each change into a `ClusterEvent` for
+//! PodDisruptionBudgets, and, for PodGroups' status, every pod naming a
+//! PodGroup (finished ones too), and turns each change into a `ClusterEvent` for
 //! the scheduling loop. Objects are translated here and dropped: no cache of
 //! full objects is kept. After every (re-)list, a `*Listed` event carries
 //! the complete set of names, so anything missed while disconnected (a 410
@@ -22,6 +23,7 @@ use tracing::warn;
 use super::leader_election::Leadership;
 use super::metrics::{Metrics, WatchLabels};
 use phalanx_core::gang::{GangId, GangKind, GangObject};
+use phalanx_core::gang_status::GroupStatusInput;
 use phalanx_core::quota::QuotaKind;
 pub use phalanx_core::scheduler::ClusterEvent;
 use phalanx_core::scheduler::ObjectRef;
@@ -30,6 +32,7 @@ use phalanx_kube::api::gpu_topology::GPUTopology;
 use phalanx_kube::api::pod_group::PodGroup;
 use phalanx_kube::api::pytorch_job::PyTorchJob;
 use phalanx_kube::gang_objects;
+use phalanx_kube::pod_group_status::{group_record, member_record};
 use phalanx_kube::quota_objects::{self, Quota};
 use phalanx_kube::translate::{
     KUBEFLOW_JOB_LABEL, POD_GROUP_LABEL, TranslateError, is_gated, node_spec, pod_info, topology_report,
@@ -94,6 +97,8 @@ pub fn spawn(
         let (client, metrics, tx) = (client.clone(), metrics.clone(), tx.clone());
         match kind {
             GangKind::PodGroup => {
+                tokio::spawn(watch_group_statuses(Api::all(client.clone()), metrics.clone(), tx.clone()));
+                tokio::spawn(watch_group_members(Api::all(client.clone()), metrics.clone(), tx.clone()));
                 tokio::spawn(watch_gangs(Api::<PodGroup>::all(client), metrics, *kind, tx, gang_objects::pod_group))
             }
             GangKind::PyTorchJob => {
@@ -272,6 +277,37 @@ async fn watch_pods_once(
     let on_delete = |pod: Pod| pod.metadata.uid.map(|uid| ClusterEvent::PodDeleted { uid });
     let config = watcher::Config::default().fields(POD_FIELDS);
     pump(api, config, Some(metrics.clone()), tx, on_apply, on_delete, on_listed).await;
+}
+
+/// PodGroups as their status tracker keeps them (resourceVersion and status).
+async fn watch_group_statuses(api: Api<PodGroup>, metrics: Metrics, tx: mpsc::Sender<ClusterEvent>) {
+    let on_apply = |group: PodGroup| match group_record(&group) {
+        Some(record) => Applied::Event(record.key(), status_event(GroupStatusInput::GroupApplied(record))),
+        None => Applied::Ignored,
+    };
+    let on_delete = |group: PodGroup| {
+        let key = format!("{}/{}", group.namespace()?, group.name_any());
+        Some(status_event(GroupStatusInput::GroupDeleted(key)))
+    };
+    let on_listed = |keys| status_event(GroupStatusInput::GroupsListed(keys));
+    pump(api, watcher::Config::default(), Some(metrics), tx, on_apply, on_delete, on_listed).await;
+}
+
+/// Every pod that names a PodGroup, whatever its phase: finished members
+/// count in the group's status.
+async fn watch_group_members(api: Api<Pod>, metrics: Metrics, tx: mpsc::Sender<ClusterEvent>) {
+    let on_apply = |pod: Pod| match member_record(&pod) {
+        Some(record) => Applied::Event(record.uid.clone(), status_event(GroupStatusInput::MemberApplied(record))),
+        None => Applied::Ignored,
+    };
+    let on_delete = |pod: Pod| Some(status_event(GroupStatusInput::MemberDeleted(pod.metadata.uid?)));
+    let on_listed = |uids| status_event(GroupStatusInput::MembersListed(uids));
+    let config = watcher::Config::default().labels(POD_GROUP_LABEL);
+    pump(api, config, Some(metrics), tx, on_apply, on_delete, on_listed).await;
+}
+
+fn status_event(input: GroupStatusInput) -> ClusterEvent {
+    ClusterEvent::GroupStatus(input)
 }
 
 async fn watch_topologies(api: Api<GPUTopology>, metrics: Metrics, tx: mpsc::Sender<ClusterEvent>) {

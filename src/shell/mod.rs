@@ -14,3 +14,10 @@ pub mod pod_group_status;
 pub mod rate_limit;
 pub mod reporter;
 pub mod scheduling_loop;
+
+use phalanx_core::gang_status::WallClock;
+
+/// The real clock, for the timestamps the scheduler writes.
+pub fn wall_clock() -> WallClock {
+    WallClock { instant: std::time::Instant::now(), timestamp: jiff::Timestamp::now() }
+}

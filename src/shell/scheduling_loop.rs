@@ -1,7 +1,8 @@
 //! The live driver of the core's `Scheduler`: the one task that owns it.
-//! Watch events, bind outcomes and eviction outcomes go in, in arrival
-//! order, with the time they arrived; the actions the scheduler asks for go
-//! out to the binder, the evictor and the reporter; metrics are published
+//! Watch events and the outcomes of binds, evictions and PodGroup status
+//! writes go in, in arrival order, with the time they arrived; the actions
+//! the scheduler asks for go out to the binder, the evictor, the reporter
+//! and the status writer; metrics are published
 //! from its state. Nothing else touches scheduling state, so no locks.
 //!
 //! With `PHALANX_RECORD=FILE`, every step it takes (each input with its
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use phalanx_core::gang_status::{StatusOutcome, StatusWrite};
 use phalanx_core::pod::PodKey;
 use phalanx_core::queue::UNSCHEDULABLE_FLUSH;
 use phalanx_core::scheduler::{
@@ -28,6 +30,7 @@ use super::evictor::Evictor;
 use super::explain::ExplainRequest;
 use super::leader_election::Leadership;
 use super::metrics::Metrics;
+use super::pod_group_status::StatusWriter;
 use super::reporter::Reporter;
 
 /// Decisions made between two looks at the event channels: enough to amortise
@@ -54,6 +57,18 @@ pub trait Evictions {
 /// Where the loop sends what users should read.
 pub trait Reports {
     fn send(&self, report: Report);
+}
+
+/// Where the loop sends PodGroup statuses to write: the status writer in
+/// production, a recorder in tests.
+pub trait StatusWrites {
+    fn write(&self, write: StatusWrite);
+}
+
+impl StatusWrites for StatusWriter {
+    fn write(&self, write: StatusWrite) {
+        StatusWriter::write(self, write);
+    }
 }
 
 impl Evictions for Evictor {
@@ -106,11 +121,27 @@ impl Recording {
     }
 }
 
-pub struct SchedulingLoop<B = Binder, R = Reporter, E = Evictor> {
+/// Where the loop sends what the scheduler asks for.
+pub struct Writers<B = Binder, R = Reporter, E = Evictor, S = StatusWriter> {
+    pub binder: B,
+    pub reporter: R,
+    pub evictor: E,
+    pub statuses: S,
+}
+
+/// What the loop hears: watch events, the outcomes of what it asked for,
+/// and when to stop.
+pub struct Inputs {
+    pub events: mpsc::Receiver<ClusterEvent>,
+    pub binds: mpsc::UnboundedReceiver<BindOutcome>,
+    pub evictions: mpsc::UnboundedReceiver<EvictOutcome>,
+    pub statuses: mpsc::UnboundedReceiver<StatusOutcome>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+pub struct SchedulingLoop<B = Binder, R = Reporter, E = Evictor, S = StatusWriter> {
     scheduler: Scheduler,
-    binder: B,
-    reporter: R,
-    evictor: E,
+    writers: Writers<B, R, E, S>,
     metrics: Metrics,
     /// Set once every watch has listed (for `/readyz`).
     ready: Arc<AtomicBool>,
@@ -124,20 +155,11 @@ pub struct SchedulingLoop<B = Binder, R = Reporter, E = Evictor> {
     recording: Option<Recording>,
 }
 
-impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
-    pub fn new(
-        scheduler: Scheduler,
-        binder: B,
-        reporter: R,
-        evictor: E,
-        metrics: Metrics,
-        ready: Arc<AtomicBool>,
-    ) -> Self {
+impl<B: BindRequests, R: Reports, E: Evictions, S: StatusWrites> SchedulingLoop<B, R, E, S> {
+    pub fn new(scheduler: Scheduler, writers: Writers<B, R, E, S>, metrics: Metrics, ready: Arc<AtomicBool>) -> Self {
         Self {
             scheduler,
-            binder,
-            reporter,
-            evictor,
+            writers,
             metrics,
             ready,
             leadership: Leadership::always(),
@@ -196,6 +218,11 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
         self.scheduler.apply_eviction_outcome(outcome, now);
     }
 
+    pub fn apply_status_outcome(&mut self, outcome: StatusOutcome, now: Instant) {
+        self.record(now, || Step::GroupStatus(outcome.clone()));
+        self.scheduler.apply_status_outcome(outcome, now);
+    }
+
     /// Tells the scheduler whether this replica leads, when that changed.
     fn observe_leadership(&mut self, now: Instant) {
         let term = self.leadership.term();
@@ -237,15 +264,16 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
     fn carry_out(&mut self, actions: Vec<Action>, started: Instant) {
         for action in actions {
             match action {
-                Action::Bind { uid, key, node, gpus } => self.binder.bind(uid, key, node, gpus),
-                Action::Evict { uid, key, preemptor } => self.evictor.evict(uid, key, preemptor),
-                Action::NodeGone { node, gone } => self.binder.set_node_gone(&node, gone),
+                Action::Bind { uid, key, node, gpus } => self.writers.binder.bind(uid, key, node, gpus),
+                Action::Evict { uid, key, preemptor } => self.writers.evictor.evict(uid, key, preemptor),
+                Action::NodeGone { node, gone } => self.writers.binder.set_node_gone(&node, gone),
                 Action::Report(report) => {
                     if matches!(&report, Report::Event { reason: "InvalidObject", .. }) {
                         self.metrics.invalid_objects.inc();
                     }
-                    self.reporter.send(report);
+                    self.writers.reporter.send(report);
                 }
+                Action::WriteGroupStatus(write) => self.writers.statuses.write(write),
                 Action::Attempted { profile, result, .. } => {
                     let seconds = started.elapsed().as_secs_f64();
                     match result {
@@ -269,13 +297,8 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
     }
 
     /// Runs until `shutdown` turns true or the watches end.
-    pub async fn run(
-        mut self,
-        mut events: mpsc::Receiver<ClusterEvent>,
-        mut outcomes: mpsc::UnboundedReceiver<BindOutcome>,
-        mut evictions: mpsc::UnboundedReceiver<EvictOutcome>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    pub async fn run(mut self, inputs: Inputs) {
+        let Inputs { mut events, binds: mut outcomes, mut evictions, mut statuses, mut shutdown } = inputs;
         let mut leadership = self.leadership.clone();
         let mut next_flush = Instant::now() + UNSCHEDULABLE_FLUSH;
         // Whether anything applied since the last round may let waiting pods fit.
@@ -294,6 +317,9 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
             }
             while let Ok(outcome) = evictions.try_recv() {
                 self.apply_eviction_outcome(outcome, Instant::now());
+            }
+            while let Ok(outcome) = statuses.try_recv() {
+                self.apply_status_outcome(outcome, Instant::now());
             }
             while let Some(request) = explain_requests.as_mut().and_then(|r| r.try_recv().ok()) {
                 self.answer(request);
@@ -325,6 +351,7 @@ impl<B: BindRequests, R: Reports, E: Evictions> SchedulingLoop<B, R, E> {
                 Some(outcome) = evictions.recv() => {
                     self.apply_eviction_outcome(outcome, Instant::now());
                 }
+                Some(outcome) = statuses.recv() => self.apply_status_outcome(outcome, Instant::now()),
                 Some(request) = next_request(&mut explain_requests) => self.answer(request),
                 _ = tokio::time::sleep_until(wake_at.into()) => {}
                 _ = shutdown.changed() => {}

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use phalanx_core::framework::Profile;
 use phalanx_core::gang::{GangId, GangKind, GangObject, GangSpec};
+use phalanx_core::gang_status::WallClock;
 use phalanx_core::node::NodeSpec;
 use phalanx_core::pod::{PodInfo, PodKey, PodPhase};
 use phalanx_core::preemption::PreemptionSettings;
@@ -32,6 +33,9 @@ use phalanx_core::snapshot::TopologySettings;
 
 use super::quality::{best_score, placement_score, quality};
 use super::trace::Job;
+
+/// The wall-clock time a simulation starts at (timestamps are never read from the real clock).
+const SIMULATION_EPOCH: jiff::Timestamp = jiff::Timestamp::UNIX_EPOCH;
 
 /// How the simulated scheduler is configured and how the simulated cluster behaves.
 #[derive(Debug)]
@@ -160,6 +164,7 @@ pub fn simulate(
     let node_count = nodes.len();
     let total_gpus = nodes.iter().map(|n| n.allocatable.get(GPU).max(0) as u64).sum();
     let scheduler_name = settings.profiles.first().map(|p| p.scheduler_name.clone()).unwrap_or_default();
+    let base = Instant::now();
     let scheduler = Scheduler::new(SchedulerConfig {
         profiles: std::mem::take(&mut settings.profiles),
         topology: settings.topology.clone(),
@@ -167,6 +172,7 @@ pub fn simulate(
         preemption: settings.preemption,
         gang_kinds: HashSet::from([GangKind::PodGroup]),
         elastic_quotas: false,
+        wall_clock: WallClock { instant: base, timestamp: SIMULATION_EPOCH },
     });
     let mut sim = Simulation {
         jobs,
@@ -174,7 +180,7 @@ pub fn simulate(
         settings,
         scheduler_name,
         pods: HashMap::new(),
-        base: Instant::now(),
+        base,
         now: Duration::ZERO,
         events: BinaryHeap::new(),
         next_seq: 0,
@@ -222,7 +228,8 @@ pub fn simulate(
 /// the live loop took it, outcomes as the API server gave them. Returns
 /// every action the scheduler asked for, in order.
 pub fn replay(recording: &[Recorded], config: SchedulerConfig) -> Vec<Action> {
-    let base = Instant::now();
+    // The recording starts at the wall clock's instant.
+    let base = config.wall_clock.instant;
     let mut scheduler = Scheduler::new(config);
     let mut actions = Vec::new();
     for Recorded { at_ms, step } in recording {
@@ -235,6 +242,7 @@ pub fn replay(recording: &[Recorded], config: SchedulerConfig) -> Vec<Action> {
                 let _ = scheduler.apply_bind_outcome(outcome, now);
             }
             Step::Eviction(outcome) => scheduler.apply_eviction_outcome(outcome, now),
+            Step::GroupStatus(outcome) => scheduler.apply_status_outcome(outcome, now),
             Step::RetryWaiting => scheduler.retry_waiting(now),
             Step::Decide => loop {
                 let decided = scheduler.next_actions(now);
@@ -456,7 +464,9 @@ impl Simulation<'_> {
                         self.at(self.now + self.settings.eviction_grace, Event::Gone(gone));
                     }
                 }
-                Action::NodeGone { .. } | Action::Report(_) => {}
+                // The simulated cluster keeps no PodGroup status (nothing
+                // feeds its watches), so no status write is ever asked for.
+                Action::NodeGone { .. } | Action::Report(_) | Action::WriteGroupStatus(_) => {}
             }
         }
         if !binds.is_empty() {

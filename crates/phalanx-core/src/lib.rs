@@ -11,6 +11,7 @@ pub mod framework;
 pub mod gang;
 pub mod gang_placement;
 pub mod gang_scheduler;
+pub mod gang_status;
 pub mod node;
 mod node_table;
 pub mod plugins;

@@ -1,7 +1,7 @@
 //! Phalanx's Kubernetes-facing types: its custom resources (`api`) and the
 //! translation of API objects into the core's types (`translate`,
-//! `gang_objects`, `quota_objects`), plus the PodGroup status rules
-//! (`pod_group_status`). Pure: no client, no async runtime; the shell and the
+//! `gang_objects`, `quota_objects`, `pod_group_status`), and the PodGroup
+//! status back into a patch. Pure: no client, no async runtime; the shell and the
 //! simulator both use it.
 
 pub mod api;

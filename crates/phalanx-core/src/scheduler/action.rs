@@ -1,6 +1,7 @@
 //! What the scheduler asks its driver to carry out.
 
 use super::event::ObjectRef;
+use crate::gang_status::StatusWrite;
 use crate::pod::PodKey;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +15,9 @@ pub enum Action {
     NodeGone { node: String, gone: bool },
     /// Something users read: a condition, an Event, a nomination.
     Report(Report),
+    /// Write a PodGroup's status (guarded by the resourceVersion it was
+    /// computed from); its outcome comes back through `apply_status_outcome`.
+    WriteGroupStatus(StatusWrite),
     /// One gang was decided (for metrics and logs): there may be more.
     Attempted { gang: String, profile: String, result: Attempt },
 }

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 
 use crate::disruption::DisruptionBudget;
 use crate::gang::{GangId, GangKind, GangObject};
+use crate::gang_status::GroupStatusInput;
 use crate::node::NodeSpec;
 use crate::pod::{PodInfo, PodKey};
 use crate::quota::{Quota, QuotaKind};
@@ -78,6 +79,8 @@ pub enum ClusterEvent {
         regarding: ObjectRef,
         error: String,
     },
+    /// A PodGroup or a pod labelled with one, for the groups' status.
+    GroupStatus(GroupStatusInput),
     /// The Lease says this replica leads in this term (0: no election), or
     /// does not lead (`None`).
     Leadership(Option<u64>),

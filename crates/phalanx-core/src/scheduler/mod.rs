@@ -27,6 +27,7 @@ use crate::explain::{ExplainError, GangExplanation, SchedulerState, Target, expl
 use crate::framework::Profile;
 use crate::gang::{GangKind, GangObject};
 use crate::gang_scheduler::{GangDecision, GangScheduler, Settled, WaitReason};
+use crate::gang_status::{StatusOutcome, StatusTracker, WallClock};
 use crate::pod::{PodInfo, PodKey, PodPhase};
 use crate::preemption::PreemptionSettings;
 use crate::queue::{BackoffPolicy, GangKey, QueueLengths, SchedulingQueue};
@@ -45,6 +46,8 @@ pub struct SchedulerConfig {
     pub gang_kinds: HashSet<GangKind>,
     /// `scheduling.x-k8s.io/v1alpha1` ElasticQuotas are served (and watched).
     pub elastic_quotas: bool,
+    /// The wall-clock time of the driver's instants, for PodGroup status.
+    pub wall_clock: WallClock,
 }
 
 /// The watches every decision depends on, besides one per served gang kind
@@ -93,6 +96,8 @@ pub struct Scheduler {
     synced_term: Option<u64>,
     /// Actions decided while applying events, handed out with the next decision.
     outbox: Vec<Action>,
+    /// PodGroups' status: what to write, when.
+    group_statuses: StatusTracker,
 }
 
 impl Scheduler {
@@ -103,7 +108,9 @@ impl Scheduler {
         if config.elastic_quotas {
             unlisted.insert(ELASTIC_QUOTAS);
         }
+        let scheduler_names = config.profiles.iter().map(|p| p.scheduler_name.clone()).collect();
         Self {
+            group_statuses: StatusTracker::new(scheduler_names, config.wall_clock),
             profiles: config.profiles.into_iter().map(|p| (p.scheduler_name.clone(), p)).collect(),
             snapshot: ClusterSnapshot::with_settings(config.topology),
             queue: SchedulingQueue::new(config.backoff),
@@ -258,7 +265,15 @@ impl Scheduler {
                 self.report(Report::Event { regarding, warning: true, reason: "InvalidObject", message: error });
                 Change::NoNewRoom
             }
+            ClusterEvent::GroupStatus(input) => {
+                self.group_statuses.apply(input, now);
+                Change::NoNewRoom
+            }
             ClusterEvent::Leadership(term) => {
+                if term.is_some() && term != self.term {
+                    // The previous leader may have left statuses behind.
+                    self.group_statuses.mark_all(now);
+                }
                 self.term = term;
                 Change::NoNewRoom
             }
@@ -417,12 +432,24 @@ impl Scheduler {
         {
             self.decide(key, now);
         }
+        // A standby writes no status: what falls due waits for its term.
+        if self.term.is_some() {
+            let writes = self.group_statuses.take_due(now);
+            self.outbox.extend(writes.into_iter().map(Action::WriteGroupStatus));
+        }
         std::mem::take(&mut self.outbox)
     }
 
-    /// When a gang in backoff is ready to be tried again.
+    /// How a PodGroup status write ended.
+    pub fn apply_status_outcome(&mut self, outcome: StatusOutcome, now: Instant) {
+        self.group_statuses.finish(outcome, now);
+    }
+
+    /// When a gang in backoff is ready to be tried again, or a PodGroup's
+    /// status is due.
     pub fn next_wakeup(&self) -> Option<Instant> {
-        self.queue.next_wakeup()
+        let status_due = self.group_statuses.next_due().filter(|_| self.term.is_some());
+        [self.queue.next_wakeup(), status_due].into_iter().flatten().min()
     }
 
     fn decide(&mut self, key: GangKey, now: Instant) {

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{BindOutcome, ClusterEvent, EvictOutcome};
+use crate::gang_status::StatusOutcome;
 
 // Mostly events, as `ClusterEvent` is mostly pods.
 #[allow(clippy::large_enum_variant)]
@@ -13,6 +14,7 @@ pub enum Step {
     Event(ClusterEvent),
     Bind(BindOutcome),
     Eviction(EvictOutcome),
+    GroupStatus(StatusOutcome),
     /// `Scheduler::retry_waiting`.
     RetryWaiting,
     /// Decisions until no gang is ready (`Scheduler::next_actions` until it decides nothing).

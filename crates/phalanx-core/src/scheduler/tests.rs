@@ -6,6 +6,10 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::gang::{GangId, GangKind, GangSpec, InvalidGang};
+use crate::gang_status::{
+    DEBOUNCE, GroupPhase, GroupRecord, GroupStatus, GroupStatusInput, MemberPhase, MemberRecord, MemberSummary,
+    StatusResult, StatusWrite,
+};
 use crate::plugins::default_profile;
 use crate::queue::BackoffPolicy;
 use crate::quota::{ElasticQuota, HardQuota, Limits};
@@ -24,6 +28,7 @@ struct Recorder {
     reports: Arc<Mutex<Vec<Report>>>,
     /// Nodes the binder was told are gone.
     gone_nodes: Arc<Mutex<HashSet<String>>>,
+    status_writes: Arc<Mutex<Vec<StatusWrite>>>,
 }
 
 impl Recorder {
@@ -40,6 +45,7 @@ impl Recorder {
                 };
             }
             Action::Report(report) => self.reports.lock().unwrap().push(report),
+            Action::WriteGroupStatus(write) => self.status_writes.lock().unwrap().push(write),
             Action::Attempted { .. } => {}
         }
     }
@@ -114,6 +120,7 @@ impl TestLoop {
 /// A synced scheduler with one 8-GPU node and no backoff (so retries are immediate).
 fn synced_loop() -> (TestLoop, Recorder) {
     let recorder = Recorder::default();
+    let now = Instant::now();
     let config = SchedulerConfig {
         profiles: vec![default_profile("phalanx")],
         backoff: BackoffPolicy { initial: Duration::ZERO, max: Duration::ZERO },
@@ -121,8 +128,9 @@ fn synced_loop() -> (TestLoop, Recorder) {
         elastic_quotas: true,
         topology: Default::default(),
         preemption: Default::default(),
+        wall_clock: WallClock { instant: now, timestamp: jiff::Timestamp::from_second(1_700_000_000).unwrap() },
     };
-    let mut l = TestLoop { s: Scheduler::new(config), now: Instant::now(), rec: recorder.clone() };
+    let mut l = TestLoop { s: Scheduler::new(config), now, rec: recorder.clone() };
     assert!(!l.s.is_synced(), "nothing is decided before the caches are synced");
     l.apply_event(ClusterEvent::NodeApplied(gpu_node("n1", 8)));
     l.apply_event(ClusterEvent::NodesListed(HashSet::from(["n1".to_string()])));
@@ -470,4 +478,56 @@ fn a_standby_decides_nothing_and_a_new_leader_only_after_its_term_s_fresh_list_o
     l.apply_event(ClusterEvent::PodApplied { pod: gpu_pod("q", 1), gated: false });
     l.schedule_round();
     assert_eq!(rec.bind_count(), 1);
+}
+
+fn status_group(name: &str) -> GroupStatusInput {
+    GroupStatusInput::GroupApplied(GroupRecord {
+        namespace: "ns".into(),
+        name: name.into(),
+        resource_version: Some("1".into()),
+        min_member: 1,
+        status: GroupStatus::default(),
+    })
+}
+
+fn status_member(uid: &str, group: &str) -> GroupStatusInput {
+    GroupStatusInput::MemberApplied(MemberRecord {
+        uid: uid.into(),
+        group: format!("ns/{group}"),
+        scheduler_name: "phalanx".into(),
+        member: MemberSummary { name: uid.into(), bound: true, phase: MemberPhase::Running, owners: vec![] },
+    })
+}
+
+#[test]
+fn pod_group_status_is_written_by_the_leader_only_and_its_outcome_is_applied_back() {
+    let (mut l, rec) = synced_loop();
+    l.apply_event(ClusterEvent::Leadership(None));
+    l.apply_event(ClusterEvent::GroupStatus(status_group("g")));
+    l.apply_event(ClusterEvent::GroupStatus(status_member("a", "g")));
+    l.apply_event(ClusterEvent::GroupStatus(GroupStatusInput::GroupsListed(["ns/g".to_string()].into())));
+    l.apply_event(ClusterEvent::GroupStatus(GroupStatusInput::MembersListed(["a".to_string()].into())));
+    l.now += DEBOUNCE;
+    l.schedule_round();
+    assert!(rec.status_writes.lock().unwrap().is_empty(), "a standby writes no status");
+    assert_eq!(l.s.next_wakeup(), None, "a standby does not wake for statuses");
+
+    // Leading from a new term: what fell due meanwhile is written.
+    l.apply_event(ClusterEvent::Leadership(Some(2)));
+    assert!(l.s.next_wakeup().is_some_and(|at| at <= l.now), "due while it stood by");
+    l.now += DEBOUNCE;
+    l.schedule_round();
+    let writes = std::mem::take(&mut *rec.status_writes.lock().unwrap());
+    assert_eq!(writes.len(), 1);
+    assert_eq!((writes[0].group.as_str(), writes[0].status.phase), ("ns/g", Some(GroupPhase::Running)));
+
+    // A conflict is looked at again later; a write is not asked for twice meanwhile.
+    l.s.apply_status_outcome(StatusOutcome { group: "ns/g".into(), result: StatusResult::Conflict }, l.now);
+    l.schedule_round();
+    assert!(rec.status_writes.lock().unwrap().is_empty(), "retried after a pause, not at once");
+    let retry_at = l.s.next_wakeup().expect("a retry is due");
+    assert!(retry_at > l.now + DEBOUNCE);
+    l.now = retry_at;
+    l.schedule_round();
+    assert_eq!(rec.status_writes.lock().unwrap().len(), 1, "written again after the pause");
 }
