@@ -14,9 +14,9 @@ use phalanx_core::framework::Profile;
 use phalanx_core::gang::GangKind;
 use phalanx_core::gang_status::WallClock;
 use phalanx_core::plugins::{self, GpuTopologyArgs, NodeResourcesFitArgs, PluginArgs};
-use phalanx_core::preemption::PreemptionSettings;
-use phalanx_core::queue::BackoffPolicy;
 use phalanx_core::scheduler;
+use phalanx_core::scheduler::BackoffPolicy;
+use phalanx_core::scheduler::PreemptionSettings;
 use phalanx_core::snapshot::TopologySettings;
 use phalanx_core::topology::domains::DomainLevels;
 

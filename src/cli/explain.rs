@@ -25,7 +25,7 @@ use phalanx::shell::metrics::Metrics;
 use phalanx::shell::wall_clock;
 use phalanx_core::explain::{GangExplanation, Target, render_gang};
 use phalanx_core::plugins::default_profile;
-use phalanx_core::queue::BackoffPolicy;
+use phalanx_core::scheduler::BackoffPolicy;
 use phalanx_core::scheduler::{Scheduler, SchedulerConfig};
 use phalanx_core::snapshot::ClusterSnapshot;
 use phalanx_kube::api::gpu_topology::GPUTopology;

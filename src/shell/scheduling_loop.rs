@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use phalanx_core::gang_status::{StatusOutcome, StatusWrite};
 use phalanx_core::pod::PodKey;
-use phalanx_core::queue::UNSCHEDULABLE_FLUSH;
+use phalanx_core::scheduler::UNSCHEDULABLE_FLUSH;
 use phalanx_core::scheduler::{
     Action, Attempt, BindOutcome, Change, ClusterEvent, EvictOutcome, Progress, Recorded, Report, Scheduler, Step,
 };
@@ -372,7 +372,7 @@ impl<B: BindRequests, R: Reports, E: Evictions, S: StatusWrites> SchedulingLoop<
         self.metrics.set_pending("unschedulable", l.unschedulable);
         self.metrics.set_pending("waiting", l.waiting);
         self.metrics.set_pending("binding", self.scheduler.binds_in_flight());
-        self.metrics.queued_pods.set(self.scheduler.queue().pod_count() as i64);
+        self.metrics.queued_pods.set(self.scheduler.queued_pod_count() as i64);
         if now >= self.next_quota_metrics {
             self.next_quota_metrics = now + QUOTA_METRICS_EVERY;
             self.metrics.set_quota_usage(&self.scheduler.quota_usage());

@@ -21,14 +21,14 @@ use phalanx_core::gang::{GangId, GangKind, GangObject, GangSpec};
 use phalanx_core::gang_status::WallClock;
 use phalanx_core::node::NodeSpec;
 use phalanx_core::pod::{PodInfo, PodKey, PodPhase};
-use phalanx_core::preemption::PreemptionSettings;
-use phalanx_core::queue::{BackoffPolicy, GangKey, UNSCHEDULABLE_FLUSH};
 use phalanx_core::quota::QuotaKind;
 use phalanx_core::resources::{CPU, GPU, PODS, Resources};
+use phalanx_core::scheduler::PreemptionSettings;
 use phalanx_core::scheduler::{
     Action, Attempt, BindOutcome, BindResult, Change, ClusterEvent, EvictOutcome, EvictResult, Progress, Recorded,
     Scheduler, SchedulerConfig, Step,
 };
+use phalanx_core::scheduler::{BackoffPolicy, GangKey, UNSCHEDULABLE_FLUSH};
 use phalanx_core::snapshot::TopologySettings;
 
 use super::quality::{best_score, placement_score, quality};
@@ -344,7 +344,7 @@ impl Simulation<'_> {
                 // Members re-created after a preemption took spares end with the job.
                 let id = self.gang_id(job);
                 let key = GangKey::Gang(id.clone());
-                let queued: Vec<String> = self.scheduler.queue().members(&key).map(|p| p.uid.clone()).collect();
+                let queued: Vec<String> = self.scheduler.queued_members(&key).map(|p| p.uid.clone()).collect();
                 for uid in queued {
                     self.delete_pod(&uid);
                 }
@@ -517,8 +517,7 @@ impl Simulation<'_> {
     }
 
     fn sample(&mut self) {
-        let queue = self.scheduler.queue();
-        let smallest_request = queue.keys().filter_map(|k| queue.members(k).map(PodInfo::gpu_count).min()).min();
+        let smallest_request = self.scheduler.queued_pods().map(PodInfo::gpu_count).min();
         let (mut stranded, mut broken) = (0u64, 0usize);
         for (spec, info) in self.scheduler.snapshot().nodes() {
             let free = info.free_of(GPU).max(0) as u64;
@@ -536,7 +535,7 @@ impl Simulation<'_> {
             at: self.now,
             allocated_gpus: self.allocated,
             pending_jobs,
-            pending_pods: queue.uids().count(),
+            pending_pods: self.scheduler.queued_pod_count(),
             running_jobs: self.state.iter().filter(|s| !s.running.is_empty()).count(),
             stranded_gpus: stranded,
             broken_nodes: broken,

@@ -5,27 +5,37 @@
 
 #![forbid(unsafe_code)]
 
+// What drivers give the scheduler and read back: its inputs (nodes, pods,
+// gangs, quotas, budgets, topologies), its setup (profiles, plugins), its
+// actions and explanations, and the snapshot for those that measure.
 pub mod disruption;
 pub mod explain;
 pub mod framework;
 pub mod gang;
-pub mod gang_placement;
-pub mod gang_scheduler;
 pub mod gang_status;
 pub mod node;
-mod node_table;
 pub mod plugins;
 pub mod pod;
-pub mod preemption;
 pub mod quantity;
-pub mod queue;
 pub mod quota;
 pub mod resources;
-pub mod schedule;
 pub mod scheduler;
 pub mod snapshot;
 pub mod topology;
-pub mod update;
+
+/// Declares the decision modules behind `Scheduler`: private to the crate,
+/// public only with the feature `internals` (the benchmarks that time them).
+macro_rules! decision_modules {
+    ($($name:ident),* $(,)?) => {$(
+        #[cfg(feature = "internals")]
+        pub mod $name;
+        #[cfg(not(feature = "internals"))]
+        mod $name;
+    )*};
+}
+
+decision_modules!(gang_placement, gang_scheduler, preemption, queue, schedule, update);
+mod node_table;
 
 /// Builders for unit tests and benchmarks.
 pub mod testing;

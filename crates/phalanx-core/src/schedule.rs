@@ -65,6 +65,8 @@ pub enum NodeGate {
 /// The reason shown for nodes held for another gang.
 pub const HELD_REASON: &str = "node(s) were held for a gang waiting ahead";
 
+/// One pod alone, every node open (the benchmarks and tests time and check it).
+#[cfg(any(test, feature = "internals"))]
 pub fn choose_node(
     profile: &Profile,
     pod: &PodInfo,
@@ -75,6 +77,7 @@ pub fn choose_node(
 }
 
 /// `choose_node` over the nodes `gate` lets through.
+#[cfg(any(test, feature = "internals"))]
 pub fn choose_node_gated(
     profile: &Profile,
     pod: &PodInfo,

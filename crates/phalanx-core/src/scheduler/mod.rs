@@ -20,17 +20,20 @@ use tracing::{debug, info, info_span, warn};
 pub use action::{Action, Attempt, Progress, Report};
 pub use event::{BindOutcome, BindResult, Change, ClusterEvent, EvictOutcome, EvictResult, ObjectRef, TopologyReport};
 pub use recording::{Recorded, Step};
+// The setup and surface types of the decision modules, which are private.
+pub use crate::gang_scheduler::WaitReason;
+pub use crate::preemption::PreemptionSettings;
+pub use crate::queue::{BackoffPolicy, GangKey, QueueLengths, UNSCHEDULABLE_FLUSH};
 use reports::ReportLog;
 
 use crate::disruption::DisruptionBudget;
 use crate::explain::{ExplainError, GangExplanation, SchedulerState, Target, explain_gang};
 use crate::framework::Profile;
 use crate::gang::{GangKind, GangObject};
-use crate::gang_scheduler::{GangDecision, GangScheduler, Settled, WaitReason};
+use crate::gang_scheduler::{GangDecision, GangScheduler, Settled};
 use crate::gang_status::{StatusOutcome, StatusTracker, WallClock};
 use crate::pod::{PodInfo, PodKey, PodPhase};
-use crate::preemption::PreemptionSettings;
-use crate::queue::{BackoffPolicy, GangKey, QueueLengths, SchedulingQueue};
+use crate::queue::SchedulingQueue;
 use crate::quota::{Quota, QuotaKind, QuotaUsage};
 use crate::resources::Resources;
 use crate::snapshot::{ClusterSnapshot, PlacementState, Released, TopologySettings};
@@ -589,12 +592,18 @@ impl Scheduler {
         &self.snapshot
     }
 
-    pub fn queue(&self) -> &SchedulingQueue {
-        &self.queue
+    /// Every pod waiting in the queue.
+    pub fn queued_pods(&self) -> impl Iterator<Item = &PodInfo> {
+        self.queue.keys().flat_map(|key| self.queue.members(key))
     }
 
-    pub fn gangs(&self) -> &GangScheduler {
-        &self.gangs
+    /// The pods of one gang waiting in the queue.
+    pub fn queued_members(&self, key: &GangKey) -> impl Iterator<Item = &PodInfo> {
+        self.queue.members(key)
+    }
+
+    pub fn queued_pod_count(&self) -> usize {
+        self.queue.pod_count()
     }
 
     /// Runs `f` on the snapshot as it would be without these pods' placements
