@@ -1,7 +1,8 @@
 //! Gang scheduling end to end, against the local control plane with kwok
 //! running the fake nodes: whole gangs or nothing, in one rack when one
 //! holds them, waiting for every member, surviving a restart mid-bind,
-//! timing out with an Event, and bad gang objects reported by field.
+//! timing out with an Event, and bad gang objects reported by field; the
+//! gangs of PyTorchJobs, JobSets and LeaderWorkerSet groups without a PodGroup.
 
 mod support;
 
@@ -11,6 +12,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::scheduling::v1alpha2::PodGroup as UpstreamPodGroup;
 use kube::api::{Api, ListParams, PostParams};
+use phalanx_kube::api::jobset::JobSet;
+use phalanx_kube::api::leader_worker_set::LeaderWorkerSet;
 use phalanx_kube::api::pod_group::PodGroup;
 use phalanx_kube::api::pytorch_job::PyTorchJob;
 use serde_json::json;
@@ -128,6 +131,123 @@ async fn a_pytorch_job_of_four_8_gpu_pods_binds_all_at_once_into_one_rack() {
     let on: BTreeSet<String> =
         futures::future::join_all(names.iter().map(|n| env.wait_bound(n, BIND))).await.into_iter().collect();
     assert_eq!(on.len(), 4, "one 8-GPU pod per node: {on:?}");
+    env.teardown().await;
+}
+
+/// A pod with these labels, as a workload controller creates it.
+fn labelled(env: &TestEnv, name: &str, gpus: u32, labels: &[(&str, &str)]) -> Pod {
+    let mut pod = env.pod(name, gpus);
+    pod.metadata.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    pod
+}
+
+/// Creates the pods one by one, checking that none binds before the last exists.
+async fn create_gang_members(env: &TestEnv, pods: Vec<Pod>, prefix: &str) {
+    let count = pods.len();
+    for (i, pod) in pods.into_iter().enumerate() {
+        env.create(&pod).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if i + 1 < count {
+            let bound = bound_with_prefix(&pod_states(env).await, prefix);
+            assert_eq!(bound, 0, "{bound} of {prefix}* bound with only {} of {count} created", i + 1);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_jobset_with_no_pod_group_binds_its_pods_whole_into_one_rack() {
+    let mut env = TestEnv::new("jobset").await;
+    let nodes = env.add_pools(&two_racks(4)).await;
+    env.bind_foreign("tenant", &nodes[0], &[0, 1, 2, 3]).await;
+    env.start_scheduler().await;
+    // One driver and one job of three workers running at once: 4 pods.
+    let set = json!({
+        "apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet",
+        "metadata": {"name": "train", "namespace": env.name},
+        "spec": {"replicatedJobs": [
+            {"name": "driver", "replicas": 1, "template": {"spec": {"parallelism": 1, "template": {}}}},
+            {"name": "workers", "replicas": 1, "template": {"spec": {"parallelism": 3, "completions": 3, "template": {}}}}
+        ]}
+    });
+    let _: JobSet = support::create_object(&env, set).await;
+    let names = ["train-driver-0-0", "train-workers-0-0", "train-workers-0-1", "train-workers-0-2"];
+    let pods = names
+        .iter()
+        .map(|name| {
+            let job = if name.contains("driver") { "driver" } else { "workers" };
+            labelled(
+                &env,
+                name,
+                8,
+                &[
+                    ("jobset.sigs.k8s.io/jobset-name", "train"),
+                    ("jobset.sigs.k8s.io/replicatedjob-name", job),
+                    ("jobset.sigs.k8s.io/job-index", "0"),
+                ],
+            )
+        })
+        .collect();
+    create_gang_members(&env, pods, "train-").await;
+    let rack_b = format!("{}-b-", env.name);
+    let mut on = BTreeSet::new();
+    for name in names {
+        let node = env.wait_bound(name, BIND).await;
+        assert!(node.starts_with(&rack_b), "{name} on {node}, outside rack b (rack a has 28 GPUs free)");
+        on.insert(node);
+    }
+    assert_eq!(on.len(), 4, "one 8-GPU pod per node: {on:?}");
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn each_leader_worker_set_group_binds_whole_on_its_own() {
+    let mut env = TestEnv::new("lws").await;
+    env.add_pools("- {name: n, count: 3, gpus: 8, gpuProduct: NVIDIA-H100-80GB-HBM3}\n").await;
+    env.start_scheduler().await;
+    let set = json!({
+        "apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet",
+        "metadata": {"name": "vllm", "namespace": env.name},
+        "spec": {"replicas": 2, "leaderWorkerTemplate": {"size": 3, "workerTemplate": {}}}
+    });
+    let _: LeaderWorkerSet = support::create_object(&env, set).await;
+    // Pods as the LWS controller names and labels them: the leader `vllm-G`,
+    // its workers `vllm-G-W`.
+    let group = |g: &str| -> Vec<Pod> {
+        ["", "-1", "-2"]
+            .iter()
+            .enumerate()
+            .map(|(w, suffix)| {
+                let worker = w.to_string();
+                labelled(
+                    &env,
+                    &format!("vllm-{g}{suffix}"),
+                    4,
+                    &[
+                        ("leaderworkerset.sigs.k8s.io/name", "vllm"),
+                        ("leaderworkerset.sigs.k8s.io/group-index", g),
+                        ("leaderworkerset.sigs.k8s.io/worker-index", &worker),
+                        ("leaderworkerset.sigs.k8s.io/group-key", &format!("key{g}")),
+                    ],
+                )
+            })
+            .collect()
+    };
+    create_gang_members(&env, group("0"), "vllm-0").await;
+    for name in ["vllm-0", "vllm-0-1", "vllm-0-2"] {
+        env.wait_bound(name, BIND).await;
+    }
+    // Group 1 with two of its three pods waits, whole, while group 0 runs.
+    let mut second = group("1");
+    let last = second.pop().unwrap();
+    for pod in &second {
+        env.create(pod).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(bound_with_prefix(&pod_states(&env).await, "vllm-1"), 0, "group 1 bound part of itself");
+    env.create(&last).await;
+    for name in ["vllm-1", "vllm-1-1", "vllm-1-2"] {
+        env.wait_bound(name, BIND).await;
+    }
     env.teardown().await;
 }
 

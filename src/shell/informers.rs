@@ -1,5 +1,5 @@
 //! Watches nodes, pods, GPU topologies, gang objects (PodGroups,
-//! PyTorchJobs), quotas (ElasticQuotas, ResourceQuotas) and
+//! PyTorchJobs, JobSets, LeaderWorkerSets), quotas (ElasticQuotas, ResourceQuotas) and
 //! PodDisruptionBudgets, and, for PodGroups' status, every pod naming a
 //! PodGroup (finished ones too), and turns each change into a `ClusterEvent` for
 //! the scheduling loop. Objects are translated here and dropped: no cache of
@@ -29,6 +29,8 @@ pub use phalanx_core::scheduler::ClusterEvent;
 use phalanx_core::scheduler::ObjectRef;
 use phalanx_kube::api::elastic_quota::ElasticQuota;
 use phalanx_kube::api::gpu_topology::GPUTopology;
+use phalanx_kube::api::jobset::JobSet;
+use phalanx_kube::api::leader_worker_set::LeaderWorkerSet;
 use phalanx_kube::api::pod_group::PodGroup;
 use phalanx_kube::api::pytorch_job::PyTorchJob;
 use phalanx_kube::gang_objects;
@@ -54,6 +56,8 @@ impl Served {
             (GangKind::PodGroup, "podgroups"),
             (GangKind::UpstreamPodGroup, "podgroups"),
             (GangKind::PyTorchJob, "pytorchjobs"),
+            (GangKind::JobSet, "jobsets"),
+            (GangKind::LeaderWorkerSet, "leaderworkersets"),
         ] {
             if serves(client, kind.api_version(), plural, "its gangs are not recognised").await {
                 served.gang_kinds.insert(kind);
@@ -107,6 +111,16 @@ pub fn spawn(
             GangKind::UpstreamPodGroup => {
                 tokio::spawn(watch_gangs(Api::all(client), metrics, *kind, tx, gang_objects::upstream_pod_group))
             }
+            GangKind::JobSet => {
+                tokio::spawn(watch_gangs(Api::<JobSet>::all(client), metrics, *kind, tx, gang_objects::jobset))
+            }
+            GangKind::LeaderWorkerSet => tokio::spawn(watch_gangs(
+                Api::<LeaderWorkerSet>::all(client),
+                metrics,
+                *kind,
+                tx,
+                gang_objects::leader_worker_set,
+            )),
         };
     }
     if served.elastic_quotas {

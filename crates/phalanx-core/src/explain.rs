@@ -41,10 +41,12 @@ pub enum TargetKind {
 }
 
 /// The `KIND` words of `NAMESPACE/KIND/NAME`.
-const KIND_WORDS: [(&str, TargetKind); 4] = [
+const KIND_WORDS: [(&str, TargetKind); 6] = [
     ("pod", TargetKind::Pod),
     ("podgroup", TargetKind::Gang(GangKind::PodGroup)),
     ("pytorchjob", TargetKind::Gang(GangKind::PyTorchJob)),
+    ("jobset", TargetKind::Gang(GangKind::JobSet)),
+    ("leaderworkerset", TargetKind::Gang(GangKind::LeaderWorkerSet)),
     ("upstream-podgroup", TargetKind::Gang(GangKind::UpstreamPodGroup)),
 ];
 
@@ -80,7 +82,9 @@ impl fmt::Display for Target {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExplainError {
-    #[error("`{0}` is not NAMESPACE/NAME or NAMESPACE/KIND/NAME (KIND: pod, podgroup, pytorchjob, upstream-podgroup)")]
+    #[error(
+        "`{0}` is not NAMESPACE/NAME or NAMESPACE/KIND/NAME (KIND: pod, podgroup, pytorchjob, jobset, leaderworkerset, upstream-podgroup)"
+    )]
     BadTarget(String),
     #[error(
         "phalanx knows no pending or placed pod, PodGroup or PyTorchJob {0} \
@@ -370,7 +374,13 @@ fn resolve(
         }
     }
     let kinds = match target.kind {
-        TargetKind::Any => vec![GangKind::PodGroup, GangKind::UpstreamPodGroup, GangKind::PyTorchJob],
+        TargetKind::Any => vec![
+            GangKind::PodGroup,
+            GangKind::UpstreamPodGroup,
+            GangKind::PyTorchJob,
+            GangKind::JobSet,
+            GangKind::LeaderWorkerSet,
+        ],
         TargetKind::Gang(kind) => vec![kind],
         TargetKind::Pod => vec![],
     };

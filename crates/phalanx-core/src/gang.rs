@@ -1,7 +1,8 @@
 //! Gangs: pods that are placed together or not at all. A gang is named by
 //! where its size comes from (DESIGN.md, in this order of precedence): a
 //! scheduler-plugins PodGroup, an upstream `scheduling.k8s.io` PodGroup, a
-//! Kubeflow PyTorchJob; a pod with none of these is a gang of one.
+//! Kubeflow PyTorchJob, a JobSet, a LeaderWorkerSet group; a pod with none of
+//! these is a gang of one.
 
 use std::fmt;
 use std::time::Duration;
@@ -14,6 +15,13 @@ pub enum GangKind {
     UpstreamPodGroup,
     /// A `kubeflow.org/v1` PyTorchJob owning the pod.
     PyTorchJob,
+    /// A `jobset.x-k8s.io` JobSet, named by the pod label
+    /// `jobset.sigs.k8s.io/jobset-name`: all its jobs' pods are one gang.
+    JobSet,
+    /// One group of a `leaderworkerset.x-k8s.io` LeaderWorkerSet (its leader
+    /// and workers), named by the pod labels `leaderworkerset.sigs.k8s.io/name`
+    /// and `group-index`: each group is a gang of the set's group size.
+    LeaderWorkerSet,
 }
 
 impl GangKind {
@@ -22,6 +30,8 @@ impl GangKind {
         match self {
             GangKind::PodGroup | GangKind::UpstreamPodGroup => "PodGroup",
             GangKind::PyTorchJob => "PyTorchJob",
+            GangKind::JobSet => "JobSet",
+            GangKind::LeaderWorkerSet => "LeaderWorkerSet",
         }
     }
 
@@ -30,28 +40,47 @@ impl GangKind {
             GangKind::PodGroup => "scheduling.x-k8s.io/v1alpha1",
             GangKind::UpstreamPodGroup => "scheduling.k8s.io/v1alpha2",
             GangKind::PyTorchJob => "kubeflow.org/v1",
+            GangKind::JobSet => "jobset.x-k8s.io/v1alpha2",
+            GangKind::LeaderWorkerSet => "leaderworkerset.x-k8s.io/v1",
         }
     }
 }
 
-/// The object a gang's pods name.
+/// The object a gang's pods name, and for an object with several gangs (a
+/// LeaderWorkerSet's groups) which of them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct GangId {
     pub kind: GangKind,
     pub namespace: String,
     pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<u32>,
 }
 
 impl GangId {
     pub fn new(kind: GangKind, namespace: &str, name: &str) -> Self {
-        Self { kind, namespace: namespace.to_string(), name: name.to_string() }
+        Self { kind, namespace: namespace.to_string(), name: name.to_string(), group: None }
+    }
+
+    /// Group `group` of the object.
+    pub fn group_of(kind: GangKind, namespace: &str, name: &str, group: u32) -> Self {
+        Self { group: Some(group), ..Self::new(kind, namespace, name) }
+    }
+
+    /// The object that sizes this gang (for a group, its whole set).
+    pub fn object(&self) -> GangId {
+        Self { group: None, ..self.clone() }
     }
 }
 
 impl fmt::Display for GangId {
-    /// "PodGroup team-a/llama"
+    /// "PodGroup team-a/llama", "LeaderWorkerSet team-a/vllm group 2"
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}/{}", self.kind.object_kind(), self.namespace, self.name)
+        write!(f, "{} {}/{}", self.kind.object_kind(), self.namespace, self.name)?;
+        match self.group {
+            Some(group) => write!(f, " group {group}"),
+            None => Ok(()),
+        }
     }
 }
 

@@ -174,8 +174,12 @@ impl GangScheduler {
         gone
     }
 
+    /// The object that sizes the gang `id` (a group's is its set's).
     pub fn object(&self, id: &GangId) -> Option<&GangObject> {
-        self.objects.get(id)
+        match id.group {
+            None => self.objects.get(id),
+            Some(_) => self.objects.get(&id.object()),
+        }
     }
 
     /// A pending member of one of our gangs that names another scheduler.
@@ -479,7 +483,7 @@ impl GangScheduler {
         } else {
             HashMap::new()
         };
-        let min_member = |id: &GangId| match self.objects.get(id) {
+        let min_member = |id: &GangId| match self.object(id) {
             Some(GangObject::Valid(spec)) => Some(spec.min_member),
             _ => None,
         };
@@ -506,12 +510,12 @@ impl GangScheduler {
                 id.kind.object_kind()
             ));
         }
-        match self.objects.get(id) {
+        match self.object(id) {
             Some(GangObject::Valid(spec)) => Ok(spec.clone()),
             Some(GangObject::Invalid(invalid)) => {
                 Err(format!("waiting for a valid {}: {invalid}", id.kind.object_kind()))
             }
-            None => Err(format!("waiting for {id}, which the pods name but which does not exist")),
+            None => Err(format!("waiting for {}, which the pods name but which does not exist", id.object())),
         }
     }
 

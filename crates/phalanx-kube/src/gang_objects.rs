@@ -1,12 +1,15 @@
 //! Translates the objects that size a gang (scheduler-plugins PodGroups,
-//! upstream PodGroups, PyTorchJobs) into the core's `GangObject`: its
-//! minMember and timeout, or what is wrong with it, naming the field.
+//! upstream PodGroups, PyTorchJobs, JobSets, LeaderWorkerSets) into the
+//! core's `GangObject`: its minMember and timeout, or what is wrong with it,
+//! naming the field.
 
 use std::time::Duration;
 
 use k8s_openapi::api::scheduling::v1alpha2::PodGroup as UpstreamPodGroup;
 use kube::ResourceExt;
 
+use crate::api::jobset::JobSet;
+use crate::api::leader_worker_set::LeaderWorkerSet;
 use crate::api::pod_group::PodGroup;
 use crate::api::pytorch_job::PyTorchJob;
 use phalanx_core::gang::{GangId, GangKind, GangObject, GangSpec, InvalidGang};
@@ -82,6 +85,68 @@ pub fn pytorch_job(job: &PyTorchJob) -> (GangId, GangObject) {
         uid,
     };
     (id, GangObject::Valid(spec))
+}
+
+/// A count the object gives, or 1 where it gives none; `None` when negative.
+fn count_of(value: Option<i32>) -> Option<usize> {
+    usize::try_from(value.unwrap_or(1)).ok()
+}
+
+/// Every pod its jobs run at once: the sum over replicated jobs of
+/// `replicas` x `parallelism` (a job with fewer completions runs that many).
+/// With `startupPolicyOrder: InOrder` the controller creates each replicated
+/// job only once the one before is ready, so only the first one's pods can be
+/// waited for together: they are the gang, and the rest join it as they come.
+pub fn jobset(set: &JobSet) -> (GangId, GangObject) {
+    let id = id_of(GangKind::JobSet, set);
+    let uid = set.uid();
+    if set.spec.replicated_jobs.is_empty() {
+        return (id.clone(), invalid(id, uid, "spec.replicatedJobs", "is empty: the set has no pods".into()));
+    }
+    let mut per_job = Vec::new();
+    for (i, job) in set.spec.replicated_jobs.iter().enumerate() {
+        let field = |name: &str| format!("spec.replicatedJobs[{i}].{name}");
+        let spec = &job.template.spec;
+        let (Some(replicas), Some(parallelism)) = (count_of(job.replicas), count_of(spec.parallelism)) else {
+            let (name, value) = match job.replicas.filter(|r| *r < 0) {
+                Some(r) => ("replicas", r),
+                None => ("template.spec.parallelism", spec.parallelism.unwrap_or_default()),
+            };
+            return (id.clone(), invalid(id, uid, &field(name), format!("is {value}; it cannot be negative")));
+        };
+        let at_once = match spec.completions.and_then(|c| usize::try_from(c).ok()) {
+            Some(completions) => parallelism.min(completions),
+            None => parallelism,
+        };
+        per_job.push(replicas * at_once);
+    }
+    let total: usize = per_job.iter().sum();
+    if total == 0 {
+        return (
+            id.clone(),
+            invalid(id, uid, "spec.replicatedJobs", "run no pods: every job has 0 replicas or parallelism".into()),
+        );
+    }
+    let in_order = set.spec.startup_policy.as_ref().and_then(|p| p.startup_policy_order.as_deref()) == Some("InOrder");
+    let first = per_job.iter().copied().find(|n| *n > 0).unwrap_or(total);
+    let min_member = if in_order { first } else { total };
+    (id, GangObject::Valid(GangSpec { min_member, schedule_timeout: None, max_member: Some(total), uid }))
+}
+
+/// Each group is `leaderWorkerTemplate.size` pods (the leader included).
+/// With `startupPolicy: LeaderReady` the workers are created only once the
+/// leader is ready, so the leader goes first and the workers join it.
+pub fn leader_worker_set(set: &LeaderWorkerSet) -> (GangId, GangObject) {
+    let id = id_of(GangKind::LeaderWorkerSet, set);
+    let uid = set.uid();
+    let size = set.spec.leader_worker_template.size.unwrap_or(1);
+    let Some(size) = usize::try_from(size).ok().filter(|s| *s >= 1) else {
+        let field = "spec.leaderWorkerTemplate.size";
+        return (id.clone(), invalid(id, uid, field, format!("is {size}; a group needs at least its leader")));
+    };
+    let leader_first = set.spec.startup_policy.as_deref() == Some("LeaderReady");
+    let min_member = if leader_first { 1 } else { size };
+    (id, GangObject::Valid(GangSpec { min_member, schedule_timeout: None, max_member: Some(size), uid }))
 }
 
 /// `spec.schedulingPolicy.gang.minCount`; a basic policy is a gang of one.
@@ -182,6 +247,70 @@ mod tests {
         let bad_min = json!({"pytorchReplicaSpecs": {"Worker": {"replicas": 2}},
             "runPolicy": {"schedulingPolicy": {"minAvailable": 0}}});
         assert!(problem(pytorch_job(&job(bad_min)).1).contains("minAvailable is 0"));
+    }
+
+    fn set(spec: serde_json::Value) -> JobSet {
+        object("train", "js-1", spec)
+    }
+
+    fn replicated(name: &str, replicas: i32, parallelism: i32) -> serde_json::Value {
+        json!({"name": name, "replicas": replicas, "template": {"spec": {"parallelism": parallelism, "template": {}}}})
+    }
+
+    #[test]
+    fn a_jobset_is_every_pod_its_jobs_run_at_once() {
+        let spec = json!({"replicatedJobs": [replicated("driver", 1, 1), replicated("workers", 2, 4)]});
+        let (id, GangObject::Valid(gang)) = jobset(&set(spec)) else { panic!() };
+        assert_eq!(id, GangId::new(GangKind::JobSet, "team-a", "train"));
+        assert_eq!((gang.min_member, gang.max_member, gang.uid.as_deref()), (9, Some(9), Some("js-1")));
+        // Defaults: one job, one pod; fewer completions than parallelism run fewer pods.
+        let spec = json!({"replicatedJobs": [{"name": "a", "template": {"spec": {"parallelism": 4, "completions": 2}}},
+                                             {"name": "b"}]});
+        let GangObject::Valid(gang) = jobset(&set(spec)).1 else { panic!() };
+        assert_eq!(gang.min_member, 3);
+    }
+
+    #[test]
+    fn an_in_order_jobset_waits_for_its_first_job_only() {
+        let spec = json!({"replicatedJobs": [replicated("driver", 1, 1), replicated("workers", 2, 4)],
+                          "startupPolicy": {"startupPolicyOrder": "InOrder"}});
+        let GangObject::Valid(gang) = jobset(&set(spec)).1 else { panic!() };
+        assert_eq!((gang.min_member, gang.max_member), (1, Some(9)));
+    }
+
+    #[test]
+    fn bad_jobsets_name_the_field() {
+        assert!(problem(jobset(&set(json!({"replicatedJobs": []}))).1).contains("spec.replicatedJobs is empty"));
+        let negative = json!({"replicatedJobs": [replicated("a", 1, 1), replicated("b", -1, 1)]});
+        assert_eq!(
+            problem(jobset(&set(negative)).1),
+            "JobSet team-a/train: spec.replicatedJobs[1].replicas is -1; it cannot be negative"
+        );
+        let negative = json!({"replicatedJobs": [replicated("a", 1, -3)]});
+        assert!(problem(jobset(&set(negative)).1).contains("spec.replicatedJobs[0].template.spec.parallelism is -3"));
+        assert!(problem(jobset(&set(json!({"replicatedJobs": [replicated("a", 0, 1)]}))).1).contains("run no pods"));
+    }
+
+    fn lws(spec: serde_json::Value) -> LeaderWorkerSet {
+        object("vllm", "lws-1", spec)
+    }
+
+    #[test]
+    fn a_leader_worker_set_group_is_its_size() {
+        let (id, GangObject::Valid(gang)) = leader_worker_set(&lws(json!({"replicas": 3,
+            "leaderWorkerTemplate": {"size": 4, "workerTemplate": {}}})))
+        else {
+            panic!()
+        };
+        assert_eq!((id.kind, id.group), (GangKind::LeaderWorkerSet, None));
+        assert_eq!((gang.min_member, gang.max_member), (4, Some(4)));
+        let leader_first = json!({"startupPolicy": "LeaderReady", "leaderWorkerTemplate": {"size": 4}});
+        let GangObject::Valid(gang) = leader_worker_set(&lws(leader_first)).1 else { panic!() };
+        assert_eq!((gang.min_member, gang.max_member), (1, Some(4)));
+        assert_eq!(
+            problem(leader_worker_set(&lws(json!({"leaderWorkerTemplate": {"size": 0}}))).1),
+            "LeaderWorkerSet team-a/vllm: spec.leaderWorkerTemplate.size is 0; a group needs at least its leader"
+        );
     }
 
     #[test]

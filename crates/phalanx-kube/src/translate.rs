@@ -271,37 +271,52 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, TranslateError> {
         preempt_never: spec.preemption_policy.as_deref() == Some("Never"),
         labels: meta.labels.clone().unwrap_or_default(),
         created: meta.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second()),
-        job: job_key(pod),
+        job: job_key(pod, &object)?,
         gpu_indices: gpu_annotation(pod, &object)?,
     })
 }
 
 pub const POD_GROUP_LABEL: &str = "scheduling.x-k8s.io/pod-group";
 pub const KUBEFLOW_JOB_LABEL: &str = "training.kubeflow.org/job-name";
+pub const JOBSET_NAME_LABEL: &str = "jobset.sigs.k8s.io/jobset-name";
+pub const LWS_NAME_LABEL: &str = "leaderworkerset.sigs.k8s.io/name";
+pub const LWS_GROUP_INDEX_LABEL: &str = "leaderworkerset.sigs.k8s.io/group-index";
 pub const GPUS_ANNOTATION: &str = "phalanx.dev/gpus";
+
+/// A label's value, if set and not empty.
+fn pod_label<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+    pod.metadata.labels.as_ref().and_then(|l| l.get(key)).map(String::as_str).filter(|v| !v.is_empty())
+}
 
 /// The gang a pod belongs to, in DESIGN.md's order of precedence: its
 /// PodGroup label, its upstream scheduling group, the PyTorchJob that owns it
-/// (by owner reference, else by the training-operator's job label).
-fn job_key(pod: &Pod) -> Option<GangId> {
+/// (by owner reference, else by the training-operator's job label), its
+/// JobSet, its LeaderWorkerSet group (the labels their controllers set).
+fn job_key(pod: &Pod, object: &str) -> Result<Option<GangId>, TranslateError> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
-    let labels = pod.metadata.labels.as_ref();
-    let label = |key: &str| labels.and_then(|l| l.get(key)).filter(|v| !v.is_empty());
-    if let Some(group) = label(POD_GROUP_LABEL) {
-        return Some(GangId::new(GangKind::PodGroup, ns, group));
+    if let Some(group) = pod_label(pod, POD_GROUP_LABEL) {
+        return Ok(Some(GangId::new(GangKind::PodGroup, ns, group)));
     }
     let upstream = pod.spec.as_ref().and_then(|s| s.scheduling_group.as_ref()).and_then(|g| g.pod_group_name.as_ref());
     if let Some(group) = upstream.filter(|g| !g.is_empty()) {
-        return Some(GangId::new(GangKind::UpstreamPodGroup, ns, group));
+        return Ok(Some(GangId::new(GangKind::UpstreamPodGroup, ns, group)));
     }
     let owner =
         pod.metadata.owner_references.iter().flatten().find(|o| {
             o.kind == GangKind::PyTorchJob.object_kind() && o.api_version == GangKind::PyTorchJob.api_version()
         });
-    owner
-        .map(|o| o.name.as_str())
-        .or(label(KUBEFLOW_JOB_LABEL).map(String::as_str))
-        .map(|job| GangId::new(GangKind::PyTorchJob, ns, job))
+    if let Some(job) = owner.map(|o| o.name.as_str()).or(pod_label(pod, KUBEFLOW_JOB_LABEL)) {
+        return Ok(Some(GangId::new(GangKind::PyTorchJob, ns, job)));
+    }
+    if let Some(set) = pod_label(pod, JOBSET_NAME_LABEL) {
+        return Ok(Some(GangId::new(GangKind::JobSet, ns, set)));
+    }
+    let Some(set) = pod_label(pod, LWS_NAME_LABEL) else { return Ok(None) };
+    let field = format!("metadata.labels[{LWS_GROUP_INDEX_LABEL}]");
+    let index = pod_label(pod, LWS_GROUP_INDEX_LABEL)
+        .ok_or_else(|| error(object, &field, "missing on a LeaderWorkerSet pod"))?;
+    let group = index.parse().map_err(|_| error(object, &field, format!("{index:?} is not a group index")))?;
+    Ok(Some(GangId::group_of(GangKind::LeaderWorkerSet, ns, set, group)))
 }
 
 /// `phalanx.dev/gpus: "0,1,2,3"`.
@@ -449,6 +464,25 @@ mod tests {
         assert_eq!(gpu_annotation_value(&[4, 5, 6]), "4,5,6");
         p.metadata.annotations = Some([(GPUS_ANNOTATION.to_string(), "all".to_string())].into());
         assert_eq!(pod_info(&p).unwrap_err().field, "metadata.annotations[phalanx.dev/gpus]");
+    }
+
+    #[test]
+    fn jobset_and_leader_worker_set_pods_name_their_gangs() {
+        let mut p = pod(json!({"containers": [{"name": "a"}]}));
+        let labels = |pairs: &[(&str, &str)]| Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        p.metadata.labels = labels(&[(JOBSET_NAME_LABEL, "train")]);
+        assert_eq!(pod_info(&p).unwrap().job, Some(GangId::new(GangKind::JobSet, "team-a", "train")));
+        // A PodGroup (as Trainer makes for coscheduling) comes first.
+        p.metadata.labels = labels(&[(JOBSET_NAME_LABEL, "train"), (POD_GROUP_LABEL, "train-pg")]);
+        assert_eq!(pod_info(&p).unwrap().job, Some(GangId::new(GangKind::PodGroup, "team-a", "train-pg")));
+        p.metadata.labels = labels(&[(LWS_NAME_LABEL, "vllm"), (LWS_GROUP_INDEX_LABEL, "2")]);
+        assert_eq!(pod_info(&p).unwrap().job, Some(GangId::group_of(GangKind::LeaderWorkerSet, "team-a", "vllm", 2)));
+        p.metadata.labels = labels(&[(LWS_NAME_LABEL, "vllm"), (LWS_GROUP_INDEX_LABEL, "two")]);
+        let e = pod_info(&p).unwrap_err();
+        assert_eq!(e.field, "metadata.labels[leaderworkerset.sigs.k8s.io/group-index]");
+        assert!(e.message.contains("\"two\" is not a group index"), "{e}");
+        p.metadata.labels = labels(&[(LWS_NAME_LABEL, "vllm")]);
+        assert!(pod_info(&p).unwrap_err().message.contains("missing"));
     }
 
     #[test]

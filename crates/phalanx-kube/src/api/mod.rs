@@ -4,6 +4,8 @@
 
 pub mod elastic_quota;
 pub mod gpu_topology;
+pub mod jobset;
+pub mod leader_worker_set;
 pub mod pod_group;
 pub mod pytorch_job;
 
@@ -22,7 +24,10 @@ pub fn crd_manifests() -> Vec<(String, String)> {
 /// CRDs of other projects that the test control plane needs (`e2e/crds/`),
 /// where their controllers do not run.
 pub fn test_crd_manifests() -> Vec<(String, String)> {
-    [pytorch_job::PyTorchJob::crd()].iter().map(manifest).collect()
+    [pytorch_job::PyTorchJob::crd(), jobset::JobSet::crd(), leader_worker_set::LeaderWorkerSet::crd()]
+        .iter()
+        .map(manifest)
+        .collect()
 }
 
 /// A resource list, as core types declare it (quantities as int or string).
