@@ -56,6 +56,7 @@ fn h100_node(i: usize) -> NodeSpec {
         unschedulable: false,
         ready: true,
         allocatable: Resources::new().with(GPU, 8).with(CPU, 192_000).with(MEMORY, 2048 * GIB).with(PODS, 110),
+        gpu_sharing: Default::default(),
     }
 }
 

@@ -167,6 +167,7 @@ fn main() {
                 unschedulable: false,
                 ready: true,
                 allocatable: Resources::new().with(GPU, 8).with(CPU, 224_000).with(PODS, 110),
+                gpu_sharing: Default::default(),
             });
             let used = (0..8).filter(|_| (rng.next_u64() % 1000) as f64 / 1000.0 < occupancy).count() as i64;
             if used > 0 {

@@ -401,6 +401,11 @@ fn profile(at: &str, raw: RawProfile, shared: &mut SharedSettings) -> Result<Pro
                 }
                 agree(&field, &mut shared.link_bandwidth_from, shared.topology.link_bandwidth != table)?;
                 shared.topology.link_bandwidth = table;
+                args.multi_gpu_on_shared = if cfg.multi_gpu_pods_on_shared_nodes {
+                    plugins::MultiGpuOnSharedNodes::Allowed
+                } else {
+                    plugins::MultiGpuOnSharedNodes::KeptOff
+                };
             }
             plugins::TopologyDomain::NAME => {
                 let levels: DomainLevels = parse_args(&field, &pc.args)?;
@@ -571,6 +576,19 @@ mod tests {
         assert_eq!(cfg.profiles[0].filters, plugins::DEFAULT_FILTERS);
         assert_eq!(cfg.profiles[0].scores, plugins::DEFAULT_SCORES);
         assert_eq!(cfg.backoff.max, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_profile_may_let_pods_of_several_gpus_onto_shared_nodes() {
+        assert_eq!(
+            parse(MINIMAL).unwrap().profiles[0].args.multi_gpu_on_shared,
+            plugins::MultiGpuOnSharedNodes::KeptOff
+        );
+        let cfg = parse(&format!(
+            "{MINIMAL}  pluginConfig:\n  - name: GpuTopology\n    args: {{multiGpuPodsOnSharedNodes: true}}\n"
+        ))
+        .unwrap();
+        assert_eq!(cfg.profiles[0].args.multi_gpu_on_shared, plugins::MultiGpuOnSharedNodes::Allowed);
     }
 
     #[test]

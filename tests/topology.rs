@@ -64,3 +64,37 @@ async fn the_agents_report_is_used_a_pair_takes_the_nvlink_pair_and_a_single_doe
     assert!(String::from_utf8_lossy(&again.stderr).contains("spec_written: false"));
     env.teardown().await;
 }
+
+#[tokio::test]
+async fn a_time_sliced_node_takes_more_replicas_than_gpus_but_no_pod_of_two_and_its_report_is_valid() {
+    let mut env = TestEnv::new("timeslice").await;
+    // GPU Feature Discovery's labels for 8 H100s shared 4 ways: 32 nvidia.com/gpu.
+    let nodes = env
+        .add_pools(
+            "- {name: ts, count: 1, gpus: 32, gpuProduct: NVIDIA-H100-80GB-HBM3-SHARED, labels: \
+             {nvidia.com/gpu.count: '8', nvidia.com/gpu.replicas: '4', nvidia.com/gpu.sharing-strategy: time-slicing}}\n",
+        )
+        .await;
+    let node = &nodes[0];
+    // The agent reports the 8 physical GPUs: right for this node, not an InvalidObject.
+    let published = publish_fixture(node, "hgx-h100-nvswitch.txt").await;
+    assert!(published.status.success(), "{}", String::from_utf8_lossy(&published.stderr));
+    env.start_scheduler().await;
+    for i in 0..10 {
+        env.create(&env.pod(&format!("replica-{i}"), 1)).await;
+    }
+    for i in 0..10 {
+        assert_eq!(&env.wait_bound(&format!("replica-{i}"), BIND).await, node);
+    }
+    env.create(&env.pod("pair", 2)).await;
+    let condition = env.wait_unschedulable("pair", BIND).await;
+    let message = condition.message.unwrap_or_default();
+    assert!(message.contains("1 node(s) shared their GPUs by time-slicing"), "{message}");
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.client.clone(), "default");
+    let about_node = events.list(&Default::default()).await.unwrap().items.into_iter().filter(|e| {
+        e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(node.as_str())
+            && e.reason.as_deref() == Some("InvalidObject")
+    });
+    assert_eq!(about_node.count(), 0, "the report of 8 physical GPUs was taken for invalid");
+    env.teardown().await;
+}

@@ -31,6 +31,49 @@ pub struct NodeSpec {
     pub unschedulable: bool,
     pub ready: bool,
     pub allocatable: Resources,
+    #[serde(default)]
+    pub gpu_sharing: GpuSharing,
+}
+
+/// What one `nvidia.com/gpu` of the node is, as GPU Feature Discovery's
+/// labels say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum GpuSharing {
+    /// A whole physical GPU, held by one pod.
+    #[default]
+    Whole,
+    /// A replica of a physical GPU shared by time-slicing or MPS: the device
+    /// plugin picks which GPU backs each replica, so which GPUs a pod gets
+    /// cannot be chosen.
+    Replica { physical_gpus: u32, strategy: SharingStrategy },
+    /// A MIG slice (`mig.strategy=single`), not a whole GPU.
+    MigSlice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum SharingStrategy {
+    TimeSlicing,
+    Mps,
+}
+
+impl NodeSpec {
+    /// Whole GPUs a pod can be given by index: none where GPUs are shared or sliced.
+    pub fn whole_gpus(&self) -> usize {
+        match self.gpu_sharing {
+            GpuSharing::Whole => self.allocatable.get(super::resources::GPU).max(0) as usize,
+            GpuSharing::Replica { .. } | GpuSharing::MigSlice => 0,
+        }
+    }
+
+    /// Physical GPUs, as a topology report should list them (`None`: the
+    /// labels do not say, for MIG slices).
+    pub fn physical_gpus(&self) -> Option<usize> {
+        match self.gpu_sharing {
+            GpuSharing::Whole => Some(self.whole_gpus()),
+            GpuSharing::Replica { physical_gpus, .. } => Some(physical_gpus as usize),
+            GpuSharing::MigSlice => None,
+        }
+    }
 }
 
 /// A node in the snapshot. `spec` is `None` while pods still reference a node

@@ -171,7 +171,7 @@ impl ClusterSnapshot {
     fn refresh_gpu_model(&mut self, name: &str) {
         let Some(info) = self.nodes.get(name) else { return };
         let Some(spec) = &info.spec else { return };
-        let gpus = spec.allocatable.get(GPU).max(0) as usize;
+        let gpus = spec.whole_gpus();
         // A report listing more or fewer GPUs than the node offers describes
         // another machine (or a stale one): the template is safer than indices
         // the device plugin does not have.
@@ -228,11 +228,13 @@ impl ClusterSnapshot {
     }
 
     /// For a node whose agent report is not used because it lists another
-    /// number of GPUs than the node offers: the two numbers (reported, offered).
+    /// number of GPUs than the node has: the two numbers (reported, physical).
+    /// A shared node's report is right when it lists its physical GPUs (its
+    /// GPUs are not chosen by index, so it is not used either way).
     pub fn unused_report(&self, node: &str) -> Option<(usize, usize)> {
         let reported = self.reported.get(node)?.gpus.len();
-        let offered = self.nodes.get(node)?.spec.as_ref()?.allocatable.get(GPU).max(0) as usize;
-        (reported != offered).then_some((reported, offered))
+        let physical = self.nodes.get(node)?.spec.as_ref()?.physical_gpus()?;
+        (reported != physical).then_some((reported, physical))
     }
 
     /// Nodes with an agent report.
@@ -473,6 +475,20 @@ mod tests {
 
     fn pod<'a>(uid: &'a str, k: &'a PodKey, node: &'a str, requests: &'a Resources) -> PodPlacement<'a> {
         PodPlacement { uid, key: k, node, requests, job: None, priority: 0, created: 0, labels: &NO_LABELS }
+    }
+
+    #[test]
+    fn a_shared_node_gives_no_gpu_indices_and_its_report_of_physical_gpus_is_right() {
+        use crate::node::{GpuSharing, SharingStrategy};
+        let mut s = ClusterSnapshot::new();
+        let mut shared = node("ts", 32);
+        shared.gpu_sharing = GpuSharing::Replica { physical_gpus: 8, strategy: SharingStrategy::TimeSlicing };
+        s.upsert_node(shared);
+        s.set_reported_topology("ts", Some(crate::topology::templates::nvswitch(8, 18, "H100")));
+        assert_eq!(s.unused_report("ts"), None, "8 physical GPUs reported for 8 physical GPUs");
+        assert!(s.node("ts").unwrap().gpu_model.is_none(), "replicas are not chosen by index");
+        s.set_reported_topology("ts", Some(crate::topology::templates::nvswitch(4, 18, "H100")));
+        assert_eq!(s.unused_report("ts"), Some((4, 8)));
     }
 
     #[test]

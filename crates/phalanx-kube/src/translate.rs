@@ -10,13 +10,13 @@ use thiserror::Error;
 
 use crate::api::gpu_topology::GPUTopology;
 use phalanx_core::gang::{GangId, GangKind};
-use phalanx_core::node::{NodeSpec, Taint, TaintEffect};
+use phalanx_core::node::{GpuSharing, NodeSpec, SharingStrategy, Taint, TaintEffect};
 use phalanx_core::pod::{
     NodeSelectorTerm, PodInfo, PodKey, PodPhase, PreferredTerm, SelectorOperator, SelectorRequirement, Toleration,
     TolerationOperator,
 };
 use phalanx_core::quantity::{QuantityError, parse_milli, parse_units};
-use phalanx_core::resources::{CPU, PODS, Resources};
+use phalanx_core::resources::{CPU, GPU, PODS, Resources};
 pub use phalanx_core::scheduler::TopologyReport;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -372,14 +372,54 @@ pub fn node_spec(node: &Node) -> Result<NodeSpec, TranslateError> {
         .into_iter()
         .flatten()
         .any(|c| c.type_ == "Ready" && c.status == "True");
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    let gpu_sharing = gpu_sharing(&labels, &allocatable, &object)?;
     Ok(NodeSpec {
         name,
-        labels: node.metadata.labels.clone().unwrap_or_default(),
+        labels,
         taints,
         unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
         ready,
         allocatable,
+        gpu_sharing,
     })
+}
+
+pub const GPU_COUNT_LABEL: &str = "nvidia.com/gpu.count";
+pub const GPU_REPLICAS_LABEL: &str = "nvidia.com/gpu.replicas";
+pub const GPU_SHARING_STRATEGY_LABEL: &str = "nvidia.com/gpu.sharing-strategy";
+pub const MIG_STRATEGY_LABEL: &str = "nvidia.com/mig.strategy";
+
+/// What one `nvidia.com/gpu` is, from GPU Feature Discovery's labels: a MIG
+/// slice under `mig.strategy=single`; a replica of a physical GPU when
+/// `gpu.replicas` > 1 or `gpu.sharing-strategy` is not `none` (the physical
+/// GPUs from `gpu.count`, else allocatable / replicas); else a whole GPU.
+fn gpu_sharing(
+    labels: &BTreeMap<String, String>,
+    allocatable: &Resources,
+    object: &str,
+) -> Result<GpuSharing, TranslateError> {
+    if labels.get(MIG_STRATEGY_LABEL).map(String::as_str) == Some("single") {
+        return Ok(GpuSharing::MigSlice);
+    }
+    let number = |key: &str| -> Result<Option<u32>, TranslateError> {
+        let Some(text) = labels.get(key) else { return Ok(None) };
+        let field = format!("metadata.labels[{key}]");
+        text.parse().map(Some).map_err(|_| error(object, field, format!("{text:?} is not a count")))
+    };
+    let replicas = number(GPU_REPLICAS_LABEL)?.unwrap_or(1);
+    let strategy = match labels.get(GPU_SHARING_STRATEGY_LABEL).map(String::as_str) {
+        None | Some("none") if replicas <= 1 => return Ok(GpuSharing::Whole),
+        None | Some("none") | Some("time-slicing") => SharingStrategy::TimeSlicing,
+        Some("mps") => SharingStrategy::Mps,
+        Some(other) => {
+            let field = format!("metadata.labels[{GPU_SHARING_STRATEGY_LABEL}]");
+            return Err(error(object, field, format!("{other:?} is not none, time-slicing or mps")));
+        }
+    };
+    let offered = u32::try_from(allocatable.get(GPU).max(0)).unwrap_or(u32::MAX);
+    let physical_gpus = number(GPU_COUNT_LABEL)?.unwrap_or(offered / replicas.max(1));
+    Ok(GpuSharing::Replica { physical_gpus, strategy })
 }
 
 pub fn topology_report(report: &GPUTopology) -> Result<TopologyReport, TranslateError> {
@@ -576,6 +616,48 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(node_spec(&absurd).unwrap_err().field, "status.allocatable[nvidia.com/gpu]");
+    }
+
+    fn labelled_node(gpus: &str, labels: serde_json::Value) -> Result<NodeSpec, TranslateError> {
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": "gpu-1", "labels": labels},
+            "status": {"allocatable": {"nvidia.com/gpu": gpus}}
+        }))
+        .unwrap();
+        node_spec(&node)
+    }
+
+    #[test]
+    fn gpu_sharing_is_read_from_the_gpu_feature_discovery_labels() {
+        let whole = labelled_node("8", json!({"nvidia.com/gpu.count": "8", "nvidia.com/gpu.replicas": "1"})).unwrap();
+        assert_eq!((whole.gpu_sharing, whole.whole_gpus()), (GpuSharing::Whole, 8));
+        let sliced = labelled_node(
+            "32",
+            json!({"nvidia.com/gpu.count": "8", "nvidia.com/gpu.replicas": "4",
+            "nvidia.com/gpu.sharing-strategy": "time-slicing"}),
+        )
+        .unwrap();
+        let replica = GpuSharing::Replica { physical_gpus: 8, strategy: SharingStrategy::TimeSlicing };
+        assert_eq!((sliced.gpu_sharing, sliced.whole_gpus(), sliced.physical_gpus()), (replica, 0, Some(8)));
+        // Without gpu.count, the physical GPUs are allocatable / replicas.
+        let mps =
+            labelled_node("16", json!({"nvidia.com/gpu.replicas": "2", "nvidia.com/gpu.sharing-strategy": "mps"}))
+                .unwrap();
+        assert_eq!(mps.gpu_sharing, GpuSharing::Replica { physical_gpus: 8, strategy: SharingStrategy::Mps });
+        let mig = labelled_node("7", json!({"nvidia.com/mig.strategy": "single"})).unwrap();
+        assert_eq!((mig.gpu_sharing, mig.whole_gpus(), mig.physical_gpus()), (GpuSharing::MigSlice, 0, None));
+        // Mixed MIG leaves nvidia.com/gpu whole (the slices are resources of their own).
+        let mixed = labelled_node("8", json!({"nvidia.com/mig.strategy": "mixed"})).unwrap();
+        assert_eq!(mixed.gpu_sharing, GpuSharing::Whole);
+    }
+
+    #[test]
+    fn bad_gpu_sharing_labels_name_the_label() {
+        let e = labelled_node("8", json!({"nvidia.com/gpu.replicas": "four"})).unwrap_err();
+        assert_eq!((e.object.as_str(), e.field.as_str()), ("node gpu-1", "metadata.labels[nvidia.com/gpu.replicas]"));
+        let e = labelled_node("8", json!({"nvidia.com/gpu.sharing-strategy": "magic"})).unwrap_err();
+        assert_eq!(e.field, "metadata.labels[nvidia.com/gpu.sharing-strategy]");
+        assert!(e.message.contains("not none, time-slicing or mps"), "{e}");
     }
 }
 

@@ -8,7 +8,7 @@ mod node_unschedulable;
 mod taint_toleration;
 mod topology_domain;
 
-pub use gpu_topology::{GpuTopology, GpuTopologyArgs};
+pub use gpu_topology::{GpuTopology, GpuTopologyArgs, MultiGpuOnSharedNodes};
 pub use node_affinity::NodeAffinity;
 pub use node_ready::NodeReady;
 pub use node_resources_fit::{NodeResourcesFit, NodeResourcesFitArgs, ResourceWeight, ScoringStrategy};
@@ -44,6 +44,7 @@ pub const QUEUE_SORT_PLUGINS: &[&str] = &["PrioritySort"];
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PluginArgs {
     pub node_resources_fit: NodeResourcesFitArgs,
+    pub multi_gpu_on_shared: MultiGpuOnSharedNodes,
 }
 
 /// Arguments that describe the cluster rather than one profile; every
@@ -61,7 +62,7 @@ pub fn filter_plugin(name: &str, args: &PluginArgs) -> Option<Box<dyn FilterPlug
         NodeAffinity::NAME => Box::new(NodeAffinity),
         TaintToleration::NAME => Box::new(TaintToleration),
         NodeResourcesFit::NAME => Box::new(NodeResourcesFit::new(args.node_resources_fit.clone())),
-        GpuTopology::NAME => Box::new(GpuTopology),
+        GpuTopology::NAME => Box::new(GpuTopology { multi_gpu_on_shared: args.multi_gpu_on_shared }),
         _ => return None,
     })
 }
@@ -71,7 +72,7 @@ pub fn score_plugin(name: &str, args: &PluginArgs) -> Option<Box<dyn ScorePlugin
         NodeAffinity::NAME => Box::new(NodeAffinity),
         TaintToleration::NAME => Box::new(TaintToleration),
         NodeResourcesFit::NAME => Box::new(NodeResourcesFit::new(args.node_resources_fit.clone())),
-        GpuTopology::NAME => Box::new(GpuTopology),
+        GpuTopology::NAME => Box::new(GpuTopology::default()),
         TopologyDomain::NAME => Box::new(TopologyDomain),
         _ => return None,
     })
