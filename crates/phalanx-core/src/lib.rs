@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod disruption;
+pub mod dra;
 pub mod explain;
 pub mod framework;
 pub mod gang;
