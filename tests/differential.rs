@@ -6,15 +6,17 @@
 //! writers: both must make the scheduler ask for the same actions in the
 //! same order, and bind every pod where the live run bound it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use phalanx::config;
+use phalanx::shell::informers::Served;
 use phalanx::shell::metrics::Metrics;
 use phalanx::shell::scheduling_loop::{BindRequests, Evictions, Reports, SchedulingLoop};
 use phalanx::sim::driver::replay;
+use phalanx_core::dra::inventory::ClaimWrite;
 use phalanx_core::pod::PodKey;
 use phalanx_core::quota::QuotaKind;
 use phalanx_core::scheduler::{Action, BindResult, ClusterEvent, Recorded, Report, Scheduler, SchedulerConfig, Step};
@@ -30,15 +32,15 @@ fn recording() -> Vec<Recorded> {
 /// scheduler name, and the gang kinds and quotas the cluster served (the
 /// lists the recording shows).
 fn scheduler_config(recording: &[Recorded]) -> SchedulerConfig {
-    let mut gang_kinds = HashSet::new();
-    let mut elastic_quotas = false;
+    let mut served = Served::default();
     let mut bound_by_us = None;
     for Recorded { step, .. } in recording {
         match step {
             Step::Event(ClusterEvent::GangsListed { kind, .. }) => {
-                gang_kinds.insert(*kind);
+                served.gang_kinds.insert(*kind);
             }
-            Step::Event(ClusterEvent::QuotasListed { kind: QuotaKind::Elastic, .. }) => elastic_quotas = true,
+            Step::Event(ClusterEvent::QuotasListed { kind: QuotaKind::Elastic, .. }) => served.elastic_quotas = true,
+            Step::Event(ClusterEvent::DeviceObjectsListed { .. }) => served.dynamic_resources = true,
             Step::Bind(outcome) if bound_by_us.is_none() => bound_by_us = Some(outcome.uid.clone()),
             _ => {}
         }
@@ -53,7 +55,7 @@ fn scheduler_config(recording: &[Recorded]) -> SchedulerConfig {
         .expect("the bound pod was seen");
     let text =
         format!("apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles:\n- schedulerName: {name}\n");
-    config::parse(&text).unwrap().scheduler(gang_kinds, elastic_quotas)
+    config::parse(&text).unwrap().scheduler(&served)
 }
 
 /// Writers that only note what they were asked, as actions.
@@ -61,8 +63,8 @@ fn scheduler_config(recording: &[Recorded]) -> SchedulerConfig {
 struct Recorder(Arc<Mutex<Vec<Action>>>);
 
 impl BindRequests for Recorder {
-    fn bind(&self, uid: String, key: PodKey, node: String, gpus: Vec<u32>) {
-        self.0.lock().unwrap().push(Action::Bind { uid, key, node, gpus });
+    fn bind(&self, uid: String, key: PodKey, node: String, gpus: Vec<u32>, claims: Vec<ClaimWrite>) {
+        self.0.lock().unwrap().push(Action::Bind { uid, key, node, gpus, claims });
     }
 
     fn set_node_gone(&self, node: &str, gone: bool) {

@@ -86,7 +86,7 @@ pub async fn run(kubeconfig: Option<PathBuf>, config_path: &Path, http_address: 
     }
     informers::spawn(client, Arc::new(names.clone()), &served, metrics.clone(), leadership.clone(), event_tx);
 
-    let scheduler = Scheduler::new(cfg.scheduler(served.gang_kinds.clone(), served.elastic_quotas));
+    let scheduler = Scheduler::new(cfg.scheduler(&served));
     let scheduling = SchedulingLoop::new(scheduler, binder, reporter, evictor, metrics, ready)
         .with_leadership(leadership)
         .with_explain_requests(explain_rx);

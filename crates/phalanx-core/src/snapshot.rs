@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use super::dra::inventory::DeviceInventory;
 use super::gang::GangId;
 use super::node::{NodeInfo, NodeSpec};
 use super::node_table::{NodeTable, Slot};
@@ -84,6 +85,8 @@ pub struct ClusterSnapshot {
     jobs: HashMap<GangId, BTreeMap<String, usize>>,
     /// What each namespace's placed pods request (for quotas).
     namespace_usage: HashMap<String, Resources>,
+    /// DRA devices and claims, and which devices are held.
+    devices: DeviceInventory,
 }
 
 impl ClusterSnapshot {
@@ -97,6 +100,14 @@ impl ClusterSnapshot {
 
     pub fn settings(&self) -> &TopologySettings {
         &self.settings
+    }
+
+    pub fn devices(&self) -> &DeviceInventory {
+        &self.devices
+    }
+
+    pub fn devices_mut(&mut self) -> &mut DeviceInventory {
+        &mut self.devices
     }
 
     pub fn domain_index(&self) -> &DomainIndex {
@@ -336,7 +347,10 @@ impl ClusterSnapshot {
     }
 
     /// Drops an assumption whose bind failed. A confirmed placement stays.
+    /// Claim allocations chosen for the pod are dropped either way: a bound
+    /// pod's are in the claims' status by then.
     pub fn forget(&mut self, uid: &str) -> Released {
+        self.devices.forget(uid);
         match self.placements.get(uid) {
             Some(p) if p.state == PlacementState::Assumed => self.release(uid),
             _ => Released::NothingHeld,

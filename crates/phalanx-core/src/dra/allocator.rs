@@ -11,7 +11,7 @@ use super::claim::{
     AllocationMode, ClaimAllocation, ConstraintKind, DeviceClaim, DeviceClass, DeviceResult, DeviceSelection,
     RequestKind,
 };
-use super::device::{AttributeValue, Device, DeviceId};
+use super::device::{AttributeValue, Device, DeviceId, HeldDevices};
 use super::device_choice::{SetQuality, choose_devices};
 use super::selector::{SelectorError, Selectors};
 use crate::topology::gpu_choice::{GpuMask, NodeGpuModel};
@@ -29,7 +29,7 @@ pub struct NodeDevices<'a> {
     pub node: &'a str,
     pub devices: &'a [Device],
     /// Allocated to claims (by their status, or earlier in this pass).
-    pub taken: &'a HashSet<DeviceId>,
+    pub taken: &'a HeldDevices,
     pub gpu_model: Option<&'a NodeGpuModel>,
     /// The node's free GPUs (for judging what a choice leaves behind).
     pub free_gpus: GpuMask,
@@ -232,7 +232,7 @@ impl<'a> ClaimSearch<'a, '_> {
     }
 
     fn is_taken(&self, id: &DeviceId) -> bool {
-        self.node.taken.contains(id) || self.taken_here.contains(id) || self.chosen.iter().any(|(_, d)| &d.id == id)
+        self.node.taken.contains_key(id) || self.taken_here.contains(id) || self.chosen.iter().any(|(_, d)| &d.id == id)
     }
 
     /// The value a match constraint's devices already share, if one was chosen.

@@ -43,6 +43,16 @@ pub struct DeviceRequest {
     pub kind: RequestKind,
 }
 
+impl DeviceRequest {
+    /// The selections it may be satisfied by.
+    pub fn selections(&self) -> Vec<&DeviceSelection> {
+        match &self.kind {
+            RequestKind::Exactly(selection) => vec![selection],
+            RequestKind::FirstAvailable(subs) => subs.iter().map(|(_, s)| s).collect(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ConstraintKind {
     /// Every device takes the same value of this attribute (`domain/name`).
@@ -107,6 +117,9 @@ pub struct DeviceClaim {
     pub allocation: Option<ClaimAllocation>,
     /// UIDs of the pods the claim is reserved for.
     pub reserved_for: Vec<String>,
+    /// `metadata.finalizers`: an allocation is written together with the
+    /// one that lets the controller manager deallocate the claim.
+    pub finalizers: Vec<String>,
 }
 
 /// How a pod names one of its claims (`spec.resourceClaims[]`).

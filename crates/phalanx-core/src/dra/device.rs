@@ -1,7 +1,7 @@
 //! What a DRA driver publishes about a node's devices (ResourceSlices), as
 //! the allocator reads it: names, typed attributes and capacities.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 /// An attribute's value, typed as `resource.k8s.io/v1` types them.
@@ -66,6 +66,10 @@ impl fmt::Display for DeviceId {
         write!(f, "{}/{}/{}", self.driver, self.pool, self.device)
     }
 }
+
+/// Devices held on one node, with how many allocations hold each (more than
+/// one only while a conflicting write is being resolved).
+pub type HeldDevices = HashMap<DeviceId, u32>;
 
 /// One device of a ResourceSlice.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -89,5 +89,6 @@ pub fn gpu_claim(name: &str, class: &str, count: u32) -> DeviceClaim {
         constraints: vec![],
         allocation: None,
         reserved_for: vec![],
+        finalizers: vec![],
     }
 }

@@ -18,7 +18,10 @@ use std::time::Instant;
 use tracing::{debug, info, info_span, warn};
 
 pub use action::{Action, Attempt, Progress, Report};
-pub use event::{BindOutcome, BindResult, Change, ClusterEvent, EvictOutcome, EvictResult, ObjectRef, TopologyReport};
+pub use event::{
+    BindOutcome, BindResult, Change, ClusterEvent, DeviceKind, DeviceObject, DeviceObjectKey, EvictOutcome,
+    EvictResult, ObjectRef, TopologyReport,
+};
 pub use recording::{Recorded, Step};
 use reports::ReportLog;
 
@@ -45,6 +48,8 @@ pub struct SchedulerConfig {
     pub gang_kinds: HashSet<GangKind>,
     /// `scheduling.x-k8s.io/v1alpha1` ElasticQuotas are served (and watched).
     pub elastic_quotas: bool,
+    /// `resource.k8s.io/v1` is served: DeviceClasses, ResourceSlices and ResourceClaims are watched.
+    pub dynamic_resources: bool,
 }
 
 /// The watches every decision depends on, besides one per served gang kind
@@ -102,6 +107,9 @@ impl Scheduler {
         unlisted.extend(config.gang_kinds.iter().map(|k| k.api_version()));
         if config.elastic_quotas {
             unlisted.insert(ELASTIC_QUOTAS);
+        }
+        if config.dynamic_resources {
+            unlisted.extend([DeviceKind::Class, DeviceKind::Slice, DeviceKind::Claim].map(DeviceKind::resource));
         }
         Self {
             profiles: config.profiles.into_iter().map(|p| (p.scheduler_name.clone(), p)).collect(),
@@ -243,6 +251,24 @@ impl Scheduler {
                 }
                 Change::MayFitMore
             }
+            ClusterEvent::DeviceObjectApplied(object) => self.apply_device_object(object),
+            ClusterEvent::DeviceObjectDeleted(key) => {
+                self.delete_device_object(&key);
+                Change::MayFitMore
+            }
+            ClusterEvent::DeviceObjectsListed { kind, keys } => {
+                self.unlisted.remove(kind.resource());
+                let devices = self.snapshot.devices();
+                let known: Vec<DeviceObjectKey> = match kind {
+                    DeviceKind::Class => devices.class_names().into_iter().map(DeviceObjectKey::Class).collect(),
+                    DeviceKind::Slice => devices.slice_names().into_iter().map(DeviceObjectKey::Slice).collect(),
+                    DeviceKind::Claim => devices.claim_keys().into_iter().map(DeviceObjectKey::Claim).collect(),
+                };
+                for key in known.into_iter().filter(|k| !keys.contains(k)) {
+                    self.delete_device_object(&key);
+                }
+                Change::MayFitMore
+            }
             ClusterEvent::Invalid { regarding, error } => {
                 warn!(%error, "ignoring an object phalanx cannot read");
                 if let Some(uid) = regarding.uid.as_deref()
@@ -262,6 +288,49 @@ impl Scheduler {
                 self.term = term;
                 Change::NoNewRoom
             }
+        }
+    }
+
+    /// Any DRA object may let a waiting pod in: a claim made from its
+    /// template, devices published, a claim's devices freed.
+    fn apply_device_object(&mut self, object: DeviceObject) -> Change {
+        let devices = self.snapshot.devices_mut();
+        let (kind, namespace, name, compiled) = match object {
+            DeviceObject::Class(class) => (DeviceKind::Class, None, class.name.clone(), devices.apply_class(class)),
+            DeviceObject::Slice(slice) => {
+                devices.apply_slice(slice);
+                return Change::MayFitMore;
+            }
+            DeviceObject::Claim(claim) => {
+                let key = claim.key.clone();
+                (DeviceKind::Claim, Some(key.namespace), key.name, devices.apply_claim(claim))
+            }
+        };
+        if let Err(error) = compiled {
+            warn!(%error, kind = kind.kind(), %name, "a selector does not compile");
+            let regarding = ObjectRef {
+                api_version: Some("resource.k8s.io/v1".into()),
+                kind: Some(kind.kind().into()),
+                namespace,
+                name: Some(name),
+                uid: None,
+            };
+            self.report(Report::Event {
+                regarding,
+                warning: true,
+                reason: "InvalidObject",
+                message: error.to_string(),
+            });
+        }
+        Change::MayFitMore
+    }
+
+    fn delete_device_object(&mut self, key: &DeviceObjectKey) {
+        let devices = self.snapshot.devices_mut();
+        match key {
+            DeviceObjectKey::Class(name) => devices.delete_class(name),
+            DeviceObjectKey::Slice(name) => devices.delete_slice(name),
+            DeviceObjectKey::Claim(key) => devices.delete_claim(key),
         }
     }
 
@@ -446,6 +515,7 @@ impl Scheduler {
                         key: member.key,
                         node: member.node,
                         gpus: member.gpu_indices,
+                        claims: member.claims,
                     });
                     self.binding.insert(member.uid, pod);
                 }

@@ -6,7 +6,7 @@ struct Fixture {
     classes: HashMap<String, DeviceClass>,
     selectors: Selectors,
     devices: Vec<Device>,
-    taken: HashSet<DeviceId>,
+    taken: HeldDevices,
 }
 
 impl Fixture {
@@ -22,13 +22,13 @@ impl Fixture {
             classes: HashMap::from([(class.name.clone(), class)]),
             selectors,
             devices: (0..8).map(|i| gpu_device(&format!("gpu-{i}"), i)).collect(),
-            taken: HashSet::new(),
+            taken: HeldDevices::new(),
         }
     }
 
     fn take(&mut self, names: &[u32]) {
         for i in names {
-            self.taken.insert(self.devices[*i as usize].id.clone());
+            self.taken.insert(self.devices[*i as usize].id.clone(), 1);
         }
     }
 
