@@ -170,7 +170,7 @@ pub(crate) fn place_all(
         match choose_node_among(profile, pod, snapshot, nodes, Some(&demand), gate, &mut verdicts) {
             Ok(choice) => {
                 snapshot.assume(pod.placement(&choice.node), choice.gpus);
-                snapshot.devices_mut().assume(&pod.uid, &choice.claims);
+                snapshot.assume_claims(pod, &choice.claims);
                 placed.push(MemberPlacement {
                     uid: pod.uid.clone(),
                     key: pod.key.clone(),

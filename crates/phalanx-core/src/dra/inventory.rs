@@ -5,11 +5,12 @@
 use std::collections::{HashMap, HashSet};
 
 use super::allocator::{AllocationFailure, DeviceCatalog, NodeDevices, allocate_claims};
-use super::claim::{ClaimAllocation, ClaimKey, DeviceClaim, DeviceClass, PodClaimSource};
+use super::claim::{AllocationMode, ClaimAllocation, ClaimKey, DeviceClaim, DeviceClass, PodClaimSource, RequestKind};
 use super::device::{Device, DeviceSlice, HeldDevices};
 use super::selector::{SelectorError, Selectors};
 use crate::node::NodeInfo;
 use crate::pod::PodInfo;
+use crate::resources::Resources;
 
 /// What to write into one claim before the pod binds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +63,11 @@ struct Assumed {
     pods: Vec<String>,
 }
 
-#[derive(Debug, Default)]
+/// Which resource each DeviceClass's devices count as in quotas, unless
+/// configured otherwise (as Kueue's `deviceClassMappings`).
+pub const DEFAULT_CLASS_RESOURCES: [(&str, &str); 1] = [("gpu.nvidia.com", crate::resources::GPU)];
+
+#[derive(Debug)]
 pub struct DeviceInventory {
     classes: HashMap<String, DeviceClass>,
     selectors: Selectors,
@@ -73,9 +78,95 @@ pub struct DeviceInventory {
     assumed: HashMap<ClaimKey, Assumed>,
     /// Devices held on each node, counted per holder.
     held: HashMap<String, HeldDevices>,
+    /// DeviceClass name -> the resource its devices count as in quotas.
+    class_resources: HashMap<String, String>,
+    /// What each namespace's allocated and assumed claims count as in quotas.
+    charges: HashMap<String, Resources>,
+}
+
+impl Default for DeviceInventory {
+    fn default() -> Self {
+        Self {
+            classes: HashMap::new(),
+            selectors: Selectors::default(),
+            slices: HashMap::new(),
+            node_devices: HashMap::new(),
+            claims: HashMap::new(),
+            assumed: HashMap::new(),
+            held: HashMap::new(),
+            class_resources: DEFAULT_CLASS_RESOURCES.iter().map(|(c, r)| (c.to_string(), r.to_string())).collect(),
+            charges: HashMap::new(),
+        }
+    }
 }
 
 impl DeviceInventory {
+    /// Sets which resource each DeviceClass's devices count as in quotas.
+    pub fn set_class_resources(&mut self, mapping: HashMap<String, String>) {
+        self.class_resources = mapping;
+    }
+
+    /// What a namespace's claims count as in quotas (allocated or being allocated).
+    pub fn charges(&self, namespace: &str) -> Option<&Resources> {
+        self.charges.get(namespace)
+    }
+
+    /// What the members' claims not yet allocated will count as in quotas
+    /// (a claim shared between members once; `All` counts nothing until
+    /// allocated, as its size depends on the node).
+    pub fn pending_charges(&self, members: &[&PodInfo]) -> Resources {
+        let mut seen = HashSet::new();
+        let mut total = Resources::new();
+        for claim in members.iter().flat_map(|m| self.pod_claims(m).unwrap_or_default()) {
+            if claim.allocation.is_some() || self.assumed.contains_key(&claim.key) || !seen.insert(&claim.key) {
+                continue;
+            }
+            for request in &claim.requests {
+                let Some(selection) = request.selections().into_iter().next() else { continue };
+                if let (AllocationMode::ExactCount(n), Some(resource)) =
+                    (selection.mode, self.class_resources.get(&selection.device_class))
+                {
+                    total.add(&Resources::new().with(resource, i64::from(n)));
+                }
+            }
+        }
+        total
+    }
+
+    /// What one allocation of a claim counts as in quotas.
+    fn charge_of(&self, key: &ClaimKey, allocation: &ClaimAllocation) -> Resources {
+        let mut charge = Resources::new();
+        let Some(claim) = self.claims.get(key) else { return charge };
+        for result in &allocation.results {
+            let (parent, sub) = match result.request.split_once('/') {
+                Some((parent, sub)) => (parent, Some(sub)),
+                None => (result.request.as_str(), None),
+            };
+            let class = claim.requests.iter().find(|r| r.name == parent).and_then(|r| match (&r.kind, sub) {
+                (RequestKind::Exactly(s), None) => Some(&s.device_class),
+                (RequestKind::FirstAvailable(subs), Some(sub)) => {
+                    subs.iter().find(|(name, _)| name == sub).map(|(_, s)| &s.device_class)
+                }
+                _ => None,
+            });
+            if let Some(resource) = class.and_then(|c| self.class_resources.get(c)) {
+                charge.add(&Resources::new().with(resource, 1));
+            }
+        }
+        charge
+    }
+
+    /// Marks an allocation's devices held (or no longer) and counts it in its namespace's charges.
+    fn hold(&mut self, key: &ClaimKey, allocation: &ClaimAllocation, how: Hold) {
+        let charge = self.charge_of(key, allocation);
+        let namespace = self.charges.entry(key.namespace.clone()).or_default();
+        match how {
+            Hold::Take => namespace.add(&charge),
+            Hold::Release => namespace.subtract(&charge),
+        }
+        hold_devices(&mut self.held, allocation, how);
+    }
+
     /// Adds or replaces a class; says which selector does not compile.
     pub fn apply_class(&mut self, class: DeviceClass) -> Result<(), SelectorError> {
         let compiled = class.selectors.iter().try_for_each(|s| self.selectors.compile(s));
@@ -122,30 +213,29 @@ impl DeviceInventory {
                 compiled = compiled.and(self.selectors.compile(s));
             }
         }
-        if claim.allocation.is_some()
-            && let Some(assumed) = self.assumed.remove(&claim.key)
-        {
-            // Our write arrived (or someone else's won): the status is the truth now.
-            hold(&mut self.held, &assumed.allocation, Hold::Release);
+        let key = claim.key.clone();
+        let old = self.claims.insert(key.clone(), claim);
+        if let Some(allocation) = old.and_then(|c| c.allocation) {
+            self.hold(&key, &allocation, Hold::Release);
         }
-        if let Some(allocation) = &claim.allocation {
-            hold(&mut self.held, allocation, Hold::Take);
-        }
-        if let Some(old) = self.claims.insert(claim.key.clone(), claim)
-            && let Some(allocation) = &old.allocation
-        {
-            hold(&mut self.held, allocation, Hold::Release);
+        if let Some(allocation) = self.claims.get(&key).and_then(|c| c.allocation.clone()) {
+            if let Some(assumed) = self.assumed.remove(&key) {
+                // Our write arrived (or someone else's won): the status is the truth now.
+                self.hold(&key, &assumed.allocation, Hold::Release);
+            }
+            self.hold(&key, &allocation, Hold::Take);
         }
         compiled
     }
 
     pub fn delete_claim(&mut self, key: &ClaimKey) {
-        if let Some(allocation) = self.claims.remove(key).and_then(|c| c.allocation) {
-            hold(&mut self.held, &allocation, Hold::Release);
+        if let Some(allocation) = self.claims.get(key).and_then(|c| c.allocation.clone()) {
+            self.hold(key, &allocation, Hold::Release);
         }
         if let Some(assumed) = self.assumed.remove(key) {
-            hold(&mut self.held, &assumed.allocation, Hold::Release);
+            self.hold(key, &assumed.allocation, Hold::Release);
         }
+        self.claims.remove(key);
     }
 
     /// Names of the objects of one kind, to drop those a re-list no longer has.
@@ -240,7 +330,7 @@ impl DeviceInventory {
             match self.assumed.get_mut(&w.key) {
                 Some(assumed) => assumed.pods.push(pod_uid.to_string()),
                 None if w.allocates == Allocates::New => {
-                    hold(&mut self.held, &w.allocation, Hold::Take);
+                    self.hold(&w.key, &w.allocation, Hold::Take);
                     let pods = vec![pod_uid.to_string()];
                     self.assumed.insert(w.key.clone(), Assumed { allocation: w.allocation.clone(), pods });
                 }
@@ -260,7 +350,7 @@ impl DeviceInventory {
         }
         for key in released {
             if let Some(assumed) = self.assumed.remove(&key) {
-                hold(&mut self.held, &assumed.allocation, Hold::Release);
+                self.hold(&key, &assumed.allocation, Hold::Release);
             }
         }
     }
@@ -284,7 +374,7 @@ enum Hold {
     Release,
 }
 
-fn hold(held: &mut HashMap<String, HeldDevices>, allocation: &ClaimAllocation, how: Hold) {
+fn hold_devices(held: &mut HashMap<String, HeldDevices>, allocation: &ClaimAllocation, how: Hold) {
     let node = held.entry(allocation.node.clone()).or_default();
     for result in &allocation.results {
         match how {

@@ -294,16 +294,17 @@ impl Scheduler {
     /// Any DRA object may let a waiting pod in: a claim made from its
     /// template, devices published, a claim's devices freed.
     fn apply_device_object(&mut self, object: DeviceObject) -> Change {
-        let devices = self.snapshot.devices_mut();
         let (kind, namespace, name, compiled) = match object {
-            DeviceObject::Class(class) => (DeviceKind::Class, None, class.name.clone(), devices.apply_class(class)),
+            DeviceObject::Class(class) => {
+                (DeviceKind::Class, None, class.name.clone(), self.snapshot.devices_mut().apply_class(class))
+            }
             DeviceObject::Slice(slice) => {
-                devices.apply_slice(slice);
+                self.snapshot.devices_mut().apply_slice(slice);
                 return Change::MayFitMore;
             }
             DeviceObject::Claim(claim) => {
                 let key = claim.key.clone();
-                (DeviceKind::Claim, Some(key.namespace), key.name, devices.apply_claim(claim))
+                (DeviceKind::Claim, Some(key.namespace), key.name, self.snapshot.apply_claim(claim))
             }
         };
         if let Err(error) = compiled {
@@ -326,11 +327,10 @@ impl Scheduler {
     }
 
     fn delete_device_object(&mut self, key: &DeviceObjectKey) {
-        let devices = self.snapshot.devices_mut();
         match key {
-            DeviceObjectKey::Class(name) => devices.delete_class(name),
-            DeviceObjectKey::Slice(name) => devices.delete_slice(name),
-            DeviceObjectKey::Claim(key) => devices.delete_claim(key),
+            DeviceObjectKey::Class(name) => self.snapshot.devices_mut().delete_class(name),
+            DeviceObjectKey::Slice(name) => self.snapshot.devices_mut().delete_slice(name),
+            DeviceObjectKey::Claim(key) => self.snapshot.delete_claim(key),
         }
     }
 

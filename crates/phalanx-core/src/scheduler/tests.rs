@@ -589,3 +589,31 @@ fn a_failed_bind_frees_the_devices_it_allocated() {
     let writes = l.s.snapshot.devices().fit(&b, "n1", &n1).expect("a's devices are free again");
     assert_eq!(writes[0].allocation.results.len(), 8);
 }
+
+#[test]
+fn quotas_count_the_gpus_of_claims() {
+    let (mut l, rec) = synced_loop();
+    publish_gpus(&mut l);
+    l.apply_event(ClusterEvent::QuotaApplied(elastic("default", 6)));
+    for (name, gpus) in [("four", 4), ("three", 3)] {
+        let claim = gpu_claim(&format!("{name}-gpu"), GPU_DRIVER, gpus);
+        l.apply_event(ClusterEvent::DeviceObjectApplied(DeviceObject::Claim(claim)));
+    }
+    let mut four = claiming_member("four", "g", PodClaimSource::Claim("four-gpu".into()));
+    four.job = None;
+    l.apply_event(ClusterEvent::PodApplied { pod: four, gated: false });
+    l.schedule_round();
+    assert_eq!(rec.bind_count(), 1);
+    assert_eq!(l.s.snapshot.namespace_usage("default").unwrap().get(GPU), 4, "the assumed claim counts");
+    let mut three = claiming_member("three", "g", PodClaimSource::Claim("three-gpu".into()));
+    three.job = None;
+    l.apply_event(ClusterEvent::PodApplied { pod: three, gated: false });
+    l.schedule_round();
+    assert_eq!(rec.bind_count(), 1, "4 + 3 GPUs is over the max of 6");
+    let reports = rec.unschedulable_reports();
+    assert!(reports.iter().any(|m| m.contains("ElasticQuota default/quota")), "{reports:?}");
+    // The first claim's allocation is seen in its status; deleting the claim frees the quota.
+    let key = ClaimKey { namespace: "default".into(), name: "four-gpu".into() };
+    l.apply_event(ClusterEvent::DeviceObjectDeleted(DeviceObjectKey::Claim(key)));
+    assert_eq!(l.s.snapshot.namespace_usage("default").unwrap().get(GPU), 0);
+}
