@@ -3,7 +3,6 @@
 //! values with an error that names the field, so a typo never silently
 //! falls back to a default.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,7 +10,6 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use phalanx_core::framework::Profile;
-use phalanx_core::gang::GangKind;
 use phalanx_core::gang_status::WallClock;
 use phalanx_core::plugins::{self, GpuTopologyArgs, NodeResourcesFitArgs, PluginArgs};
 use phalanx_core::scheduler;
@@ -19,6 +17,8 @@ use phalanx_core::scheduler::BackoffPolicy;
 use phalanx_core::scheduler::PreemptionSettings;
 use phalanx_core::snapshot::TopologySettings;
 use phalanx_core::topology::domains::DomainLevels;
+
+use crate::shell::informers::Served;
 
 pub const API_VERSION: &str = "phalanx.dev/v1alpha1";
 pub const KIND: &str = "SchedulerConfiguration";
@@ -46,21 +46,16 @@ pub struct SchedulerConfig {
 
 impl SchedulerConfig {
     /// The core scheduler's setup from this configuration, for a cluster
-    /// serving these gang kinds and (or not) ElasticQuotas, with the driver's
-    /// wall clock.
-    pub fn scheduler(
-        &self,
-        gang_kinds: HashSet<GangKind>,
-        elastic_quotas: bool,
-        wall_clock: WallClock,
-    ) -> scheduler::SchedulerConfig {
+    /// serving these optional APIs, with the driver's wall clock.
+    pub fn scheduler(&self, served: &Served, wall_clock: WallClock) -> scheduler::SchedulerConfig {
         scheduler::SchedulerConfig {
             profiles: self.profiles.iter().map(ProfileSpec::build).collect(),
             topology: self.topology.clone(),
             backoff: self.backoff,
             preemption: self.preemption,
-            gang_kinds,
-            elastic_quotas,
+            gang_kinds: served.gang_kinds.clone(),
+            elastic_quotas: served.elastic_quotas,
+            dynamic_resources: served.dynamic_resources,
             wall_clock,
         }
     }

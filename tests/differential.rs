@@ -7,16 +7,18 @@
 //! same order (PodGroup status writes included), and bind every pod where
 //! the live run bound it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use phalanx::config;
+use phalanx::shell::informers::Served;
 use phalanx::shell::metrics::Metrics;
 use phalanx::shell::scheduling_loop::{BindRequests, Evictions, Reports, SchedulingLoop, StatusWrites, Writers};
 use phalanx::sim::driver::replay;
+use phalanx_core::dra::inventory::ClaimWrite;
 use phalanx_core::gang_status::{GroupPhase, StatusWrite, WallClock};
 use phalanx_core::pod::PodKey;
 use phalanx_core::quota::QuotaKind;
@@ -33,15 +35,15 @@ fn recording() -> Vec<Recorded> {
 /// scheduler name, and the gang kinds and quotas the cluster served (the
 /// lists the recording shows).
 fn scheduler_config(recording: &[Recorded]) -> SchedulerConfig {
-    let mut gang_kinds = HashSet::new();
-    let mut elastic_quotas = false;
+    let mut served = Served::default();
     let mut bound_by_us = None;
     for Recorded { step, .. } in recording {
         match step {
             Step::Event(ClusterEvent::GangsListed { kind, .. }) => {
-                gang_kinds.insert(*kind);
+                served.gang_kinds.insert(*kind);
             }
-            Step::Event(ClusterEvent::QuotasListed { kind: QuotaKind::Elastic, .. }) => elastic_quotas = true,
+            Step::Event(ClusterEvent::QuotasListed { kind: QuotaKind::Elastic, .. }) => served.elastic_quotas = true,
+            Step::Event(ClusterEvent::DeviceObjectsListed { .. }) => served.dynamic_resources = true,
             Step::Bind(outcome) if bound_by_us.is_none() => bound_by_us = Some(outcome.uid.clone()),
             _ => {}
         }
@@ -58,7 +60,7 @@ fn scheduler_config(recording: &[Recorded]) -> SchedulerConfig {
         format!("apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles:\n- schedulerName: {name}\n");
     // The recording starts now, at a fixed wall-clock time: both drivers stamp alike.
     let wall_clock = WallClock { instant: Instant::now(), timestamp: Timestamp::from_second(1_700_000_000).unwrap() };
-    config::parse(&text).unwrap().scheduler(gang_kinds, elastic_quotas, wall_clock)
+    config::parse(&text).unwrap().scheduler(&served, wall_clock)
 }
 
 /// Writers that only note what they were asked, as actions.
@@ -66,8 +68,8 @@ fn scheduler_config(recording: &[Recorded]) -> SchedulerConfig {
 struct Recorder(Arc<Mutex<Vec<Action>>>);
 
 impl BindRequests for Recorder {
-    fn bind(&self, uid: String, key: PodKey, node: String, gpus: Vec<u32>) {
-        self.0.lock().unwrap().push(Action::Bind { uid, key, node, gpus });
+    fn bind(&self, uid: String, key: PodKey, node: String, gpus: Vec<u32>, claims: Vec<ClaimWrite>) {
+        self.0.lock().unwrap().push(Action::Bind { uid, key, node, gpus, claims });
     }
 
     fn set_node_gone(&self, node: &str, gone: bool) {

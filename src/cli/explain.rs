@@ -124,16 +124,16 @@ async fn explain_from_cluster(options: &ExplainOptions, target: &Target) -> anyh
     let served = informers::Served::discover(&client).await;
     // Nothing is tried here, so backoff never applies.
     let no_backoff = BackoffPolicy { initial: Duration::ZERO, max: Duration::ZERO };
-    let (gang_kinds, elastic_quotas) = (served.gang_kinds.clone(), served.elastic_quotas);
     let config = match &cfg {
-        Some(cfg) => SchedulerConfig { backoff: no_backoff, ..cfg.scheduler(gang_kinds, elastic_quotas, wall_clock()) },
+        Some(cfg) => SchedulerConfig { backoff: no_backoff, ..cfg.scheduler(&served, wall_clock()) },
         None => SchedulerConfig {
             profiles: vec![default_profile("phalanx")],
             topology: Default::default(),
             backoff: no_backoff,
             preemption: Default::default(),
-            gang_kinds,
-            elastic_quotas,
+            gang_kinds: served.gang_kinds.clone(),
+            elastic_quotas: served.elastic_quotas,
+            dynamic_resources: served.dynamic_resources,
             wall_clock: wall_clock(),
         },
     };

@@ -86,7 +86,7 @@ pub async fn run(kubeconfig: Option<PathBuf>, config_path: &Path, http_address: 
     let served = informers::Served::discover(&client).await;
     informers::spawn(client, Arc::new(names.clone()), &served, metrics.clone(), leadership.clone(), event_tx);
 
-    let scheduler = Scheduler::new(cfg.scheduler(served.gang_kinds.clone(), served.elastic_quotas, wall_clock()));
+    let scheduler = Scheduler::new(cfg.scheduler(&served, wall_clock()));
     let writers = Writers { binder, reporter, evictor, statuses };
     let scheduling = SchedulingLoop::new(scheduler, writers, metrics, ready)
         .with_leadership(leadership)

@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
+use k8s_openapi::api::resource::v1::ResourceClaim;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::Status;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -19,8 +20,10 @@ use tracing::{debug, warn};
 use super::leader_election::Leadership;
 use super::metrics::Metrics;
 use super::rate_limit::RateLimiter;
+use phalanx_core::dra::inventory::ClaimWrite;
 use phalanx_core::pod::PodKey;
 pub use phalanx_core::scheduler::{BindOutcome, BindResult};
+use phalanx_kube::dra_objects::{claim_finalizer_patch, claim_status_patch};
 use phalanx_kube::translate::{GPUS_ANNOTATION, gpu_annotation_value};
 
 /// Waits between attempts of a write (a bind, an eviction) that failed for a
@@ -91,16 +94,22 @@ impl Binder {
     /// Starts the bind in the background; the outcome arrives on the channel.
     /// GPU pods get their chosen GPUs recorded (`phalanx.dev/gpus`) by the
     /// same call.
-    pub fn bind(&self, uid: String, key: PodKey, node: String, gpus: Vec<u32>) {
+    pub fn bind(&self, uid: String, key: PodKey, node: String, gpus: Vec<u32>, claims: Vec<ClaimWrite>) {
         let this = self.clone();
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
             let started = Instant::now();
             // A transient failure (a timeout, a 5xx, the API server restarting)
             // is retried here, so a gang's member keeps the place its gang was
-            // given instead of going back to the queue on its own.
-            let result =
-                retrying(|| this.post_binding(&uid, &key, &node, &gpus), |r| matches!(r, BindResult::Failed(_))).await;
+            // given instead of going back to the queue on its own. Claims are
+            // written first: the node's driver prepares what they record.
+            let result = match this.write_claims(&uid, &key, &claims).await {
+                Err(refused) => refused,
+                Ok(()) => {
+                    retrying(|| this.post_binding(&uid, &key, &node, &gpus), |r| matches!(r, BindResult::Failed(_)))
+                        .await
+                }
+            };
             let label = match &result {
                 BindResult::Bound => "bound",
                 BindResult::PodGone => "gone",
@@ -118,6 +127,35 @@ impl Binder {
             let _ = this.outcomes.send(BindOutcome { uid, key, node, result });
             this.in_flight.fetch_sub(1, Ordering::AcqRel);
         });
+    }
+
+    /// Writes each claim's allocation (after its delete-protection
+    /// finalizer) and the pod's reservation, each conditional on the claim's
+    /// version; the first refusal fails the bind.
+    async fn write_claims(&self, uid: &str, key: &PodKey, claims: &[ClaimWrite]) -> Result<(), BindResult> {
+        let refused = |write: &ClaimWrite, e: &dyn std::fmt::Display| {
+            warn!(pod = %key, claim = %write.key, error = %e, "claim write refused");
+            BindResult::Failed(format!("ResourceClaim {}: {e}", write.key))
+        };
+        for write in claims {
+            let api: Api<ResourceClaim> = Api::namespaced(self.client.clone(), &write.key.namespace);
+            let params = PatchParams::default();
+            let mut version = write.resource_version.clone();
+            if let Some(patch) = claim_finalizer_patch(write) {
+                self.limiter.acquire().await;
+                self.check_leading()?;
+                let patched = api.patch(&write.key.name, &params, &Patch::Merge(patch)).await;
+                version = patched.map_err(|e| refused(write, &e))?.metadata.resource_version;
+            }
+            let Some(patch) = claim_status_patch(write, version.as_deref(), (&key.name, uid)) else { continue };
+            let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| refused(write, &e))?;
+            self.limiter.acquire().await;
+            self.check_leading()?;
+            api.patch_status(&write.key.name, &params, &Patch::<()>::Json(patch))
+                .await
+                .map_err(|e| refused(write, &e))?;
+        }
+        Ok(())
     }
 
     /// Checked right before each call: nothing is sent once the lease is lost.

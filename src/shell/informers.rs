@@ -13,6 +13,7 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, ResourceQuota};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceSlice};
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -22,17 +23,19 @@ use tracing::warn;
 
 use super::leader_election::Leadership;
 use super::metrics::{Metrics, WatchLabels};
+use phalanx_core::dra::claim::ClaimKey;
 use phalanx_core::gang::{GangId, GangKind, GangObject};
 use phalanx_core::gang_status::GroupStatusInput;
 use phalanx_core::quota::QuotaKind;
 pub use phalanx_core::scheduler::ClusterEvent;
-use phalanx_core::scheduler::ObjectRef;
+use phalanx_core::scheduler::{DeviceKind, DeviceObject, DeviceObjectKey, ObjectRef};
 use phalanx_kube::api::elastic_quota::ElasticQuota;
 use phalanx_kube::api::gpu_topology::GPUTopology;
 use phalanx_kube::api::jobset::JobSet;
 use phalanx_kube::api::leader_worker_set::LeaderWorkerSet;
 use phalanx_kube::api::pod_group::PodGroup;
 use phalanx_kube::api::pytorch_job::PyTorchJob;
+use phalanx_kube::dra_objects::{self, DRA_API_VERSION};
 use phalanx_kube::gang_objects;
 use phalanx_kube::pod_group_status::{group_record, member_record};
 use phalanx_kube::quota_objects::{self, Quota};
@@ -47,6 +50,8 @@ pub struct Served {
     pub gang_kinds: HashSet<GangKind>,
     /// `scheduling.x-k8s.io/v1alpha1` ElasticQuotas.
     pub elastic_quotas: bool,
+    /// `resource.k8s.io/v1`: pods' ResourceClaims are allocated by phalanx.
+    pub dynamic_resources: bool,
 }
 
 impl Served {
@@ -65,6 +70,8 @@ impl Served {
         }
         let version = ElasticQuota::api_version(&());
         served.elastic_quotas = serves(client, &version, "elasticquotas", "no ElasticQuota applies").await;
+        served.dynamic_resources =
+            serves(client, DRA_API_VERSION, "resourceclaims", "pods' ResourceClaims cannot be allocated").await;
         served
     }
 }
@@ -136,6 +143,32 @@ pub fn spawn(
     let translate = |q: &ResourceQuota| quota_objects::resource_quota(q).map(Quota::Hard);
     tokio::spawn(watch_quotas(Api::all(client.clone()), metrics.clone(), QuotaKind::Hard, tx.clone(), translate));
     tokio::spawn(watch_budgets(Api::all(client.clone()), metrics.clone(), tx.clone()));
+    if served.dynamic_resources {
+        let class = |c: &DeviceClass| Ok(Some(DeviceObject::Class(dra_objects::device_class(c))));
+        tokio::spawn(watch_device_objects(
+            Api::all(client.clone()),
+            metrics.clone(),
+            tx.clone(),
+            DeviceKind::Class,
+            class,
+        ));
+        let slice = |s: &ResourceSlice| dra_objects::device_slice(s).map(|s| s.map(DeviceObject::Slice));
+        tokio::spawn(watch_device_objects(
+            Api::all(client.clone()),
+            metrics.clone(),
+            tx.clone(),
+            DeviceKind::Slice,
+            slice,
+        ));
+        let claim = |c: &ResourceClaim| dra_objects::device_claim(c).map(|c| Some(DeviceObject::Claim(c)));
+        tokio::spawn(watch_device_objects(
+            Api::all(client.clone()),
+            metrics.clone(),
+            tx.clone(),
+            DeviceKind::Claim,
+            claim,
+        ));
+    }
     tokio::spawn(watch_pods(Api::all(client), metrics, scheduler_names, leadership, tx));
 }
 
@@ -322,6 +355,39 @@ async fn watch_group_members(api: Api<Pod>, metrics: Metrics, tx: mpsc::Sender<C
 
 fn status_event(input: GroupStatusInput) -> ClusterEvent {
     ClusterEvent::GroupStatus(input)
+}
+
+/// A DRA kind's objects, keyed as `DeviceObjectKey` (claims by `namespace/name`).
+async fn watch_device_objects<K>(
+    api: Api<K>,
+    metrics: Metrics,
+    tx: mpsc::Sender<ClusterEvent>,
+    kind: DeviceKind,
+    translate: impl Fn(&K) -> Result<Option<DeviceObject>, TranslateError>,
+) where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let key_of = move |obj: &K| match (kind, obj.namespace()) {
+        (DeviceKind::Claim, Some(namespace)) => format!("{namespace}/{}", obj.name_any()),
+        _ => obj.name_any(),
+    };
+    let key = move |text: String| match kind {
+        DeviceKind::Class => DeviceObjectKey::Class(text),
+        DeviceKind::Slice => DeviceObjectKey::Slice(text),
+        DeviceKind::Claim => {
+            let (namespace, name) = text.split_once('/').unwrap_or_default();
+            DeviceObjectKey::Claim(ClaimKey { namespace: namespace.into(), name: name.into() })
+        }
+    };
+    let on_apply = |obj: K| match translate(&obj) {
+        Ok(Some(object)) => Applied::Event(key_of(&obj), ClusterEvent::DeviceObjectApplied(object)),
+        Ok(None) => Applied::Ignored,
+        Err(error) => Applied::Invalid(invalid(&obj, &error)),
+    };
+    let on_delete = |obj: K| Some(ClusterEvent::DeviceObjectDeleted(key(key_of(&obj))));
+    let on_listed =
+        |keys: HashSet<String>| ClusterEvent::DeviceObjectsListed { kind, keys: keys.into_iter().map(key).collect() };
+    pump(api, watcher::Config::default(), Some(metrics), tx, on_apply, on_delete, on_listed).await;
 }
 
 async fn watch_topologies(api: Api<GPUTopology>, metrics: Metrics, tx: mpsc::Sender<ClusterEvent>) {

@@ -172,6 +172,7 @@ pub fn simulate(
         preemption: settings.preemption,
         gang_kinds: HashSet::from([GangKind::PodGroup]),
         elastic_quotas: false,
+        dynamic_resources: false,
         wall_clock: WallClock { instant: base, timestamp: SIMULATION_EPOCH },
     });
     let mut sim = Simulation {
@@ -417,6 +418,7 @@ impl Simulation<'_> {
                 created: self.now.as_secs() as i64,
                 job: Some(gang.clone()),
                 gpu_indices: None,
+                claims: vec![],
             });
         }
         for pod in created {
@@ -448,7 +450,7 @@ impl Simulation<'_> {
         let (mut binds, mut victims) = (Vec::new(), Vec::new());
         for action in actions {
             match action {
-                Action::Bind { uid, key, node, gpus } => binds.push(BindRequest { uid, key, node, gpus }),
+                Action::Bind { uid, key, node, gpus, .. } => binds.push(BindRequest { uid, key, node, gpus }),
                 Action::Evict { uid, key, preemptor } => {
                     // The Eviction API accepts; the pod terminates over its grace period.
                     let outcome = EvictOutcome { uid: uid.clone(), key, preemptor, result: EvictResult::Evicted };

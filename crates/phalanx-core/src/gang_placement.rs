@@ -12,6 +12,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
+use super::dra::inventory::ClaimWrite;
 use super::framework::{JobDemand, Profile};
 use super::gang::GangId;
 use super::node::{NodeInfo, NodeSpec};
@@ -43,6 +44,8 @@ pub struct MemberPlacement {
     pub node: String,
     /// Device indices for the `phalanx.dev/gpus` annotation.
     pub gpu_indices: Vec<u32>,
+    /// The pod's ResourceClaims, written before the bind.
+    pub claims: Vec<ClaimWrite>,
 }
 
 /// Where the required members went.
@@ -167,11 +170,13 @@ pub(crate) fn place_all(
         match choose_node_among(profile, pod, snapshot, nodes, Some(&demand), gate, &mut verdicts) {
             Ok(choice) => {
                 snapshot.assume(pod.placement(&choice.node), choice.gpus);
+                snapshot.assume_claims(pod, &choice.claims);
                 placed.push(MemberPlacement {
                     uid: pod.uid.clone(),
                     key: pod.key.clone(),
                     node: choice.node,
                     gpu_indices: choice.gpu_indices,
+                    claims: choice.claims,
                 });
             }
             Err(fit) => {
@@ -602,6 +607,7 @@ mod tests {
                                 key: pod.key.clone(),
                                 node: c.node,
                                 gpu_indices: c.gpu_indices,
+                                claims: c.claims,
                             });
                         }
                         Err(fit) => {

@@ -371,8 +371,8 @@ impl GangScheduler {
         // Quotas hold for the whole gang before any member binds: all its
         // pending members if the quota allows, else the required ones only.
         let ordered = placement_order(&request.members);
-        let need_all = total_requests(&ordered);
-        let need_required = total_requests(&ordered[..required.min(ordered.len())]);
+        let need_all = total_requests(&ordered, snapshot);
+        let need_required = total_requests(&ordered[..required.min(ordered.len())], snapshot);
         if self.quotas.check(&namespace, &need_all, |ns| snapshot.namespace_usage(ns)).is_err() {
             match self.quotas.check(&namespace, &need_required, |ns| snapshot.namespace_usage(ns)) {
                 Ok(()) => request.members = ordered[..required.min(ordered.len())].to_vec(),
@@ -581,8 +581,9 @@ impl GangScheduler {
 }
 
 /// What the pods of a gang request together.
-fn total_requests(members: &[&PodInfo]) -> Resources {
-    let mut total = Resources::new();
+/// What the members count as in quotas: their requests and their claims' devices.
+fn total_requests(members: &[&PodInfo], snapshot: &ClusterSnapshot) -> Resources {
+    let mut total = snapshot.devices().pending_charges(members);
     for m in members {
         total.add(&m.requests);
     }

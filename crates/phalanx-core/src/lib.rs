@@ -9,6 +9,7 @@
 // gangs, quotas, budgets, topologies), its setup (profiles, plugins), its
 // actions and explanations, and the snapshot for those that measure.
 pub mod disruption;
+pub mod dra;
 pub mod explain;
 pub mod framework;
 pub mod gang;

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use super::dra::claim::PodClaim;
 use super::gang::GangId;
 use super::node::TaintEffect;
 use super::resources::{GPU, Resources};
@@ -134,6 +135,9 @@ pub struct PodInfo {
     pub job: Option<GangId>,
     /// GPU indices recorded on the pod (`phalanx.dev/gpus`), once chosen.
     pub gpu_indices: Option<Vec<u32>>,
+    /// `spec.resourceClaims`, resolved to claim names where known.
+    #[serde(default)]
+    pub claims: Vec<PodClaim>,
 }
 
 impl PodInfo {
@@ -173,5 +177,6 @@ impl PodInfo {
             || self.required_terms != other.required_terms
             || self.tolerations != other.tolerations
             || self.priority != other.priority
+            || self.claims != other.claims
     }
 }

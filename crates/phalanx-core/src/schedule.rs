@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use super::dra::inventory::ClaimWrite;
 use super::framework::{JobDemand, Profile, ScoreContext};
 use super::node::{NodeInfo, NodeSpec};
 use super::pod::PodInfo;
@@ -20,6 +21,8 @@ pub struct NodeChoice {
     pub gpus: GpuMask,
     /// The same GPUs as device indices, for the `phalanx.dev/gpus` annotation.
     pub gpu_indices: Vec<u32>,
+    /// The pod's ResourceClaims on that node, to write before the bind.
+    pub claims: Vec<ClaimWrite>,
 }
 
 /// No node fits: how many nodes failed for each reason.
@@ -133,6 +136,10 @@ pub fn choose_node_among<'s>(
         profile.scores.iter().enumerate().filter(|(_, s)| s.plugin.node_local()).map(|(i, _)| i).collect();
     let mut feasible: Vec<(&NodeSpec, &NodeInfo)> = Vec::new();
     let mut offsets: Vec<(usize, usize)> = Vec::new();
+    // Claims are judged afresh on each node: their allocations are not part
+    // of the node's version.
+    let mut claim_writes: Vec<Vec<ClaimWrite>> = Vec::new();
+    let mut claim_misfits: BTreeMap<String, usize> = BTreeMap::new();
     let mut seen = 0;
     for (position, (spec, usage)) in nodes.enumerate() {
         seen = position + 1;
@@ -161,12 +168,25 @@ pub fn choose_node_among<'s>(
             }
         };
         if let Verdict::Feasible(offset) = verdict {
+            if !pod.claims.is_empty() {
+                match snapshot.devices().fit(pod, &spec.name, usage) {
+                    Ok(writes) => claim_writes.push(writes),
+                    Err(misfit) => {
+                        *claim_misfits.entry(misfit.to_string()).or_default() += 1;
+                        continue;
+                    }
+                }
+            }
             feasible.push((spec, usage));
             offsets.push((position, *offset));
         }
     }
     if feasible.is_empty() {
-        return Err(fit_error(&verdicts.nodes[..seen]));
+        let mut error = fit_error(&verdicts.nodes[..seen]);
+        for (reason, count) in claim_misfits {
+            *error.reasons.entry(reason).or_default() += count;
+        }
+        return Err(error);
     }
     let mut totals = vec![0i64; feasible.len()];
     let mut raw = vec![0i64; feasible.len()];
@@ -202,7 +222,8 @@ pub fn choose_node_among<'s>(
     if verdicts.scores.len() > 4 * seen * local.len().max(1) {
         *verdicts = NodeVerdicts::default();
     }
-    Ok(NodeChoice { node: spec.name.clone(), score, feasible: feasible.len(), gpus, gpu_indices })
+    let claims = if claim_writes.is_empty() { vec![] } else { claim_writes.swap_remove(best) };
+    Ok(NodeChoice { node: spec.name.clone(), score, feasible: feasible.len(), gpus, gpu_indices, claims })
 }
 
 /// How many nodes failed for each reason (held ones included); out-of-scope ones are not counted.

@@ -9,10 +9,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use super::dra::claim::{ClaimKey, DeviceClaim};
+use super::dra::inventory::{ClaimWrite, DeviceInventory};
+use super::dra::selector::SelectorError;
 use super::gang::GangId;
 use super::node::{NodeInfo, NodeSpec};
 use super::node_table::{NodeTable, Slot};
-use super::pod::{PodKey, PodPlacement};
+use super::pod::{PodInfo, PodKey, PodPlacement};
 use super::resources::{GPU, Resources};
 use super::topology::domains::{DomainId, DomainIndex, DomainLevels};
 use super::topology::gpu_choice::{GpuMask, NodeGpuModel};
@@ -84,6 +87,8 @@ pub struct ClusterSnapshot {
     jobs: HashMap<GangId, BTreeMap<String, usize>>,
     /// What each namespace's placed pods request (for quotas).
     namespace_usage: HashMap<String, Resources>,
+    /// DRA devices and claims, and which devices are held.
+    devices: DeviceInventory,
 }
 
 impl ClusterSnapshot {
@@ -97,6 +102,46 @@ impl ClusterSnapshot {
 
     pub fn settings(&self) -> &TopologySettings {
         &self.settings
+    }
+
+    pub fn devices(&self) -> &DeviceInventory {
+        &self.devices
+    }
+
+    /// For DeviceClasses and ResourceSlices; claims go through the methods
+    /// below, which keep quota usage in step.
+    pub fn devices_mut(&mut self) -> &mut DeviceInventory {
+        &mut self.devices
+    }
+
+    /// Applies a ResourceClaim: its allocation holds devices and counts in
+    /// its namespace's quota usage.
+    pub fn apply_claim(&mut self, claim: DeviceClaim) -> Result<(), SelectorError> {
+        let namespace = claim.key.namespace.clone();
+        self.recharging(&namespace, |devices| devices.apply_claim(claim))
+    }
+
+    pub fn delete_claim(&mut self, key: &ClaimKey) {
+        self.recharging(&key.namespace, |devices| devices.delete_claim(key));
+    }
+
+    /// Holds the claim allocations chosen for a pod being placed.
+    pub fn assume_claims(&mut self, pod: &PodInfo, writes: &[ClaimWrite]) {
+        self.recharging(&pod.key.namespace, |devices| devices.assume(&pod.uid, writes));
+    }
+
+    /// Runs a change of claims in `namespace`, moving its quota usage by
+    /// what their charges moved.
+    fn recharging<T>(&mut self, namespace: &str, change: impl FnOnce(&mut DeviceInventory) -> T) -> T {
+        let before = self.devices.charges(namespace).cloned().unwrap_or_default();
+        let out = change(&mut self.devices);
+        let after = self.devices.charges(namespace).cloned().unwrap_or_default();
+        if before != after {
+            let usage = self.namespace_usage.entry(namespace.to_string()).or_default();
+            usage.subtract(&before);
+            usage.add(&after);
+        }
+        out
     }
 
     pub fn domain_index(&self) -> &DomainIndex {
@@ -338,7 +383,13 @@ impl ClusterSnapshot {
     }
 
     /// Drops an assumption whose bind failed. A confirmed placement stays.
+    /// Claim allocations chosen for the pod are dropped either way: a bound
+    /// pod's are in the claims' status by then.
     pub fn forget(&mut self, uid: &str) -> Released {
+        match self.placements.get(uid).map(|p| p.key.namespace.clone()) {
+            Some(namespace) => self.recharging(&namespace, |devices| devices.forget(uid)),
+            None => self.devices.forget(uid),
+        }
         match self.placements.get(uid) {
             Some(p) if p.state == PlacementState::Assumed => self.release(uid),
             _ => Released::NothingHeld,

@@ -26,6 +26,7 @@ pub fn test_pod(name: &str, requests: Resources) -> PodInfo {
         created: 0,
         job: None,
         gpu_indices: None,
+        claims: vec![],
     }
 }
 

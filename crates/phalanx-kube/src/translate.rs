@@ -273,6 +273,7 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, TranslateError> {
         created: meta.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second()),
         job: job_key(pod, &object)?,
         gpu_indices: gpu_annotation(pod, &object)?,
+        claims: crate::dra_objects::pod_claims(pod),
     })
 }
 

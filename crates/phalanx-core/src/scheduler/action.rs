@@ -1,13 +1,16 @@
 //! What the scheduler asks its driver to carry out.
 
 use super::event::ObjectRef;
+use crate::dra::inventory::ClaimWrite;
 use crate::gang_status::StatusWrite;
 use crate::pod::PodKey;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Bind the pod (guarded by its UID) to `node`, recording its GPUs.
-    Bind { uid: String, key: PodKey, node: String, gpus: Vec<u32> },
+    /// Bind the pod (guarded by its UID) to `node`, recording its GPUs;
+    /// first write its ResourceClaims' allocations and reservations (each
+    /// conditional on the claim's version): a refused write fails the bind.
+    Bind { uid: String, key: PodKey, node: String, gpus: Vec<u32>, claims: Vec<ClaimWrite> },
     /// Evict a preemption victim; `preemptor` names who it makes room for
     /// ("PodGroup team-a/llm").
     Evict { uid: String, key: PodKey, preemptor: String },

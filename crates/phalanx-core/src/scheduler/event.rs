@@ -4,6 +4,8 @@
 use std::collections::HashSet;
 
 use crate::disruption::DisruptionBudget;
+use crate::dra::claim::{ClaimKey, DeviceClaim, DeviceClass};
+use crate::dra::device::DeviceSlice;
 use crate::gang::{GangId, GangKind, GangObject};
 use crate::gang_status::GroupStatusInput;
 use crate::node::NodeSpec;
@@ -74,6 +76,14 @@ pub enum ClusterEvent {
     },
     /// Namespace and name of every PodDisruptionBudget after a (re-)list.
     BudgetsListed(Vec<(String, String)>),
+    /// A DeviceClass, ResourceSlice or ResourceClaim added or changed.
+    DeviceObjectApplied(DeviceObject),
+    DeviceObjectDeleted(DeviceObjectKey),
+    /// Every object of one DRA kind after a (re-)list.
+    DeviceObjectsListed {
+        kind: DeviceKind,
+        keys: HashSet<DeviceObjectKey>,
+    },
     /// An object phalanx cannot read; `error` names the field.
     Invalid {
         regarding: ObjectRef,
@@ -84,6 +94,47 @@ pub enum ClusterEvent {
     /// The Lease says this replica leads in this term (0: no election), or
     /// does not lead (`None`).
     Leadership(Option<u64>),
+}
+
+/// The `resource.k8s.io/v1` kinds the scheduler watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum DeviceKind {
+    Class,
+    Slice,
+    Claim,
+}
+
+impl DeviceKind {
+    /// The watch's name, and the object's kind in Events.
+    pub fn resource(self) -> &'static str {
+        match self {
+            DeviceKind::Class => "deviceclasses",
+            DeviceKind::Slice => "resourceslices",
+            DeviceKind::Claim => "resourceclaims",
+        }
+    }
+
+    pub fn kind(self) -> &'static str {
+        match self {
+            DeviceKind::Class => "DeviceClass",
+            DeviceKind::Slice => "ResourceSlice",
+            DeviceKind::Claim => "ResourceClaim",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum DeviceObject {
+    Class(DeviceClass),
+    Slice(DeviceSlice),
+    Claim(DeviceClaim),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum DeviceObjectKey {
+    Class(String),
+    Slice(String),
+    Claim(ClaimKey),
 }
 
 /// What the scheduler takes from a GPUTopology resource: the node it

@@ -18,7 +18,10 @@ use std::time::Instant;
 use tracing::{debug, info, info_span, warn};
 
 pub use action::{Action, Attempt, Progress, Report};
-pub use event::{BindOutcome, BindResult, Change, ClusterEvent, EvictOutcome, EvictResult, ObjectRef, TopologyReport};
+pub use event::{
+    BindOutcome, BindResult, Change, ClusterEvent, DeviceKind, DeviceObject, DeviceObjectKey, EvictOutcome,
+    EvictResult, ObjectRef, TopologyReport,
+};
 pub use recording::{Recorded, Step};
 // The setup and surface types of the decision modules, which are private.
 pub use crate::gang_scheduler::WaitReason;
@@ -51,6 +54,8 @@ pub struct SchedulerConfig {
     pub elastic_quotas: bool,
     /// The wall-clock time of the driver's instants, for PodGroup status.
     pub wall_clock: WallClock,
+    /// `resource.k8s.io/v1` is served: DeviceClasses, ResourceSlices and ResourceClaims are watched.
+    pub dynamic_resources: bool,
 }
 
 /// The watches every decision depends on, besides one per served gang kind
@@ -112,6 +117,9 @@ impl Scheduler {
             unlisted.insert(ELASTIC_QUOTAS);
         }
         let scheduler_names = config.profiles.iter().map(|p| p.scheduler_name.clone()).collect();
+        if config.dynamic_resources {
+            unlisted.extend([DeviceKind::Class, DeviceKind::Slice, DeviceKind::Claim].map(DeviceKind::resource));
+        }
         Self {
             group_statuses: StatusTracker::new(scheduler_names, config.wall_clock),
             profiles: config.profiles.into_iter().map(|p| (p.scheduler_name.clone(), p)).collect(),
@@ -253,6 +261,24 @@ impl Scheduler {
                 }
                 Change::MayFitMore
             }
+            ClusterEvent::DeviceObjectApplied(object) => self.apply_device_object(object),
+            ClusterEvent::DeviceObjectDeleted(key) => {
+                self.delete_device_object(&key);
+                Change::MayFitMore
+            }
+            ClusterEvent::DeviceObjectsListed { kind, keys } => {
+                self.unlisted.remove(kind.resource());
+                let devices = self.snapshot.devices();
+                let known: Vec<DeviceObjectKey> = match kind {
+                    DeviceKind::Class => devices.class_names().into_iter().map(DeviceObjectKey::Class).collect(),
+                    DeviceKind::Slice => devices.slice_names().into_iter().map(DeviceObjectKey::Slice).collect(),
+                    DeviceKind::Claim => devices.claim_keys().into_iter().map(DeviceObjectKey::Claim).collect(),
+                };
+                for key in known.into_iter().filter(|k| !keys.contains(k)) {
+                    self.delete_device_object(&key);
+                }
+                Change::MayFitMore
+            }
             ClusterEvent::Invalid { regarding, error } => {
                 warn!(%error, "ignoring an object phalanx cannot read");
                 if let Some(uid) = regarding.uid.as_deref()
@@ -280,6 +306,49 @@ impl Scheduler {
                 self.term = term;
                 Change::NoNewRoom
             }
+        }
+    }
+
+    /// Any DRA object may let a waiting pod in: a claim made from its
+    /// template, devices published, a claim's devices freed.
+    fn apply_device_object(&mut self, object: DeviceObject) -> Change {
+        let (kind, namespace, name, compiled) = match object {
+            DeviceObject::Class(class) => {
+                (DeviceKind::Class, None, class.name.clone(), self.snapshot.devices_mut().apply_class(class))
+            }
+            DeviceObject::Slice(slice) => {
+                self.snapshot.devices_mut().apply_slice(slice);
+                return Change::MayFitMore;
+            }
+            DeviceObject::Claim(claim) => {
+                let key = claim.key.clone();
+                (DeviceKind::Claim, Some(key.namespace), key.name, self.snapshot.apply_claim(claim))
+            }
+        };
+        if let Err(error) = compiled {
+            warn!(%error, kind = kind.kind(), %name, "a selector does not compile");
+            let regarding = ObjectRef {
+                api_version: Some("resource.k8s.io/v1".into()),
+                kind: Some(kind.kind().into()),
+                namespace,
+                name: Some(name),
+                uid: None,
+            };
+            self.report(Report::Event {
+                regarding,
+                warning: true,
+                reason: "InvalidObject",
+                message: error.to_string(),
+            });
+        }
+        Change::MayFitMore
+    }
+
+    fn delete_device_object(&mut self, key: &DeviceObjectKey) {
+        match key {
+            DeviceObjectKey::Class(name) => self.snapshot.devices_mut().delete_class(name),
+            DeviceObjectKey::Slice(name) => self.snapshot.devices_mut().delete_slice(name),
+            DeviceObjectKey::Claim(key) => self.snapshot.delete_claim(key),
         }
     }
 
@@ -476,6 +545,7 @@ impl Scheduler {
                         key: member.key,
                         node: member.node,
                         gpus: member.gpu_indices,
+                        claims: member.claims,
                     });
                     self.binding.insert(member.uid, pod);
                 }

@@ -5,6 +5,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::dra::claim::{ClaimKey, PodClaim, PodClaimSource};
+use crate::dra::device::{DeviceSlice, PCIE_ROOT};
+use crate::dra::inventory::ClaimWrite;
+use crate::dra::testing::{GPU_DRIVER, gpu_claim, gpu_device};
 use crate::gang::{GangId, GangKind, GangSpec, InvalidGang};
 use crate::gang_status::{
     DEBOUNCE, GroupPhase, GroupRecord, GroupStatus, GroupStatusInput, MemberPhase, MemberRecord, MemberSummary,
@@ -19,10 +23,14 @@ use crate::testing::{gpu_node, gpu_pod};
 /// A bind request: pod name, node, GPU indices.
 type BindRequest = (String, String, Vec<u32>);
 
+/// The claims written before a bind, with the pod's name.
+type PodClaimWrites = (String, Vec<ClaimWrite>);
+
 /// Records what the scheduler asks of the binder, the evictor and the reporter.
 #[derive(Clone, Default)]
 struct Recorder {
     binds: Arc<Mutex<Vec<BindRequest>>>,
+    claim_writes: Arc<Mutex<Vec<PodClaimWrites>>>,
     /// Victim name and preemptor.
     evictions: Arc<Mutex<Vec<(String, String)>>>,
     reports: Arc<Mutex<Vec<Report>>>,
@@ -34,7 +42,10 @@ struct Recorder {
 impl Recorder {
     fn record(&self, action: Action) {
         match action {
-            Action::Bind { key, node, gpus, .. } => self.binds.lock().unwrap().push((key.name, node, gpus)),
+            Action::Bind { key, node, gpus, claims, .. } => {
+                self.claim_writes.lock().unwrap().push((key.name.clone(), claims));
+                self.binds.lock().unwrap().push((key.name, node, gpus));
+            }
             Action::Evict { key, preemptor, .. } => self.evictions.lock().unwrap().push((key.name, preemptor)),
             Action::NodeGone { node, gone } => {
                 let mut nodes = self.gone_nodes.lock().unwrap();
@@ -126,6 +137,7 @@ fn synced_loop() -> (TestLoop, Recorder) {
         backoff: BackoffPolicy { initial: Duration::ZERO, max: Duration::ZERO },
         gang_kinds: HashSet::from([GangKind::PodGroup]),
         elastic_quotas: true,
+        dynamic_resources: false,
         topology: Default::default(),
         preemption: Default::default(),
         wall_clock: WallClock { instant: now, timestamp: jiff::Timestamp::from_second(1_700_000_000).unwrap() },
@@ -530,4 +542,138 @@ fn pod_group_status_is_written_by_the_leader_only_and_its_outcome_is_applied_bac
     l.now = retry_at;
     l.schedule_round();
     assert_eq!(rec.status_writes.lock().unwrap().len(), 1, "written again after the pause");
+}
+
+/// n1's eight GPUs published through DRA, and the class that selects them.
+fn publish_gpus(l: &mut TestLoop) {
+    let class = crate::dra::claim::DeviceClass {
+        name: GPU_DRIVER.into(),
+        selectors: vec!["device.driver == 'gpu.nvidia.com'".into()],
+        extended_resource_name: None,
+    };
+    l.apply_event(ClusterEvent::DeviceObjectApplied(DeviceObject::Class(class)));
+    let slice = DeviceSlice {
+        name: "n1-gpu.nvidia.com".into(),
+        node: "n1".into(),
+        driver: GPU_DRIVER.into(),
+        pool: "node".into(),
+        devices: (0..8).map(|i| gpu_device(&format!("gpu-{i}"), i)).collect(),
+    };
+    l.apply_event(ClusterEvent::DeviceObjectApplied(DeviceObject::Slice(slice)));
+}
+
+fn claiming_member(name: &str, group: &str, claim: PodClaimSource) -> PodInfo {
+    let mut pod = member(name, 0, group);
+    pod.claims = vec![PodClaim { name: "gpu".into(), source: claim }];
+    pod
+}
+
+#[test]
+fn a_gang_with_claims_binds_with_every_claim_allocated_on_its_node() {
+    let (mut l, rec) = synced_loop();
+    publish_gpus(&mut l);
+    group(&mut l, "g", GangObject::Valid(GangSpec::of_size(2)));
+    for i in 0..2 {
+        let claim = gpu_claim(&format!("w{i}-gpu"), GPU_DRIVER, 4);
+        l.apply_event(ClusterEvent::DeviceObjectApplied(DeviceObject::Claim(claim)));
+        let pod = claiming_member(&format!("w{i}"), "g", PodClaimSource::Claim(format!("w{i}-gpu")));
+        l.apply_event(ClusterEvent::PodApplied { pod, gated: false });
+    }
+    l.schedule_round();
+    assert_eq!(rec.bind_count(), 2);
+    let writes = rec.claim_writes.lock().unwrap().clone();
+    let mut devices = Vec::new();
+    for (_, claims) in &writes {
+        assert_eq!(claims.len(), 1);
+        let allocation = &claims[0].allocation;
+        assert_eq!(allocation.node, "n1");
+        // Four devices on one PCIe root (no GPUTopology names these GPUs).
+        let roots: HashSet<String> = allocation
+            .results
+            .iter()
+            .map(|r| {
+                let index: u32 = r.device.device.trim_start_matches("gpu-").parse().unwrap();
+                gpu_device("x", index).attribute(PCIE_ROOT).unwrap().to_string()
+            })
+            .collect();
+        assert_eq!((allocation.results.len(), roots.len()), (4, 1), "{allocation:?}");
+        devices.extend(allocation.results.iter().map(|r| r.device.clone()));
+    }
+    devices.sort();
+    devices.dedup();
+    assert_eq!(devices.len(), 8, "no device given twice");
+
+    // A third pod's claim finds nothing free, and says so.
+    let claim = gpu_claim("late-gpu", GPU_DRIVER, 1);
+    l.apply_event(ClusterEvent::DeviceObjectApplied(DeviceObject::Claim(claim)));
+    let mut late = claiming_member("late", "g", PodClaimSource::Claim("late-gpu".into()));
+    late.job = None;
+    l.apply_event(ClusterEvent::PodApplied { pod: late, gated: false });
+    l.schedule_round();
+    let reports = rec.unschedulable_reports();
+    assert!(
+        reports.iter().any(|m| m.contains("claim late-gpu needs 1 device of class gpu.nvidia.com, 0 free")),
+        "{reports:?}"
+    );
+}
+
+#[test]
+fn a_failed_bind_frees_the_devices_it_allocated() {
+    let (mut l, rec) = synced_loop();
+    publish_gpus(&mut l);
+    let claim = gpu_claim("a-gpu", GPU_DRIVER, 8);
+    l.apply_event(ClusterEvent::DeviceObjectApplied(DeviceObject::Claim(claim)));
+    let mut pod = claiming_member("a", "g", PodClaimSource::Claim("a-gpu".into()));
+    pod.job = None;
+    l.apply_event(ClusterEvent::PodApplied { pod: pod.clone(), gated: false });
+    l.schedule_round();
+    assert_eq!(rec.bind_count(), 1);
+    let key = ClaimKey { namespace: "default".into(), name: "b-gpu".into() };
+    let other = DeviceObject::Claim(crate::dra::claim::DeviceClaim { key, ..gpu_claim("b-gpu", GPU_DRIVER, 8) });
+    l.apply_event(ClusterEvent::DeviceObjectApplied(other));
+    let mut b = claiming_member("b", "g", PodClaimSource::Claim("b-gpu".into()));
+    b.job = None;
+    l.apply_event(ClusterEvent::PodApplied { pod: b.clone(), gated: false });
+    l.schedule_round();
+    assert_eq!(rec.bind_count(), 1, "a's claim holds every GPU");
+    let n1 = || l.s.snapshot.node("n1").unwrap().clone();
+    assert!(l.s.snapshot.devices().fit(&b, "n1", &n1()).is_err());
+    let freed = l.apply_outcome(BindOutcome {
+        uid: pod.uid.clone(),
+        key: pod.key.clone(),
+        node: "n1".into(),
+        result: BindResult::Failed("ResourceClaim default/a-gpu: conflict".into()),
+    });
+    assert!(freed);
+    let n1 = l.s.snapshot.node("n1").unwrap().clone();
+    let writes = l.s.snapshot.devices().fit(&b, "n1", &n1).expect("a's devices are free again");
+    assert_eq!(writes[0].allocation.results.len(), 8);
+}
+
+#[test]
+fn quotas_count_the_gpus_of_claims() {
+    let (mut l, rec) = synced_loop();
+    publish_gpus(&mut l);
+    l.apply_event(ClusterEvent::QuotaApplied(elastic("default", 6)));
+    for (name, gpus) in [("four", 4), ("three", 3)] {
+        let claim = gpu_claim(&format!("{name}-gpu"), GPU_DRIVER, gpus);
+        l.apply_event(ClusterEvent::DeviceObjectApplied(DeviceObject::Claim(claim)));
+    }
+    let mut four = claiming_member("four", "g", PodClaimSource::Claim("four-gpu".into()));
+    four.job = None;
+    l.apply_event(ClusterEvent::PodApplied { pod: four, gated: false });
+    l.schedule_round();
+    assert_eq!(rec.bind_count(), 1);
+    assert_eq!(l.s.snapshot.namespace_usage("default").unwrap().get(GPU), 4, "the assumed claim counts");
+    let mut three = claiming_member("three", "g", PodClaimSource::Claim("three-gpu".into()));
+    three.job = None;
+    l.apply_event(ClusterEvent::PodApplied { pod: three, gated: false });
+    l.schedule_round();
+    assert_eq!(rec.bind_count(), 1, "4 + 3 GPUs is over the max of 6");
+    let reports = rec.unschedulable_reports();
+    assert!(reports.iter().any(|m| m.contains("ElasticQuota default/quota")), "{reports:?}");
+    // The first claim's allocation is seen in its status; deleting the claim frees the quota.
+    let key = ClaimKey { namespace: "default".into(), name: "four-gpu".into() };
+    l.apply_event(ClusterEvent::DeviceObjectDeleted(DeviceObjectKey::Claim(key)));
+    assert_eq!(l.s.snapshot.namespace_usage("default").unwrap().get(GPU), 0);
 }

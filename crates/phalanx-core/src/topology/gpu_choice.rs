@@ -180,7 +180,7 @@ impl NodeGpuModel {
         (2..=rest.count_ones() as usize).map(|m| self.best_of_size[rest as usize * (n + 1) + m]).sum()
     }
 
-    fn evaluate(&self, free: GpuMask, pick: GpuMask) -> GpuChoice {
+    pub(crate) fn evaluate(&self, free: GpuMask, pick: GpuMask) -> GpuChoice {
         GpuChoice {
             gpus: pick,
             ring_bandwidth: self.ring_bandwidth(pick),
@@ -227,7 +227,7 @@ impl NodeGpuModel {
 }
 
 /// The order of preference between two candidate sets of the same size.
-fn better(a: &GpuChoice, b: &GpuChoice) -> bool {
+pub(crate) fn better(a: &GpuChoice, b: &GpuChoice) -> bool {
     const EPS: f64 = 1e-9;
     if (a.ring_bandwidth - b.ring_bandwidth).abs() > EPS {
         return a.ring_bandwidth > b.ring_bandwidth;

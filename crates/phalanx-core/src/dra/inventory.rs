@@ -1,0 +1,398 @@
+//! The DRA objects the scheduler keeps (classes, slices, claims) and which
+//! devices are held: by claims' allocations as their status records them,
+//! and by allocations this scheduler chose whose write is still in flight.
+
+use std::collections::{HashMap, HashSet};
+
+use super::allocator::{AllocationFailure, DeviceCatalog, NodeDevices, allocate_claims};
+use super::claim::{AllocationMode, ClaimAllocation, ClaimKey, DeviceClaim, DeviceClass, PodClaimSource, RequestKind};
+use super::device::{Device, DeviceSlice, HeldDevices};
+use super::selector::{SelectorError, Selectors};
+use crate::node::NodeInfo;
+use crate::pod::PodInfo;
+use crate::resources::Resources;
+
+/// What to write into one claim before the pod binds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimWrite {
+    pub key: ClaimKey,
+    pub uid: String,
+    /// The write is conditional on this version.
+    pub resource_version: Option<String>,
+    pub allocation: ClaimAllocation,
+    /// Whether `allocation` is new (written with the reservation) or the
+    /// claim's own (only the pod's reservation is added).
+    pub allocates: Allocates,
+    /// UIDs of the pods the claim is reserved for already.
+    pub reserved_for: Vec<String>,
+    /// The claim's finalizers as read.
+    pub finalizers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocates {
+    New,
+    Existing,
+}
+
+/// Why a pod's claims are not known yet: it waits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnresolvedClaim {
+    #[error("waiting for the ResourceClaim of resourceClaims[{entry}] to be made from template {template}")]
+    FromTemplate { entry: String, template: String },
+    #[error("waiting for ResourceClaim {0}, which does not exist yet")]
+    Missing(ClaimKey),
+}
+
+/// Why a pod's claims do not fit a node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimMisfit {
+    #[error(transparent)]
+    Unresolved(#[from] UnresolvedClaim),
+    #[error("claim {claim} is allocated on node {node}")]
+    AllocatedElsewhere { claim: String, node: String },
+    #[error(transparent)]
+    Allocation(#[from] AllocationFailure),
+}
+
+/// A claim allocation chosen here, not yet in the claim's status.
+#[derive(Debug, Clone)]
+struct Assumed {
+    allocation: ClaimAllocation,
+    /// The pods it was chosen for (several when the claim is shared).
+    pods: Vec<String>,
+}
+
+/// Which resource each DeviceClass's devices count as in quotas, unless
+/// configured otherwise (as Kueue's `deviceClassMappings`).
+pub const DEFAULT_CLASS_RESOURCES: [(&str, &str); 1] = [("gpu.nvidia.com", crate::resources::GPU)];
+
+#[derive(Debug)]
+pub struct DeviceInventory {
+    classes: HashMap<String, DeviceClass>,
+    selectors: Selectors,
+    slices: HashMap<String, DeviceSlice>,
+    /// Every node's devices, its slices merged in slice-name order.
+    node_devices: HashMap<String, Vec<Device>>,
+    claims: HashMap<ClaimKey, DeviceClaim>,
+    assumed: HashMap<ClaimKey, Assumed>,
+    /// Devices held on each node, counted per holder.
+    held: HashMap<String, HeldDevices>,
+    /// DeviceClass name -> the resource its devices count as in quotas.
+    class_resources: HashMap<String, String>,
+    /// What each namespace's allocated and assumed claims count as in quotas.
+    charges: HashMap<String, Resources>,
+}
+
+impl Default for DeviceInventory {
+    fn default() -> Self {
+        Self {
+            classes: HashMap::new(),
+            selectors: Selectors::default(),
+            slices: HashMap::new(),
+            node_devices: HashMap::new(),
+            claims: HashMap::new(),
+            assumed: HashMap::new(),
+            held: HashMap::new(),
+            class_resources: DEFAULT_CLASS_RESOURCES.iter().map(|(c, r)| (c.to_string(), r.to_string())).collect(),
+            charges: HashMap::new(),
+        }
+    }
+}
+
+impl DeviceInventory {
+    /// Sets which resource each DeviceClass's devices count as in quotas.
+    pub fn set_class_resources(&mut self, mapping: HashMap<String, String>) {
+        self.class_resources = mapping;
+    }
+
+    /// What a namespace's claims count as in quotas (allocated or being allocated).
+    pub fn charges(&self, namespace: &str) -> Option<&Resources> {
+        self.charges.get(namespace)
+    }
+
+    /// What the members' claims not yet allocated will count as in quotas
+    /// (a claim shared between members once; `All` counts nothing until
+    /// allocated, as its size depends on the node).
+    pub fn pending_charges(&self, members: &[&PodInfo]) -> Resources {
+        let mut seen = HashSet::new();
+        let mut total = Resources::new();
+        for claim in members.iter().flat_map(|m| self.pod_claims(m).unwrap_or_default()) {
+            if claim.allocation.is_some() || self.assumed.contains_key(&claim.key) || !seen.insert(&claim.key) {
+                continue;
+            }
+            for request in &claim.requests {
+                let Some(selection) = request.selections().into_iter().next() else { continue };
+                if let (AllocationMode::ExactCount(n), Some(resource)) =
+                    (selection.mode, self.class_resources.get(&selection.device_class))
+                {
+                    total.add(&Resources::new().with(resource, i64::from(n)));
+                }
+            }
+        }
+        total
+    }
+
+    /// What one allocation of a claim counts as in quotas.
+    fn charge_of(&self, key: &ClaimKey, allocation: &ClaimAllocation) -> Resources {
+        let mut charge = Resources::new();
+        let Some(claim) = self.claims.get(key) else { return charge };
+        for result in &allocation.results {
+            let (parent, sub) = match result.request.split_once('/') {
+                Some((parent, sub)) => (parent, Some(sub)),
+                None => (result.request.as_str(), None),
+            };
+            let class = claim.requests.iter().find(|r| r.name == parent).and_then(|r| match (&r.kind, sub) {
+                (RequestKind::Exactly(s), None) => Some(&s.device_class),
+                (RequestKind::FirstAvailable(subs), Some(sub)) => {
+                    subs.iter().find(|(name, _)| name == sub).map(|(_, s)| &s.device_class)
+                }
+                _ => None,
+            });
+            if let Some(resource) = class.and_then(|c| self.class_resources.get(c)) {
+                charge.add(&Resources::new().with(resource, 1));
+            }
+        }
+        charge
+    }
+
+    /// Marks an allocation's devices held (or no longer) and counts it in its namespace's charges.
+    fn hold(&mut self, key: &ClaimKey, allocation: &ClaimAllocation, how: Hold) {
+        let charge = self.charge_of(key, allocation);
+        let namespace = self.charges.entry(key.namespace.clone()).or_default();
+        match how {
+            Hold::Take => namespace.add(&charge),
+            Hold::Release => namespace.subtract(&charge),
+        }
+        hold_devices(&mut self.held, allocation, how);
+    }
+
+    /// Adds or replaces a class; says which selector does not compile.
+    pub fn apply_class(&mut self, class: DeviceClass) -> Result<(), SelectorError> {
+        let compiled = class.selectors.iter().try_for_each(|s| self.selectors.compile(s));
+        self.classes.insert(class.name.clone(), class);
+        compiled
+    }
+
+    pub fn delete_class(&mut self, name: &str) {
+        self.classes.remove(name);
+    }
+
+    pub fn apply_slice(&mut self, slice: DeviceSlice) {
+        let node = slice.node.clone();
+        if let Some(old) = self.slices.insert(slice.name.clone(), slice)
+            && old.node != node
+        {
+            self.rebuild_node(&old.node);
+        }
+        self.rebuild_node(&node);
+    }
+
+    pub fn delete_slice(&mut self, name: &str) {
+        if let Some(old) = self.slices.remove(name) {
+            self.rebuild_node(&old.node);
+        }
+    }
+
+    fn rebuild_node(&mut self, node: &str) {
+        let mut slices: Vec<&DeviceSlice> = self.slices.values().filter(|s| s.node == node).collect();
+        slices.sort_by(|a, b| a.name.cmp(&b.name));
+        let devices: Vec<Device> = slices.into_iter().flat_map(|s| s.devices.iter().cloned()).collect();
+        if devices.is_empty() {
+            self.node_devices.remove(node);
+        } else {
+            self.node_devices.insert(node.to_string(), devices);
+        }
+    }
+
+    /// Adds or replaces a claim; says which of its selectors does not compile.
+    pub fn apply_claim(&mut self, claim: DeviceClaim) -> Result<(), SelectorError> {
+        let mut compiled = Ok(());
+        for selectors in claim.requests.iter().flat_map(|r| r.selections()).map(|s| &s.selectors) {
+            for s in selectors {
+                compiled = compiled.and(self.selectors.compile(s));
+            }
+        }
+        let key = claim.key.clone();
+        let old = self.claims.insert(key.clone(), claim);
+        if let Some(allocation) = old.and_then(|c| c.allocation) {
+            self.hold(&key, &allocation, Hold::Release);
+        }
+        if let Some(allocation) = self.claims.get(&key).and_then(|c| c.allocation.clone()) {
+            if let Some(assumed) = self.assumed.remove(&key) {
+                // Our write arrived (or someone else's won): the status is the truth now.
+                self.hold(&key, &assumed.allocation, Hold::Release);
+            }
+            self.hold(&key, &allocation, Hold::Take);
+        }
+        compiled
+    }
+
+    pub fn delete_claim(&mut self, key: &ClaimKey) {
+        if let Some(allocation) = self.claims.get(key).and_then(|c| c.allocation.clone()) {
+            self.hold(key, &allocation, Hold::Release);
+        }
+        if let Some(assumed) = self.assumed.remove(key) {
+            self.hold(key, &assumed.allocation, Hold::Release);
+        }
+        self.claims.remove(key);
+    }
+
+    /// Names of the objects of one kind, to drop those a re-list no longer has.
+    pub fn class_names(&self) -> HashSet<String> {
+        self.classes.keys().cloned().collect()
+    }
+
+    pub fn slice_names(&self) -> HashSet<String> {
+        self.slices.keys().cloned().collect()
+    }
+
+    pub fn claim_keys(&self) -> HashSet<ClaimKey> {
+        self.claims.keys().cloned().collect()
+    }
+
+    pub fn claim(&self, key: &ClaimKey) -> Option<&DeviceClaim> {
+        self.claims.get(key)
+    }
+
+    /// The devices published for a node.
+    pub fn devices_of(&self, node: &str) -> &[Device] {
+        self.node_devices.get(node).map_or(&[], Vec::as_slice)
+    }
+
+    /// The pod's claims, or why one is not known yet.
+    pub fn pod_claims(&self, pod: &PodInfo) -> Result<Vec<&DeviceClaim>, UnresolvedClaim> {
+        let mut claims = Vec::with_capacity(pod.claims.len());
+        for entry in &pod.claims {
+            let name = match &entry.source {
+                PodClaimSource::Claim(name) => name,
+                PodClaimSource::NotNeeded => continue,
+                PodClaimSource::PendingTemplate(template) => {
+                    return Err(UnresolvedClaim::FromTemplate {
+                        entry: entry.name.clone(),
+                        template: template.clone(),
+                    });
+                }
+            };
+            let key = ClaimKey { namespace: pod.key.namespace.clone(), name: name.clone() };
+            match self.claims.get(&key) {
+                Some(claim) => claims.push(claim),
+                None => return Err(UnresolvedClaim::Missing(key)),
+            }
+        }
+        Ok(claims)
+    }
+
+    /// What the pod's claims would be on `node`: allocations that already
+    /// exist there, and new ones chosen from the node's free devices.
+    pub fn fit(&self, pod: &PodInfo, node: &str, usage: &NodeInfo) -> Result<Vec<ClaimWrite>, ClaimMisfit> {
+        let claims = self.pod_claims(pod)?;
+        let mut writes = Vec::with_capacity(claims.len());
+        let mut unallocated = Vec::new();
+        for claim in claims {
+            let existing = claim.allocation.as_ref().or_else(|| self.assumed.get(&claim.key).map(|a| &a.allocation));
+            match existing {
+                Some(allocation) if allocation.node != node => {
+                    return Err(ClaimMisfit::AllocatedElsewhere {
+                        claim: claim.key.name.clone(),
+                        node: allocation.node.clone(),
+                    });
+                }
+                Some(allocation) => writes.push(write(claim, allocation.clone(), Allocates::Existing)),
+                None => unallocated.push(claim),
+            }
+        }
+        if unallocated.is_empty() {
+            return Ok(writes);
+        }
+        let none = HeldDevices::new();
+        let devices = NodeDevices {
+            node,
+            devices: self.devices_of(node),
+            taken: self.held.get(node).unwrap_or(&none),
+            gpu_model: usage.gpu_model.as_deref(),
+            free_gpus: usage.free_gpus(),
+        };
+        let catalog = DeviceCatalog { classes: &self.classes, selectors: &self.selectors };
+        let allocations = allocate_claims(catalog, devices, &unallocated)?;
+        writes.extend(
+            unallocated
+                .into_iter()
+                .zip(allocations)
+                .map(|(claim, allocation)| write(claim, allocation, Allocates::New)),
+        );
+        Ok(writes)
+    }
+
+    /// Holds what `fit` chose for a pod until its writes are seen or fail.
+    pub fn assume(&mut self, pod_uid: &str, writes: &[ClaimWrite]) {
+        for w in writes {
+            match self.assumed.get_mut(&w.key) {
+                Some(assumed) => assumed.pods.push(pod_uid.to_string()),
+                None if w.allocates == Allocates::New => {
+                    self.hold(&w.key, &w.allocation, Hold::Take);
+                    let pods = vec![pod_uid.to_string()];
+                    self.assumed.insert(w.key.clone(), Assumed { allocation: w.allocation.clone(), pods });
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Releases what was assumed for a pod whose writes or bind failed.
+    pub fn forget(&mut self, pod_uid: &str) {
+        let mut released = Vec::new();
+        for (key, assumed) in &mut self.assumed {
+            assumed.pods.retain(|p| p != pod_uid);
+            if assumed.pods.is_empty() {
+                released.push(key.clone());
+            }
+        }
+        for key in released {
+            if let Some(assumed) = self.assumed.remove(&key) {
+                self.hold(&key, &assumed.allocation, Hold::Release);
+            }
+        }
+    }
+}
+
+fn write(claim: &DeviceClaim, allocation: ClaimAllocation, allocates: Allocates) -> ClaimWrite {
+    ClaimWrite {
+        key: claim.key.clone(),
+        uid: claim.uid.clone(),
+        resource_version: claim.resource_version.clone(),
+        allocation,
+        allocates,
+        reserved_for: claim.reserved_for.clone(),
+        finalizers: claim.finalizers.clone(),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Hold {
+    Take,
+    Release,
+}
+
+fn hold_devices(held: &mut HashMap<String, HeldDevices>, allocation: &ClaimAllocation, how: Hold) {
+    let node = held.entry(allocation.node.clone()).or_default();
+    for result in &allocation.results {
+        match how {
+            Hold::Take => *node.entry(result.device.clone()).or_default() += 1,
+            Hold::Release => {
+                if let Some(count) = node.get_mut(&result.device) {
+                    *count -= 1;
+                    if *count == 0 {
+                        node.remove(&result.device);
+                    }
+                }
+            }
+        }
+    }
+    if node.is_empty() {
+        held.remove(&allocation.node);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,192 @@
+//! DRA end to end on the local control plane: devices published as
+//! ResourceSlices for kwok nodes (matching each node's GPUTopology by UUID),
+//! claims made by the controller manager from a ResourceClaimTemplate, and
+//! phalanx allocating them by topology before it binds a whole gang.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceClaimTemplate, ResourceSlice};
+use kube::Resource;
+use kube::api::{Api, DeleteParams, PostParams};
+use phalanx::agent::nvidia_smi;
+use phalanx_kube::api::gpu_topology::{GPUTopology, GpuTopologySpec};
+use phalanx_kube::api::pod_group::PodGroup;
+use serde_json::json;
+use support::{TestEnv, create_object, fixture};
+
+const BIND: Duration = Duration::from_secs(60);
+const DRIVER: &str = "gpu.nvidia.com";
+
+/// GPU `i` of `node`: its UUID in both the slice and the GPUTopology.
+fn uuid(node: &str, i: usize) -> String {
+    format!("GPU-{node}-{i}")
+}
+
+/// Publishes a DGX-1 (hybrid cube mesh: GPUs 0-3 and 4-7 are the two fully
+/// NVLinked quads) as the node's GPUTopology and its GPUs as a ResourceSlice,
+/// devices listed with the sockets interleaved so that taking the first four
+/// would straddle both.
+async fn publish_dgx1(env: &TestEnv, node: &str) {
+    let text = std::fs::read_to_string(fixture("dgx1-v100-hybrid-cube-mesh.txt")).unwrap();
+    let mut topology = nvidia_smi::parse(&text).expect("fixture parses");
+    for (i, gpu) in topology.gpus.iter_mut().enumerate() {
+        gpu.uuid = Some(uuid(node, i));
+    }
+    let report = GPUTopology::new(node, GpuTopologySpec { source: "file".into(), topology });
+    Api::<GPUTopology>::all(env.client.clone()).create(&PostParams::default(), &report).await.expect("GPUTopology");
+    let owner = env.nodes().get(node).await.expect("node");
+    let devices: Vec<serde_json::Value> = [0, 4, 1, 5, 2, 6, 3, 7]
+        .iter()
+        .map(|&i| {
+            json!({"name": format!("gpu-{i}"), "attributes": {
+                "uuid": {"string": uuid(node, i)},
+                "productName": {"string": "Tesla V100-SXM2-16GB"},
+                "resource.kubernetes.io/pcieRoot": {"string": if i < 4 { "pci0000:00" } else { "pci0000:80" }},
+                "resource.kubernetes.io/numaNode": {"int": i / 4},
+            }, "capacity": {"memory": {"value": "16Gi"}}})
+        })
+        .collect();
+    let slice: ResourceSlice = serde_json::from_value(json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
+        "metadata": {"name": format!("{node}-{DRIVER}"), "ownerReferences": [{
+            "apiVersion": "v1", "kind": "Node", "name": node, "uid": owner.meta().uid,
+        }]},
+        "spec": {"driver": DRIVER, "nodeName": node, "pool": {"name": node, "generation": 1, "resourceSliceCount": 1},
+            "devices": devices},
+    }))
+    .unwrap();
+    Api::<ResourceSlice>::all(env.client.clone()).create(&PostParams::default(), &slice).await.expect("slice");
+}
+
+/// The class every test shares (cluster-scoped: made once).
+async fn ensure_gpu_class(env: &TestEnv) {
+    let class: DeviceClass = serde_json::from_value(json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass", "metadata": {"name": DRIVER},
+        "spec": {"selectors": [{"cel": {"expression": format!("device.driver == '{DRIVER}'")}}]},
+    }))
+    .unwrap();
+    match Api::<DeviceClass>::all(env.client.clone()).create(&PostParams::default(), &class).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("DeviceClass: {e}"),
+    }
+}
+
+fn claiming_member(env: &TestEnv, name: &str, group: &str, template: &str) -> Pod {
+    let mut pod = env.pod(name, 0);
+    pod.metadata.labels = Some([("scheduling.x-k8s.io/pod-group".to_string(), group.to_string())].into());
+    let spec = pod.spec.as_mut().unwrap();
+    spec.resource_claims =
+        Some(vec![serde_json::from_value(json!({"name": "gpu", "resourceClaimTemplateName": template})).unwrap()]);
+    let resources = spec.containers[0].resources.get_or_insert_default();
+    resources.claims = Some(vec![serde_json::from_value(json!({"name": "gpu"})).unwrap()]);
+    pod
+}
+
+/// `count` DGX-1 nodes publishing their GPUs, and the scheduler running.
+async fn dgx1_env(test: &str, count: usize) -> (TestEnv, Vec<String>) {
+    let mut env = TestEnv::new(test).await;
+    support::ensure_crds(&env.client).await;
+    let pool = format!("- {{name: v100, count: {count}, gpus: 8, gpuProduct: Tesla-V100-SXM2-16GB}}\n");
+    let nodes = env.add_pools(&pool).await;
+    ensure_gpu_class(&env).await;
+    for node in &nodes {
+        publish_dgx1(&env, node).await;
+    }
+    env.start_scheduler().await;
+    (env, nodes)
+}
+
+/// Removes the cluster-scoped objects published for the env's nodes, then the env.
+async fn teardown(env: TestEnv, nodes: &[String]) {
+    for node in nodes {
+        let slices = Api::<ResourceSlice>::all(env.client.clone());
+        let _ = slices.delete(&format!("{node}-{DRIVER}"), &DeleteParams::default()).await;
+        let _ = Api::<GPUTopology>::all(env.client.clone()).delete(node, &DeleteParams::default()).await;
+    }
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn a_gang_with_claims_from_a_template_binds_on_nvlinked_quads() {
+    let (env, nodes) = dgx1_env("dra", 2).await;
+    let _: ResourceClaimTemplate = create_object(
+        &env,
+        json!({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate",
+            "metadata": {"name": "four-gpus", "namespace": env.name},
+            "spec": {"spec": {"devices": {"requests": [{"name": "gpus", "exactly": {"deviceClassName": DRIVER, "count": 4}}]}}}}),
+    )
+    .await;
+    let group: PodGroup = serde_json::from_value(json!({
+        "apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "PodGroup",
+        "metadata": {"name": "train", "namespace": env.name}, "spec": {"minMember": 4},
+    }))
+    .unwrap();
+    Api::<PodGroup>::namespaced(env.client.clone(), &env.name).create(&PostParams::default(), &group).await.unwrap();
+    for i in 0..4 {
+        env.create(&claiming_member(&env, &format!("train-{i}"), "train", "four-gpus")).await;
+    }
+    let mut placed = BTreeMap::new();
+    for i in 0..4 {
+        let name = format!("train-{i}");
+        placed.insert(name.clone(), env.wait_bound(&name, BIND).await);
+    }
+    let claims: Api<ResourceClaim> = Api::namespaced(env.client.clone(), &env.name);
+    let mut quads: BTreeMap<String, Vec<BTreeSet<usize>>> = BTreeMap::new();
+    for (name, node) in &placed {
+        let pod = env.pods().get(name).await.unwrap();
+        let statuses = pod.status.and_then(|s| s.resource_claim_statuses).unwrap_or_default();
+        let claim_name = statuses[0].resource_claim_name.clone().expect("claim made from the template");
+        let claim = claims.get(&claim_name).await.unwrap();
+        let status = claim.status.expect("claim status written");
+        let reserved = status.reserved_for.unwrap_or_default();
+        assert_eq!(reserved.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), vec![name.as_str()]);
+        let allocation = status.allocation.expect("claim allocated before the bind");
+        let selector = serde_json::to_value(&allocation.node_selector).unwrap();
+        assert_eq!(selector["nodeSelectorTerms"][0]["matchFields"][0]["values"][0], json!(node));
+        let results = allocation.devices.unwrap().results.unwrap();
+        assert!(results.iter().all(|r| r.driver == DRIVER && r.pool == *node && r.request == "gpus"));
+        let gpus: BTreeSet<usize> =
+            results.iter().map(|r| r.device.trim_start_matches("gpu-").parse().unwrap()).collect();
+        quads.entry(node.clone()).or_default().push(gpus);
+    }
+    let first: BTreeSet<usize> = (0..4).collect();
+    let second: BTreeSet<usize> = (4..8).collect();
+    for (node, sets) in &quads {
+        // Both quads of each node, one per pod: every claim is one NVLinked quad.
+        let mut sets = sets.clone();
+        sets.sort();
+        assert_eq!(sets, vec![first.clone(), second.clone()], "node {node}: {sets:?}");
+    }
+    teardown(env, &nodes).await;
+}
+
+#[tokio::test]
+async fn a_pod_whose_claim_cannot_be_met_says_which_claim_and_how_many_are_free() {
+    let (env, nodes) = dgx1_env("dra-short", 1).await;
+    let _: ResourceClaim = create_object(
+        &env,
+        json!({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+            "metadata": {"name": "five", "namespace": env.name},
+            "spec": {"devices": {
+                "requests": [{"name": "gpus", "exactly": {"deviceClassName": DRIVER, "count": 5}}],
+                "constraints": [{"matchAttribute": "resource.kubernetes.io/pcieRoot"}]}}}),
+    )
+    .await;
+    let mut pod = env.pod("big", 0);
+    let spec = pod.spec.as_mut().unwrap();
+    spec.resource_claims =
+        Some(vec![serde_json::from_value(json!({"name": "gpu", "resourceClaimName": "five"})).unwrap()]);
+    env.create(&pod).await;
+    let condition = env.wait_unschedulable("big", BIND).await;
+    let message = condition.message.unwrap_or_default();
+    assert!(
+        message.contains("claim five needs 5 devices of class gpu.nvidia.com on one pcieRoot, 4 free"),
+        "{message}"
+    );
+    teardown(env, &nodes).await;
+}
