@@ -1,6 +1,6 @@
 //! Watches nodes, pods, GPU topologies, gang objects (PodGroups,
 //! PyTorchJobs), quotas (ElasticQuotas, ResourceQuotas) and
-//! PodDisruptionBudgets, and turns each change into a `ClusterEvent` for
+//! PodDisruptionBudgets and Namespaces (their labels), and turns each change into a `ClusterEvent` for
 //! the scheduling loop. Objects are translated here and dropped: no cache of
 //! full objects is kept. After every (re-)list, a `*Listed` event carries
 //! the complete set of names, so anything missed while disconnected (a 410
@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, ResourceQuota};
+use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, Pod, ResourceQuota};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
@@ -117,6 +117,7 @@ pub fn spawn(
     let translate = |q: &ResourceQuota| quota_objects::resource_quota(q).map(Quota::Hard);
     tokio::spawn(watch_quotas(Api::all(client.clone()), metrics.clone(), QuotaKind::Hard, tx.clone(), translate));
     tokio::spawn(watch_budgets(Api::all(client.clone()), metrics.clone(), tx.clone()));
+    tokio::spawn(watch_namespaces(Api::all(client.clone()), metrics.clone(), tx.clone()));
     tokio::spawn(watch_pods(Api::all(client), metrics, scheduler_names, leadership, tx));
 }
 
@@ -362,6 +363,17 @@ async fn watch_budgets(api: Api<PodDisruptionBudget>, metrics: Metrics, tx: mpsc
     };
     let on_listed = |keys: HashSet<String>| ClusterEvent::BudgetsListed(split_keys(keys));
     pump(api, watcher::Config::default(), Some(metrics), tx, on_apply, on_delete, on_listed).await;
+}
+
+/// Namespace labels, which inter-pod affinity terms select namespaces by.
+async fn watch_namespaces(api: Api<Namespace>, metrics: Metrics, tx: mpsc::Sender<ClusterEvent>) {
+    let on_apply = |object: Namespace| {
+        let name = object.name_any();
+        let labels = object.metadata.labels.unwrap_or_default();
+        Applied::Event(name.clone(), ClusterEvent::NamespaceApplied { name, labels })
+    };
+    let on_delete = |object: Namespace| Some(ClusterEvent::NamespaceDeleted(object.name_any()));
+    pump(api, watcher::Config::default(), Some(metrics), tx, on_apply, on_delete, ClusterEvent::NamespacesListed).await;
 }
 
 #[cfg(test)]

@@ -409,6 +409,9 @@ impl Simulation<'_> {
                 created: self.now.as_secs() as i64,
                 job: Some(gang.clone()),
                 gpu_indices: None,
+                host_ports: vec![],
+                affinity: Default::default(),
+                spread: vec![],
             });
         }
         for pod in created {

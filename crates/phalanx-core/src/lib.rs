@@ -11,10 +11,13 @@ pub mod framework;
 pub mod gang;
 pub mod gang_placement;
 pub mod gang_scheduler;
+pub mod host_port;
+pub mod label_selector;
 pub mod node;
 mod node_table;
 pub mod plugins;
 pub mod pod;
+pub mod pod_affinity;
 pub mod preemption;
 pub mod quantity;
 pub mod queue;
@@ -24,6 +27,7 @@ pub mod schedule;
 pub mod scheduler;
 pub mod snapshot;
 pub mod topology;
+pub mod topology_spread;
 pub mod update;
 
 /// Builders for unit tests and benchmarks.

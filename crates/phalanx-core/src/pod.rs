@@ -3,8 +3,11 @@
 use std::collections::BTreeMap;
 
 use super::gang::GangId;
+use super::host_port::HostPort;
 use super::node::TaintEffect;
+use super::pod_affinity::PodAffinity;
 use super::resources::{GPU, Resources};
+use super::topology_spread::SpreadConstraint;
 
 /// What a new placement says about itself.
 #[derive(Debug, Clone)]
@@ -17,6 +20,8 @@ pub struct PodPlacement<'a> {
     pub priority: i32,
     pub created: i64,
     pub labels: &'a BTreeMap<String, String>,
+    pub host_ports: &'a [HostPort],
+    pub affinity: &'a PodAffinity,
 }
 
 /// Namespace and name: how users and logs refer to a pod.
@@ -134,6 +139,13 @@ pub struct PodInfo {
     pub job: Option<GangId>,
     /// GPU indices recorded on the pod (`phalanx.dev/gpus`), once chosen.
     pub gpu_indices: Option<Vec<u32>>,
+    /// `hostPort`s of its containers.
+    #[serde(default)]
+    pub host_ports: Vec<HostPort>,
+    #[serde(default)]
+    pub affinity: PodAffinity,
+    #[serde(default)]
+    pub spread: Vec<SpreadConstraint>,
 }
 
 impl PodInfo {
@@ -153,6 +165,8 @@ impl PodInfo {
             priority: self.priority,
             created: self.created,
             labels: &self.labels,
+            host_ports: &self.host_ports,
+            affinity: &self.affinity,
         }
     }
 
@@ -164,6 +178,7 @@ impl PodInfo {
             && self.required_terms == other.required_terms
             && self.preferred_terms == other.preferred_terms
             && self.tolerations == other.tolerations
+            && self.host_ports == other.host_ports
     }
 
     /// Whether the scheduling-relevant parts differ (and a new attempt might succeed).
@@ -172,6 +187,9 @@ impl PodInfo {
             || self.node_selector != other.node_selector
             || self.required_terms != other.required_terms
             || self.tolerations != other.tolerations
+            || self.host_ports != other.host_ports
+            || self.affinity != other.affinity
+            || self.spread != other.spread
             || self.priority != other.priority
     }
 }

@@ -126,6 +126,9 @@ pub fn choose_node_among<'s>(
     verdicts: &mut NodeVerdicts,
 ) -> Result<NodeChoice, FitError> {
     let ctx = ScoreContext { pod, snapshot, job };
+    // Judged afresh in every decision: their verdicts read other nodes too.
+    let cluster_checks: Vec<_> = profile.cluster_filters.iter().filter_map(|f| f.prepare(pod, snapshot)).collect();
+    let mut cluster_rejections: Vec<Vec<String>> = Vec::new();
     let local: Vec<usize> =
         profile.scores.iter().enumerate().filter(|(_, s)| s.plugin.node_local()).map(|(i, _)| i).collect();
     let mut feasible: Vec<(&NodeSpec, &NodeInfo)> = Vec::new();
@@ -158,12 +161,17 @@ pub fn choose_node_among<'s>(
             }
         };
         if let Verdict::Feasible(offset) = verdict {
-            feasible.push((spec, usage));
-            offsets.push((position, *offset));
+            match cluster_checks.iter().try_for_each(|check| check.filter(spec)) {
+                Ok(()) => {
+                    feasible.push((spec, usage));
+                    offsets.push((position, *offset));
+                }
+                Err(rejection) => cluster_rejections.push(rejection.0),
+            }
         }
     }
     if feasible.is_empty() {
-        return Err(fit_error(&verdicts.nodes[..seen]));
+        return Err(fit_error(&verdicts.nodes[..seen], &cluster_rejections));
     }
     let mut totals = vec![0i64; feasible.len()];
     let mut raw = vec![0i64; feasible.len()];
@@ -202,8 +210,10 @@ pub fn choose_node_among<'s>(
     Ok(NodeChoice { node: spec.name.clone(), score, feasible: feasible.len(), gpus, gpu_indices })
 }
 
-/// How many nodes failed for each reason (held ones included); out-of-scope ones are not counted.
-fn fit_error(verdicts: &[Option<NodeVerdict>]) -> FitError {
+/// How many nodes failed for each reason (held ones included); out-of-scope
+/// ones are not counted. `cluster_rejections`: why nodes the node-local
+/// filters let through failed a cluster filter (they are counted already).
+fn fit_error(verdicts: &[Option<NodeVerdict>], cluster_rejections: &[Vec<String>]) -> FitError {
     let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
     let mut total_nodes = 0;
     for v in verdicts.iter().flatten() {
@@ -218,6 +228,11 @@ fn fit_error(verdicts: &[Option<NodeVerdict>]) -> FitError {
             }
         }
         total_nodes += 1;
+    }
+    for why in cluster_rejections {
+        for r in why {
+            *reasons.entry(r).or_default() += 1;
+        }
     }
     FitError { total_nodes, reasons: reasons.into_iter().map(|(r, n)| (r.to_string(), n)).collect() }
 }
