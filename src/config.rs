@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use phalanx_core::framework::Profile;
 use phalanx_core::gang_status::WallClock;
-use phalanx_core::plugins::{self, GpuTopologyArgs, NodeResourcesFitArgs, PluginArgs};
+use phalanx_core::plugins::{self, GpuTopologyArgs, InterPodAffinityArgs, NodeResourcesFitArgs, PluginArgs};
 use phalanx_core::scheduler;
 use phalanx_core::scheduler::BackoffPolicy;
 use phalanx_core::scheduler::PreemptionSettings;
@@ -418,6 +418,16 @@ fn profile(at: &str, raw: RawProfile, shared: &mut SharedSettings) -> Result<Pro
                 agree(&field, &mut shared.levels_from, shared.topology.levels != levels)?;
                 shared.topology.levels = levels;
             }
+            plugins::InterPodAffinity::NAME => {
+                let cfg: InterPodAffinityArgs = parse_args(&field, &pc.args)?;
+                if !(0..=100).contains(&cfg.hard_pod_affinity_weight) {
+                    return Err(bad(
+                        format!("{field}.args.hardPodAffinityWeight"),
+                        format!("must be between 0 and 100, not {}", cfg.hard_pod_affinity_weight),
+                    ));
+                }
+                args.inter_pod_affinity = cfg;
+            }
             name if known_filters.contains(&name) || known_scores.contains(&name) => {
                 if !(pc.args.is_null() || pc.args.as_object().is_some_and(|o| o.is_empty())) {
                     return Err(bad(format!("{field}.args"), format!("plugin {name} takes no arguments")));
@@ -584,6 +594,26 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(cfg.profiles[0].args.multi_gpu_on_shared, plugins::MultiGpuOnSharedNodes::Allowed);
+    }
+
+    #[test]
+    fn inter_pod_plugins_are_on_by_default_and_take_kube_schedulers_arguments() {
+        let cfg = parse(&format!(
+            "{MINIMAL}  plugins:\n    filter:\n      disabled: [{{name: PodTopologySpread}}]\n  pluginConfig:\n    - name: InterPodAffinity\n      args: {{hardPodAffinityWeight: 7}}\n"
+        ))
+        .unwrap();
+        let profile = &cfg.profiles[0];
+        assert!(profile.filters.contains(&"InterPodAffinity") && profile.filters.contains(&"NodePorts"));
+        assert!(!profile.filters.contains(&"PodTopologySpread"));
+        assert!(profile.scores.contains(&("PodTopologySpread", 2)));
+        assert_eq!(profile.args.inter_pod_affinity.hard_pod_affinity_weight, 7);
+        let built = profile.build();
+        assert_eq!(built.cluster_filters.iter().map(|f| f.name()).collect::<Vec<_>>(), ["InterPodAffinity"]);
+        let err = parse(&format!(
+            "{MINIMAL}  pluginConfig:\n    - name: InterPodAffinity\n      args: {{hardPodAffinityWeight: 101}}\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("hardPodAffinityWeight"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Watches nodes, pods, GPU topologies, gang objects (PodGroups,
-//! PyTorchJobs, JobSets, LeaderWorkerSets), quotas (ElasticQuotas, ResourceQuotas) and
-//! PodDisruptionBudgets, and, for PodGroups' status, every pod naming a
-//! PodGroup (finished ones too), and turns each change into a `ClusterEvent` for
+//! PyTorchJobs, JobSets, LeaderWorkerSets), quotas (ElasticQuotas, ResourceQuotas),
+//! PodDisruptionBudgets, Namespaces (their labels), and, for PodGroups' status, every pod
+//! naming a PodGroup (finished ones too), and turns each change into a `ClusterEvent` for
 //! the scheduling loop. Objects are translated here and dropped: no cache of
 //! full objects is kept. After every (re-)list, a `*Listed` event carries
 //! the complete set of names, so anything missed while disconnected (a 410
@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, ResourceQuota};
+use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, Pod, ResourceQuota};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceSlice};
 use kube::api::Api;
@@ -169,6 +169,7 @@ pub fn spawn(
             claim,
         ));
     }
+    tokio::spawn(watch_namespaces(Api::all(client.clone()), metrics.clone(), tx.clone()));
     tokio::spawn(watch_pods(Api::all(client), metrics, scheduler_names, leadership, tx));
 }
 
@@ -478,6 +479,17 @@ async fn watch_budgets(api: Api<PodDisruptionBudget>, metrics: Metrics, tx: mpsc
     };
     let on_listed = |keys: HashSet<String>| ClusterEvent::BudgetsListed(split_keys(keys));
     pump(api, watcher::Config::default(), Some(metrics), tx, on_apply, on_delete, on_listed).await;
+}
+
+/// Namespace labels, which inter-pod affinity terms select namespaces by.
+async fn watch_namespaces(api: Api<Namespace>, metrics: Metrics, tx: mpsc::Sender<ClusterEvent>) {
+    let on_apply = |object: Namespace| {
+        let name = object.name_any();
+        let labels = object.metadata.labels.unwrap_or_default();
+        Applied::Event(name.clone(), ClusterEvent::NamespaceApplied { name, labels })
+    };
+    let on_delete = |object: Namespace| Some(ClusterEvent::NamespaceDeleted(object.name_any()));
+    pump(api, watcher::Config::default(), Some(metrics), tx, on_apply, on_delete, ClusterEvent::NamespacesListed).await;
 }
 
 #[cfg(test)]

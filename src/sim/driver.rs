@@ -419,6 +419,9 @@ impl Simulation<'_> {
                 job: Some(gang.clone()),
                 gpu_indices: None,
                 claims: vec![],
+                host_ports: vec![],
+                affinity: Default::default(),
+                spread: vec![],
             });
         }
         for pod in created {

@@ -30,6 +30,22 @@ pub trait FilterPlugin: Send + Sync {
     }
 }
 
+/// A filter whose verdict on a node depends on pods on other nodes
+/// (inter-pod affinity, topology spread). It looks at the snapshot once per
+/// decision, as kube-scheduler's PreFilter does, and judges each node with
+/// what it found. Gang members placed earlier in the same pass are in the
+/// snapshot already (assumed), so they count like any other pod.
+pub trait ClusterFilterPlugin: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// `None`: nothing to check for this pod in this snapshot.
+    fn prepare<'a>(&self, pod: &'a PodInfo, snapshot: &'a ClusterSnapshot) -> Option<Box<dyn PreparedFilter + 'a>>;
+}
+
+/// A cluster filter's judgement for one pod, ready to be asked about each node.
+pub trait PreparedFilter {
+    fn filter(&self, node: &NodeSpec) -> Result<(), Rejection>;
+}
+
 /// The members of a pod's job still waiting for a node (the pod included).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobDemand {
@@ -77,6 +93,9 @@ pub struct WeightedScore {
 pub struct Profile {
     pub scheduler_name: String,
     pub filters: Vec<Box<dyn FilterPlugin>>,
+    /// Run after `filters`, on the nodes they let through (kube-scheduler's
+    /// default order puts these two last as well).
+    pub cluster_filters: Vec<Box<dyn ClusterFilterPlugin>>,
     pub scores: Vec<WeightedScore>,
 }
 
@@ -85,6 +104,7 @@ impl std::fmt::Debug for Profile {
         f.debug_struct("Profile")
             .field("scheduler_name", &self.scheduler_name)
             .field("filters", &self.filters.iter().map(|p| p.name()).collect::<Vec<_>>())
+            .field("cluster_filters", &self.cluster_filters.iter().map(|p| p.name()).collect::<Vec<_>>())
             .field("scores", &self.scores.iter().map(|s| (s.plugin.name(), s.weight)).collect::<Vec<_>>())
             .finish()
     }

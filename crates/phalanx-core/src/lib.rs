@@ -14,15 +14,19 @@ pub mod explain;
 pub mod framework;
 pub mod gang;
 pub mod gang_status;
+pub mod host_port;
+pub mod label_selector;
 pub mod node;
 pub mod plugins;
 pub mod pod;
+pub mod pod_affinity;
 pub mod quantity;
 pub mod quota;
 pub mod resources;
 pub mod scheduler;
 pub mod snapshot;
 pub mod topology;
+pub mod topology_spread;
 
 /// Declares the decision modules behind `Scheduler`: private to the crate,
 /// public only with the feature `internals` (the benchmarks that time them).

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
+use super::host_port::HostPort;
 use super::resources::Resources;
 use super::topology::domains::NodeDomains;
 use super::topology::gpu_choice::{GpuMask, NodeGpuModel};
@@ -86,6 +87,8 @@ pub struct NodeInfo {
     pub requested: Resources,
     /// UIDs of the pods bound or assumed here.
     pub pods: HashSet<String>,
+    /// The host ports those pods hold (one entry per pod and port).
+    pub host_ports: Vec<HostPort>,
     /// How the node's GPUs are wired (reported, or a template); `None` without GPUs.
     pub gpu_model: Option<Arc<NodeGpuModel>>,
     /// How many pods hold each GPU (by position in the topology); more than

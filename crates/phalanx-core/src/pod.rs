@@ -4,8 +4,11 @@ use std::collections::BTreeMap;
 
 use super::dra::claim::PodClaim;
 use super::gang::GangId;
+use super::host_port::HostPort;
 use super::node::TaintEffect;
+use super::pod_affinity::PodAffinity;
 use super::resources::{GPU, Resources};
+use super::topology_spread::SpreadConstraint;
 
 /// What a new placement says about itself.
 #[derive(Debug, Clone)]
@@ -18,6 +21,8 @@ pub struct PodPlacement<'a> {
     pub priority: i32,
     pub created: i64,
     pub labels: &'a BTreeMap<String, String>,
+    pub host_ports: &'a [HostPort],
+    pub affinity: &'a PodAffinity,
 }
 
 /// Namespace and name: how users and logs refer to a pod.
@@ -138,6 +143,13 @@ pub struct PodInfo {
     /// `spec.resourceClaims`, resolved to claim names where known.
     #[serde(default)]
     pub claims: Vec<PodClaim>,
+    /// `hostPort`s of its containers.
+    #[serde(default)]
+    pub host_ports: Vec<HostPort>,
+    #[serde(default)]
+    pub affinity: PodAffinity,
+    #[serde(default)]
+    pub spread: Vec<SpreadConstraint>,
 }
 
 impl PodInfo {
@@ -157,6 +169,8 @@ impl PodInfo {
             priority: self.priority,
             created: self.created,
             labels: &self.labels,
+            host_ports: &self.host_ports,
+            affinity: &self.affinity,
         }
     }
 
@@ -168,6 +182,7 @@ impl PodInfo {
             && self.required_terms == other.required_terms
             && self.preferred_terms == other.preferred_terms
             && self.tolerations == other.tolerations
+            && self.host_ports == other.host_ports
     }
 
     /// Whether the scheduling-relevant parts differ (and a new attempt might succeed).
@@ -176,6 +191,9 @@ impl PodInfo {
             || self.node_selector != other.node_selector
             || self.required_terms != other.required_terms
             || self.tolerations != other.tolerations
+            || self.host_ports != other.host_ports
+            || self.affinity != other.affinity
+            || self.spread != other.spread
             || self.priority != other.priority
             || self.claims != other.claims
     }

@@ -132,6 +132,9 @@ pub fn choose_node_among<'s>(
     verdicts: &mut NodeVerdicts,
 ) -> Result<NodeChoice, FitError> {
     let ctx = ScoreContext { pod, snapshot, job };
+    // Judged afresh in every decision: their verdicts read other nodes too.
+    let cluster_checks: Vec<_> = profile.cluster_filters.iter().filter_map(|f| f.prepare(pod, snapshot)).collect();
+    let mut cluster_rejections: Vec<Vec<String>> = Vec::new();
     let local: Vec<usize> =
         profile.scores.iter().enumerate().filter(|(_, s)| s.plugin.node_local()).map(|(i, _)| i).collect();
     let mut feasible: Vec<(&NodeSpec, &NodeInfo)> = Vec::new();
@@ -168,6 +171,10 @@ pub fn choose_node_among<'s>(
             }
         };
         if let Verdict::Feasible(offset) = verdict {
+            if let Err(rejection) = cluster_checks.iter().try_for_each(|check| check.filter(spec)) {
+                cluster_rejections.push(rejection.0);
+                continue;
+            }
             if !pod.claims.is_empty() {
                 match snapshot.devices().fit(pod, &spec.name, usage) {
                     Ok(writes) => claim_writes.push(writes),
@@ -182,7 +189,7 @@ pub fn choose_node_among<'s>(
         }
     }
     if feasible.is_empty() {
-        let mut error = fit_error(&verdicts.nodes[..seen]);
+        let mut error = fit_error(&verdicts.nodes[..seen], &cluster_rejections);
         for (reason, count) in claim_misfits {
             *error.reasons.entry(reason).or_default() += count;
         }
@@ -226,8 +233,10 @@ pub fn choose_node_among<'s>(
     Ok(NodeChoice { node: spec.name.clone(), score, feasible: feasible.len(), gpus, gpu_indices, claims })
 }
 
-/// How many nodes failed for each reason (held ones included); out-of-scope ones are not counted.
-fn fit_error(verdicts: &[Option<NodeVerdict>]) -> FitError {
+/// How many nodes failed for each reason (held ones included); out-of-scope
+/// ones are not counted. `cluster_rejections`: why nodes the node-local
+/// filters let through failed a cluster filter (they are counted already).
+fn fit_error(verdicts: &[Option<NodeVerdict>], cluster_rejections: &[Vec<String>]) -> FitError {
     let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
     let mut total_nodes = 0;
     for v in verdicts.iter().flatten() {
@@ -242,6 +251,11 @@ fn fit_error(verdicts: &[Option<NodeVerdict>]) -> FitError {
             }
         }
         total_nodes += 1;
+    }
+    for why in cluster_rejections {
+        for r in why {
+            *reasons.entry(r).or_default() += 1;
+        }
     }
     FitError { total_nodes, reasons: reasons.into_iter().map(|(r, n)| (r.to_string(), n)).collect() }
 }

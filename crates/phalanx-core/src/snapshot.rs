@@ -6,16 +6,18 @@
 //! so the next decision already sees the resources as taken; the watch later
 //! *confirms* it, or a failed bind *forgets* it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::dra::claim::{ClaimKey, DeviceClaim};
 use super::dra::inventory::{ClaimWrite, DeviceInventory};
 use super::dra::selector::SelectorError;
 use super::gang::GangId;
+use super::host_port::HostPort;
 use super::node::{NodeInfo, NodeSpec};
 use super::node_table::{NodeTable, Slot};
 use super::pod::{PodInfo, PodKey, PodPlacement};
+use super::pod_affinity::PodAffinity;
 use super::resources::{GPU, Resources};
 use super::topology::domains::{DomainId, DomainIndex, DomainLevels};
 use super::topology::gpu_choice::{GpuMask, NodeGpuModel};
@@ -52,6 +54,9 @@ pub struct Placement {
     pub priority: i32,
     pub created: i64,
     pub labels: BTreeMap<String, String>,
+    pub host_ports: Vec<HostPort>,
+    /// The pod's inter-pod affinity: other pods are judged against it too.
+    pub affinity: PodAffinity,
 }
 
 /// Topology settings shared by every node.
@@ -89,6 +94,12 @@ pub struct ClusterSnapshot {
     namespace_usage: HashMap<String, Resources>,
     /// DRA devices and claims, and which devices are held.
     devices: DeviceInventory,
+    /// Labels of each namespace (affinity terms select namespaces by them).
+    namespace_labels: HashMap<String, BTreeMap<String, String>>,
+    /// Placed pods with inter-pod affinity terms: every decision weighs them.
+    with_affinity: HashSet<String>,
+    /// How many of those have required anti-affinity, which can reject any pod.
+    with_required_anti: usize,
 }
 
 impl ClusterSnapshot {
@@ -329,6 +340,39 @@ impl ClusterSnapshot {
     }
 
     /// Nodes holding pods of `job`, with how many each.
+    /// Placed pods that carry inter-pod affinity terms.
+    pub fn pods_with_affinity(&self) -> impl Iterator<Item = &Placement> {
+        self.with_affinity.iter().filter_map(|uid| self.placements.get(uid))
+    }
+
+    /// Whether some placed pod has required anti-affinity (which any pod may break).
+    pub fn has_required_anti_affinity(&self) -> bool {
+        self.with_required_anti > 0
+    }
+
+    /// Labels of a namespace; none when it is unknown.
+    pub fn namespace_labels(&self, namespace: &str) -> &BTreeMap<String, String> {
+        static NONE: BTreeMap<String, String> = BTreeMap::new();
+        self.namespace_labels.get(namespace).unwrap_or(&NONE)
+    }
+
+    /// A namespace was added or relabelled (`None`: deleted).
+    pub fn set_namespace(&mut self, name: &str, labels: Option<BTreeMap<String, String>>) -> Update {
+        let changed = self.namespace_labels.get(name) != labels.as_ref();
+        match labels {
+            Some(l) => self.namespace_labels.insert(name.to_string(), l),
+            None => self.namespace_labels.remove(name),
+        };
+        changed.into()
+    }
+
+    /// After a (re-)list of namespaces: those not listed are gone.
+    pub fn namespaces_listed(&mut self, listed: &HashSet<String>) -> Update {
+        let before = self.namespace_labels.len();
+        self.namespace_labels.retain(|name, _| listed.contains(name));
+        (self.namespace_labels.len() != before).into()
+    }
+
     pub fn job_nodes(&self, job: &GangId) -> Option<&BTreeMap<String, usize>> {
         self.jobs.get(job)
     }
@@ -415,6 +459,8 @@ impl ClusterSnapshot {
             priority: p.priority,
             created: p.created,
             labels: &p.labels,
+            host_ports: &p.host_ports,
+            affinity: &p.affinity,
         };
         self.place(pod, p.state, Some(p.gpus));
         if let Some(restored) = self.placements.get_mut(uid) {
@@ -429,6 +475,9 @@ impl ClusterSnapshot {
         };
         if let Some(usage) = self.namespace_usage.get_mut(&old.key.namespace) {
             usage.subtract(&old.requests);
+        }
+        if self.with_affinity.remove(uid) && !old.affinity.required_anti.is_empty() {
+            self.with_required_anti -= 1;
         }
         if let Some(job) = &old.job
             && let Some(nodes) = self.jobs.get_mut(job)
@@ -448,6 +497,11 @@ impl ClusterSnapshot {
             info.version = self.versions;
             info.requested.subtract(&old.requests);
             info.pods.remove(uid);
+            for port in &old.host_ports {
+                if let Some(at) = info.host_ports.iter().position(|p| p == port) {
+                    info.host_ports.swap_remove(at);
+                }
+            }
             remove_holders(&mut info.gpu_holders, old.gpus);
             if info.pods.is_empty() && info.spec.is_none() {
                 self.nodes.remove(&old.node);
@@ -460,6 +514,7 @@ impl ClusterSnapshot {
         if let Some(old) = self.placements.get_mut(pod.uid)
             && old.node == pod.node
             && &old.requests == pod.requests
+            && &old.labels == pod.labels
             && gpus.is_none_or(|g| g == old.gpus)
         {
             old.state = state;
@@ -473,7 +528,14 @@ impl ClusterSnapshot {
         info.version = self.versions;
         info.requested.add(pod.requests);
         info.pods.insert(pod.uid.to_string());
+        info.host_ports.extend_from_slice(pod.host_ports);
         add_holders(&mut info.gpu_holders, gpus);
+        if !pod.affinity.is_empty() {
+            self.with_affinity.insert(pod.uid.to_string());
+            if !pod.affinity.required_anti.is_empty() {
+                self.with_required_anti += 1;
+            }
+        }
         if let Some(job) = pod.job {
             *self.jobs.entry(job.clone()).or_default().entry(pod.node.to_string()).or_default() += 1;
         }
@@ -491,6 +553,8 @@ impl ClusterSnapshot {
                 priority: pod.priority,
                 created: pod.created,
                 labels: pod.labels.clone(),
+                host_ports: pod.host_ports.to_vec(),
+                affinity: pod.affinity.clone(),
             },
         );
     }
@@ -519,13 +583,26 @@ mod tests {
     use crate::testing::gpu_node as node;
 
     static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+    static NO_AFFINITY: PodAffinity =
+        PodAffinity { required: vec![], preferred: vec![], required_anti: vec![], preferred_anti: vec![] };
 
     fn key(name: &str) -> PodKey {
         PodKey { namespace: "default".into(), name: name.into() }
     }
 
     fn pod<'a>(uid: &'a str, k: &'a PodKey, node: &'a str, requests: &'a Resources) -> PodPlacement<'a> {
-        PodPlacement { uid, key: k, node, requests, job: None, priority: 0, created: 0, labels: &NO_LABELS }
+        PodPlacement {
+            uid,
+            key: k,
+            node,
+            requests,
+            job: None,
+            priority: 0,
+            created: 0,
+            labels: &NO_LABELS,
+            host_ports: &[],
+            affinity: &NO_AFFINITY,
+        }
     }
 
     #[test]

@@ -8,5 +8,6 @@ pub mod api;
 pub mod dra_objects;
 pub mod gang_objects;
 pub mod pod_group_status;
+mod pod_rules;
 pub mod quota_objects;
 pub mod translate;

@@ -9,6 +9,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use thiserror::Error;
 
 use crate::api::gpu_topology::GPUTopology;
+use crate::pod_rules::{PodContext, host_ports, pod_affinity, spread_constraints};
 use phalanx_core::gang::{GangId, GangKind};
 use phalanx_core::node::{GpuSharing, NodeSpec, SharingStrategy, Taint, TaintEffect};
 use phalanx_core::pod::{
@@ -246,6 +247,12 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, TranslateError> {
             Ok(Toleration { key, operator, effect })
         })
         .collect::<Result<Vec<_>, TranslateError>>()?;
+    let labels = meta.labels.clone().unwrap_or_default();
+    let namespace = meta.namespace.clone().unwrap_or_default();
+    let context = PodContext { object: &object, namespace: &namespace, labels: &labels };
+    let host_ports = host_ports(spec, &object)?;
+    let pod_affinity = pod_affinity(spec.affinity.as_ref(), &context)?;
+    let spread = spread_constraints(spec.topology_spread_constraints.as_ref(), &context)?;
     let phase = match pod.status.as_ref().and_then(|s| s.phase.as_deref()) {
         Some("Succeeded" | "Failed") => PodPhase::Finished,
         Some("Running") => PodPhase::Running,
@@ -253,10 +260,7 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, TranslateError> {
     };
     Ok(PodInfo {
         uid,
-        key: PodKey {
-            namespace: meta.namespace.clone().unwrap_or_default(),
-            name: meta.name.clone().unwrap_or_default(),
-        },
+        key: PodKey { namespace, name: meta.name.clone().unwrap_or_default() },
         resource_version: meta.resource_version.clone(),
         scheduler_name: spec.scheduler_name.clone().unwrap_or_else(|| "default-scheduler".into()),
         node_name: spec.node_name.clone().filter(|n| !n.is_empty()),
@@ -269,11 +273,14 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, TranslateError> {
         tolerations,
         priority: spec.priority.unwrap_or(0),
         preempt_never: spec.preemption_policy.as_deref() == Some("Never"),
-        labels: meta.labels.clone().unwrap_or_default(),
+        labels,
         created: meta.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second()),
         job: job_key(pod, &object)?,
         gpu_indices: gpu_annotation(pod, &object)?,
         claims: crate::dra_objects::pod_claims(pod),
+        host_ports,
+        affinity: pod_affinity,
+        spread,
     })
 }
 

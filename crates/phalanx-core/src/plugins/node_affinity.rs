@@ -19,15 +19,19 @@ pub fn term_matches(term: &NodeSelectorTerm, node: &NodeSpec) -> bool {
         && term.match_node_name.iter().all(|r| r.holds(Some(node.name.as_str())))
 }
 
+/// Whether the node passes the pod's `nodeSelector` and required node affinity.
+pub fn pod_may_go_to(pod: &PodInfo, node: &NodeSpec) -> bool {
+    let selector_ok = pod.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v));
+    selector_ok && (pod.required_terms.is_empty() || pod.required_terms.iter().any(|t| term_matches(t, node)))
+}
+
 impl FilterPlugin for NodeAffinity {
     fn name(&self) -> &'static str {
         Self::NAME
     }
 
     fn filter(&self, pod: &PodInfo, node: &NodeSpec, _: &NodeInfo) -> Result<(), Rejection> {
-        let selector_ok = pod.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v));
-        let affinity_ok = pod.required_terms.is_empty() || pod.required_terms.iter().any(|t| term_matches(t, node));
-        if selector_ok && affinity_ok {
+        if pod_may_go_to(pod, node) {
             Ok(())
         } else {
             Err(Rejection::because("node(s) didn't match Pod's node affinity/selector"))

@@ -31,17 +31,20 @@ pub fn reject_unless_tolerated(pod: &PodInfo, taint_key: &str, reason: &str) -> 
     if tolerates(&pod.tolerations, &taint) { Ok(()) } else { Err(Rejection::because(reason)) }
 }
 
+/// The first NoSchedule or NoExecute taint of the node the pod does not tolerate.
+pub fn untolerated_taint<'n>(pod: &PodInfo, node: &'n NodeSpec) -> Option<&'n Taint> {
+    node.taints
+        .iter()
+        .find(|taint| taint.effect != TaintEffect::PreferNoSchedule && !tolerates(&pod.tolerations, taint))
+}
+
 impl FilterPlugin for TaintToleration {
     fn name(&self) -> &'static str {
         Self::NAME
     }
 
     fn filter(&self, pod: &PodInfo, node: &NodeSpec, _: &NodeInfo) -> Result<(), Rejection> {
-        match node
-            .taints
-            .iter()
-            .find(|taint| taint.effect != TaintEffect::PreferNoSchedule && !tolerates(&pod.tolerations, taint))
-        {
+        match untolerated_taint(pod, node) {
             Some(taint) => {
                 Err(Rejection::because(format!("node(s) had untolerated taint {{{}: {}}}", taint.key, taint.value)))
             }

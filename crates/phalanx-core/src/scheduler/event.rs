@@ -1,7 +1,7 @@
 //! What the scheduler is told: changes the watches saw, and the outcomes of
 //! the binds and evictions it asked for.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use crate::disruption::DisruptionBudget;
 use crate::dra::claim::{ClaimKey, DeviceClaim, DeviceClass};
@@ -84,6 +84,14 @@ pub enum ClusterEvent {
         kind: DeviceKind,
         keys: HashSet<DeviceObjectKey>,
     },
+    /// A Namespace added or relabelled (affinity terms select namespaces by label).
+    NamespaceApplied {
+        name: String,
+        labels: BTreeMap<String, String>,
+    },
+    NamespaceDeleted(String),
+    /// Names of every Namespace after a (re-)list.
+    NamespacesListed(HashSet<String>),
     /// An object phalanx cannot read; `error` names the field.
     Invalid {
         regarding: ObjectRef,

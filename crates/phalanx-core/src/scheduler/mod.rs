@@ -252,6 +252,9 @@ impl Scheduler {
                 self.gangs.budgets_listed(&keys);
                 Change::MayFitMore
             }
+            ClusterEvent::NamespaceApplied { name, labels } => self.snapshot.set_namespace(&name, Some(labels)).into(),
+            ClusterEvent::NamespaceDeleted(name) => self.snapshot.set_namespace(&name, None).into(),
+            ClusterEvent::NamespacesListed(names) => self.snapshot.namespaces_listed(&names).into(),
             ClusterEvent::PodsRelisted { uids, term } => {
                 self.unlisted.remove(PODS);
                 self.resync_pods(&uids);

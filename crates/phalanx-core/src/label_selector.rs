@@ -1,0 +1,25 @@
+//! Label selectors over pods and namespaces (`matchLabels` and
+//! `matchExpressions`, the former folded into the latter).
+
+use std::collections::BTreeMap;
+
+use super::pod::SelectorRequirement;
+
+/// Every requirement must hold: an empty selector matches all labels. A
+/// selector that is absent where Kubernetes allows one matches nothing
+/// (`Option<LabelSelector>::None`), as `LabelSelectorAsSelector(nil)` does.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct LabelSelector {
+    pub requirements: Vec<SelectorRequirement>,
+}
+
+impl LabelSelector {
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.requirements.iter().all(|r| r.holds(labels.get(&r.key).map(String::as_str)))
+    }
+}
+
+/// Whether an optional selector (absent: nothing) matches.
+pub fn selects(selector: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
+    selector.is_some_and(|s| s.matches(labels))
+}
