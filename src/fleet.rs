@@ -234,6 +234,21 @@ impl PoolSpec {
     }
 }
 
+/// The node reports Ready=True (kwok says so once it manages the node).
+pub fn is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Ready and without taints: the not-ready taint set at creation goes once
+/// the node lifecycle controller has seen the node Ready. What a fleet's
+/// user waits for before scheduling on it.
+pub fn ready_and_untainted(node: &Node) -> bool {
+    is_ready(node) && node.spec.as_ref().and_then(|s| s.taints.as_ref()).is_none_or(|t| t.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,9 +8,11 @@
 //! holds them (kubelet); `device_plugin` offers fake GPUs to a real kubelet
 //! (kind clusters); `workload` describes benchmark workloads (jobs to
 //! submit); `sim` replays them through the core's `Scheduler` on a
-//! simulated clock (`phalanx simulate`); `explain` renders a node's GPUs.
+//! simulated clock (`phalanx simulate`); `explain` renders a node's GPUs;
+//! `cluster_invariants` says what must hold of GPU nodes and gangs (tests, soak).
 
 pub mod agent;
+pub mod cluster_invariants;
 pub mod config;
 pub mod device_plugin;
 pub mod explain;

@@ -12,13 +12,14 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use phalanx::cluster_invariants::gpus_by_node;
 use phalanx_core::topology::model::Link;
 use phalanx_core::topology::templates;
 use phalanx_kube::api::elastic_quota::ElasticQuota;
 use phalanx_kube::api::gpu_topology::{GPUTopology, GpuTopologySpec, GpuTopologyStatus, PodDevices};
 use phalanx_kube::api::pod_group::PodGroup;
 use serde_json::json;
-use support::{TestEnv, ensure_crds, eventually, gpus_by_node, http_get};
+use support::{TestEnv, ensure_crds, eventually, http_get};
 
 const SETTLE: Duration = Duration::from_secs(30);
 const GROUP_LABEL: &str = "scheduling.x-k8s.io/pod-group";

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, Pod};
 use kube::api::{ListParams, PostParams};
+use phalanx::cluster_invariants::gpus_by_node;
 use serde_json::json;
-use support::{TestEnv, eventually, gpus_by_node, http_get};
+use support::{TestEnv, eventually, http_get};
 
 const BIND: Duration = Duration::from_secs(30);
 

@@ -10,7 +10,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
-use phalanx::fleet::FleetSpec;
+use phalanx::fleet::{FleetSpec, ready_and_untainted};
 use tokio::time::Instant;
 
 use crate::workload::FLEET_LABEL;
@@ -73,17 +73,6 @@ pub async fn remove(client: &Client) {
 async fn labelled(api: &Api<Node>) -> Vec<Node> {
     // From the API server's watch cache: cheap even for 5,000 nodes.
     api.list(&ListParams::default().labels(FLEET_LABEL).match_any()).await.expect("listing nodes").items
-}
-
-fn ready_and_untainted(n: &Node) -> bool {
-    let ready = n
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    // The not-ready taint set at creation goes once the node lifecycle
-    // controller has seen the node Ready.
-    ready && n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_none_or(|t| t.is_empty())
 }
 
 /// Labelled nodes Ready and untainted: the fleet the schedulers really see.

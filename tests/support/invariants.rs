@@ -4,19 +4,16 @@
 //! bound, every pending pod in phalanx's queue, and whatever was bound still
 //! bound where it was.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
+use phalanx::cluster_invariants::{GPU, bound_members, finished, gpu_violations, node_of};
 use phalanx_kube::api::pod_group::PodGroup;
 
-use super::{ENV_LABEL, TestEnv, eventually, gpus_by_node, http_get};
-
-const GPU: &str = "nvidia.com/gpu";
-const GPUS_ANNOTATION: &str = "phalanx.dev/gpus";
-const POD_GROUP_LABEL: &str = "scheduling.x-k8s.io/pod-group";
+use super::{ENV_LABEL, TestEnv, eventually, http_get};
 
 /// Where each bound pod of an env is: name -> (UID, node).
 pub type Bound = BTreeMap<String, (String, String)>;
@@ -47,45 +44,22 @@ pub fn bound(pods: &[Pod]) -> Bound {
     pods.iter().filter_map(|p| Some((p.name_any(), (p.uid()?, p.spec.as_ref()?.node_name.clone()?)))).collect()
 }
 
-fn finished(pod: &Pod) -> bool {
-    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
-}
-
-fn node_of(pod: &Pod) -> Option<&str> {
-    pod.spec.as_ref()?.node_name.as_deref()
-}
-
 /// Per node of the env: the GPU limits of its pods within its allocatable
 /// GPUs, and the recorded GPU indices of its pods disjoint and in range.
 async fn no_gpu_over_committed(env: &TestEnv, pods: &[Pod]) {
     let selector = format!("{ENV_LABEL}={}", env.name);
     let nodes = env.nodes().list(&ListParams::default().labels(&selector)).await.expect("list nodes").items;
-    let capacity: BTreeMap<String, i64> = nodes
+    let allocatable: BTreeMap<String, i64> = nodes
         .iter()
         .map(|n| {
             let gpus = n.status.as_ref().and_then(|s| s.allocatable.as_ref()?.get(GPU)?.0.parse().ok());
             (n.name_any(), gpus.unwrap_or(0))
         })
         .collect();
-    for (node, used) in gpus_by_node(pods) {
-        // A node deleted under its pods has no capacity to check against;
-        // the test that deletes it says what it expects of them.
-        let Some(cap) = capacity.get(&node) else { continue };
-        assert!(used <= *cap, "node {node}: {used} GPUs requested by its pods, {cap} allocatable");
-    }
-    let mut taken: BTreeMap<&str, BTreeMap<u32, String>> = BTreeMap::new();
-    for pod in pods {
-        let (Some(node), Some(text)) = (node_of(pod), pod.annotations().get(GPUS_ANNOTATION)) else { continue };
-        let cap = capacity.get(node).copied().unwrap_or(i64::MAX);
-        for index in text.split(',').filter(|s| !s.is_empty()) {
-            let index: u32 =
-                index.parse().unwrap_or_else(|_| panic!("pod {}: bad GPU index {index:?}", pod.name_any()));
-            assert!(i64::from(index) < cap, "pod {} on {node} holds GPU {index} of {cap}", pod.name_any());
-            if let Some(other) = taken.entry(node).or_default().insert(index, pod.name_any()) {
-                panic!("GPU {index} of node {node} is recorded on both {other} and {}", pod.name_any());
-            }
-        }
-    }
+    // A node deleted under its pods has no capacity to check against; the
+    // test that deletes it says what it expects of them.
+    let violations = gpu_violations(pods, &allocatable);
+    assert!(violations.is_empty(), "{}", violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "));
 }
 
 /// Every PodGroup of the env has either none or at least minMember of its
@@ -96,16 +70,13 @@ async fn no_gang_partly_bound(env: &TestEnv, pods: &[Pod]) {
         .await
         .expect("list PodGroups")
         .items;
+    let members = bound_members(pods);
     for group in groups {
         let name = group.name_any();
         let min = group.spec.min_member.unwrap_or(1);
-        let members: BTreeSet<String> = pods
-            .iter()
-            .filter(|p| p.labels().get(POD_GROUP_LABEL) == Some(&name) && node_of(p).is_some())
-            .map(|p| p.name_any())
-            .collect();
-        let n = members.len() as i64;
-        assert!(n == 0 || n >= i64::from(min), "gang {name} partly bound: {n} of {min} ({members:?})");
+        let bound = members.get(&(env.name.clone(), name.clone())).cloned().unwrap_or_default();
+        let n = bound.len() as i64;
+        assert!(n == 0 || n >= i64::from(min), "gang {name} partly bound: {n} of {min} ({bound:?})");
     }
 }
 

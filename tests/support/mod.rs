@@ -11,7 +11,6 @@
 pub mod apiserver;
 pub mod invariants;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -22,7 +21,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, ResourceExt};
-use phalanx::fleet::FleetSpec;
+use phalanx::fleet::{FleetSpec, ready_and_untainted};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
@@ -159,21 +158,7 @@ impl TestEnv {
             let selector = selector.clone();
             async move {
                 let list = api.list(&ListParams::default().labels(&selector)).await.ok()?;
-                let ready = list
-                    .items
-                    .iter()
-                    .filter(|n| {
-                        let status_ready = n
-                            .status
-                            .as_ref()
-                            .and_then(|s| s.conditions.as_ref())
-                            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-                        // The not-ready taint added at creation goes once the
-                        // node lifecycle controller has seen the node Ready.
-                        let untainted = n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_none_or(|t| t.is_empty());
-                        status_ready && untainted
-                    })
-                    .count();
+                let ready = list.items.iter().filter(|n| ready_and_untainted(n)).count();
                 (ready >= wanted).then_some(())
             }
         })
@@ -474,22 +459,4 @@ pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let code = response.split_whitespace().nth(1)?.parse().ok()?;
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((code, body))
-}
-
-/// Sum of the GPU limits of the pods bound to each node.
-pub fn gpus_by_node(pods: &[Pod]) -> BTreeMap<String, i64> {
-    let mut used = BTreeMap::new();
-    for p in pods {
-        let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.clone()) else {
-            continue;
-        };
-        let gpus: i64 = p
-            .spec
-            .iter()
-            .flat_map(|s| &s.containers)
-            .filter_map(|c| c.resources.as_ref()?.limits.as_ref()?.get("nvidia.com/gpu")?.0.parse::<i64>().ok())
-            .sum();
-        *used.entry(node).or_default() += gpus;
-    }
-    used
 }

@@ -1,0 +1,653 @@
+//! The checker: every second, from its own watches (and the replicas'
+//! metrics), every invariant of the soak. Each grace time below says why a
+//! correct scheduler may need it; a violation is written to the event log
+//! at once, with what was seen.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams};
+use kube::{Client, ResourceExt};
+use phalanx::cluster_invariants::{GPU, finished, gpu_violations, gpus_by_node, gpus_of, node_of};
+use phalanx::fleet::is_ready;
+use serde_json::json;
+
+use crate::event_log::EventLog;
+use crate::faults::{FOREIGN_NAMESPACE, FaultBook, allocatable};
+use crate::ledger::{JOB_LABEL, Job, Ledger};
+use crate::replicas::{MAX_BACKOFF, Replicas, SCHEDULER_NAME, get, metric};
+use crate::watches::{Stores, key};
+
+/// A gang's members are bound one call each, concurrently and rate-limited;
+/// a leader killed or frozen mid-gang leaves the rest to its successor
+/// (lease 6 s + retry 1 s), and an API server or etcd down for up to 8 s
+/// delays both. 45 s covers the longest such fault plus a takeover, twice.
+pub const GANG_GRACE: Duration = Duration::from_secs(45);
+/// phalanx learns a quota change through its watch; binds it decided just
+/// before may land just after.
+pub const QUOTA_GRACE: Duration = Duration::from_secs(5);
+/// A budget created while an eviction is in flight cannot stop it.
+pub const PDB_GRACE: Duration = Duration::from_secs(2);
+/// A pod bound by another client is unknown to phalanx until its watch says
+/// so: a bind decided before that may land on the same GPUs. The kubelet
+/// would refuse one of them; here the harness removes the foreign pod.
+pub const FOREIGN_GRACE: Duration = Duration::from_secs(10);
+/// Capacity counts as free for a waiting gang only when it has been free
+/// this long: longer than the longest backoff, so the gang has been tried.
+pub const STABLE: Duration = Duration::from_secs(MAX_BACKOFF.as_secs() + 5);
+/// After a fault ends the scheduler must be settled again within this.
+pub const RECOVERY_BOUND: Duration = Duration::from_secs(90);
+/// With no fault at all, settled at least this often.
+pub const STUCK_BOUND: Duration = Duration::from_secs(120);
+/// Metrics and the cluster are compared while both move: pods created or
+/// bound this recently may be on one side only.
+const CHURN: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Invariant {
+    GpuOverCommitted,
+    GangBelowMinMember,
+    PodLost,
+    QuotaExceeded,
+    EvictedAgainstBudget,
+    PriorityInversion,
+    NotRecovered,
+    ReplicaExited,
+}
+
+impl Invariant {
+    pub const ALL: [Invariant; 8] = [
+        Self::GpuOverCommitted,
+        Self::GangBelowMinMember,
+        Self::PodLost,
+        Self::QuotaExceeded,
+        Self::EvictedAgainstBudget,
+        Self::PriorityInversion,
+        Self::NotRecovered,
+        Self::ReplicaExited,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::GpuOverCommitted => "no GPU over-committed or held twice",
+            Self::GangBelowMinMember => "no gang bound below minMember past 45 s",
+            Self::PodLost => "no pod bound twice or lost",
+            Self::QuotaExceeded => "quota max never exceeded",
+            Self::EvictedAgainstBudget => "no eviction against a PDB",
+            Self::PriorityInversion => "no lower priority placed while a higher fits",
+            Self::NotRecovered => "settled within 90 s of each fault; metrics agree",
+            Self::ReplicaExited => "no replica exits on its own",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Violation {
+    pub t: f64,
+    pub invariant: Invariant,
+    pub message: String,
+}
+
+/// One sample of the timeline.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub t: f64,
+    pub pending_pods: usize,
+    pub queued_pods: Option<f64>,
+    pub allocated_gpus: i64,
+    pub violations: usize,
+    pub faults_active: usize,
+}
+
+pub struct Checker {
+    pub client: Client,
+    pub stores: Stores,
+    pub ledger: Arc<Ledger>,
+    pub faults: Arc<FaultBook>,
+    pub replicas: Arc<Replicas>,
+    pub log: Arc<EventLog>,
+    pub violations: Vec<Violation>,
+    pub samples: Vec<Sample>,
+    pub total_gpus: i64,
+    reported: BTreeSet<String>,
+    below_min_since: BTreeMap<String, Instant>,
+    /// GPUs used on each schedulable node, one entry a check.
+    history: VecDeque<(Instant, BTreeMap<String, i64>)>,
+    placed: BTreeSet<String>,
+    usage: BTreeMap<String, i64>,
+    deletions_checked: BTreeSet<String>,
+    last_settled: Instant,
+}
+
+/// What the checker saw of one job this check.
+struct JobState {
+    bound: usize,
+    present: usize,
+    finished: usize,
+    evicted: bool,
+}
+
+impl Checker {
+    pub fn new(
+        client: Client,
+        stores: Stores,
+        ledger: Arc<Ledger>,
+        faults: Arc<FaultBook>,
+        replicas: Arc<Replicas>,
+        log: Arc<EventLog>,
+    ) -> Self {
+        Self {
+            client,
+            stores,
+            ledger,
+            faults,
+            replicas,
+            log,
+            violations: Vec::new(),
+            samples: Vec::new(),
+            total_gpus: 0,
+            reported: BTreeSet::new(),
+            below_min_since: BTreeMap::new(),
+            history: VecDeque::new(),
+            placed: BTreeSet::new(),
+            usage: BTreeMap::new(),
+            deletions_checked: BTreeSet::new(),
+            last_settled: Instant::now(),
+        }
+    }
+
+    /// Checks every second until `stop` says so.
+    pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.check().await,
+                _ = stop.changed() => return self,
+            }
+        }
+    }
+
+    fn violate(&mut self, invariant: Invariant, dedup: String, message: String) {
+        if !self.reported.insert(dedup) {
+            return;
+        }
+        let t = self.log.elapsed();
+        self.log.write("violation", json!({"invariant": invariant.as_str(), "message": message}));
+        tracing::error!(invariant = invariant.as_str(), %message, "violation");
+        self.violations.push(Violation { t, invariant, message });
+    }
+
+    pub async fn check(&mut self) {
+        let now = Instant::now();
+        let pods = self.stores.pods.state();
+        let nodes = self.stores.nodes.state();
+        let jobs: BTreeMap<String, Job> = self.ledger.lock().jobs.clone();
+        let alloc: BTreeMap<String, i64> = nodes.iter().map(|n| (n.name_any(), allocatable(n))).collect();
+        self.total_gpus = self.total_gpus.max(alloc.values().sum());
+        let live = || pods.iter().map(|p| &**p).filter(|p| !finished(p));
+        let used = gpus_by_node(live());
+
+        self.check_gpus(&pods, &alloc, now);
+        let states = job_states(&pods, &jobs, &self.stores);
+        self.check_gangs(&jobs, &states, now);
+        self.check_quota(&pods, now);
+        self.check_budgets(&jobs);
+        let free = self.stable_free(&nodes, &used, now);
+        self.check_inversion(&jobs, &states, &pods, free.as_ref(), now);
+        let pending = pods
+            .iter()
+            .filter(|p| {
+                p.spec.as_ref().and_then(|s| s.scheduler_name.as_deref()) == Some(SCHEDULER_NAME)
+                    && node_of(p).is_none()
+                    && p.metadata.deletion_timestamp.is_none()
+                    && !finished(p)
+            })
+            .count();
+        let queued = self.check_settled(&jobs, &states, &pods, pending, free.as_ref(), now).await;
+        for exited in self.replicas.exited() {
+            self.violate(Invariant::ReplicaExited, exited.clone(), exited);
+        }
+        let faults_active = self.faults.lock().iter().filter(|f| f.ended.is_none()).count();
+        self.samples.push(Sample {
+            t: self.log.elapsed(),
+            pending_pods: pending,
+            queued_pods: queued,
+            allocated_gpus: used.values().sum(),
+            violations: self.violations.len(),
+            faults_active,
+        });
+    }
+
+    fn check_gpus(&mut self, pods: &[Arc<Pod>], alloc: &BTreeMap<String, i64>, now: Instant) {
+        let foreign = self.ledger.lock().foreign_binds.clone();
+        for v in gpu_violations(pods.iter().map(|p| &**p), alloc) {
+            let node = v.node().unwrap_or_default().to_string();
+            let raced = foreign.get(&node).is_some_and(|at| now.duration_since(*at) < FOREIGN_GRACE);
+            if raced {
+                // As the kubelet's admission would: the foreign pod goes.
+                self.log.write("conflict", json!({"node": node, "seen": v.to_string()}));
+                let api: Api<Pod> = Api::namespaced(self.client.clone(), FOREIGN_NAMESPACE);
+                for p in pods.iter().filter(|p| p.namespace().as_deref() == Some(FOREIGN_NAMESPACE)) {
+                    if node_of(p) == Some(node.as_str()) {
+                        let (api, name) = (api.clone(), p.name_any());
+                        tokio::spawn(async move { api.delete(&name, &DeleteParams::default()).await });
+                    }
+                }
+                continue;
+            }
+            self.violate(Invariant::GpuOverCommitted, v.to_string(), v.to_string());
+        }
+    }
+
+    fn check_gangs(&mut self, jobs: &BTreeMap<String, Job>, states: &BTreeMap<String, JobState>, now: Instant) {
+        let mut below = Vec::new();
+        for (name, job) in jobs {
+            let Some(state) = states.get(name) else { continue };
+            let whole_or_none = state.bound == 0 || state.bound >= job.size as usize;
+            // A gang being deleted, or preempted (its members evicted one
+            // call each), is on its way to none.
+            if whole_or_none || job.deleted.is_some() || state.evicted {
+                continue;
+            }
+            below.push(name.clone());
+            let since = *self.below_min_since.entry(name.clone()).or_insert(now);
+            if now.duration_since(since) > GANG_GRACE {
+                let message = format!(
+                    "gang {}/{name}: {} of {} members bound for {GANG_GRACE:?}",
+                    job.namespace, state.bound, job.size
+                );
+                self.violate(Invariant::GangBelowMinMember, format!("gang {name}"), message);
+            }
+        }
+        self.below_min_since.retain(|name, _| below.contains(name));
+    }
+
+    fn check_quota(&mut self, pods: &[Arc<Pod>], now: Instant) {
+        let quotas = self.stores.quotas.state();
+        let changed = self.ledger.lock().quota_changed.clone();
+        for quota in quotas {
+            let ns = quota.namespace().unwrap_or_default();
+            let Some(max) = quota.spec.max.as_ref().and_then(|m| m.get(GPU)).and_then(|q| q.0.parse::<i64>().ok())
+            else {
+                continue;
+            };
+            let usage: i64 = pods
+                .iter()
+                .filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && node_of(p).is_some() && !finished(p))
+                .map(|p| gpus_of(p))
+                .sum();
+            let before = self.usage.insert(ns.clone(), usage).unwrap_or(0);
+            let recent_change = changed.get(&ns).is_some_and(|at| now.duration_since(*at) < QUOTA_GRACE);
+            if usage > max && usage > before && !recent_change {
+                let message = format!("namespace {ns}: {usage} GPUs bound, ElasticQuota max {max} (was {before})");
+                self.violate(Invariant::QuotaExceeded, message.clone(), message);
+            }
+        }
+    }
+
+    fn check_budgets(&mut self, jobs: &BTreeMap<String, Job>) {
+        let seen: Vec<(String, Instant)> = {
+            let history = self.stores.history.lock();
+            history
+                .deleted
+                .iter()
+                .filter(|(k, _)| !self.deletions_checked.contains(*k))
+                .map(|(k, at)| (k.clone(), *at))
+                .collect()
+        };
+        for (pod, at) in seen {
+            self.deletions_checked.insert(pod.clone());
+            let Some(job) = job_of(&pod).and_then(|j| jobs.get(j)) else { continue };
+            let Some(protected) = job.protected_since else { continue };
+            let by_generator = job.deleted.is_some_and(|d| d <= at);
+            if !by_generator && at > protected + PDB_GRACE {
+                let message = format!("pod {pod} deleted while a PodDisruptionBudget allowed no disruption");
+                self.violate(Invariant::EvictedAgainstBudget, pod.clone(), message);
+            }
+        }
+    }
+
+    /// Free GPUs per schedulable node that were free at every check of the
+    /// last [`STABLE`] seconds; `None` until there is that much history.
+    fn stable_free(
+        &mut self,
+        nodes: &[Arc<Node>],
+        used: &BTreeMap<String, i64>,
+        now: Instant,
+    ) -> Option<BTreeMap<String, i64>> {
+        let schedulable: BTreeMap<String, i64> = nodes
+            .iter()
+            .filter(|n| schedulable(n))
+            .map(|n| (n.name_any(), used.get(&n.name_any()).copied().unwrap_or(0)))
+            .collect();
+        let capacity: BTreeMap<String, i64> = nodes.iter().map(|n| (n.name_any(), allocatable(n))).collect();
+        self.history.push_back((now, schedulable));
+        while self.history.front().is_some_and(|(at, _)| now.duration_since(*at) > STABLE) {
+            self.history.pop_front();
+        }
+        let (oldest, _) = self.history.front()?;
+        if now.duration_since(*oldest) + Duration::from_secs(2) < STABLE {
+            return None;
+        }
+        let mut free = BTreeMap::new();
+        let (_, current) = self.history.back()?;
+        for node in current.keys() {
+            let most = self.history.iter().map(|(_, used)| used.get(node).copied()).collect::<Option<Vec<i64>>>();
+            if let Some(most) = most.and_then(|u| u.into_iter().max()) {
+                free.insert(node.clone(), capacity.get(node).copied().unwrap_or(0) - most);
+            }
+        }
+        Some(free)
+    }
+
+    /// Waiting jobs that phalanx should place now, best first: complete,
+    /// old enough to have been tried, not held back by quota.
+    fn admissible(
+        &self,
+        jobs: &BTreeMap<String, Job>,
+        states: &BTreeMap<String, JobState>,
+        pods: &[Arc<Pod>],
+        now: Instant,
+    ) -> Vec<Job> {
+        let quota_free = self.quota_free(pods);
+        let mut waiting: Vec<Job> = jobs
+            .values()
+            .filter(|j| {
+                let s = states.get(&j.name);
+                j.deleted.is_none()
+                    && now.duration_since(j.created) > STABLE
+                    && s.is_some_and(|s| s.bound == 0 && s.finished == 0 && s.present == j.size as usize && !s.evicted)
+                    && quota_free.get(&j.namespace).is_none_or(|free| *free >= j.gpus())
+            })
+            .cloned()
+            .collect();
+        waiting.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.created.cmp(&b.created)));
+        waiting
+    }
+
+    fn quota_free(&self, pods: &[Arc<Pod>]) -> BTreeMap<String, i64> {
+        let changed = self.ledger.lock().quota_changed.clone();
+        self.stores
+            .quotas
+            .state()
+            .iter()
+            .filter_map(|q| {
+                let ns = q.namespace()?;
+                let max: i64 = q.spec.max.as_ref()?.get(GPU)?.0.parse().ok()?;
+                // A quota changed lately: phalanx may not know yet; count it full.
+                if changed.get(&ns).is_some_and(|at| at.elapsed() < STABLE) {
+                    return Some((ns, 0));
+                }
+                let used: i64 = pods
+                    .iter()
+                    .filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && node_of(p).is_some() && !finished(p))
+                    .map(|p| gpus_of(p))
+                    .sum();
+                Some((ns, max - used))
+            })
+            .collect()
+    }
+
+    /// A job that started binding since the last check, while a job of
+    /// higher priority waited that fits in capacity free for [`STABLE`].
+    fn check_inversion(
+        &mut self,
+        jobs: &BTreeMap<String, Job>,
+        states: &BTreeMap<String, JobState>,
+        pods: &[Arc<Pod>],
+        free: Option<&BTreeMap<String, i64>>,
+        now: Instant,
+    ) {
+        let newly: Vec<String> =
+            states.iter().filter(|(n, s)| s.bound > 0 && !self.placed.contains(*n)).map(|(n, _)| n.clone()).collect();
+        self.placed.extend(newly.iter().cloned());
+        let Some(free) = free else { return };
+        if self.scheduler_disturbed(now) {
+            return;
+        }
+        let Some(head) = self.admissible(jobs, states, pods, now).into_iter().next() else { return };
+        for name in newly {
+            let Some(low) = jobs.get(&name) else { continue };
+            if low.priority < head.priority && fits(&head, free) {
+                let message = format!(
+                    "{} ({:?}) placed while {} ({:?}, {} x {} GPUs) waited and fit in capacity free for {STABLE:?}",
+                    low.name, low.priority, head.name, head.priority, head.size, head.gpus_per_pod
+                );
+                self.violate(Invariant::PriorityInversion, name.clone(), message);
+            }
+        }
+    }
+
+    /// A fault that blinds or replaces the scheduler is active or ended
+    /// within [`STABLE`]: its view lags, and its queue starts over.
+    fn scheduler_disturbed(&self, now: Instant) -> bool {
+        self.faults.lock().iter().any(|f| f.ended.is_none_or(|end| now.duration_since(end) < STABLE))
+    }
+
+    /// Settled: one replica leads, its queue holds what the cluster has
+    /// pending and its quota usage is what is bound, and the head of the
+    /// queue truly cannot fit. Records the recovery of every fault that
+    /// ended before; returns the leader's queue length.
+    async fn check_settled(
+        &mut self,
+        jobs: &BTreeMap<String, Job>,
+        states: &BTreeMap<String, JobState>,
+        pods: &[Arc<Pod>],
+        pending: usize,
+        free: Option<&BTreeMap<String, i64>>,
+        now: Instant,
+    ) -> Option<f64> {
+        let leader = self.replicas.leader().await;
+        let queued = leader.as_ref().and_then(|(_, _, text)| {
+            Some(metric(text, "phalanx_queued_pods")? + metric(text, "phalanx_pending_pods{queue=\"binding\"}")?)
+        });
+        let churn = {
+            let history = self.stores.history.lock();
+            let recent = |at: &Instant| now.duration_since(*at) < CHURN;
+            history.bound.values().filter(|at| recent(at)).count()
+                + history.deleted.values().filter(|at| recent(at)).count()
+        };
+        let created = pods
+            .iter()
+            .filter(|p| {
+                p.metadata.creation_timestamp.as_ref().is_some_and(|t| {
+                    let age = jiff_age(&t.0);
+                    age < CHURN
+                })
+            })
+            .count();
+        let tolerance = (churn + created) as f64;
+        let queue_agrees = queued.is_some_and(|q| (q - pending as f64).abs() <= tolerance);
+        let usage: Vec<(String, i64, Option<f64>)> = self
+            .usage
+            .iter()
+            .map(|(ns, used)| {
+                let series = format!("phalanx_quota_used{{namespace=\"{ns}\",resource=\"{GPU}\"}}");
+                (ns.clone(), *used, leader.as_ref().and_then(|(_, _, text)| metric(text, &series)))
+            })
+            .collect();
+        let usage_agrees = usage.iter().all(|(_, used, published)| {
+            published.is_some_and(|m| (m - *used as f64).abs() <= 8.0 * tolerance.max(1.0))
+        });
+        let head_fits = free
+            .is_some_and(|free| self.admissible(jobs, states, pods, now).first().is_some_and(|head| fits(head, free)));
+        let settled = leader.is_some() && queue_agrees && usage_agrees && !head_fits;
+        let t = self.log.elapsed();
+        if settled {
+            self.last_settled = now;
+            let mut book = self.faults.lock();
+            for f in book.iter_mut().filter(|f| f.recovery.is_none() && f.skipped.is_none()) {
+                if let Some(end) = f.ended {
+                    f.recovery = Some(now.duration_since(end));
+                    self.log.write(
+                        "recovered",
+                        json!({"id": f.id, "fault": f.kind.as_str(), "after_s": now.duration_since(end).as_secs_f64()}),
+                    );
+                }
+            }
+        } else {
+            let why = format!(
+                "leader {:?}, queue {queued:?} vs {pending} pending (tolerance {tolerance}), GPUs used by namespace vs phalanx_quota_used {usage:?}, head fits {head_fits}",
+                leader.as_ref().map(|l| &l.0)
+            );
+            let late: Vec<(usize, &'static str)> = self
+                .faults
+                .lock()
+                .iter()
+                .filter(|f| f.recovery.is_none() && f.skipped.is_none())
+                .filter(|f| f.ended.is_some_and(|end| now.duration_since(end) > RECOVERY_BOUND))
+                .map(|f| (f.id, f.kind.as_str()))
+                .collect();
+            for (id, kind) in late {
+                let message = format!("not settled {RECOVERY_BOUND:?} after fault #{id} ({kind}) ended: {why}");
+                self.violate(Invariant::NotRecovered, format!("fault {id}"), message);
+            }
+            let active = self.faults.lock().iter().any(|f| f.ended.is_none());
+            if !active && now.duration_since(self.last_settled) > STUCK_BOUND {
+                let message = format!("not settled for {STUCK_BOUND:?} with no fault: {why}");
+                self.violate(
+                    Invariant::NotRecovered,
+                    format!("stuck {}", self.last_settled.elapsed().as_secs() / 600),
+                    message,
+                );
+            }
+            self.log.write("unsettled", json!({"t": t, "why": why}));
+        }
+        queued
+    }
+
+    /// At the end: every pod the generator created is bound, finished,
+    /// deleted by the generator, evicted by preemption, or pending with a
+    /// reason phalanx wrote (PodScheduled=False).
+    pub async fn account_for_every_pod(&mut self) -> BTreeMap<&'static str, usize> {
+        let jobs: Vec<Job> = self.ledger.lock().jobs.values().cloned().collect();
+        let pods: BTreeMap<String, Arc<Pod>> = self.stores.pods.state().into_iter().map(|p| (key(&p), p)).collect();
+        let evicted = self.stores.history.lock().evicted.clone();
+        let mut fates: BTreeMap<&'static str, usize> = BTreeMap::new();
+        for job in jobs {
+            for name in &job.pods {
+                let k = format!("{}/{name}", job.namespace);
+                let fate = match pods.get(&k) {
+                    Some(p) if finished(p) => "finished",
+                    Some(p) if node_of(p).is_some() => "bound",
+                    Some(p) if p.metadata.deletion_timestamp.is_some() => "deleting",
+                    Some(p) if unschedulable_reason(p) => "pending with a reason",
+                    Some(_) => "pending without a reason",
+                    None if evicted.contains_key(&k) => "evicted (preempted)",
+                    None if job.deleted.is_some() => "deleted by the generator",
+                    None => "lost",
+                };
+                *fates.entry(fate).or_default() += 1;
+                if matches!(fate, "lost" | "pending without a reason") {
+                    // What the leader says of it, for whoever reads the report.
+                    let explained = match self.replicas.leader().await {
+                        Some((_, port, _)) => get(port, &format!("/explain/{k}")).await,
+                        None => None,
+                    };
+                    let why = explained.map_or_else(String::new, |text| format!("; phalanx explains: {}", text.trim()));
+                    self.violate(Invariant::PodLost, k.clone(), format!("pod {k}: {fate}{why}"));
+                }
+            }
+        }
+        fates
+    }
+}
+
+fn jiff_age(t: &jiff::Timestamp) -> Duration {
+    jiff::Timestamp::now().duration_since(*t).unsigned_abs()
+}
+
+fn job_of(pod_key: &str) -> Option<&str> {
+    let name = pod_key.split_once('/')?.1;
+    Some(name.rsplit_once('-')?.0)
+}
+
+fn job_states(pods: &[Arc<Pod>], jobs: &BTreeMap<String, Job>, stores: &Stores) -> BTreeMap<String, JobState> {
+    let evicted = stores.history.lock().evicted.clone();
+    let mut states: BTreeMap<String, JobState> = BTreeMap::new();
+    for pod in pods {
+        let Some(job) = pod.labels().get(JOB_LABEL).filter(|j| jobs.contains_key(*j)) else { continue };
+        let state = states.entry(job.clone()).or_insert(JobState { bound: 0, present: 0, finished: 0, evicted: false });
+        state.present += 1;
+        state.bound += usize::from(node_of(pod).is_some());
+        state.finished += usize::from(finished(pod));
+        state.evicted |= evicted.contains_key(&key(pod));
+    }
+    for (name, job) in jobs {
+        let any_evicted = job.pods.iter().any(|p| evicted.contains_key(&format!("{}/{p}", job.namespace)));
+        if let Some(s) = states.get_mut(name) {
+            s.evicted |= any_evicted;
+        }
+    }
+    states
+}
+
+fn schedulable(node: &Node) -> bool {
+    let spec = node.spec.as_ref();
+    let cordoned = spec.and_then(|s| s.unschedulable).unwrap_or(false);
+    let tainted =
+        spec.and_then(|s| s.taints.as_ref()).is_some_and(|t| t.iter().any(|t| t.effect != "PreferNoSchedule"));
+    !cordoned && !tainted && is_ready(node)
+}
+
+fn unschedulable_reason(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False" && c.message.is_some()))
+}
+
+/// Whether all of `job`'s pods fit in `free` GPUs (first fit, largest node
+/// first): a proof that it fits, not a search for every way.
+fn fits(job: &Job, free: &BTreeMap<String, i64>) -> bool {
+    let mut room: Vec<i64> = free.values().copied().filter(|f| *f >= i64::from(job.gpus_per_pod)).collect();
+    room.sort_unstable_by(|a, b| b.cmp(a));
+    let need = i64::from(job.gpus_per_pod);
+    let mut left = job.size;
+    for r in &mut room {
+        while left > 0 && *r >= need {
+            *r -= need;
+            left -= 1;
+        }
+    }
+    left == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{JobKind, Priority};
+
+    fn job(size: u32, gpus_per_pod: u32) -> Job {
+        Job {
+            namespace: "ns".into(),
+            name: "j".into(),
+            kind: JobKind::PodGroup,
+            size,
+            gpus_per_pod,
+            priority: Priority::High,
+            created: Instant::now(),
+            deleted: None,
+            protected_since: None,
+            pods: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_gang_fits_only_whole_pods_into_free_gpus() {
+        let free = BTreeMap::from([("a".to_string(), 8), ("b".to_string(), 6), ("c".to_string(), 3)]);
+        assert!(fits(&job(3, 4), &free));
+        assert!(!fits(&job(4, 4), &free), "b holds one 4-GPU pod, c none");
+        assert!(fits(&job(1, 8), &free));
+        assert!(!fits(&job(2, 8), &free));
+    }
+
+    #[test]
+    fn a_pod_key_names_its_job() {
+        assert_eq!(job_of("soak-a/j00012-podgroup-3"), Some("j00012-podgroup"));
+        assert_eq!(job_of("soak-a/j00013-pod-0"), Some("j00013-pod"));
+    }
+}
