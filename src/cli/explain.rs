@@ -133,6 +133,7 @@ async fn explain_from_cluster(options: &ExplainOptions, target: &Target) -> anyh
             gang_kinds: served.gang_kinds.clone(),
             elastic_quotas: served.elastic_quotas,
             dynamic_resources: served.dynamic_resources,
+            class_resources: Default::default(),
         },
     };
     let names: HashSet<String> = config.profiles.iter().map(|p| p.scheduler_name.clone()).collect();

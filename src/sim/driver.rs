@@ -168,6 +168,7 @@ pub fn simulate(
         gang_kinds: HashSet::from([GangKind::PodGroup]),
         elastic_quotas: false,
         dynamic_resources: false,
+        class_resources: Default::default(),
     });
     let mut sim = Simulation {
         jobs,

@@ -2,7 +2,7 @@
 //! devices are held: by claims' allocations as their status records them,
 //! and by allocations this scheduler chose whose write is still in flight.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::allocator::{AllocationFailure, DeviceCatalog, NodeDevices, allocate_claims};
 use super::claim::{AllocationMode, ClaimAllocation, ClaimKey, DeviceClaim, DeviceClass, PodClaimSource, RequestKind};
@@ -63,11 +63,20 @@ struct Assumed {
     pods: Vec<String>,
 }
 
-/// Which resource each DeviceClass's devices count as in quotas, unless
-/// configured otherwise (as Kueue's `deviceClassMappings`).
-pub const DEFAULT_CLASS_RESOURCES: [(&str, &str); 1] = [("gpu.nvidia.com", crate::resources::GPU)];
+/// Which resource each DeviceClass's devices count as in quotas (as
+/// Kueue's `deviceClassMappings`): by default `gpu.nvidia.com` devices are
+/// `nvidia.com/gpu`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct ClassResources(pub BTreeMap<String, String>);
 
-#[derive(Debug)]
+impl Default for ClassResources {
+    fn default() -> Self {
+        Self(BTreeMap::from([("gpu.nvidia.com".to_string(), crate::resources::GPU.to_string())]))
+    }
+}
+
+#[derive(Debug, Default)]
 pub struct DeviceInventory {
     classes: HashMap<String, DeviceClass>,
     selectors: Selectors,
@@ -78,31 +87,14 @@ pub struct DeviceInventory {
     assumed: HashMap<ClaimKey, Assumed>,
     /// Devices held on each node, counted per holder.
     held: HashMap<String, HeldDevices>,
-    /// DeviceClass name -> the resource its devices count as in quotas.
-    class_resources: HashMap<String, String>,
+    class_resources: ClassResources,
     /// What each namespace's allocated and assumed claims count as in quotas.
     charges: HashMap<String, Resources>,
 }
 
-impl Default for DeviceInventory {
-    fn default() -> Self {
-        Self {
-            classes: HashMap::new(),
-            selectors: Selectors::default(),
-            slices: HashMap::new(),
-            node_devices: HashMap::new(),
-            claims: HashMap::new(),
-            assumed: HashMap::new(),
-            held: HashMap::new(),
-            class_resources: DEFAULT_CLASS_RESOURCES.iter().map(|(c, r)| (c.to_string(), r.to_string())).collect(),
-            charges: HashMap::new(),
-        }
-    }
-}
-
 impl DeviceInventory {
     /// Sets which resource each DeviceClass's devices count as in quotas.
-    pub fn set_class_resources(&mut self, mapping: HashMap<String, String>) {
+    pub fn set_class_resources(&mut self, mapping: ClassResources) {
         self.class_resources = mapping;
     }
 
@@ -124,7 +116,7 @@ impl DeviceInventory {
             for request in &claim.requests {
                 let Some(selection) = request.selections().into_iter().next() else { continue };
                 if let (AllocationMode::ExactCount(n), Some(resource)) =
-                    (selection.mode, self.class_resources.get(&selection.device_class))
+                    (selection.mode, self.class_resources.0.get(&selection.device_class))
                 {
                     total.add(&Resources::new().with(resource, i64::from(n)));
                 }
@@ -149,7 +141,7 @@ impl DeviceInventory {
                 }
                 _ => None,
             });
-            if let Some(resource) = class.and_then(|c| self.class_resources.get(c)) {
+            if let Some(resource) = class.and_then(|c| self.class_resources.0.get(c)) {
                 charge.add(&Resources::new().with(resource, 1));
             }
         }

@@ -26,6 +26,7 @@ pub use recording::{Recorded, Step};
 use reports::ReportLog;
 
 use crate::disruption::DisruptionBudget;
+use crate::dra::inventory::ClassResources;
 use crate::explain::{ExplainError, GangExplanation, SchedulerState, Target, explain_gang};
 use crate::framework::Profile;
 use crate::gang::{GangKind, GangObject};
@@ -50,6 +51,7 @@ pub struct SchedulerConfig {
     pub elastic_quotas: bool,
     /// `resource.k8s.io/v1` is served: DeviceClasses, ResourceSlices and ResourceClaims are watched.
     pub dynamic_resources: bool,
+    pub class_resources: ClassResources,
 }
 
 /// The watches every decision depends on, besides one per served gang kind
@@ -111,9 +113,11 @@ impl Scheduler {
         if config.dynamic_resources {
             unlisted.extend([DeviceKind::Class, DeviceKind::Slice, DeviceKind::Claim].map(DeviceKind::resource));
         }
+        let mut snapshot = ClusterSnapshot::with_settings(config.topology);
+        snapshot.devices_mut().set_class_resources(config.class_resources);
         Self {
             profiles: config.profiles.into_iter().map(|p| (p.scheduler_name.clone(), p)).collect(),
-            snapshot: ClusterSnapshot::with_settings(config.topology),
+            snapshot,
             queue: SchedulingQueue::new(config.backoff),
             gangs: GangScheduler::new(config.gang_kinds, config.preemption),
             binding: HashMap::new(),

@@ -131,6 +131,7 @@ fn synced_loop() -> (TestLoop, Recorder) {
         gang_kinds: HashSet::from([GangKind::PodGroup]),
         elastic_quotas: true,
         dynamic_resources: false,
+        class_resources: Default::default(),
         topology: Default::default(),
         preemption: Default::default(),
     };
