@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use phalanx_core::dra::inventory::ClassResources;
 use phalanx_core::framework::Profile;
 use phalanx_core::gang_status::WallClock;
 use phalanx_core::plugins::{self, GpuTopologyArgs, InterPodAffinityArgs, NodeResourcesFitArgs, PluginArgs};
@@ -42,6 +43,9 @@ pub struct SchedulerConfig {
     /// pluginConfig); they describe the cluster, so all profiles share them.
     pub topology: TopologySettings,
     pub preemption: PreemptionSettings,
+    /// The resource each DeviceClass's devices count as in quotas
+    /// (`DynamicResources` pluginConfig, `deviceClassResources`).
+    pub class_resources: ClassResources,
 }
 
 impl SchedulerConfig {
@@ -57,6 +61,7 @@ impl SchedulerConfig {
             elastic_quotas: served.elastic_quotas,
             dynamic_resources: served.dynamic_resources,
             wall_clock,
+            class_resources: self.class_resources.clone(),
         }
     }
 }
@@ -67,6 +72,8 @@ struct SharedSettings {
     topology: TopologySettings,
     link_bandwidth_from: Option<String>,
     levels_from: Option<String>,
+    class_resources: ClassResources,
+    class_resources_from: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -288,6 +295,7 @@ pub fn parse(text: &str) -> Result<SchedulerConfig, FieldError> {
         profiles,
         topology: shared.topology,
         preemption: raw.preemption,
+        class_resources: shared.class_resources,
     })
 }
 
@@ -428,6 +436,18 @@ fn profile(at: &str, raw: RawProfile, shared: &mut SharedSettings) -> Result<Pro
                 }
                 args.inter_pod_affinity = cfg;
             }
+            DYNAMIC_RESOURCES => {
+                let cfg: DynamicResourcesArgs = parse_args(&field, &pc.args)?;
+                for (class, resource) in &cfg.device_class_resources.0 {
+                    if class.is_empty() || resource.is_empty() {
+                        let at = format!("{field}.args.deviceClassResources");
+                        return Err(bad(at, "DeviceClass and resource names must not be empty"));
+                    }
+                }
+                let differs = shared.class_resources != cfg.device_class_resources;
+                agree(&field, &mut shared.class_resources_from, differs)?;
+                shared.class_resources = cfg.device_class_resources;
+            }
             name if known_filters.contains(&name) || known_scores.contains(&name) => {
                 if !(pc.args.is_null() || pc.args.as_object().is_some_and(|o| o.is_empty())) {
                     return Err(bad(format!("{field}.args"), format!("plugin {name} takes no arguments")));
@@ -444,6 +464,16 @@ fn profile(at: &str, raw: RawProfile, shared: &mut SharedSettings) -> Result<Pro
         scores,
         args,
     })
+}
+
+/// DRA allocation is always on; its pluginConfig says how claims count in quotas.
+const DYNAMIC_RESOURCES: &str = "DynamicResources";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct DynamicResourcesArgs {
+    #[serde(default)]
+    device_class_resources: ClassResources,
 }
 
 fn parse_args<T: serde::de::DeserializeOwned>(field: &str, args: &serde_json::Value) -> Result<T, FieldError> {
@@ -470,7 +500,7 @@ fn agree(field: &str, set_by: &mut Option<String>, differs: bool) -> Result<(), 
     match set_by {
         Some(first) if differs => Err(bad(
             format!("{field}.args"),
-            format!("differs from {first}.args; the topology is the same for every profile"),
+            format!("differs from {first}.args; it describes the cluster, the same for every profile"),
         )),
         Some(_) => Ok(()),
         None => {
@@ -614,6 +644,21 @@ mod tests {
         ))
         .unwrap_err();
         assert!(err.to_string().contains("hardPodAffinityWeight"), "{err}");
+    }
+
+    #[test]
+    fn device_classes_count_as_the_resources_configured() {
+        assert_eq!(parse(MINIMAL).unwrap().class_resources, ClassResources::default());
+        let cfg = parse(&format!(
+            "{MINIMAL}  pluginConfig:\n  - name: DynamicResources\n    args: {{deviceClassResources: {{gpu.nvidia.com: nvidia.com/gpu, mig.nvidia.com: nvidia.com/mig}}}}\n"
+        ))
+        .unwrap();
+        assert_eq!(cfg.class_resources.0.get("mig.nvidia.com").map(String::as_str), Some("nvidia.com/mig"));
+        let (field, message) = error_of(&format!(
+            "{MINIMAL}  pluginConfig:\n  - name: DynamicResources\n    args: {{deviceClassResources: {{gpu.nvidia.com: ''}}}}\n"
+        ));
+        assert_eq!(field, "profiles[0].pluginConfig[0].args.deviceClassResources");
+        assert!(message.contains("must not be empty"), "{message}");
     }
 
     #[test]

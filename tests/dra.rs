@@ -165,28 +165,45 @@ async fn a_gang_with_claims_from_a_template_binds_on_nvlinked_quads() {
     teardown(env, &nodes).await;
 }
 
-#[tokio::test]
-async fn a_pod_whose_claim_cannot_be_met_says_which_claim_and_how_many_are_free() {
-    let (env, nodes) = dgx1_env("dra-short", 1).await;
+/// A claim for `count` GPUs on one PCIe root, and a pod using it.
+async fn one_root_claim(env: &TestEnv, name: &str, count: u32) {
     let _: ResourceClaim = create_object(
-        &env,
+        env,
         json!({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
-            "metadata": {"name": "five", "namespace": env.name},
+            "metadata": {"name": name, "namespace": env.name},
             "spec": {"devices": {
-                "requests": [{"name": "gpus", "exactly": {"deviceClassName": DRIVER, "count": 5}}],
+                "requests": [{"name": "gpus", "exactly": {"deviceClassName": DRIVER, "count": count}}],
                 "constraints": [{"matchAttribute": "resource.kubernetes.io/pcieRoot"}]}}}),
     )
     .await;
-    let mut pod = env.pod("big", 0);
+    let mut pod = env.pod(name, 0);
     let spec = pod.spec.as_mut().unwrap();
     spec.resource_claims =
-        Some(vec![serde_json::from_value(json!({"name": "gpu", "resourceClaimName": "five"})).unwrap()]);
+        Some(vec![serde_json::from_value(json!({"name": "gpu", "resourceClaimName": name})).unwrap()]);
     env.create(&pod).await;
-    let condition = env.wait_unschedulable("big", BIND).await;
+}
+
+#[tokio::test]
+async fn match_attribute_keeps_a_claim_on_one_pcie_root_and_a_shortfall_says_so() {
+    let (env, nodes) = dgx1_env("dra-root", 1).await;
+    one_root_claim(&env, "five", 5).await;
+    let condition = env.wait_unschedulable("five", BIND).await;
     let message = condition.message.unwrap_or_default();
     assert!(
         message.contains("claim five needs 5 devices of class gpu.nvidia.com on one pcieRoot, 4 free"),
         "{message}"
     );
+    // Holding nodes for a waiting gang does not yet know that no node could
+    // ever hold this claim: it is deleted so that the next pod is not held up.
+    env.pods().delete("five", &DeleteParams::default()).await.unwrap();
+    one_root_claim(&env, "three", 3).await;
+    env.wait_bound("three", BIND).await;
+    let claim = Api::<ResourceClaim>::namespaced(env.client.clone(), &env.name).get("three").await.unwrap();
+    let results = claim.status.and_then(|s| s.allocation).and_then(|a| a.devices).and_then(|d| d.results);
+    let gpus: BTreeSet<usize> =
+        results.unwrap_or_default().iter().map(|r| r.device.trim_start_matches("gpu-").parse().unwrap()).collect();
+    // One root per quad in the slice (0-3, 4-7).
+    assert_eq!(gpus.len(), 3);
+    assert!(gpus.iter().all(|g| *g < 4) || gpus.iter().all(|g| *g >= 4), "{gpus:?}");
     teardown(env, &nodes).await;
 }

@@ -135,6 +135,7 @@ async fn explain_from_cluster(options: &ExplainOptions, target: &Target) -> anyh
             elastic_quotas: served.elastic_quotas,
             dynamic_resources: served.dynamic_resources,
             wall_clock: wall_clock(),
+            class_resources: Default::default(),
         },
     };
     let names: HashSet<String> = config.profiles.iter().map(|p| p.scheduler_name.clone()).collect();

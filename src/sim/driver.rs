@@ -174,6 +174,7 @@ pub fn simulate(
         elastic_quotas: false,
         dynamic_resources: false,
         wall_clock: WallClock { instant: base, timestamp: SIMULATION_EPOCH },
+        class_resources: Default::default(),
     });
     let mut sim = Simulation {
         jobs,

@@ -12,7 +12,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
-use super::dra::inventory::ClaimWrite;
+use super::dra::inventory::{ClaimWrite, DeviceDemand};
 use super::framework::{JobDemand, Profile};
 use super::gang::GangId;
 use super::node::{NodeInfo, NodeSpec};
@@ -160,10 +160,15 @@ pub(crate) fn place_all(
     let gpus_per_pod = members.iter().map(|p| p.gpu_count()).max().unwrap_or(0);
     let mut placed: Vec<MemberPlacement> = Vec::with_capacity(members.len());
     let mut verdicts = NodeVerdicts::default();
+    let mut last_demand = None;
     for (i, pod) in members.iter().enumerate() {
-        if i > 0 && !members[i - 1].same_constraints(pod) {
+        // Members' claims are allocated as they are placed: a demand is read before.
+        let demand = snapshot.devices().demand(pod);
+        let shared = last_demand.as_ref().is_some_and(|d: &DeviceDemand| d.shares_verdicts_with(&demand));
+        if i > 0 && (!members[i - 1].same_constraints(pod) || !shared) {
             verdicts = NodeVerdicts::default();
         }
+        last_demand = Some(demand);
         let demand = JobDemand { pending_pods: members.len() - i, gpus_per_pod };
         let gate = |spec: &NodeSpec, usage: &NodeInfo| gate(scope, held, spec, usage);
         let nodes = scope_nodes(snapshot, scope);

@@ -139,10 +139,6 @@ pub fn choose_node_among<'s>(
         profile.scores.iter().enumerate().filter(|(_, s)| s.plugin.node_local()).map(|(i, _)| i).collect();
     let mut feasible: Vec<(&NodeSpec, &NodeInfo)> = Vec::new();
     let mut offsets: Vec<(usize, usize)> = Vec::new();
-    // Claims are judged afresh on each node: their allocations are not part
-    // of the node's version.
-    let mut claim_writes: Vec<Vec<ClaimWrite>> = Vec::new();
-    let mut claim_misfits: BTreeMap<String, usize> = BTreeMap::new();
     let mut seen = 0;
     for (position, (spec, usage)) in nodes.enumerate() {
         seen = position + 1;
@@ -156,7 +152,9 @@ pub fn choose_node_among<'s>(
                 let verdict = match gate(spec, usage) {
                     NodeGate::OutOfScope => Verdict::OutOfScope,
                     NodeGate::Held => Verdict::Held,
-                    NodeGate::Open => match filter_node(profile, pod, spec, usage) {
+                    NodeGate::Open => match filter_node(profile, pod, spec, usage)
+                        .and_then(|()| claims_fit(pod, snapshot, spec, usage))
+                    {
                         Err(why) => Verdict::Rejected(why),
                         Ok(()) => {
                             let offset = verdicts.scores.len();
@@ -175,25 +173,12 @@ pub fn choose_node_among<'s>(
                 cluster_rejections.push(rejection.0);
                 continue;
             }
-            if !pod.claims.is_empty() {
-                match snapshot.devices().fit(pod, &spec.name, usage) {
-                    Ok(writes) => claim_writes.push(writes),
-                    Err(misfit) => {
-                        *claim_misfits.entry(misfit.to_string()).or_default() += 1;
-                        continue;
-                    }
-                }
-            }
             feasible.push((spec, usage));
             offsets.push((position, *offset));
         }
     }
     if feasible.is_empty() {
-        let mut error = fit_error(&verdicts.nodes[..seen], &cluster_rejections);
-        for (reason, count) in claim_misfits {
-            *error.reasons.entry(reason).or_default() += count;
-        }
-        return Err(error);
+        return Err(fit_error(&verdicts.nodes[..seen], &cluster_rejections));
     }
     let mut totals = vec![0i64; feasible.len()];
     let mut raw = vec![0i64; feasible.len()];
@@ -229,8 +214,22 @@ pub fn choose_node_among<'s>(
     if verdicts.scores.len() > 4 * seen * local.len().max(1) {
         *verdicts = NodeVerdicts::default();
     }
-    let claims = if claim_writes.is_empty() { vec![] } else { claim_writes.swap_remove(best) };
+    // The verdict said the claims fit; this works out the pod's own writes.
+    let claims = match snapshot.devices().fit(pod, &spec.name, usage) {
+        Ok(claims) => claims,
+        Err(misfit) => return Err(FitError { total_nodes: 1, reasons: [(misfit.to_string(), 1)].into() }),
+    };
     Ok(NodeChoice { node: spec.name.clone(), score, feasible: feasible.len(), gpus, gpu_indices, claims })
+}
+
+/// Whether the pod's ResourceClaims can be allocated on the node (part of
+/// the node's verdict: a node's version moves whenever devices are taken
+/// or freed on it by a placement).
+fn claims_fit(pod: &PodInfo, snapshot: &ClusterSnapshot, spec: &NodeSpec, usage: &NodeInfo) -> Result<(), Vec<String>> {
+    if pod.claims.is_empty() {
+        return Ok(());
+    }
+    snapshot.devices().fit(pod, &spec.name, usage).map(|_| ()).map_err(|misfit| vec![misfit.to_string()])
 }
 
 /// How many nodes failed for each reason (held ones included); out-of-scope

@@ -13,7 +13,7 @@ use super::claim::{
 };
 use super::device::{AttributeValue, Device, DeviceId, HeldDevices};
 use super::device_choice::{SetQuality, choose_devices};
-use super::selector::{SelectorError, Selectors};
+use super::selector::{SelectorError, SelectorVerdicts, Selectors, Verdict};
 use crate::topology::gpu_choice::{GpuMask, NodeGpuModel};
 
 /// The cluster-wide part of what allocation reads.
@@ -21,6 +21,8 @@ use crate::topology::gpu_choice::{GpuMask, NodeGpuModel};
 pub struct DeviceCatalog<'a> {
     pub classes: &'a HashMap<String, DeviceClass>,
     pub selectors: &'a Selectors,
+    /// Verdicts worked out beforehand; expressions missing there are evaluated.
+    pub verdicts: Option<&'a SelectorVerdicts>,
 }
 
 /// One candidate node's devices and what is already taken there.
@@ -215,12 +217,25 @@ impl<'a> ClaimSearch<'a, '_> {
                 request: name.to_string(),
                 class: selection.device_class.clone(),
             })?;
+        let expressions: Vec<(&String, Option<&[Verdict]>)> = class
+            .selectors
+            .iter()
+            .chain(&selection.selectors)
+            .map(|e| (e, self.catalog.verdicts.and_then(|v| v.of(e, self.node.node))))
+            .collect();
         let mut matching = Vec::new();
         let mut any_taken = false;
-        for device in self.node.devices {
-            let accepted = self.catalog.selectors.matches(&class.selectors, device).and_then(|ok| {
-                if ok { self.catalog.selectors.matches(&selection.selectors, device) } else { Ok(false) }
-            });
+        for (position, device) in self.node.devices.iter().enumerate() {
+            let mut accepted = Ok(true);
+            for (expression, known) in &expressions {
+                accepted = match known.and_then(|k| k.get(position)) {
+                    Some(verdict) => verdict.clone(),
+                    None => self.catalog.selectors.verdict(expression, device),
+                };
+                if accepted != Ok(true) {
+                    break;
+                }
+            }
             match accepted {
                 Err(error) => return Err(AllocationFailure::Selector { claim: claim(), error }),
                 Ok(false) => {}

@@ -81,10 +81,12 @@ pub struct Device {
 }
 
 impl Device {
-    /// An attribute by its fully qualified name (`domain/name`).
+    /// An attribute by its fully qualified name (`domain/name`; a bare
+    /// name is in the driver's domain). A scan: devices have a handful of
+    /// attributes, and this runs for every device of every candidate node.
     pub fn attribute(&self, qualified: &str) -> Option<&AttributeValue> {
-        let name = QualifiedName::parse(qualified, &self.id.driver);
-        self.attributes.get(&name)
+        let (domain, name) = qualified.rsplit_once('/').unwrap_or((self.id.driver.as_str(), qualified));
+        self.attributes.iter().find(|(k, _)| k.name == name && k.domain == domain).map(|(_, v)| v)
     }
 
     /// The attribute as a string (`uuid`, `pciBusID`, `pcieRoot`).

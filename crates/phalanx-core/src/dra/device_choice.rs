@@ -7,7 +7,7 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
-use super::device::{Device, NUMA_NODE, PCI_BUS_ID, PCIE_ROOT};
+use super::device::{AttributeValue, Device, NUMA_NODE, PCI_BUS_ID, PCIE_ROOT};
 use crate::topology::gpu_choice::{GpuChoice, GpuMask, NodeGpuModel, better};
 
 /// How good a chosen set is; comparable between sets of the same size.
@@ -89,10 +89,10 @@ pub fn choose_devices(
 /// node, else the first `k`.
 fn by_locality(candidates: &[&Device], k: usize) -> (Vec<usize>, SetQuality) {
     for (level, attribute) in [(2, PCIE_ROOT), (1, NUMA_NODE)] {
-        let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut groups: BTreeMap<&AttributeValue, Vec<usize>> = BTreeMap::new();
         for (i, device) in candidates.iter().enumerate() {
             if let Some(value) = device.attribute(attribute) {
-                groups.entry(value.to_string()).or_default().push(i);
+                groups.entry(value).or_default().push(i);
             }
         }
         if let Some(group) = groups.into_values().filter(|g| g.len() >= k).min_by_key(Vec::len) {

@@ -2,12 +2,15 @@
 //! devices are held: by claims' allocations as their status records them,
 //! and by allocations this scheduler chose whose write is still in flight.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::allocator::{AllocationFailure, DeviceCatalog, NodeDevices, allocate_claims};
-use super::claim::{AllocationMode, ClaimAllocation, ClaimKey, DeviceClaim, DeviceClass, PodClaimSource, RequestKind};
+use super::claim::{
+    AllocationMode, ClaimAllocation, ClaimKey, DeviceClaim, DeviceClass, DeviceConstraint, DeviceRequest,
+    PodClaimSource, RequestKind,
+};
 use super::device::{Device, DeviceSlice, HeldDevices};
-use super::selector::{SelectorError, Selectors};
+use super::selector::{SelectorError, SelectorVerdicts, Selectors};
 use crate::node::NodeInfo;
 use crate::pod::PodInfo;
 use crate::resources::Resources;
@@ -44,6 +47,23 @@ pub enum UnresolvedClaim {
     Missing(ClaimKey),
 }
 
+/// What a pod asks of the nodes' devices (`DeviceInventory::demand`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceDemand {
+    NoClaims,
+    /// Claims to allocate, by their requests and constraints.
+    Open(Vec<(Vec<DeviceRequest>, Vec<DeviceConstraint>)>),
+    /// Tied to its claims' node, or waiting for a claim.
+    Pinned,
+}
+
+impl DeviceDemand {
+    /// Whether a node's verdict for a pod with this demand holds for a pod with `other`.
+    pub fn shares_verdicts_with(&self, other: &DeviceDemand) -> bool {
+        self != &DeviceDemand::Pinned && self == other
+    }
+}
+
 /// Why a pod's claims do not fit a node.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClaimMisfit {
@@ -63,14 +83,24 @@ struct Assumed {
     pods: Vec<String>,
 }
 
-/// Which resource each DeviceClass's devices count as in quotas, unless
-/// configured otherwise (as Kueue's `deviceClassMappings`).
-pub const DEFAULT_CLASS_RESOURCES: [(&str, &str); 1] = [("gpu.nvidia.com", crate::resources::GPU)];
+/// Which resource each DeviceClass's devices count as in quotas (as
+/// Kueue's `deviceClassMappings`): by default `gpu.nvidia.com` devices are
+/// `nvidia.com/gpu`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct ClassResources(pub BTreeMap<String, String>);
 
-#[derive(Debug)]
+impl Default for ClassResources {
+    fn default() -> Self {
+        Self(BTreeMap::from([("gpu.nvidia.com".to_string(), crate::resources::GPU.to_string())]))
+    }
+}
+
+#[derive(Debug, Default)]
 pub struct DeviceInventory {
     classes: HashMap<String, DeviceClass>,
     selectors: Selectors,
+    verdicts: SelectorVerdicts,
     slices: HashMap<String, DeviceSlice>,
     /// Every node's devices, its slices merged in slice-name order.
     node_devices: HashMap<String, Vec<Device>>,
@@ -78,31 +108,14 @@ pub struct DeviceInventory {
     assumed: HashMap<ClaimKey, Assumed>,
     /// Devices held on each node, counted per holder.
     held: HashMap<String, HeldDevices>,
-    /// DeviceClass name -> the resource its devices count as in quotas.
-    class_resources: HashMap<String, String>,
+    class_resources: ClassResources,
     /// What each namespace's allocated and assumed claims count as in quotas.
     charges: HashMap<String, Resources>,
 }
 
-impl Default for DeviceInventory {
-    fn default() -> Self {
-        Self {
-            classes: HashMap::new(),
-            selectors: Selectors::default(),
-            slices: HashMap::new(),
-            node_devices: HashMap::new(),
-            claims: HashMap::new(),
-            assumed: HashMap::new(),
-            held: HashMap::new(),
-            class_resources: DEFAULT_CLASS_RESOURCES.iter().map(|(c, r)| (c.to_string(), r.to_string())).collect(),
-            charges: HashMap::new(),
-        }
-    }
-}
-
 impl DeviceInventory {
     /// Sets which resource each DeviceClass's devices count as in quotas.
-    pub fn set_class_resources(&mut self, mapping: HashMap<String, String>) {
+    pub fn set_class_resources(&mut self, mapping: ClassResources) {
         self.class_resources = mapping;
     }
 
@@ -124,7 +137,7 @@ impl DeviceInventory {
             for request in &claim.requests {
                 let Some(selection) = request.selections().into_iter().next() else { continue };
                 if let (AllocationMode::ExactCount(n), Some(resource)) =
-                    (selection.mode, self.class_resources.get(&selection.device_class))
+                    (selection.mode, self.class_resources.0.get(&selection.device_class))
                 {
                     total.add(&Resources::new().with(resource, i64::from(n)));
                 }
@@ -149,7 +162,7 @@ impl DeviceInventory {
                 }
                 _ => None,
             });
-            if let Some(resource) = class.and_then(|c| self.class_resources.get(c)) {
+            if let Some(resource) = class.and_then(|c| self.class_resources.0.get(c)) {
                 charge.add(&Resources::new().with(resource, 1));
             }
         }
@@ -169,8 +182,21 @@ impl DeviceInventory {
 
     /// Adds or replaces a class; says which selector does not compile.
     pub fn apply_class(&mut self, class: DeviceClass) -> Result<(), SelectorError> {
-        let compiled = class.selectors.iter().try_for_each(|s| self.selectors.compile(s));
+        let compiled = self.learn(&class.selectors);
         self.classes.insert(class.name.clone(), class);
+        compiled
+    }
+
+    /// Compiles expressions and works out their verdicts on every device;
+    /// says which does not compile.
+    fn learn<'e>(&mut self, expressions: impl IntoIterator<Item = &'e String>) -> Result<(), SelectorError> {
+        let mut compiled = Ok(());
+        for expression in expressions {
+            match self.selectors.compile(expression) {
+                Ok(()) => self.verdicts.learn(&self.selectors, expression, self.node_devices.iter()),
+                Err(e) => compiled = compiled.and(Err(e)),
+            }
+        }
         compiled
     }
 
@@ -195,9 +221,12 @@ impl DeviceInventory {
     }
 
     fn rebuild_node(&mut self, node: &str) {
+        // A node has one slice per driver (or a few): the scan is over all
+        // slices, once per slice change.
         let mut slices: Vec<&DeviceSlice> = self.slices.values().filter(|s| s.node == node).collect();
         slices.sort_by(|a, b| a.name.cmp(&b.name));
         let devices: Vec<Device> = slices.into_iter().flat_map(|s| s.devices.iter().cloned()).collect();
+        self.verdicts.relearn_node(&self.selectors, node, &devices);
         if devices.is_empty() {
             self.node_devices.remove(node);
         } else {
@@ -207,12 +236,7 @@ impl DeviceInventory {
 
     /// Adds or replaces a claim; says which of its selectors does not compile.
     pub fn apply_claim(&mut self, claim: DeviceClaim) -> Result<(), SelectorError> {
-        let mut compiled = Ok(());
-        for selectors in claim.requests.iter().flat_map(|r| r.selections()).map(|s| &s.selectors) {
-            for s in selectors {
-                compiled = compiled.and(self.selectors.compile(s));
-            }
-        }
+        let compiled = self.learn(claim.requests.iter().flat_map(|r| r.selections()).flat_map(|s| &s.selectors));
         let key = claim.key.clone();
         let old = self.claims.insert(key.clone(), claim);
         if let Some(allocation) = old.and_then(|c| c.allocation) {
@@ -283,6 +307,19 @@ impl DeviceInventory {
         Ok(claims)
     }
 
+    /// What a pod asks of the nodes' devices, as far as a node's verdict
+    /// depends on it.
+    pub fn demand(&self, pod: &PodInfo) -> DeviceDemand {
+        if pod.claims.is_empty() {
+            return DeviceDemand::NoClaims;
+        }
+        let Ok(claims) = self.pod_claims(pod) else { return DeviceDemand::Pinned };
+        if claims.iter().any(|c| c.allocation.is_some() || self.assumed.contains_key(&c.key)) {
+            return DeviceDemand::Pinned;
+        }
+        DeviceDemand::Open(claims.iter().map(|c| (c.requests.clone(), c.constraints.clone())).collect())
+    }
+
     /// What the pod's claims would be on `node`: allocations that already
     /// exist there, and new ones chosen from the node's free devices.
     pub fn fit(&self, pod: &PodInfo, node: &str, usage: &NodeInfo) -> Result<Vec<ClaimWrite>, ClaimMisfit> {
@@ -313,7 +350,8 @@ impl DeviceInventory {
             gpu_model: usage.gpu_model.as_deref(),
             free_gpus: usage.free_gpus(),
         };
-        let catalog = DeviceCatalog { classes: &self.classes, selectors: &self.selectors };
+        let catalog =
+            DeviceCatalog { classes: &self.classes, selectors: &self.selectors, verdicts: Some(&self.verdicts) };
         let allocations = allocate_claims(catalog, devices, &unallocated)?;
         writes.extend(
             unallocated

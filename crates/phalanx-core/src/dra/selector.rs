@@ -53,43 +53,42 @@ impl Selectors {
         entry.as_ref().map(|_| ()).map_err(Clone::clone)
     }
 
-    /// Whether `device` satisfies every expression (compiled beforehand).
-    pub fn matches(&self, expressions: &[String], device: &Device) -> Result<bool, SelectorError> {
-        if expressions.is_empty() {
-            return Ok(true);
-        }
-        let mut scope = self.root.new_inner_scope();
-        scope.add_variable_from_value("device", device_value(device));
+    /// Whether `device` satisfies every expression.
+    pub fn matches(&self, expressions: &[String], device: &Device) -> Verdict {
         for expression in expressions {
-            let program =
-                match self.compiled.get(expression) {
-                    Some(Ok(program)) => Arc::clone(program),
-                    Some(Err(e)) => return Err(e.clone()),
-                    None => Arc::new(Program::compile(expression).map_err(|e| SelectorError::Compile {
-                        expression: expression.clone(),
-                        message: e.to_string(),
-                    })?),
-                };
-            match program.execute(&scope) {
-                Ok(Value::Bool(true)) => {}
-                Ok(Value::Bool(false)) => return Ok(false),
-                Ok(other) => {
-                    return Err(SelectorError::NotBool {
-                        expression: expression.clone(),
-                        device: device.id.to_string(),
-                        value: format!("{other:?}"),
-                    });
-                }
-                Err(e) => {
-                    return Err(SelectorError::Runtime {
-                        expression: expression.clone(),
-                        device: device.id.to_string(),
-                        message: e.to_string(),
-                    });
-                }
+            if !self.verdict(expression, device)? {
+                return Ok(false);
             }
         }
         Ok(true)
+    }
+
+    /// Whether `device` satisfies one expression (compiled here if it was not before).
+    pub fn verdict(&self, expression: &str, device: &Device) -> Verdict {
+        let program =
+            match self.compiled.get(expression) {
+                Some(Ok(program)) => Arc::clone(program),
+                Some(Err(e)) => return Err(e.clone()),
+                None => Arc::new(Program::compile(expression).map_err(|e| SelectorError::Compile {
+                    expression: expression.to_string(),
+                    message: e.to_string(),
+                })?),
+            };
+        let mut scope = self.root.new_inner_scope();
+        scope.add_variable_from_value("device", device_value(device));
+        match program.execute(&scope) {
+            Ok(Value::Bool(verdict)) => Ok(verdict),
+            Ok(other) => Err(SelectorError::NotBool {
+                expression: expression.to_string(),
+                device: device.id.to_string(),
+                value: format!("{other:?}"),
+            }),
+            Err(e) => Err(SelectorError::Runtime {
+                expression: expression.to_string(),
+                device: device.id.to_string(),
+                message: e.to_string(),
+            }),
+        }
     }
 }
 
@@ -147,6 +146,52 @@ fn device_value(device: &Device) -> Value {
 
 fn to_value(by_domain: HashMap<String, HashMap<String, Value>>) -> Value {
     Value::from(by_domain.into_iter().map(|(domain, names)| (domain, Value::from(names))).collect::<HashMap<_, _>>())
+}
+
+/// A verdict of one expression on one device.
+pub type Verdict = Result<bool, SelectorError>;
+
+/// Every compiled expression's verdict on every device of every node (by
+/// the device's position on its node), worked out as expressions and
+/// devices arrive so that a decision only looks them up: CEL is far too
+/// slow to run for every device of every candidate node of every member.
+#[derive(Debug, Default)]
+pub struct SelectorVerdicts {
+    by_expression: HashMap<String, HashMap<String, Vec<Verdict>>>,
+}
+
+impl SelectorVerdicts {
+    /// Works out a new expression's verdicts on every node's devices.
+    pub fn learn<'a>(
+        &mut self,
+        selectors: &Selectors,
+        expression: &str,
+        nodes: impl Iterator<Item = (&'a String, &'a Vec<Device>)>,
+    ) {
+        if self.by_expression.contains_key(expression) {
+            return;
+        }
+        let by_node = nodes
+            .map(|(node, devices)| (node.clone(), devices.iter().map(|d| selectors.verdict(expression, d)).collect()))
+            .collect();
+        self.by_expression.insert(expression.to_string(), by_node);
+    }
+
+    /// Works out every known expression's verdicts on a node's devices anew.
+    pub fn relearn_node(&mut self, selectors: &Selectors, node: &str, devices: &[Device]) {
+        for (expression, by_node) in &mut self.by_expression {
+            if devices.is_empty() {
+                by_node.remove(node);
+            } else {
+                by_node.insert(node.to_string(), devices.iter().map(|d| selectors.verdict(expression, d)).collect());
+            }
+        }
+    }
+
+    /// The expression's verdicts on the node's devices, if learnt.
+    pub fn of(&self, expression: &str, node: &str) -> Option<&[Verdict]> {
+        self.by_expression.get(expression)?.get(node).map(Vec::as_slice)
+    }
 }
 
 #[cfg(test)]

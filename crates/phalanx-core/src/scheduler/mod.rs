@@ -30,6 +30,7 @@ pub use crate::queue::{BackoffPolicy, GangKey, QueueLengths, UNSCHEDULABLE_FLUSH
 use reports::ReportLog;
 
 use crate::disruption::DisruptionBudget;
+use crate::dra::inventory::ClassResources;
 use crate::explain::{ExplainError, GangExplanation, SchedulerState, Target, explain_gang};
 use crate::framework::Profile;
 use crate::gang::{GangKind, GangObject};
@@ -56,6 +57,7 @@ pub struct SchedulerConfig {
     pub wall_clock: WallClock,
     /// `resource.k8s.io/v1` is served: DeviceClasses, ResourceSlices and ResourceClaims are watched.
     pub dynamic_resources: bool,
+    pub class_resources: ClassResources,
 }
 
 /// The watches every decision depends on, besides one per served gang kind
@@ -120,10 +122,12 @@ impl Scheduler {
         if config.dynamic_resources {
             unlisted.extend([DeviceKind::Class, DeviceKind::Slice, DeviceKind::Claim].map(DeviceKind::resource));
         }
+        let mut snapshot = ClusterSnapshot::with_settings(config.topology);
+        snapshot.devices_mut().set_class_resources(config.class_resources);
         Self {
             group_statuses: StatusTracker::new(scheduler_names, config.wall_clock),
             profiles: config.profiles.into_iter().map(|p| (p.scheduler_name.clone(), p)).collect(),
-            snapshot: ClusterSnapshot::with_settings(config.topology),
+            snapshot,
             queue: SchedulingQueue::new(config.backoff),
             gangs: GangScheduler::new(config.gang_kinds, config.preemption),
             binding: HashMap::new(),

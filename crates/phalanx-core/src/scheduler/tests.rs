@@ -138,6 +138,7 @@ fn synced_loop() -> (TestLoop, Recorder) {
         gang_kinds: HashSet::from([GangKind::PodGroup]),
         elastic_quotas: true,
         dynamic_resources: false,
+        class_resources: Default::default(),
         topology: Default::default(),
         preemption: Default::default(),
         wall_clock: WallClock { instant: now, timestamp: jiff::Timestamp::from_second(1_700_000_000).unwrap() },

@@ -34,7 +34,7 @@ impl Fixture {
 
     fn allocate(&self, claims: &[&DeviceClaim], with_topology: bool) -> Result<Vec<Vec<String>>, AllocationFailure> {
         let model = h100_model();
-        let catalog = DeviceCatalog { classes: &self.classes, selectors: &self.selectors };
+        let catalog = DeviceCatalog { classes: &self.classes, selectors: &self.selectors, verdicts: None };
         let node = NodeDevices {
             node: "n1",
             devices: &self.devices,
@@ -169,7 +169,7 @@ fn all_mode_and_first_available() {
         }],
         ..gpu_claim("flexible", GPU_DRIVER, 0)
     };
-    let catalog = DeviceCatalog { classes: &fixture.classes, selectors: &fixture.selectors };
+    let catalog = DeviceCatalog { classes: &fixture.classes, selectors: &fixture.selectors, verdicts: None };
     let node =
         NodeDevices { node: "n1", devices: &fixture.devices, taken: &fixture.taken, gpu_model: None, free_gpus: 0 };
     let allocation = allocate_claims(catalog, node, &[&flexible]).unwrap();

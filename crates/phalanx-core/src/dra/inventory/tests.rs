@@ -84,3 +84,32 @@ fn selectors_that_do_not_compile_are_reported() {
     }
     assert!(matches!(inventory.apply_claim(claim), Err(SelectorError::Compile { .. })));
 }
+
+#[test]
+fn selector_verdicts_follow_the_devices_published() {
+    let mut inventory = inventory();
+    let h100 = "device.attributes['gpu.nvidia.com'].productName == 'NVIDIA H100 80GB HBM3'".to_string();
+    let class = DeviceClass { name: "h100".into(), selectors: vec![h100], extended_resource_name: None };
+    inventory.apply_class(class).unwrap();
+    inventory.apply_claim(gpu_claim("a", "h100", 8)).unwrap();
+    let usage = NodeInfo::default();
+    assert!(inventory.fit(&pod_with("p", &["a"]), "n1", &usage).is_ok());
+    let mut devices: Vec<Device> = (0..8).map(|i| gpu_device(&format!("gpu-{i}"), i)).collect();
+    for device in &mut devices[..4] {
+        for (name, value) in device.attributes.iter_mut() {
+            if name.name == "productName" {
+                *value = crate::dra::device::AttributeValue::String("NVIDIA A100".into());
+            }
+        }
+    }
+    let slice = DeviceSlice {
+        name: "n1-gpus".into(),
+        node: "n1".into(),
+        driver: GPU_DRIVER.into(),
+        pool: "node".into(),
+        devices,
+    };
+    inventory.apply_slice(slice);
+    let err = inventory.fit(&pod_with("p", &["a"]), "n1", &usage).unwrap_err();
+    assert_eq!(err.to_string(), "claim a needs 8 devices of class h100, 4 free");
+}
