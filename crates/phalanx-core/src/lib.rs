@@ -12,6 +12,7 @@ pub mod gang;
 pub mod gang_placement;
 pub mod gang_scheduler;
 pub mod host_port;
+mod inter_pod_index;
 pub mod label_selector;
 pub mod node;
 mod node_table;
