@@ -21,19 +21,23 @@ use phalanx_core::framework::Profile;
 use phalanx_core::gang::{GangId, GangKind, GangObject, GangSpec};
 use phalanx_core::gang_placement::{GangPlacement, Scope};
 use phalanx_core::gang_scheduler::{GangDecision, GangScheduler};
+use phalanx_core::label_selector::LabelSelector;
 use phalanx_core::node::{NodeSpec, TaintEffect};
 use phalanx_core::plugins::default_profile;
-use phalanx_core::pod::{PodInfo, Toleration, TolerationOperator};
+use phalanx_core::pod::{PodInfo, SelectorOperator, SelectorRequirement, Toleration, TolerationOperator};
+use phalanx_core::pod_affinity::PodAffinityTerm;
 use phalanx_core::preemption::PreemptionPlan;
 use phalanx_core::queue::{BackoffPolicy, GangKey, SchedulingQueue};
 use phalanx_core::resources::{CPU, GPU, MEMORY, PODS, Resources};
 use phalanx_core::snapshot::{ClusterSnapshot, GPU_PRODUCT_LABEL, Released};
 use phalanx_core::testing::{self, Rng};
+use phalanx_core::topology_spread::{InclusionPolicy, SpreadConstraint, WhenUnsatisfiable};
 
 const GIB: i64 = 1 << 30;
 const NODES_PER_NVLINK_DOMAIN: usize = 8;
 const NODES_PER_BLOCK: usize = 32;
 const NODES_PER_SPINE: usize = 512;
+const HOSTNAME: &str = "kubernetes.io/hostname";
 
 fn node_name(i: usize) -> String {
     format!("gpu-{i:05}")
@@ -47,7 +51,7 @@ fn h100_node(i: usize) -> NodeSpec {
         ("network.topology.nvidia.com/block".into(), format!("block-{}", i / NODES_PER_BLOCK)),
         ("network.topology.nvidia.com/spine".into(), format!("spine-{}", i / NODES_PER_SPINE)),
         ("network.topology.nvidia.com/datacenter".into(), "dc-1".into()),
-        ("kubernetes.io/hostname".into(), node_name(i)),
+        (HOSTNAME.into(), node_name(i)),
     ]);
     NodeSpec {
         name: node_name(i),
@@ -66,6 +70,10 @@ fn pod(name: &str, gpus: i64, job: Option<&GangId>, priority: i32, created: i64)
     let cpu = if gpus == 0 { 2000 } else { 24_000 * gpus };
     let requests = Resources::new().with(GPU, gpus).with(CPU, cpu).with(MEMORY, (16 + 200 * gpus) * GIB).with(PODS, 1);
     let mut p = testing::test_pod(name, requests);
+    // A gang's pods live in its namespace; lone pods in "default".
+    if let Some(job) = job {
+        p.key.namespace = job.namespace.clone();
+    }
     p.job = job.cloned();
     p.priority = priority;
     p.created = created;
@@ -182,12 +190,59 @@ impl Fleet {
     }
 }
 
+/// What the gang's members say about each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MemberRules {
+    None,
+    /// Required affinity to the gang within one spine, required
+    /// anti-affinity to it per node, and a DoNotSchedule spread over nodes
+    /// with maxSkew 1: what a user spreading replicas writes.
+    AffinityAndSpread,
+}
+
+fn with_rules(mut p: PodInfo, rules: MemberRules) -> PodInfo {
+    if rules == MemberRules::None {
+        return p;
+    }
+    let group = p.labels["scheduling.x-k8s.io/pod-group"].clone();
+    let own = LabelSelector {
+        requirements: vec![SelectorRequirement {
+            key: "scheduling.x-k8s.io/pod-group".into(),
+            operator: SelectorOperator::In(vec![group]),
+        }],
+    };
+    let term = |key: &str| PodAffinityTerm {
+        selector: Some(own.clone()),
+        namespaces: vec![p.key.namespace.clone()],
+        namespace_selector: None,
+        topology_key: key.into(),
+    };
+    p.affinity.required.push(term("network.topology.nvidia.com/spine"));
+    p.affinity.required_anti.push(term(HOSTNAME));
+    p.spread.push(SpreadConstraint {
+        max_skew: 1,
+        topology_key: HOSTNAME.into(),
+        when_unsatisfiable: WhenUnsatisfiable::DoNotSchedule,
+        selector: Some(own.clone()),
+        min_domains: 1,
+        node_affinity_policy: InclusionPolicy::Honor,
+        node_taints_policy: InclusionPolicy::Ignore,
+    });
+    p
+}
+
 /// The gang to decide on: `pods` members of 8 GPUs each, queued and popped.
-fn queue_gang(gangs: &mut GangScheduler, pods: usize, priority: i32) -> (SchedulingQueue, GangKey, Vec<PodInfo>) {
+fn queue_gang(
+    gangs: &mut GangScheduler,
+    pods: usize,
+    priority: i32,
+    rules: MemberRules,
+) -> (SchedulingQueue, GangKey, Vec<PodInfo>) {
     let id = GangId::new(GangKind::PodGroup, "research", "llm-pretrain");
     gangs.set_object(id.clone(), Some(GangObject::Valid(GangSpec::of_size(pods))));
-    let members: Vec<PodInfo> =
-        (0..pods).map(|i| pod(&format!("llm-pretrain-worker-{i}"), 8, Some(&id), priority, 1_800_000_000)).collect();
+    let members: Vec<PodInfo> = (0..pods)
+        .map(|i| with_rules(pod(&format!("llm-pretrain-worker-{i}"), 8, Some(&id), priority, 1_800_000_000), rules))
+        .collect();
     let mut queue = SchedulingQueue::new(BackoffPolicy { initial: Duration::ZERO, max: Duration::ZERO });
     for m in &members {
         queue.upsert(m.clone(), Instant::now());
@@ -242,6 +297,17 @@ fn check_placement(snapshot: &ClusterSnapshot, placement: &GangPlacement, pods: 
     }
 }
 
+/// Members on distinct nodes, all under one spine.
+fn check_rules(snapshot: &ClusterSnapshot, placement: &GangPlacement) {
+    let nodes: HashSet<&str> = placement.members.iter().map(|m| m.node.as_str()).collect();
+    assert_eq!(nodes.len(), placement.members.len(), "one member per node");
+    let spines: HashSet<&String> = nodes
+        .iter()
+        .map(|n| &snapshot.node(n).unwrap().spec.as_ref().unwrap().labels["network.topology.nvidia.com/spine"])
+        .collect();
+    assert_eq!(spines.len(), 1, "one spine: {spines:?}");
+}
+
 /// Victims are lower-priority and, once gone, leave the GPUs the plan names free.
 fn check_preemption(snapshot: &mut ClusterSnapshot, plan: &PreemptionPlan, pods: usize, priority: i32) {
     assert_eq!(plan.placement.len(), pods);
@@ -279,8 +345,12 @@ struct Row {
     target: Option<Duration>,
 }
 
-fn placement_name(nodes: usize, occupancy: f64, pods: usize) -> String {
-    format!("place {pods} x 8 GPUs on {nodes} nodes at {:.0}%", occupancy * 100.0)
+fn placement_name(nodes: usize, occupancy: f64, pods: usize, rules: MemberRules) -> String {
+    let rules = match rules {
+        MemberRules::None => "",
+        MemberRules::AffinityAndSpread => " with affinity and spread",
+    };
+    format!("place {pods} x 8 GPUs{rules} on {nodes} nodes at {:.0}%", occupancy * 100.0)
 }
 
 fn victims_name(nodes: usize, pods: usize) -> String {
@@ -288,12 +358,19 @@ fn victims_name(nodes: usize, pods: usize) -> String {
 }
 
 /// Places one gang of `pods` x 8 GPUs on `nodes` nodes filled to `occupancy`.
-fn placement_case(profiles: &HashMap<String, Profile>, nodes: usize, occupancy: f64, pods: usize, runs: usize) -> Row {
+fn placement_case(
+    profiles: &HashMap<String, Profile>,
+    nodes: usize,
+    occupancy: f64,
+    pods: usize,
+    rules: MemberRules,
+    runs: usize,
+) -> Row {
     let mut rng = Rng(0x5eed_0000 + nodes as u64 * 31 + (occupancy * 100.0) as u64);
     let mut fleet = Fleet::new(nodes);
     fleet.occupy(&mut rng, occupancy, false);
     let mut gangs = fleet.gang_scheduler();
-    let (mut queue, key, members) = queue_gang(&mut gangs, pods, 0);
+    let (mut queue, key, members) = queue_gang(&mut gangs, pods, 0, rules);
     let snapshot = &mut fleet.snapshot;
     let whole_nodes_free = (0..nodes).filter(|i| snapshot.node(&node_name(*i)).unwrap().free_gpus() == 0xff).count();
     let mut outcome = String::new();
@@ -311,6 +388,9 @@ fn placement_case(profiles: &HashMap<String, Profile>, nodes: usize, occupancy: 
             GangDecision::Bind(placement) => {
                 if outcome.is_empty() {
                     check_placement(snapshot, &placement, pods);
+                    if rules == MemberRules::AffinityAndSpread {
+                        check_rules(snapshot, &placement);
+                    }
                     outcome = format!("placed in {}", describe_scope(snapshot, placement.scope));
                 }
                 for m in &placement.members {
@@ -334,7 +414,7 @@ fn placement_case(profiles: &HashMap<String, Profile>, nodes: usize, occupancy: 
         (5000, 512) => Some(Duration::from_millis(100)),
         _ => None,
     };
-    Row { case: placement_name(nodes, occupancy, pods), outcome, timings, target }
+    Row { case: placement_name(nodes, occupancy, pods, rules), outcome, timings, target }
 }
 
 /// Victim selection for a gang of `pods` x 8 GPUs on a full fleet of lower-priority jobs.
@@ -345,7 +425,7 @@ fn preemption_case(profiles: &HashMap<String, Profile>, nodes: usize, pods: usiz
     assert_eq!(fleet.gpus_used, nodes * 8, "the fleet is full");
     let mut gangs = fleet.gang_scheduler();
     let priority = 1000;
-    let (queue, key, _) = queue_gang(&mut gangs, pods, priority);
+    let (queue, key, _) = queue_gang(&mut gangs, pods, priority, MemberRules::None);
     let snapshot = &mut fleet.snapshot;
     let mut outcome = String::new();
     let timings = repeat(runs, Duration::from_secs(20), || {
@@ -470,10 +550,18 @@ fn main() {
         if full { (&[500, 5000], &[8, 64, 512], 200) } else { (&[64], &[2, 8, 32], 3) };
     for &nodes in fleets {
         for occupancy in [0.5, 0.9] {
-            for &pods in gang_sizes.iter().filter(|&&p| wanted(&placement_name(nodes, occupancy, p))) {
-                let row = placement_case(&profiles, nodes, occupancy, pods, runs);
-                eprintln!("{}: p99 {}", row.case, ms(row.timings.p99()));
-                rows.push(row);
+            for &pods in gang_sizes {
+                // The rules on the 64-pod case (8 in the smoke run).
+                let ruled = if pods == gang_sizes[1] {
+                    &[MemberRules::None, MemberRules::AffinityAndSpread][..]
+                } else {
+                    &[MemberRules::None]
+                };
+                for &rules in ruled.iter().filter(|r| wanted(&placement_name(nodes, occupancy, pods, **r))) {
+                    let row = placement_case(&profiles, nodes, occupancy, pods, rules, runs);
+                    eprintln!("{}: p99 {}", row.case, ms(row.timings.p99()));
+                    rows.push(row);
+                }
             }
         }
     }

@@ -15,6 +15,7 @@ pub mod framework;
 pub mod gang;
 pub mod gang_status;
 pub mod host_port;
+mod inter_pod_index;
 pub mod label_selector;
 pub mod node;
 pub mod plugins;

@@ -47,7 +47,8 @@ impl fmt::Display for FitError {
 
 impl std::error::Error for FitError {}
 
-/// Runs every filter of `profile` on one node; the first plugin that rejects decides.
+/// Runs every node-local filter of `profile` on one node; the first plugin
+/// that rejects decides. (Cluster filters need a prepared decision: `choose_node_among`.)
 pub fn filter_node(profile: &Profile, pod: &PodInfo, node: &NodeSpec, usage: &NodeInfo) -> Result<(), Vec<String>> {
     for plugin in &profile.filters {
         plugin.filter(pod, node, usage).map_err(|r| r.0)?;

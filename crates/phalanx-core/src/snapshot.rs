@@ -14,6 +14,7 @@ use super::dra::inventory::{ClaimWrite, DeviceInventory};
 use super::dra::selector::SelectorError;
 use super::gang::GangId;
 use super::host_port::HostPort;
+use super::inter_pod_index::InterPodIndex;
 use super::node::{NodeInfo, NodeSpec};
 use super::node_table::{NodeTable, Slot};
 use super::pod::{PodInfo, PodKey, PodPlacement};
@@ -96,10 +97,7 @@ pub struct ClusterSnapshot {
     devices: DeviceInventory,
     /// Labels of each namespace (affinity terms select namespaces by them).
     namespace_labels: HashMap<String, BTreeMap<String, String>>,
-    /// Placed pods with inter-pod affinity terms: every decision weighs them.
-    with_affinity: HashSet<String>,
-    /// How many of those have required anti-affinity, which can reject any pod.
-    with_required_anti: usize,
+    inter_pod: InterPodIndex,
 }
 
 impl ClusterSnapshot {
@@ -167,6 +165,12 @@ impl ClusterSnapshot {
         let changed = info.spec.as_ref() != Some(&spec);
         let listed = info.spec.is_some() && info.domains == domains;
         let old_domains = std::mem::replace(&mut info.domains, domains.clone());
+        if changed {
+            if let Some(old) = &info.spec {
+                self.inter_pod.node_labels(&old.labels, -1);
+            }
+            self.inter_pod.node_labels(&spec.labels, 1);
+        }
         info.spec = Some(spec);
         if changed || !listed {
             self.versions += 1;
@@ -198,7 +202,9 @@ impl ClusterSnapshot {
             let domains = self.nodes.at(slot).domains.clone();
             self.unlist(slot, &domains);
             let info = self.nodes.get_mut(name).expect("present");
-            info.spec = None;
+            if let Some(old) = info.spec.take() {
+                self.inter_pod.node_labels(&old.labels, -1);
+            }
             self.versions += 1;
             info.version = self.versions;
             if info.pods.is_empty() {
@@ -342,12 +348,22 @@ impl ClusterSnapshot {
     /// Nodes holding pods of `job`, with how many each.
     /// Placed pods that carry inter-pod affinity terms.
     pub fn pods_with_affinity(&self) -> impl Iterator<Item = &Placement> {
-        self.with_affinity.iter().filter_map(|uid| self.placements.get(uid))
+        self.inter_pod.pods_with_affinity().filter_map(|uid| self.placements.get(uid))
+    }
+
+    /// Placed pods of one namespace.
+    pub fn namespace_pods(&self, namespace: &str) -> impl Iterator<Item = &Placement> {
+        self.inter_pod.namespace_pods(namespace).filter_map(|uid| self.placements.get(uid))
     }
 
     /// Whether some placed pod has required anti-affinity (which any pod may break).
     pub fn has_required_anti_affinity(&self) -> bool {
-        self.with_required_anti > 0
+        self.inter_pod.has_required_anti_affinity()
+    }
+
+    /// How many distinct values of a label the nodes carry (topology domains of that key).
+    pub fn label_value_count(&self, key: &str) -> usize {
+        self.inter_pod.label_value_count(key)
     }
 
     /// Labels of a namespace; none when it is unknown.
@@ -476,9 +492,7 @@ impl ClusterSnapshot {
         if let Some(usage) = self.namespace_usage.get_mut(&old.key.namespace) {
             usage.subtract(&old.requests);
         }
-        if self.with_affinity.remove(uid) && !old.affinity.required_anti.is_empty() {
-            self.with_required_anti -= 1;
-        }
+        self.inter_pod.released(uid, &old.key.namespace, &old.affinity);
         if let Some(job) = &old.job
             && let Some(nodes) = self.jobs.get_mut(job)
         {
@@ -530,12 +544,7 @@ impl ClusterSnapshot {
         info.pods.insert(pod.uid.to_string());
         info.host_ports.extend_from_slice(pod.host_ports);
         add_holders(&mut info.gpu_holders, gpus);
-        if !pod.affinity.is_empty() {
-            self.with_affinity.insert(pod.uid.to_string());
-            if !pod.affinity.required_anti.is_empty() {
-                self.with_required_anti += 1;
-            }
-        }
+        self.inter_pod.placed(pod.uid, &pod.key.namespace, pod.affinity);
         if let Some(job) = pod.job {
             *self.jobs.entry(job.clone()).or_default().entry(pod.node.to_string()).or_default() += 1;
         }
@@ -786,6 +795,28 @@ mod tests {
         assert!(assumed > a && version(&s, "b") == b);
         s.forget("p");
         assert!(version(&s, "a") > assumed, "released: not the version before the assumption either");
+    }
+
+    #[test]
+    fn label_domains_and_namespace_pods_follow_nodes_and_placements() {
+        let mut s = ClusterSnapshot::new();
+        let zoned = |name: &str, zone: &str| crate::testing::zoned_node(name, 8, zone);
+        s.upsert_node(zoned("a", "z1"));
+        s.upsert_node(zoned("b", "z1"));
+        s.upsert_node(zoned("c", "z2"));
+        assert_eq!(s.label_value_count(crate::testing::ZONE), 2);
+        s.upsert_node(zoned("c", "z1"));
+        assert_eq!(s.label_value_count(crate::testing::ZONE), 1, "relabelled");
+        s.remove_node("a");
+        assert_eq!(s.label_value_count(crate::testing::HOSTNAME), 2);
+        let (k1, k2) = (key("p1"), PodKey { namespace: "other".into(), name: "p2".into() });
+        let ask = Resources::new().with(GPU, 1);
+        s.assume(pod("u1", &k1, "b", &ask), 0b1);
+        s.assume(pod("u2", &k2, "b", &ask), 0b10);
+        let names = |s: &ClusterSnapshot, ns| s.namespace_pods(ns).map(|p| p.key.name.clone()).collect::<Vec<_>>();
+        assert_eq!((names(&s, "default"), names(&s, "other")), (vec!["p1".to_string()], vec!["p2".to_string()]));
+        s.release("u1");
+        assert!(names(&s, "default").is_empty());
     }
 
     #[test]

@@ -5,12 +5,12 @@
 //! the same gang placed earlier in the pass are assumed in the snapshot, so
 //! they count exactly like pods already running.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
 use crate::framework::{ClusterFilterPlugin, PreparedFilter, Rejection, ScoreContext, ScorePlugin};
 use crate::node::{NodeInfo, NodeSpec};
 use crate::pod::PodInfo;
-use crate::pod_affinity::PodAffinityTerm;
+use crate::pod_affinity::{PodAffinityTerm, WeightedPodAffinityTerm};
 use crate::snapshot::{ClusterSnapshot, Placement};
 
 /// `pluginConfig` arguments, as kube-scheduler's `InterPodAffinityArgs`.
@@ -40,8 +40,35 @@ impl InterPodAffinity {
     pub const EXISTING_ANTI_AFFINITY_REASON: &'static str = "node(s) didn't satisfy existing pods anti-affinity rules";
 }
 
-/// Pods counted per topology domain (label key and value).
-type DomainCounts<'a> = HashMap<(&'a str, &'a str), i64>;
+/// Pods counted per topology domain: label key, then value. Foldhash, as
+/// these are hashed for every candidate node of every member.
+type DomainCounts<'a> = FastMap<&'a str, FastMap<&'a str, i64>>;
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+fn count(counts: &DomainCounts<'_>, key: &str, value: &str) -> i64 {
+    counts.get(key).and_then(|values| values.get(value)).copied().unwrap_or(0)
+}
+
+/// What a node scores: the sum, over the keys counted, of its domain's count.
+fn node_count(counts: &DomainCounts<'_>, node: &NodeSpec) -> i64 {
+    counts.iter().filter_map(|(key, values)| values.get(node.labels.get(*key)?.as_str())).sum()
+}
+
+/// The placed pods `terms` could select: those of the namespaces they
+/// name, or every pod when one selects namespaces by label.
+fn candidates<'a>(
+    snapshot: &'a ClusterSnapshot,
+    terms: impl Iterator<Item = &'a PodAffinityTerm>,
+) -> Box<dyn Iterator<Item = &'a Placement> + 'a> {
+    let mut namespaces: BTreeSet<&str> = BTreeSet::new();
+    for term in terms {
+        if term.namespace_selector.is_some() {
+            return Box::new(snapshot.placements().map(|(_, p)| p));
+        }
+        namespaces.extend(term.namespaces.iter().map(String::as_str));
+    }
+    Box::new(namespaces.into_iter().flat_map(|ns| snapshot.namespace_pods(ns)))
+}
 
 /// A placed pod with the node it is on, skipping the pod being decided
 /// (a what-if may have it placed already) and nodes whose object is gone.
@@ -58,7 +85,7 @@ fn placed_on<'a>(
 
 fn count_in_domain<'a>(counts: &mut DomainCounts<'a>, term: &'a PodAffinityTerm, node: &'a NodeSpec, by: i64) {
     if let Some(value) = node.labels.get(&term.topology_key) {
-        *counts.entry((term.topology_key.as_str(), value.as_str())).or_default() += by;
+        *counts.entry(term.topology_key.as_str()).or_default().entry(value.as_str()).or_default() += by;
     }
 }
 
@@ -106,7 +133,8 @@ impl ClusterFilterPlugin for InterPodAffinity {
         let mut affinity = DomainCounts::default();
         let mut anti_affinity = DomainCounts::default();
         if own_terms {
-            for (placed, node) in snapshot.placements().filter_map(|(_, p)| placed_on(snapshot, pod, p)) {
+            let scope = candidates(snapshot, terms.required.iter().chain(&terms.required_anti));
+            for (placed, node) in scope.filter_map(|p| placed_on(snapshot, pod, p)) {
                 if !terms.required.is_empty() && terms.required.iter().all(|t| selects_placed(snapshot, t, placed)) {
                     for term in &terms.required {
                         count_in_domain(&mut affinity, term, node, 1);
@@ -126,7 +154,6 @@ impl ClusterFilterPlugin for InterPodAffinity {
 
 impl PreparedFilter for Prepared<'_> {
     fn filter(&self, node: &NodeSpec) -> Result<(), Rejection> {
-        let count = |counts: &DomainCounts<'_>, key: &str, value: &str| counts.get(&(key, value)).copied().unwrap_or(0);
         let mut peers_there = true;
         for term in &self.pod.affinity.required {
             match node.labels.get(&term.topology_key) {
@@ -144,9 +171,7 @@ impl PreparedFilter for Prepared<'_> {
                 return Err(Rejection::because(InterPodAffinity::ANTI_AFFINITY_REASON));
             }
         }
-        if !self.existing_anti_affinity.is_empty()
-            && node.labels.iter().any(|(k, v)| count(&self.existing_anti_affinity, k, v) > 0)
-        {
+        if node_count(&self.existing_anti_affinity, node) > 0 {
             return Err(Rejection::because(InterPodAffinity::EXISTING_ANTI_AFFINITY_REASON));
         }
         Ok(())
@@ -165,27 +190,18 @@ impl ScorePlugin for InterPodAffinity {
         out.fill(0);
         let (pod, snapshot) = (ctx.pod, ctx.snapshot);
         let own = &pod.affinity;
-        let own_preferences = !own.preferred.is_empty() || !own.preferred_anti.is_empty();
         let mut domains = DomainCounts::default();
-        let placed: Box<dyn Iterator<Item = &Placement>> = if own_preferences {
-            Box::new(snapshot.placements().map(|(_, p)| p))
-        } else {
-            Box::new(snapshot.pods_with_affinity())
-        };
-        for (placed, node) in placed.filter_map(|p| placed_on(snapshot, pod, p)) {
-            if node.labels.is_empty() {
-                continue;
-            }
-            for w in &own.preferred {
-                if selects_placed(snapshot, &w.term, placed) {
-                    count_in_domain(&mut domains, &w.term, node, i64::from(w.weight));
+        let own_preferences = own.preferred.iter().map(|w| (w, 1)).chain(own.preferred_anti.iter().map(|w| (w, -1)));
+        let own_preferences: Vec<(&WeightedPodAffinityTerm, i64)> = own_preferences.collect();
+        if !own_preferences.is_empty() {
+            let scope = candidates(snapshot, own_preferences.iter().map(|(w, _)| &w.term));
+            for (placed, node) in scope.filter_map(|p| placed_on(snapshot, pod, p)) {
+                for (w, sign) in own_preferences.iter().filter(|(w, _)| selects_placed(snapshot, &w.term, placed)) {
+                    count_in_domain(&mut domains, &w.term, node, sign * i64::from(w.weight));
                 }
             }
-            for w in &own.preferred_anti {
-                if selects_placed(snapshot, &w.term, placed) {
-                    count_in_domain(&mut domains, &w.term, node, -i64::from(w.weight));
-                }
-            }
+        }
+        for (placed, node) in snapshot.pods_with_affinity().filter_map(|p| placed_on(snapshot, pod, p)) {
             let theirs = &placed.affinity;
             if self.args.hard_pod_affinity_weight > 0 {
                 for term in theirs.required.iter().filter(|t| selects_incoming(snapshot, t, pod)) {
@@ -199,12 +215,8 @@ impl ScorePlugin for InterPodAffinity {
                 count_in_domain(&mut domains, &w.term, node, -i64::from(w.weight));
             }
         }
-        if domains.is_empty() {
-            return;
-        }
-        let keys: HashSet<&str> = domains.keys().map(|(k, _)| *k).collect();
         for (slot, (spec, _)) in out.iter_mut().zip(nodes) {
-            *slot = keys.iter().filter_map(|k| spec.labels.get(*k).and_then(|v| domains.get(&(*k, v.as_str())))).sum();
+            *slot = node_count(&domains, spec);
         }
     }
 

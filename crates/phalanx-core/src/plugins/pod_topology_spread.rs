@@ -28,6 +28,10 @@ impl PodTopologySpread {
 /// Per-node counting is done for this key in the score, not per domain.
 const HOSTNAME: &str = "kubernetes.io/hostname";
 
+/// Matching pods per domain of one constraint (foldhash: hashed for every
+/// candidate node of every member).
+type DomainCounts<'a> = HashMap<&'a str, i64, foldhash::fast::RandomState>;
+
 /// A raw score for nodes the score leaves out (missing a topology label):
 /// they get 0 after normalizing.
 const IGNORED: i64 = -1;
@@ -62,7 +66,7 @@ fn matching_pods(snapshot: &ClusterSnapshot, usage: &NodeInfo, c: &SpreadConstra
 struct Prepared<'a> {
     pod: &'a PodInfo,
     constraints: Vec<&'a SpreadConstraint>,
-    counts: Vec<HashMap<&'a str, i64>>,
+    counts: Vec<DomainCounts<'a>>,
     minimum: Vec<i64>,
 }
 
@@ -76,24 +80,50 @@ impl ClusterFilterPlugin for PodTopologySpread {
         if constraints.is_empty() {
             return None;
         }
-        let mut counts: Vec<HashMap<&str, i64>> = vec![HashMap::new(); constraints.len()];
-        for (spec, usage) in snapshot.nodes().filter(|(spec, _)| has_every_key(spec, &constraints)) {
+        let mut counts: Vec<DomainCounts> = vec![DomainCounts::default(); constraints.len()];
+        // Every node with the key counts as a domain member, unless the pod's
+        // node affinity or the taints narrow them, or several keys must all
+        // be present: then the nodes are walked (as kube-scheduler does).
+        let every_node_counts = constraints.len() == 1
+            && constraints.iter().all(|c| {
+                let affinity_free = pod.node_selector.is_empty() && pod.required_terms.is_empty();
+                (c.node_affinity_policy == InclusionPolicy::Ignore || affinity_free)
+                    && c.node_taints_policy == InclusionPolicy::Ignore
+            });
+        let domains: Vec<usize> = if every_node_counts {
+            constraints.iter().map(|c| snapshot.label_value_count(&c.topology_key)).collect()
+        } else {
+            for (spec, _) in snapshot.nodes().filter(|(spec, _)| has_every_key(spec, &constraints)) {
+                for (c, domains) in constraints.iter().zip(counts.iter_mut()) {
+                    if counts_node(c, pod, spec) {
+                        domains.entry(spec.labels[&c.topology_key].as_str()).or_default();
+                    }
+                }
+            }
+            counts.iter().map(|c| c.len()).collect()
+        };
+        // Only pods of the pod's own namespace count.
+        for placed in snapshot.namespace_pods(&pod.key.namespace).filter(|p| p.key != pod.key) {
+            let Some(spec) = snapshot.node(&placed.node).and_then(|n| n.spec.as_ref()) else { continue };
+            if !has_every_key(spec, &constraints) {
+                continue;
+            }
             for (c, domains) in constraints.iter().zip(counts.iter_mut()) {
-                if counts_node(c, pod, spec) {
-                    *domains.entry(spec.labels[&c.topology_key].as_str()).or_default() +=
-                        matching_pods(snapshot, usage, c, pod);
+                if counts_node(c, pod, spec) && selects(c.selector.as_ref(), &placed.labels) {
+                    *domains.entry(spec.labels[&c.topology_key].as_str()).or_default() += 1;
                 }
             }
         }
         let minimum = constraints
             .iter()
             .zip(&counts)
-            .map(|(c, domains)| {
-                // Too few domains: as if an empty one existed.
-                if domains.len() < c.min_domains.max(1) as usize {
+            .zip(&domains)
+            .map(|((c, counted), &domains)| {
+                // Too few domains, or one without a matching pod: the global minimum is 0.
+                if domains < c.min_domains.max(1) as usize || counted.len() < domains {
                     0
                 } else {
-                    domains.values().copied().min().unwrap_or(0)
+                    counted.values().copied().min().unwrap_or(0)
                 }
             })
             .collect();
@@ -128,12 +158,12 @@ impl ScorePlugin for PodTopologySpread {
     fn score_all(&self, ctx: &ScoreContext<'_>, nodes: &[(&NodeSpec, &NodeInfo)], out: &mut [i64]) {
         let (pod, snapshot) = (ctx.pod, ctx.snapshot);
         let constraints = constraints(pod, WhenUnsatisfiable::ScheduleAnyway);
-        let scored: Vec<bool> = nodes.iter().map(|(spec, _)| has_every_key(spec, &constraints)).collect();
-        if constraints.is_empty() || !scored.contains(&true) {
+        if constraints.is_empty() {
             out.fill(IGNORED);
             return;
         }
-        let mut counts: Vec<HashMap<&str, i64>> = vec![HashMap::new(); constraints.len()];
+        let scored: Vec<bool> = nodes.iter().map(|(spec, _)| has_every_key(spec, &constraints)).collect();
+        let mut counts: Vec<DomainCounts> = vec![DomainCounts::default(); constraints.len()];
         for ((spec, _), _) in nodes.iter().zip(&scored).filter(|(_, s)| **s) {
             for (c, domains) in constraints.iter().zip(counts.iter_mut()) {
                 if c.topology_key != HOSTNAME {
