@@ -1,9 +1,11 @@
-//! Writes what users read: the `PodScheduled=False` condition and Events.
-//! Reports go through a bounded queue to a background writer, so a slow API
-//! server never holds up a decision; when the queue is full a report is
-//! dropped and counted (the next attempt reports again).
+//! Writes what users read: the `PodScheduled=False` condition and Events,
+//! in a background writer, so a slow API server never holds up a decision.
+//! Conditions wait one per pod, a newer one replacing the one still waiting
+//! (it keeps its place): however far the writes fall behind, every pending
+//! pod's newest reason is written and none is lost. Other reports go
+//! through a bounded queue; when it is full one is dropped and counted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use jiff::Timestamp;
@@ -13,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tracing::{debug, warn};
 
 use super::leader_election::Leadership;
@@ -30,16 +32,68 @@ const CONCURRENT_WRITES: usize = 16;
 #[derive(Clone)]
 pub struct Reporter {
     queue: mpsc::Sender<Report>,
+    conditions: Arc<ConditionQueue>,
     metrics: Metrics,
     leadership: Leadership,
+}
+
+/// Condition reports not yet taken by the writer, at most one per pod.
+#[derive(Default)]
+struct WaitingConditions {
+    order: VecDeque<String>,
+    by_pod: HashMap<String, Report>,
+}
+
+impl WaitingConditions {
+    /// Queues `report` for the pod `uid`, replacing one still waiting.
+    fn put(&mut self, uid: &str, report: Report) {
+        if self.by_pod.insert(uid.to_string(), report).is_none() {
+            self.order.push_back(uid.to_string());
+        }
+    }
+
+    /// The oldest waiting pod's newest report.
+    fn take(&mut self) -> Option<Report> {
+        while let Some(uid) = self.order.pop_front() {
+            if let Some(report) = self.by_pod.remove(&uid) {
+                return Some(report);
+            }
+        }
+        None
+    }
+}
+
+#[derive(Default)]
+struct ConditionQueue {
+    waiting: Mutex<WaitingConditions>,
+    ready: Notify,
+}
+
+impl ConditionQueue {
+    fn put(&self, uid: &str, report: Report) {
+        self.waiting.lock().expect("not poisoned").put(uid, report);
+        self.ready.notify_one();
+    }
+
+    async fn next(&self) -> Report {
+        loop {
+            if let Some(report) = self.waiting.lock().expect("not poisoned").take() {
+                return report;
+            }
+            // A put between the take and here leaves a permit: no wakeup is lost.
+            self.ready.notified().await;
+        }
+    }
 }
 
 impl Reporter {
     /// Starts the background writer.
     pub fn start(client: Client, limiter: Arc<RateLimiter>, instance: String, metrics: Metrics) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(write_reports(Writer { client, limiter, instance, newest: SharedNewest::default() }, rx));
-        Self { queue, metrics, leadership: Leadership::always() }
+        let conditions = Arc::new(ConditionQueue::default());
+        let writer = Writer { client, limiter, instance, newest: SharedNewest::default() };
+        tokio::spawn(write_reports(writer, rx, conditions.clone()));
+        Self { queue, conditions, metrics, leadership: Leadership::always() }
     }
 
     /// Reports only while `leadership` holds: a standby writes nothing.
@@ -52,7 +106,10 @@ impl Reporter {
         if !self.leadership.is_leading() {
             return;
         }
-        if self.queue.try_send(report).is_err() {
+        if let Report::Unschedulable { uid, .. } = &report {
+            let uid = uid.clone();
+            self.conditions.put(&uid, report);
+        } else if self.queue.try_send(report).is_err() {
             self.metrics.reports_dropped.inc();
         }
     }
@@ -99,9 +156,17 @@ fn done(newest: &SharedNewest, uid: &str, sequence: u64) {
     }
 }
 
-async fn write_reports(writer: Writer, mut rx: mpsc::Receiver<Report>) {
+async fn write_reports(writer: Writer, mut rx: mpsc::Receiver<Report>, conditions: Arc<ConditionQueue>) {
     let slots = Arc::new(Semaphore::new(CONCURRENT_WRITES));
-    while let Some(report) = rx.recv().await {
+    loop {
+        let report = tokio::select! {
+            received = rx.recv() => match received {
+                Some(report) => report,
+                // Every Reporter is gone: nothing more will come.
+                None => return,
+            },
+            report = conditions.next() => report,
+        };
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
@@ -303,6 +368,53 @@ mod tests {
         done(&newest, "pod-a", newer);
         done(&newest, "pod-b", other_pod);
         assert!(newest.lock().unwrap().by_pod.is_empty(), "nothing kept once written");
+    }
+
+    fn condition(pod: usize, message: &str) -> Report {
+        Report::Unschedulable {
+            key: PodKey { namespace: "ns".into(), name: format!("p{pod}") },
+            uid: format!("uid-{pod}"),
+            resource_version: None,
+            message: message.into(),
+        }
+    }
+
+    /// Found by the chaos soak: with hundreds of pods pending, every attempt
+    /// reports each member again (quota messages carry the usage, so they
+    /// change), the bounded queue filled, and some pods were never given a
+    /// reason. Conditions now wait one per pod, the newest kept.
+    #[test]
+    fn conditions_wait_one_per_pod_newest_kept_none_dropped_however_many() {
+        let mut waiting = WaitingConditions::default();
+        let pods = QUEUE_CAPACITY * 2;
+        for round in ["first", "second", "third"] {
+            for pod in 0..pods {
+                waiting.put(&format!("uid-{pod}"), condition(pod, round));
+            }
+        }
+        let mut taken = Vec::new();
+        while let Some(report) = waiting.take() {
+            taken.push(report);
+        }
+        assert_eq!(taken.len(), pods, "one per pod, none dropped");
+        for (pod, report) in taken.iter().enumerate() {
+            assert_eq!(report, &condition(pod, "third"), "in first-queued order, the newest message");
+        }
+        waiting.put("uid-1", condition(1, "again"));
+        assert_eq!(waiting.take(), Some(condition(1, "again")), "a pod taken may queue again");
+    }
+
+    #[tokio::test]
+    async fn the_writer_wakes_for_a_condition_queued_while_it_waits() {
+        let queue = Arc::new(ConditionQueue::default());
+        let waiter = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.next().await }
+        });
+        tokio::task::yield_now().await;
+        queue.put("uid-7", condition(7, "late"));
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await;
+        assert_eq!(got.expect("woken").expect("joined"), condition(7, "late"));
     }
 
     #[test]

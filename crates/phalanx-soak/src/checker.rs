@@ -41,6 +41,8 @@ pub const STABLE: Duration = Duration::from_secs(MAX_BACKOFF.as_secs() + 5);
 pub const RECOVERY_BOUND: Duration = Duration::from_secs(90);
 /// With no fault at all, settled at least this often.
 pub const STUCK_BOUND: Duration = Duration::from_secs(120);
+/// The binds of one decision round land within this.
+pub const BIND_LAG: Duration = Duration::from_secs(5);
 /// Metrics and the cluster are compared while both move: pods created or
 /// bound this recently may be on one side only.
 const CHURN: Duration = Duration::from_secs(3);
@@ -111,6 +113,12 @@ pub struct Checker {
     pub violations: Vec<Violation>,
     pub samples: Vec<Sample>,
     pub total_gpus: i64,
+    /// The leader's own counters at the end (drops, restarts, evictions).
+    pub final_metrics: Vec<String>,
+    /// Pods whose `/explain` answer the event log should carry.
+    to_explain: Vec<String>,
+    /// Lower jobs seen starting to bind while a higher one fit; judged later.
+    suspects: Vec<Suspect>,
     reported: BTreeSet<String>,
     below_min_since: BTreeMap<String, Instant>,
     /// GPUs used on each schedulable node, one entry a check.
@@ -119,6 +127,14 @@ pub struct Checker {
     usage: BTreeMap<String, i64>,
     deletions_checked: BTreeSet<String>,
     last_settled: Instant,
+}
+
+/// A possible priority inversion, confirmed or dropped [`BIND_LAG`] later.
+struct Suspect {
+    at: Instant,
+    low: String,
+    high: String,
+    message: String,
 }
 
 /// What the checker saw of one job this check.
@@ -148,6 +164,9 @@ impl Checker {
             violations: Vec::new(),
             samples: Vec::new(),
             total_gpus: 0,
+            final_metrics: Vec::new(),
+            to_explain: Vec::new(),
+            suspects: Vec::new(),
             reported: BTreeSet::new(),
             below_min_since: BTreeMap::new(),
             history: VecDeque::new(),
@@ -194,7 +213,7 @@ impl Checker {
         let states = job_states(&pods, &jobs, &self.stores);
         self.check_gangs(&jobs, &states, now);
         self.check_quota(&pods, now);
-        self.check_budgets(&jobs);
+        self.check_budgets();
         let free = self.stable_free(&nodes, &used, now);
         self.check_inversion(&jobs, &states, &pods, free.as_ref(), now);
         let pending = pods
@@ -207,6 +226,12 @@ impl Checker {
             })
             .count();
         let queued = self.check_settled(&jobs, &states, &pods, pending, free.as_ref(), now).await;
+        for pod in std::mem::take(&mut self.to_explain) {
+            if let Some((_, port, _)) = self.replicas.leader().await {
+                let text = get(port, &format!("/explain/{pod}")).await;
+                self.log.write("explain", json!({"pod": pod, "explain": text}));
+            }
+        }
         for exited in self.replicas.exited() {
             self.violate(Invariant::ReplicaExited, exited.clone(), exited);
         }
@@ -288,7 +313,7 @@ impl Checker {
         }
     }
 
-    fn check_budgets(&mut self, jobs: &BTreeMap<String, Job>) {
+    fn check_budgets(&mut self) {
         let seen: Vec<(String, Instant)> = {
             let history = self.stores.history.lock();
             history
@@ -298,6 +323,9 @@ impl Checker {
                 .map(|(k, at)| (k.clone(), *at))
                 .collect()
         };
+        // Read after the deletions: a deletion the generator made is in
+        // the ledger before it is in the history.
+        let jobs = self.ledger.lock().jobs.clone();
         for (pod, at) in seen {
             self.deletions_checked.insert(pod.clone());
             let Some(job) = job_of(&pod).and_then(|j| jobs.get(j)) else { continue };
@@ -408,15 +436,51 @@ impl Checker {
         if self.scheduler_disturbed(now) {
             return;
         }
+        self.confirm_inversions(states, now);
         let Some(head) = self.admissible(jobs, states, pods, now).into_iter().next() else { return };
         for name in newly {
             let Some(low) = jobs.get(&name) else { continue };
             if low.priority < head.priority && fits(&head, free) {
+                let quota_free = self.quota_free(pods).get(&head.namespace).copied();
                 let message = format!(
-                    "{} ({:?}) placed while {} ({:?}, {} x {} GPUs) waited and fit in capacity free for {STABLE:?}",
-                    low.name, low.priority, head.name, head.priority, head.size, head.gpus_per_pod
+                    "{}/{} ({:?}) placed while {}/{} ({:?}, {} x {} GPUs, its quota has {quota_free:?} GPUs free) waited \
+                     and fit in capacity free for {STABLE:?}",
+                    low.namespace,
+                    low.name,
+                    low.priority,
+                    head.namespace,
+                    head.name,
+                    head.priority,
+                    head.size,
+                    head.gpus_per_pod
                 );
-                self.violate(Invariant::PriorityInversion, name.clone(), message);
+                self.suspects.push(Suspect { at: now, low: name.clone(), high: head.name.clone(), message });
+                if let Some(first) = head.pods.first() {
+                    self.to_explain.push(format!("{}/{first}", head.namespace));
+                }
+            }
+        }
+    }
+
+    /// Binds land in any order: a higher job decided in the same round as
+    /// the lower one may be seen bound a moment later. A suspect is a
+    /// violation only if the higher job is still unbound [`BIND_LAG`] on.
+    fn confirm_inversions(&mut self, states: &BTreeMap<String, JobState>, now: Instant) {
+        let (due, waiting): (Vec<Suspect>, Vec<Suspect>) =
+            std::mem::take(&mut self.suspects).into_iter().partition(|s| now.duration_since(s.at) >= BIND_LAG);
+        self.suspects = waiting;
+        let deleted = self
+            .ledger
+            .lock()
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.deleted.is_some())
+            .map(|(n, _)| n.clone())
+            .collect::<BTreeSet<_>>();
+        for suspect in due {
+            let still_waiting = states.get(&suspect.high).is_some_and(|s| s.bound == 0 && !s.evicted);
+            if still_waiting && !deleted.contains(&suspect.high) {
+                self.violate(Invariant::PriorityInversion, suspect.low, suspect.message);
             }
         }
     }
@@ -523,6 +587,17 @@ impl Checker {
     /// deleted by the generator, evicted by preemption, or pending with a
     /// reason phalanx wrote (PodScheduled=False).
     pub async fn account_for_every_pod(&mut self) -> BTreeMap<&'static str, usize> {
+        if let Some((_, _, text)) = self.replicas.leader().await {
+            const COUNTERS: [&str; 5] = [
+                "phalanx_reports_dropped",
+                "phalanx_watch_restarts",
+                "phalanx_evictions",
+                "phalanx_bind_duration_seconds_count",
+                "phalanx_preemption_attempts",
+            ];
+            self.final_metrics =
+                text.lines().filter(|l| COUNTERS.iter().any(|c| l.starts_with(c))).map(str::to_string).collect();
+        }
         let jobs: Vec<Job> = self.ledger.lock().jobs.values().cloned().collect();
         let pods: BTreeMap<String, Arc<Pod>> = self.stores.pods.state().into_iter().map(|p| (key(&p), p)).collect();
         let evicted = self.stores.history.lock().evicted.clone();

@@ -42,9 +42,20 @@ impl ControlPlane {
         self.run(&["apiserver", PHALANX_APISERVER, "stop"]).await.map(|_| ())
     }
 
-    /// Starts it again on its port; returns once it is ready.
+    /// Starts it again on its port; returns once it is ready. Undoing a
+    /// fault must not be lost to another one (`e2e/cluster` refuses while
+    /// etcd restarts): retried for two minutes.
     pub async fn restart_phalanx_apiserver(&self) -> Result<(), ControlPlaneError> {
-        self.run(&["apiserver", PHALANX_APISERVER, "start"]).await.map(|_| ())
+        let began = std::time::Instant::now();
+        loop {
+            match self.run(&["apiserver", PHALANX_APISERVER, "start"]).await {
+                Err(e) if began.elapsed() < std::time::Duration::from_secs(120) => {
+                    tracing::warn!(error = %e, "restarting phalanx's API server; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                other => return other.map(|_| ()),
+            }
+        }
     }
 
     pub async fn restart_etcd(&self, down_seconds: u64) -> Result<(), ControlPlaneError> {

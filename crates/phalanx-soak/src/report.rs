@@ -107,6 +107,13 @@ pub fn markdown(
         }
         let _ = writeln!(out);
     }
+    if !checker.final_metrics.is_empty() {
+        let _ = writeln!(out, "## The leader's counters at the end\n\n```");
+        for line in &checker.final_metrics {
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = writeln!(out, "```\n");
+    }
     let _ = writeln!(out, "## Every pod at the end\n");
     let _ = writeln!(out, "| fate | pods |");
     let _ = writeln!(out, "|---|---:|");
