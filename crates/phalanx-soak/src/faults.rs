@@ -465,6 +465,11 @@ impl Injector {
         }
     }
 
+    /// Pods bound to a node and not finished, as the soak's watch sees them.
+    fn running_pods(&self) -> Vec<Arc<Pod>> {
+        self.stores.pods.state().into_iter().filter(|p| node_of(p).is_some() && !finished(p)).collect()
+    }
+
     /// A budget forbidding any eviction, put on a running gang of low or mid
     /// priority (the ones preemption picks) that phalanx may not have seen yet.
     async fn protect_running_gang(
@@ -474,14 +479,8 @@ impl Injector {
         rng: &mut Rng,
         hold: Duration,
     ) -> Result<String, FaultError> {
-        let bound: BTreeSet<String> = self
-            .stores
-            .pods
-            .state()
-            .iter()
-            .filter(|p| node_of(p).is_some() && !finished(p))
-            .filter_map(|p| p.labels().get(JOB_LABEL).cloned())
-            .collect();
+        let bound: BTreeSet<String> =
+            self.running_pods().iter().filter_map(|p| p.labels().get(JOB_LABEL).cloned()).collect();
         let candidates: Vec<(String, String, u32)> = self
             .ledger
             .lock()
@@ -539,11 +538,9 @@ impl Injector {
         hold: Duration,
     ) -> Result<String, FaultError> {
         let held: BTreeSet<u32> = self
-            .stores
-            .pods
-            .state()
+            .running_pods()
             .iter()
-            .filter(|p| node_of(p) == Some(node) && !finished(p))
+            .filter(|p| node_of(p) == Some(node))
             .filter_map(|p| p.annotations().get(GPUS_ANNOTATION).cloned())
             .flat_map(|text| text.split(',').filter_map(|i| i.trim().parse().ok()).collect::<Vec<u32>>())
             .collect();
@@ -590,14 +587,8 @@ impl Injector {
         let api: Api<ElasticQuota> = Api::namespaced(self.client.clone(), ns);
         let quota = api.get("gpus").await?;
         let original = quota.spec.max.as_ref().and_then(|m| m.get(GPU)).map(|q| q.0.clone());
-        let usage: i64 = self
-            .stores
-            .pods
-            .state()
-            .iter()
-            .filter(|p| p.namespace().as_deref() == Some(ns) && node_of(p).is_some() && !finished(p))
-            .map(|p| gpus_of(p))
-            .sum();
+        let usage: i64 =
+            self.running_pods().iter().filter(|p| p.namespace().as_deref() == Some(ns)).map(|p| gpus_of(p)).sum();
         let lowered = (usage / 2 / 8 * 8).max(8);
         self.begin(id, kind, &format!("{ns}: max {lowered} (using {usage})"), hold);
         self.ledger.lock().quota_changed.insert(ns.to_string(), Instant::now());
