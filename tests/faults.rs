@@ -1,5 +1,5 @@
 //! Faults survived, end to end: the API server stopped and started again
-//! mid-run, a watch expired with 410 Gone, a node deleted while its gang is
+//! mid-run (with a quota lowered meanwhile), a watch broken and listed afresh, a node deleted while its gang is
 //! being bound, and binds answered with conflicts. After each, the
 //! invariants of `support::invariants` hold: no GPU over-committed, no gang
 //! partly bound, every pending pod queued, nothing bound moved.
@@ -14,7 +14,8 @@ mod support;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use phalanx_kube::api::elastic_quota::ElasticQuota;
 use phalanx_kube::api::pod_group::PodGroup;
 use serde_json::json;
 use support::apiserver::ExtraApiServer;
@@ -109,8 +110,48 @@ async fn the_api_server_stopped_mid_run_loses_and_double_binds_nothing() {
     env.teardown().await;
 }
 
+/// Found by the chaos soak: a quota lowered while phalanx's API server was
+/// away was still unseen when the pods' watch came back, and pods created
+/// meanwhile were bound beyond it. Every watch that failed must list again
+/// before anything is decided.
 #[tokio::test]
-async fn a_watch_expired_with_410_relists_keeping_pending_pods_and_holds() {
+async fn a_quota_lowered_while_the_api_server_is_away_binds_nothing_beyond_it() {
+    let pools = format!("- {{name: a, count: 2, gpus: 8, {H100}}}\n");
+    let (env, api, _) = env_behind_own_api_server("quota-outage", &pools, 50).await;
+    let _: ElasticQuota = support::create_object(
+        &env,
+        json!({"apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "ElasticQuota",
+            "metadata": {"name": "gpus", "namespace": env.name}, "spec": {"max": {"nvidia.com/gpu": 16}}}),
+    )
+    .await;
+    env.create(&env.pod("first", 2)).await;
+    env.wait_bound("first", Duration::from_secs(30)).await;
+    let used = format!("phalanx_quota_used{{namespace=\"{}\",resource=\"nvidia.com/gpu\"}}", env.name);
+    wait_metric(&env, &used, 2.0, Duration::from_secs(30)).await;
+
+    api.stop().await;
+    let lowered = json!({"spec": {"max": {"nvidia.com/gpu": 2}}});
+    Api::<ElasticQuota>::namespaced(env.client.clone(), &env.name)
+        .patch("gpus", &PatchParams::default(), &Patch::Merge(&lowered))
+        .await
+        .unwrap();
+    let mut late = create_gang(&env, "late", 2, 2).await;
+    env.create(&env.pod("lone", 2)).await;
+    late.push("lone".to_string());
+    api.restart().await;
+
+    for name in &late {
+        let waiting = env.wait_unschedulable(name, Duration::from_secs(60)).await;
+        assert!(waiting.message.as_deref().unwrap_or("").contains("ElasticQuota"), "{name}: {waiting:?}");
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let bound = invariants::bound(&pods_now(&env).await);
+    assert_eq!(bound.keys().collect::<Vec<_>>(), ["first"], "nothing beyond the lowered max of 2 GPUs");
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn a_broken_watch_relists_keeping_pending_pods_and_holds() {
     let pools = format!("- {{name: a, count: 3, gpus: 8, {H100}}}\n");
     let (env, api, nodes) = env_behind_own_api_server("watch-expiry", &pools, 50).await;
     env.create(&env.pod("filler", 8)).await;
@@ -125,15 +166,15 @@ async fn a_watch_expired_with_410_relists_keeping_pending_pods_and_holds() {
     let before = invariants::check(&env, &Bound::new()).await;
 
     // While phalanx's API server is away, a pending pod goes and one comes;
-    // its watch cache starts over, so phalanx's watches resume with 410 Gone.
-    let expired = "phalanx_watch_restarts_total{resource=\"Pod\",reason=\"expired\"}";
+    // every watch of phalanx fails, and lists afresh once it is back.
+    let broken = "phalanx_watch_restarts_total{resource=\"Pod\",reason=\"error\"}";
     let text = invariants::metrics(env.http_port).await.unwrap();
-    let expired_before = invariants::metric(&text, expired).unwrap_or(0.0);
+    let broken_before = invariants::metric(&text, broken).unwrap_or(0.0);
     api.stop().await;
     delete_now(&env, "doomed").await;
     env.create(&env.pod("newcomer", 1)).await;
     api.restart().await;
-    wait_metric(&env, expired, expired_before + 1.0, Duration::from_secs(60)).await;
+    wait_metric(&env, broken, broken_before + 1.0, Duration::from_secs(60)).await;
     // Re-listed: the deleted pod forgotten, the new one queued, the bound one
     // left alone, the big gang still pending and queued.
     invariants::check(&env, &before).await;

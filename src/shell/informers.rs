@@ -16,7 +16,6 @@ use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, Pod, Resource
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceSlice};
 use kube::api::Api;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::watcher::{self, Event, ExponentialBackoff};
 use kube::{Client, Resource, ResourceExt};
@@ -30,7 +29,7 @@ use phalanx_core::gang::{GangId, GangKind, GangObject};
 use phalanx_core::gang_status::GroupStatusInput;
 use phalanx_core::quota::QuotaKind;
 pub use phalanx_core::scheduler::ClusterEvent;
-use phalanx_core::scheduler::{DeviceKind, DeviceObject, DeviceObjectKey, ObjectRef};
+use phalanx_core::scheduler::{DeviceKind, DeviceObject, DeviceObjectKey, ObjectRef, Watch};
 use phalanx_kube::api::elastic_quota::ElasticQuota;
 use phalanx_kube::api::gpu_topology::GPUTopology;
 use phalanx_kube::api::jobset::JobSet;
@@ -194,13 +193,32 @@ pub(super) enum Applied<E> {
     InvalidKept(String, E),
 }
 
-/// Runs one watch for ever (the watcher re-lists and backs off on its own),
-/// translating each event with the given functions and sending the result.
-/// Failures are counted in `metrics` when given.
-pub(super) async fn pump<K, E>(
+/// What becomes of a watch's failures: each is counted, and a watch that
+/// decisions depend on says it is away.
+pub(super) struct Failures<E> {
+    metrics: Metrics,
+    lost: Option<E>,
+}
+
+impl Failures<ClusterEvent> {
+    fn stop_decisions(metrics: &Metrics, watch: Watch) -> Self {
+        Self { metrics: metrics.clone(), lost: Some(ClusterEvent::WatchLost(watch)) }
+    }
+
+    fn counted(metrics: &Metrics) -> Self {
+        Self { metrics: metrics.clone(), lost: None }
+    }
+}
+
+/// Runs one watch for ever, translating each event with the given functions
+/// and sending the result. Every failure starts the watch again with a
+/// fresh list after a backoff, and first sends `lost` (when given): a watch
+/// resumed where it stopped would say nothing of a quiet resource, so its
+/// consumer could not tell when it is current again; a list's end can.
+pub(super) async fn pump<K, E: Clone>(
     api: Api<K>,
     config: watcher::Config,
-    metrics: Option<Metrics>,
+    failures: Failures<E>,
     tx: mpsc::Sender<E>,
     on_apply: impl Fn(K) -> Applied<E>,
     on_delete: impl Fn(K) -> Option<E>,
@@ -209,49 +227,50 @@ pub(super) async fn pump<K, E>(
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     let kind = K::kind(&());
-    let mut listed: HashSet<String> = HashSet::new();
-    let mut stream = watcher::watcher(api, config).backoff(watch_backoff()).boxed();
+    let mut backoff = watch_backoff();
     loop {
-        let event = match stream.try_next().await {
-            Ok(Some(e)) => e,
-            Ok(None) => return,
-            Err(e) => {
-                let reason = if expired(&e) { "expired" } else { "error" };
-                warn!(%kind, reason, error = %e, "watch failed; retrying");
-                if let Some(m) = &metrics {
-                    m.watch_restarts
-                        .get_or_create(&WatchLabels { resource: kind.to_string(), reason: reason.into() })
-                        .inc();
-                }
-                continue;
+        let mut listed: HashSet<String> = HashSet::new();
+        let mut stream = watcher::watcher(api.clone(), config.clone()).boxed();
+        let error = loop {
+            let event = match stream.try_next().await {
+                Ok(Some(e)) => e,
+                Ok(None) => return,
+                Err(e) => break e,
+            };
+            let out = match event {
+                Event::Init => continue,
+                Event::InitDone => on_listed(std::mem::take(&mut listed)),
+                Event::Apply(obj) | Event::InitApply(obj) => match on_apply(obj) {
+                    Applied::Ignored => continue,
+                    Applied::Event(key, event) => {
+                        listed.insert(key);
+                        event
+                    }
+                    Applied::Invalid(event) => event,
+                    Applied::InvalidKept(key, event) => {
+                        listed.insert(key);
+                        event
+                    }
+                },
+                Event::Delete(obj) => match on_delete(obj) {
+                    Some(event) => event,
+                    None => continue,
+                },
+            };
+            if tx.send(out).await.is_err() {
+                return;
             }
         };
-        let out = match event {
-            Event::Init => {
-                listed.clear();
-                continue;
-            }
-            Event::InitDone => on_listed(std::mem::take(&mut listed)),
-            Event::Apply(obj) | Event::InitApply(obj) => match on_apply(obj) {
-                Applied::Ignored => continue,
-                Applied::Event(key, event) => {
-                    listed.insert(key);
-                    event
-                }
-                Applied::Invalid(event) => event,
-                Applied::InvalidKept(key, event) => {
-                    listed.insert(key);
-                    event
-                }
-            },
-            Event::Delete(obj) => match on_delete(obj) {
-                Some(event) => event,
-                None => continue,
-            },
-        };
-        if tx.send(out).await.is_err() {
+        let reason = if expired(&error) { "expired" } else { "error" };
+        warn!(%kind, reason, %error, "watch failed; listing again");
+        let labels = WatchLabels { resource: kind.to_string(), reason: reason.into() };
+        failures.metrics.watch_restarts.get_or_create(&labels).inc();
+        if let Some(lost) = &failures.lost
+            && tx.send(lost.clone()).await.is_err()
+        {
             return;
         }
+        tokio::time::sleep(backoff.next().unwrap_or(WATCH_BACKOFF_MAX)).await;
     }
 }
 
@@ -292,7 +311,8 @@ async fn watch_nodes(api: Api<Node>, metrics: Metrics, tx: mpsc::Sender<ClusterE
         Err(error) => Applied::Invalid(invalid(&node, &error)),
     };
     let on_delete = |node: Node| Some(ClusterEvent::NodeDeleted(node.name_any()));
-    pump(api, watcher::Config::default(), Some(metrics), tx, on_apply, on_delete, ClusterEvent::NodesListed).await;
+    let failures = Failures::stop_decisions(&metrics, Watch::Nodes);
+    pump(api, watcher::Config::default(), failures, tx, on_apply, on_delete, ClusterEvent::NodesListed).await;
 }
 
 /// A new leader must not decide on a view its watch may not have caught up
@@ -347,7 +367,7 @@ async fn watch_pods_once(
     };
     let on_delete = |pod: Pod| pod.metadata.uid.map(|uid| ClusterEvent::PodDeleted { uid });
     let config = watcher::Config::default().fields(POD_FIELDS);
-    pump(api, config, Some(metrics.clone()), tx, on_apply, on_delete, on_listed).await;
+    pump(api, config, Failures::stop_decisions(metrics, Watch::Pods), tx, on_apply, on_delete, on_listed).await;
 }
 
 /// PodGroups as their status tracker keeps them (resourceVersion and status).
@@ -361,7 +381,7 @@ async fn watch_group_statuses(api: Api<PodGroup>, metrics: Metrics, tx: mpsc::Se
         Some(status_event(GroupStatusInput::GroupDeleted(key)))
     };
     let on_listed = |keys| status_event(GroupStatusInput::GroupsListed(keys));
-    pump(api, watcher::Config::default(), Some(metrics), tx, on_apply, on_delete, on_listed).await;
+    pump(api, watcher::Config::default(), Failures::counted(&metrics), tx, on_apply, on_delete, on_listed).await;
 }
 
 /// Every pod that names a PodGroup, whatever its phase: finished members
@@ -374,7 +394,7 @@ async fn watch_group_members(api: Api<Pod>, metrics: Metrics, tx: mpsc::Sender<C
     let on_delete = |pod: Pod| Some(status_event(GroupStatusInput::MemberDeleted(pod.metadata.uid?)));
     let on_listed = |uids| status_event(GroupStatusInput::MembersListed(uids));
     let config = watcher::Config::default().labels(POD_GROUP_LABEL);
-    pump(api, config, Some(metrics), tx, on_apply, on_delete, on_listed).await;
+    pump(api, config, Failures::counted(&metrics), tx, on_apply, on_delete, on_listed).await;
 }
 
 fn status_event(input: GroupStatusInput) -> ClusterEvent {
@@ -411,7 +431,8 @@ async fn watch_device_objects<K>(
     let on_delete = |obj: K| Some(ClusterEvent::DeviceObjectDeleted(key(key_of(&obj))));
     let on_listed =
         |keys: HashSet<String>| ClusterEvent::DeviceObjectsListed { kind, keys: keys.into_iter().map(key).collect() };
-    pump(api, watcher::Config::default(), Some(metrics), tx, on_apply, on_delete, on_listed).await;
+    let failures = Failures::stop_decisions(&metrics, Watch::Devices(kind));
+    pump(api, watcher::Config::default(), failures, tx, on_apply, on_delete, on_listed).await;
 }
 
 async fn watch_topologies(api: Api<GPUTopology>, metrics: Metrics, tx: mpsc::Sender<ClusterEvent>) {
@@ -420,7 +441,8 @@ async fn watch_topologies(api: Api<GPUTopology>, metrics: Metrics, tx: mpsc::Sen
         Err(error) => Applied::Invalid(invalid(&report, &error)),
     };
     let on_delete = |report: GPUTopology| Some(ClusterEvent::TopologyDeleted(report.name_any()));
-    pump(api, watcher::Config::default(), Some(metrics), tx, on_apply, on_delete, ClusterEvent::TopologiesListed).await;
+    let failures = Failures::counted(&metrics);
+    pump(api, watcher::Config::default(), failures, tx, on_apply, on_delete, ClusterEvent::TopologiesListed).await;
 }
 
 async fn watch_gangs<K>(
@@ -444,7 +466,8 @@ async fn watch_gangs<K>(
         kind,
         ids: split_keys(keys).iter().map(|(ns, name)| GangId::new(kind, ns, name)).collect(),
     };
-    pump(api, watcher::Config::default(), Some(metrics), tx, on_apply, on_delete, on_listed).await;
+    let failures = Failures::stop_decisions(&metrics, Watch::Gangs(kind));
+    pump(api, watcher::Config::default(), failures, tx, on_apply, on_delete, on_listed).await;
 }
 
 /// Namespace and name of a namespaced object.
@@ -482,7 +505,8 @@ async fn watch_quotas<K>(
         Some(ClusterEvent::QuotaDeleted { kind, namespace, name })
     };
     let on_listed = move |keys: HashSet<String>| ClusterEvent::QuotasListed { kind, keys: split_keys(keys) };
-    pump(api, watcher::Config::default(), Some(metrics), tx, on_apply, on_delete, on_listed).await;
+    let failures = Failures::stop_decisions(&metrics, Watch::Quotas(kind));
+    pump(api, watcher::Config::default(), failures, tx, on_apply, on_delete, on_listed).await;
 }
 
 async fn watch_budgets(api: Api<PodDisruptionBudget>, metrics: Metrics, tx: mpsc::Sender<ClusterEvent>) {
@@ -501,7 +525,8 @@ async fn watch_budgets(api: Api<PodDisruptionBudget>, metrics: Metrics, tx: mpsc
         Some(ClusterEvent::BudgetDeleted { namespace, name })
     };
     let on_listed = |keys: HashSet<String>| ClusterEvent::BudgetsListed(split_keys(keys));
-    pump(api, watcher::Config::default(), Some(metrics), tx, on_apply, on_delete, on_listed).await;
+    let failures = Failures::stop_decisions(&metrics, Watch::Budgets);
+    pump(api, watcher::Config::default(), failures, tx, on_apply, on_delete, on_listed).await;
 }
 
 /// Namespace labels, which inter-pod affinity terms select namespaces by.
@@ -512,7 +537,8 @@ async fn watch_namespaces(api: Api<Namespace>, metrics: Metrics, tx: mpsc::Sende
         Applied::Event(name.clone(), ClusterEvent::NamespaceApplied { name, labels })
     };
     let on_delete = |object: Namespace| Some(ClusterEvent::NamespaceDeleted(object.name_any()));
-    pump(api, watcher::Config::default(), Some(metrics), tx, on_apply, on_delete, ClusterEvent::NamespacesListed).await;
+    let failures = Failures::counted(&metrics);
+    pump(api, watcher::Config::default(), failures, tx, on_apply, on_delete, ClusterEvent::NamespacesListed).await;
 }
 
 #[cfg(test)]

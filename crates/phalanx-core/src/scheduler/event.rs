@@ -102,6 +102,24 @@ pub enum ClusterEvent {
     /// The Lease says this replica leads in this term (0: no election), or
     /// does not lead (`None`).
     Leadership(Option<u64>),
+    /// A watch decisions depend on failed. Changes made while it is away
+    /// are unseen until it lists again, so nothing is decided till then
+    /// (found by the soak: a quota lowered while phalanx's API server was
+    /// away was still unseen when the pods' watch was back, and gangs were
+    /// placed beyond it).
+    WatchLost(Watch),
+}
+
+/// A watch whose view every decision depends on: none is made before each
+/// has listed, nor while one is away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Watch {
+    Nodes,
+    Pods,
+    Quotas(QuotaKind),
+    Budgets,
+    Gangs(GangKind),
+    Devices(DeviceKind),
 }
 
 /// The `resource.k8s.io/v1` kinds the scheduler watches.

@@ -20,7 +20,7 @@ use tracing::{debug, info, info_span, warn};
 pub use action::{Action, Attempt, Progress, Report};
 pub use event::{
     BindOutcome, BindResult, Change, ClusterEvent, DeviceKind, DeviceObject, DeviceObjectKey, EvictOutcome,
-    EvictResult, ObjectRef, TopologyReport,
+    EvictResult, ObjectRef, TopologyReport, Watch,
 };
 pub use recording::{Recorded, Step};
 // The setup and surface types of the decision modules, which are private.
@@ -60,21 +60,6 @@ pub struct SchedulerConfig {
     pub class_resources: ClassResources,
 }
 
-/// The watches every decision depends on, besides one per served gang kind
-/// and ElasticQuotas where served.
-const NODES: &str = "nodes";
-const PODS: &str = "pods";
-const RESOURCE_QUOTAS: &str = "resourcequotas";
-const ELASTIC_QUOTAS: &str = "elasticquotas";
-const BUDGETS: &str = "poddisruptionbudgets";
-
-fn quota_watch(kind: QuotaKind) -> &'static str {
-    match kind {
-        QuotaKind::Elastic => ELASTIC_QUOTAS,
-        QuotaKind::Hard => RESOURCE_QUOTAS,
-    }
-}
-
 /// A victim whose eviction is in flight.
 #[derive(Debug, Clone)]
 struct Eviction {
@@ -98,8 +83,8 @@ pub struct Scheduler {
     reports: ReportLog,
     /// Nodes deleted (the binder was told); a node created again under the name takes binds.
     gone_nodes: HashSet<String>,
-    /// Watches whose first list has not arrived; decisions wait for them.
-    unlisted: HashSet<&'static str>,
+    /// Watches that have not listed yet, or not since they failed; decisions wait for them.
+    unlisted: HashSet<Watch>,
     /// Decisions are made only while this replica leads, and only once the
     /// pods were listed afresh in its current term (`synced_term`).
     term: Option<u64>,
@@ -113,14 +98,15 @@ pub struct Scheduler {
 impl Scheduler {
     /// A scheduler that leads in term 0 (no election) until told otherwise.
     pub fn new(config: SchedulerConfig) -> Self {
-        let mut unlisted: HashSet<&'static str> = [NODES, PODS, RESOURCE_QUOTAS, BUDGETS].into();
-        unlisted.extend(config.gang_kinds.iter().map(|k| k.api_version()));
+        let mut unlisted: HashSet<Watch> =
+            [Watch::Nodes, Watch::Pods, Watch::Quotas(QuotaKind::Hard), Watch::Budgets].into();
+        unlisted.extend(config.gang_kinds.iter().copied().map(Watch::Gangs));
         if config.elastic_quotas {
-            unlisted.insert(ELASTIC_QUOTAS);
+            unlisted.insert(Watch::Quotas(QuotaKind::Elastic));
         }
         let scheduler_names = config.profiles.iter().map(|p| p.scheduler_name.clone()).collect();
         if config.dynamic_resources {
-            unlisted.extend([DeviceKind::Class, DeviceKind::Slice, DeviceKind::Claim].map(DeviceKind::resource));
+            unlisted.extend([DeviceKind::Class, DeviceKind::Slice, DeviceKind::Claim].map(Watch::Devices));
         }
         let mut snapshot = ClusterSnapshot::with_settings(config.topology);
         snapshot.devices_mut().set_class_resources(config.class_resources);
@@ -142,8 +128,8 @@ impl Scheduler {
         }
     }
 
-    /// Every watch has listed once: the state is complete enough to decide
-    /// and to explain.
+    /// Every watch has listed, and none has failed since: the state is
+    /// complete and current enough to decide and to explain.
     pub fn is_synced(&self) -> bool {
         self.unlisted.is_empty()
     }
@@ -167,7 +153,7 @@ impl Scheduler {
                 Change::NoNewRoom
             }
             ClusterEvent::NodesListed(names) => {
-                self.unlisted.remove(NODES);
+                self.unlisted.remove(&Watch::Nodes);
                 let gone: Vec<String> =
                     self.snapshot.node_names().filter(|n| !names.contains(*n)).map(str::to_string).collect();
                 for name in gone {
@@ -211,14 +197,14 @@ impl Scheduler {
                 Change::NoNewRoom
             }
             ClusterEvent::GangsListed { kind, ids } => {
-                self.unlisted.remove(kind.api_version());
+                self.unlisted.remove(&Watch::Gangs(kind));
                 for id in self.gangs.objects_listed(kind, &ids) {
                     self.queue.wake(&GangKey::Gang(id), now);
                 }
                 Change::NoNewRoom
             }
             ClusterEvent::PodsListed(uids) => {
-                self.unlisted.remove(PODS);
+                self.unlisted.remove(&Watch::Pods);
                 self.resync_pods(&uids);
                 Change::MayFitMore
             }
@@ -239,7 +225,7 @@ impl Scheduler {
                 self.gangs.quotas_mut().remove(kind, &namespace, &name).into()
             }
             ClusterEvent::QuotasListed { kind, keys } => {
-                self.unlisted.remove(quota_watch(kind));
+                self.unlisted.remove(&Watch::Quotas(kind));
                 self.gangs.quotas_mut().listed(kind, &keys);
                 Change::MayFitMore
             }
@@ -252,7 +238,7 @@ impl Scheduler {
                 self.set_budget(&namespace, &name, None)
             }
             ClusterEvent::BudgetsListed(keys) => {
-                self.unlisted.remove(BUDGETS);
+                self.unlisted.remove(&Watch::Budgets);
                 self.gangs.budgets_listed(&keys);
                 Change::MayFitMore
             }
@@ -260,7 +246,7 @@ impl Scheduler {
             ClusterEvent::NamespaceDeleted(name) => self.snapshot.set_namespace(&name, None).into(),
             ClusterEvent::NamespacesListed(names) => self.snapshot.namespaces_listed(&names).into(),
             ClusterEvent::PodsRelisted { uids, term } => {
-                self.unlisted.remove(PODS);
+                self.unlisted.remove(&Watch::Pods);
                 self.resync_pods(&uids);
                 if self.term == Some(term) {
                     info!(term, "pods listed afresh; this replica decides from now on");
@@ -274,7 +260,7 @@ impl Scheduler {
                 Change::MayFitMore
             }
             ClusterEvent::DeviceObjectsListed { kind, keys } => {
-                self.unlisted.remove(kind.resource());
+                self.unlisted.remove(&Watch::Devices(kind));
                 let devices = self.snapshot.devices();
                 let known: Vec<DeviceObjectKey> = match kind {
                     DeviceKind::Class => devices.class_names().into_iter().map(DeviceObjectKey::Class).collect(),
@@ -311,6 +297,12 @@ impl Scheduler {
                     self.group_statuses.mark_all(now);
                 }
                 self.term = term;
+                Change::NoNewRoom
+            }
+            ClusterEvent::WatchLost(watch) => {
+                if self.unlisted.insert(watch) {
+                    warn!(?watch, "a watch failed; nothing is decided until it lists again");
+                }
                 Change::NoNewRoom
             }
         }

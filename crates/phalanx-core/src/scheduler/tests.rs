@@ -387,6 +387,35 @@ fn quotas_apply_and_a_change_counts_as_a_cluster_change() {
 }
 
 #[test]
+fn nothing_is_decided_while_a_watch_is_away_until_it_lists_again() {
+    let (mut l, rec) = synced_loop();
+    l.apply_event(ClusterEvent::QuotaApplied(elastic("default", 8)));
+    l.apply_event(ClusterEvent::WatchLost(Watch::Quotas(QuotaKind::Elastic)));
+    assert!(!l.s.is_synced());
+    // Meanwhile the quota was lowered, unseen; the pods' watch shows a new pod.
+    l.apply_event(ClusterEvent::PodApplied { pod: gpu_pod("p", 4), gated: false });
+    l.schedule_round();
+    assert_eq!(rec.bind_count(), 0, "no decision on a quota that may be stale");
+    // The watch lists again: the lowered quota, and every key it holds.
+    l.apply_event(ClusterEvent::QuotaApplied(elastic("default", 2)));
+    let keys = vec![("default".to_string(), "quota".to_string())];
+    l.apply_event(ClusterEvent::QuotasListed { kind: QuotaKind::Elastic, keys });
+    assert!(l.s.is_synced());
+    l.schedule_round();
+    assert_eq!(rec.bind_count(), 0, "4 GPUs exceed the max of 2 now seen");
+    assert!(rec.unschedulable_reports().iter().any(|m| m.contains("quota")), "{:?}", rec.unschedulable_reports());
+    // A watch lost twice waits for one list.
+    l.apply_event(ClusterEvent::WatchLost(Watch::Nodes));
+    l.apply_event(ClusterEvent::WatchLost(Watch::Nodes));
+    l.apply_event(ClusterEvent::PodApplied { pod: gpu_pod("q", 2), gated: false });
+    l.schedule_round();
+    assert_eq!(rec.bind_count(), 0);
+    l.apply_event(ClusterEvent::NodesListed(HashSet::from(["n1".to_string()])));
+    l.schedule_round();
+    assert_eq!(rec.bind_count(), 1, "the 2-GPU pod fits the quota once nodes are listed again");
+}
+
+#[test]
 fn quota_usage_is_published_for_elastic_quota_namespaces() {
     let (mut l, _) = synced_loop();
     l.apply_event(ClusterEvent::QuotaApplied(elastic("default", 8)));
