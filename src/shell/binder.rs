@@ -12,12 +12,15 @@ use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
 use k8s_openapi::api::resource::v1::ResourceClaim;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::core::Status;
+use kube::Resource;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::core::{Request, Status};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::leader_election::Leadership;
+#[cfg(test)]
+use super::leader_election::Term;
 use super::metrics::Metrics;
 use super::rate_limit::RateLimiter;
 use phalanx_core::dra::inventory::ClaimWrite;
@@ -138,22 +141,22 @@ impl Binder {
             BindResult::Failed(format!("ResourceClaim {}: {e}", write.key))
         };
         for write in claims {
-            let api: Api<ResourceClaim> = Api::namespaced(self.client.clone(), &write.key.namespace);
+            let claims = Request::new(ResourceClaim::url_path(&(), Some(&write.key.namespace)));
             let params = PatchParams::default();
             let mut version = write.resource_version.clone();
             if let Some(patch) = claim_finalizer_patch(write) {
                 self.limiter.acquire().await;
                 self.check_leading()?;
-                let patched = api.patch(&write.key.name, &params, &Patch::Merge(patch)).await;
-                version = patched.map_err(|e| refused(write, &e))?.metadata.resource_version;
+                let request = claims.patch(&write.key.name, &params, &Patch::Merge(patch));
+                let patched: ResourceClaim = self.send(request).await.map_err(|e| refused(write, &e))?;
+                version = patched.metadata.resource_version;
             }
             let Some(patch) = claim_status_patch(write, version.as_deref(), (&key.name, uid)) else { continue };
             let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| refused(write, &e))?;
             self.limiter.acquire().await;
             self.check_leading()?;
-            api.patch_status(&write.key.name, &params, &Patch::<()>::Json(patch))
-                .await
-                .map_err(|e| refused(write, &e))?;
+            let request = claims.patch_subresource("status", &write.key.name, &params, &Patch::<()>::Json(patch));
+            let _: ResourceClaim = self.send(request).await.map_err(|e| refused(write, &e))?;
         }
         Ok(())
     }
@@ -177,7 +180,6 @@ impl Binder {
         }
         let annotations =
             (!gpus.is_empty()).then(|| [(GPUS_ANNOTATION.to_string(), gpu_annotation_value(gpus))].into());
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
         let binding = Binding {
             metadata: ObjectMeta {
                 name: Some(key.name.clone()),
@@ -193,11 +195,44 @@ impl Binder {
                 ..Default::default()
             },
         };
-        match api.create_subresource::<_, Status>("binding", &key.name, &PostParams::default(), &binding).await {
+        let body = match serde_json::to_vec(&binding) {
+            Ok(body) => body,
+            Err(e) => return BindResult::Failed(e.to_string()),
+        };
+        let pods = Request::new(Pod::url_path(&(), Some(&key.namespace)));
+        let request = pods.create_subresource("binding", &key.name, &PostParams::default(), body);
+        match self.send::<Status>(request).await {
             Ok(_) => BindResult::Bound,
             Err(e) => classify(e, key),
         }
     }
+
+    /// Sends a write the API server must carry out before another replica
+    /// may lead (`Leadership::write_timeout`), or not at all.
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        request: Result<http::Request<Vec<u8>>, kube::core::request::Error>,
+    ) -> Result<T, kube::Error> {
+        let request = request.map_err(kube::Error::BuildRequest)?;
+        self.client.request(with_server_timeout(request, self.leadership.write_timeout())).await
+    }
+}
+
+/// `request` with the API server told to give up after `timeout` (its
+/// `timeout` parameter, which bounds the call's work in etcd too).
+fn with_server_timeout<B>(mut request: http::Request<B>, timeout: Option<Duration>) -> http::Request<B> {
+    if let Some(timeout) = timeout {
+        let uri = request.uri().to_string();
+        let separator = match uri.chars().last() {
+            Some('?' | '&') => "",
+            _ if uri.contains('?') => "&",
+            _ => "?",
+        };
+        if let Ok(uri) = format!("{uri}{separator}timeout={}ms", timeout.as_millis().max(1)).parse() {
+            *request.uri_mut() = uri;
+        }
+    }
+    request
 }
 
 /// Why a write was not sent after the lease was lost.
@@ -228,5 +263,42 @@ fn classify(error: kube::Error, key: &PodKey) -> BindResult {
             warn!(pod = %key, error = %e, "bind failed");
             BindResult::Failed(e.to_string())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uri_of(request: &http::Request<Vec<u8>>) -> String {
+        request.uri().to_string()
+    }
+
+    #[test]
+    fn a_write_tells_the_api_server_when_to_give_up_only_under_election() {
+        let binding = || {
+            let pods = Request::new(Pod::url_path(&(), Some("ns")));
+            pods.create_subresource("binding", "p", &PostParams::default(), vec![]).unwrap()
+        };
+        let timed = with_server_timeout(binding(), Some(Duration::from_millis(2500)));
+        assert_eq!(uri_of(&timed), "/api/v1/namespaces/ns/pods/p/binding?timeout=2500ms");
+        assert_eq!(uri_of(&with_server_timeout(binding(), None)), uri_of(&binding()));
+        let claims = Request::new(ResourceClaim::url_path(&(), Some("ns")));
+        let params = PatchParams { field_manager: Some("phalanx".into()), ..Default::default() };
+        let patch = claims.patch("c", &params, &Patch::Merge(serde_json::json!({}))).unwrap();
+        let timed = uri_of(&with_server_timeout(patch, Some(Duration::from_secs(5))));
+        assert!(timed.ends_with("fieldManager=phalanx&timeout=5000ms"), "{timed}");
+    }
+
+    #[test]
+    fn a_leader_s_writes_may_take_until_another_replica_may_lead_and_without_election_any_time() {
+        assert_eq!(Leadership::always().write_timeout(), None);
+        let (publish, leadership) = Leadership::standby();
+        let now = Instant::now();
+        let term =
+            Term { number: 1, until: Some(now + Duration::from_secs(4)), handover: Some(now + Duration::from_secs(6)) };
+        publish.send_replace(Some(term));
+        let timeout = leadership.write_timeout().unwrap();
+        assert!(timeout <= Duration::from_secs(6) && timeout > Duration::from_secs(5), "{timeout:?}");
     }
 }

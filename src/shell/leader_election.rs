@@ -34,11 +34,13 @@ use super::metrics::Metrics;
 use crate::config::LeaderElection;
 
 /// A term of leadership: numbered from 1 per process (0: no election, this
-/// replica always leads), valid until `until` unless renewed.
+/// replica always leads), valid until `until` unless renewed; no other
+/// replica may lead before `handover`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Term {
     pub number: u64,
     pub until: Option<std::time::Instant>,
+    pub handover: Option<std::time::Instant>,
 }
 
 /// Whether this replica leads: a cheap handle to check before every write.
@@ -48,7 +50,7 @@ pub struct Leadership(watch::Receiver<Option<Term>>);
 impl Leadership {
     /// Without leader election: leads for ever, in term 0.
     pub fn always() -> Self {
-        Self(watch::channel(Some(Term { number: 0, until: None })).1)
+        Self(watch::channel(Some(Term { number: 0, until: None, handover: None })).1)
     }
 
     /// A standby, and the sender that starts and ends its terms.
@@ -65,6 +67,17 @@ impl Leadership {
 
     pub fn is_leading(&self) -> bool {
         self.term().is_some()
+    }
+
+    /// How long the API server may take to carry out a write sent now: until
+    /// another replica may lead, so that a write held up in the API server
+    /// (etcd away) cannot land after the next leader has looked (found by
+    /// the chaos soak: binds sent just before an etcd restart landed after
+    /// the next leader had given their GPUs to other pods). `None`: no
+    /// election, the API server's own limit holds.
+    pub fn write_timeout(&self) -> Option<Duration> {
+        let now = std::time::Instant::now();
+        self.0.borrow().and_then(|t| t.handover).map(|handover| handover.saturating_duration_since(now))
     }
 
     /// Resolves when a term starts or ends (never, without election).
@@ -308,13 +321,13 @@ impl Elector {
         let took = round == Round::TookLease;
         let now = std::time::Instant::now();
         let leading = self.candidate.is_leading(now);
-        let until = self.candidate.leading_until();
+        let (until, handover) = (self.candidate.leading_until(), self.candidate.handover_at());
         let current = *self.publish.borrow();
         let lapsed = current.is_some_and(|t| t.until.is_some_and(|u| u <= now));
         match (current, leading) {
             (Some(term), true) if !took && !lapsed => {
                 self.publish.send_if_modified(|t| {
-                    *t = Some(Term { until, ..term });
+                    *t = Some(Term { until, handover, ..term });
                     false
                 });
             }
@@ -325,7 +338,7 @@ impl Elector {
                 self.term += 1;
                 info!(identity = self.candidate.identity(), term = self.term, "this replica leads");
                 self.metrics.leader.set(1);
-                self.publish.send_replace(Some(Term { number: self.term, until }));
+                self.publish.send_replace(Some(Term { number: self.term, until, handover }));
             }
             (Some(term), false) => {
                 warn!(

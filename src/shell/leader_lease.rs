@@ -105,6 +105,13 @@ impl Candidate {
         self.leading_until
     }
 
+    /// The earliest another replica may take the lease over, as of the last
+    /// renewal: it sees the lease unchanged for its duration from no sooner
+    /// than we sent that renewal.
+    pub fn handover_at(&self) -> Option<Instant> {
+        self.leading_until.map(|until| until - self.times.renew_deadline + self.times.lease_duration)
+    }
+
     pub fn is_leading(&self, now: Instant) -> bool {
         self.leading_until.is_some_and(|until| now < until)
     }
@@ -204,6 +211,9 @@ mod tests {
         }
         let taken = taken.expect("taken over");
         assert!(taken >= secs(t0, 4.0) && !leader.is_leading(taken));
+        // Writes the leader sent must be carried out (or given up) by then.
+        let handover = leader.handover_at().expect("as of the last renewal");
+        assert!(handover == secs(t0, 4.0) && handover <= taken);
     }
 
     #[test]
