@@ -15,6 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, Pod, ResourceQuota};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList;
 use kube::api::Api;
 use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::watcher::{self, Event, ExponentialBackoff};
@@ -77,13 +78,44 @@ impl Served {
     }
 }
 
+/// What discovery learned of one resource.
+#[derive(Debug, PartialEq, Eq)]
+enum Discovered {
+    Served,
+    NotServed,
+    /// The API server did not answer (connection refused, a timeout).
+    NoAnswer,
+}
+
+fn discovered(answer: &Result<APIResourceList, kube::Error>, plural: &str) -> Discovered {
+    match answer {
+        Ok(list) if list.resources.iter().any(|r| r.name == plural) => Discovered::Served,
+        // An answer without it, or a refusal (404: no such group or version).
+        Ok(_) | Err(kube::Error::Api(_)) => Discovered::NotServed,
+        Err(_) => Discovered::NoAnswer,
+    }
+}
+
 /// Whether the API server serves `plural` in `api_version`; says so if not.
+/// Asked again until the API server answers: a replica started while it is
+/// away must not take "no answer" for "not served" and go on for good
+/// without gangs or quotas (found by the chaos soak: a leader restarted
+/// during an API server restart placed nothing for minutes).
 async fn serves(client: &Client, api_version: &str, plural: &str, consequence: &str) -> bool {
-    match client.list_api_group_resources(api_version).await {
-        Ok(list) if list.resources.iter().any(|r| r.name == plural) => true,
-        Ok(_) | Err(_) => {
-            tracing::info!(api = api_version, resource = plural, "not served; {consequence}");
-            false
+    let mut backoff = watch_backoff();
+    loop {
+        let answer = client.list_api_group_resources(api_version).await;
+        match discovered(&answer, plural) {
+            Discovered::Served => return true,
+            Discovered::NotServed => {
+                tracing::info!(api = api_version, resource = plural, "not served; {consequence}");
+                return false;
+            }
+            Discovered::NoAnswer => {
+                let error = answer.err().map(|e| e.to_string()).unwrap_or_default();
+                warn!(api = api_version, %error, "discovery got no answer; asking again");
+                tokio::time::sleep(backoff.next().unwrap_or(WATCH_BACKOFF_MAX)).await;
+            }
         }
     }
 }
@@ -557,6 +589,18 @@ mod tests {
         assert!(delays[0] < Duration::from_secs(2), "{delays:?}");
         assert!(delays.iter().all(|d| *d <= 2 * WATCH_BACKOFF_MAX), "{delays:?}");
         assert!(delays[10..].iter().all(|d| *d >= WATCH_BACKOFF_MAX), "it does back off: {delays:?}");
+    }
+
+    #[test]
+    fn discovery_takes_only_an_answer_for_not_served() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResource;
+        let resource = |name: &str| APIResource { name: name.into(), ..Default::default() };
+        let list = APIResourceList { resources: vec![resource("podgroups")], ..Default::default() };
+        assert_eq!(discovered(&Ok(list.clone()), "podgroups"), Discovered::Served);
+        assert_eq!(discovered(&Ok(list), "jobsets"), Discovered::NotServed);
+        assert_eq!(discovered(&Err(kube::Error::Api(status(404))), "jobsets"), Discovered::NotServed);
+        let refused = kube::Error::Service("client error (Connect)".into());
+        assert_eq!(discovered(&Err(refused), "podgroups"), Discovered::NoAnswer);
     }
 
     #[test]
