@@ -15,7 +15,7 @@ use phalanx::fleet::is_ready;
 use serde_json::json;
 
 use crate::event_log::EventLog;
-use crate::faults::{FOREIGN_NAMESPACE, FaultBook, allocatable};
+use crate::faults::{FOREIGN_NAMESPACE, FaultBook, Record, allocatable};
 use crate::ledger::{JOB_LABEL, Job, Ledger};
 use crate::replicas::{MAX_BACKOFF, Replicas, SCHEDULER_NAME, get, metric};
 use crate::watches::{Stores, key};
@@ -37,7 +37,8 @@ pub const FOREIGN_GRACE: Duration = Duration::from_secs(10);
 /// Capacity counts as free for a waiting gang only when it has been free
 /// this long: longer than the longest backoff, so the gang has been tried.
 pub const STABLE: Duration = Duration::from_secs(MAX_BACKOFF.as_secs() + 5);
-/// After a fault ends the scheduler must be settled again within this.
+/// After a fault ends the scheduler must be settled again within this,
+/// counted from the end of the last outage after it if that is later.
 pub const RECOVERY_BOUND: Duration = Duration::from_secs(90);
 /// With no fault at all, settled at least this often.
 pub const STUCK_BOUND: Duration = Duration::from_secs(120);
@@ -557,14 +558,7 @@ impl Checker {
                 "leader {:?}, queue {queued:?} vs {pending} pending (tolerance {tolerance}), GPUs used by namespace vs phalanx_quota_used {usage:?}, head fits {head_fits}",
                 leader.as_ref().map(|l| &l.0)
             );
-            let late: Vec<(usize, &'static str)> = self
-                .faults
-                .lock()
-                .iter()
-                .filter(|f| f.recovery.is_none() && f.skipped.is_none())
-                .filter(|f| f.ended.is_some_and(|end| now.duration_since(end) > RECOVERY_BOUND))
-                .map(|f| (f.id, f.kind.as_str()))
-                .collect();
+            let late = overdue(&self.faults.lock(), now);
             for (id, kind) in late {
                 let message = format!("not settled {RECOVERY_BOUND:?} after fault #{id} ({kind}) ended: {why}");
                 self.violate(Invariant::NotRecovered, format!("fault {id}"), message);
@@ -691,10 +685,56 @@ fn fits(job: &Job, free: &BTreeMap<String, i64>) -> bool {
     left == 0
 }
 
+/// Faults still unrecovered past the bound. The bound runs from a fault's
+/// end, or from the end of the last outage (phalanx, its API server or etcd
+/// away) after it: back-to-back restarts of one API server once kept
+/// phalanx away for 90 s after a fault that had ended long before, and
+/// nothing can settle while that lasts. Recovery itself is still measured
+/// from each fault's end.
+fn overdue(book: &[Record], now: Instant) -> Vec<(usize, &'static str)> {
+    let outages = || book.iter().filter(|f| f.skipped.is_none() && f.kind.takes_phalanx_away());
+    if outages().any(|f| f.ended.is_none()) {
+        return Vec::new();
+    }
+    let last_outage = outages().filter_map(|f| f.ended).max();
+    book.iter()
+        .filter(|f| f.recovery.is_none() && f.skipped.is_none())
+        .filter(|f| {
+            f.ended.is_some_and(|end| now.duration_since(last_outage.map_or(end, |o| o.max(end))) > RECOVERY_BOUND)
+        })
+        .map(|f| (f.id, f.kind.as_str()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::faults::FaultKind;
     use crate::ledger::{JobKind, Priority};
+
+    fn fault(id: usize, kind: FaultKind, started: Instant, ended: Option<Instant>) -> Record {
+        Record { id, kind, target: String::new(), started, ended, recovery: None, skipped: None }
+    }
+
+    #[test]
+    fn recovery_is_owed_from_the_last_outage_after_a_fault() {
+        let t0 = Instant::now();
+        let s = |secs: u64| t0 + Duration::from_secs(secs);
+        let cordon = fault(1, FaultKind::NodeCordoned, t0, Some(s(10)));
+        assert_eq!(overdue(std::slice::from_ref(&cordon), s(101)), vec![(1, "node cordoned")]);
+        // The API server restarted after it, until 60 s: owed from then.
+        let restart = fault(2, FaultKind::ApiServerRestarted, s(20), Some(s(60)));
+        let book = [cordon.clone(), restart];
+        assert!(overdue(&book, s(101)).is_empty());
+        assert_eq!(overdue(&book, s(151)).len(), 2);
+        // While an outage lasts, nothing is overdue.
+        let etcd = fault(3, FaultKind::EtcdRestarted, s(140), None);
+        assert!(overdue(&[cordon.clone(), etcd], s(500)).is_empty());
+        // A skipped fault is no outage.
+        let mut skipped = fault(4, FaultKind::LeaderKilled, s(15), None);
+        skipped.skipped = Some("no replica leads".into());
+        assert_eq!(overdue(&[cordon, skipped], s(101)).len(), 1);
+    }
 
     fn job(size: u32, gpus_per_pod: u32) -> Job {
         Job {

@@ -104,6 +104,12 @@ impl FaultKind {
         }
     }
 
+    /// Phalanx itself, its API server or etcd is away while it lasts:
+    /// nothing can settle, whatever else went wrong before.
+    pub fn takes_phalanx_away(self) -> bool {
+        self.component() != Component::Objects
+    }
+
     /// The component it takes, so that two faults never fight over one.
     fn component(self) -> Component {
         match self {
