@@ -19,8 +19,6 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::leader_election::Leadership;
-#[cfg(test)]
-use super::leader_election::Term;
 use super::metrics::Metrics;
 use super::rate_limit::RateLimiter;
 use phalanx_core::dra::inventory::ClaimWrite;
@@ -269,6 +267,7 @@ fn classify(error: kube::Error, key: &PodKey) -> BindResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shell::leader_election::Term;
 
     fn uri_of(request: &http::Request<Vec<u8>>) -> String {
         request.uri().to_string()

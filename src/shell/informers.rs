@@ -270,7 +270,10 @@ pub(super) async fn pump<K, E: Clone>(
                 Err(e) => break e,
             };
             let out = match event {
-                Event::Init => continue,
+                Event::Init => {
+                    listed.clear();
+                    continue;
+                }
                 Event::InitDone => on_listed(std::mem::take(&mut listed)),
                 Event::Apply(obj) | Event::InitApply(obj) => match on_apply(obj) {
                     Applied::Ignored => continue,
