@@ -112,8 +112,9 @@ async fn serves(client: &Client, api_version: &str, plural: &str, consequence: &
                 return false;
             }
             Discovered::NoAnswer => {
-                let error = answer.err().map(|e| e.to_string()).unwrap_or_default();
-                warn!(api = api_version, %error, "discovery got no answer; asking again");
+                if let Err(error) = &answer {
+                    warn!(api = api_version, %error, "discovery got no answer; asking again");
+                }
                 tokio::time::sleep(backoff.next().unwrap_or(WATCH_BACKOFF_MAX)).await;
             }
         }
