@@ -45,6 +45,15 @@ pub fn gpus_of(pod: &Pod) -> i64 {
         .sum()
 }
 
+/// The GPU indices recorded on a pod (`phalanx.dev/gpus`); what does not
+/// parse is left out (`gpu_violations` reports it).
+pub fn gpu_indices(pod: &Pod) -> Vec<u32> {
+    pod.annotations()
+        .get(GPUS_ANNOTATION)
+        .map(|text| text.split(',').filter_map(|i| i.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
 pub fn node_of(pod: &Pod) -> Option<&str> {
     pod.spec.as_ref()?.node_name.as_deref()
 }

@@ -211,8 +211,10 @@ impl Binder {
         &self,
         request: Result<http::Request<Vec<u8>>, kube::core::request::Error>,
     ) -> Result<T, kube::Error> {
-        let request = request.map_err(kube::Error::BuildRequest)?;
-        self.client.request(with_server_timeout(request, self.leadership.write_timeout())).await
+        let request = with_server_timeout(request.map_err(kube::Error::BuildRequest)?, self.leadership.write_timeout());
+        // Which term sent which write, for tracing a write that landed late.
+        debug!(uri = %request.uri(), term = ?self.leadership.term(), "write sent");
+        self.client.request(request).await
     }
 }
 

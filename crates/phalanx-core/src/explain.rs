@@ -134,6 +134,8 @@ pub struct MemberCounts {
     pub min_member: Option<usize>,
     pub pending: usize,
     pub placed: usize,
+    /// Members that succeeded: they count toward minMember.
+    pub succeeded: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -278,7 +280,12 @@ pub fn explain_gang(target: &Target, state: SchedulerState<'_>) -> Result<GangEx
         gang: gang_name(&key, target, queue),
         namespace: target.namespace.clone(),
         priority,
-        members: MemberCounts { min_member, pending: pending.len(), placed: placed.len() },
+        members: MemberCounts {
+            min_member,
+            pending: pending.len(),
+            placed: placed.len(),
+            succeeded: key.gang().map_or(0, |g| gangs.succeeded_members(g)),
+        },
         outcome: Outcome::Placed,
         message: String::new(),
         quotas: quota_lines(&target.namespace, &pending, snapshot, gangs),
@@ -639,7 +646,8 @@ pub fn render_gang(e: &GangExplanation) -> String {
     let _ = writeln!(out, "{}: {}{priority}", e.gang, e.outcome.words());
     let m = &e.members;
     let min = m.min_member.map(|n| format!("minMember {n}; ")).unwrap_or_default();
-    let _ = writeln!(out, "Members: {min}{} pending, {} placed", m.pending, m.placed);
+    let succeeded = if m.succeeded > 0 { format!(", {} succeeded", m.succeeded) } else { String::new() };
+    let _ = writeln!(out, "Members: {min}{} pending, {} placed{succeeded}", m.pending, m.placed);
     if !e.message.is_empty() {
         let _ = writeln!(out, "Scheduler says: {}", e.message);
     }

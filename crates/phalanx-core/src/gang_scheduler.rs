@@ -137,6 +137,10 @@ pub struct GangScheduler {
     preempting: HashMap<GangKey, HashSet<String>>,
     /// PodDisruptionBudgets by (namespace, name).
     budgets: BTreeMap<(String, String), DisruptionBudget>,
+    /// UIDs of members that succeeded, by gang. They did their part, so they
+    /// count toward minMember: a gang whose first members ran and finished
+    /// before the rest were placed would otherwise wait for good.
+    succeeded: HashMap<GangId, HashSet<String>>,
 }
 
 /// Gangs at the head of the line that hold nodes: enough that the second
@@ -159,7 +163,10 @@ impl GangScheduler {
         let changed = self.objects.get(&id) != object.as_ref();
         match object {
             Some(o) => self.objects.insert(id, o),
-            None => self.objects.remove(&id),
+            None => {
+                self.succeeded.retain(|gang, _| gang.object() != id);
+                self.objects.remove(&id)
+            }
         };
         changed.into()
     }
@@ -171,6 +178,7 @@ impl GangScheduler {
         for id in &gone {
             self.objects.remove(id);
         }
+        self.succeeded.retain(|gang, _| !gone.contains(&gang.object()));
         gone
     }
 
@@ -193,6 +201,16 @@ impl GangScheduler {
         if names.is_empty() {
             self.foreign.remove(gang);
         }
+    }
+
+    /// A member of `gang` succeeded. Whether it is news.
+    pub fn member_succeeded(&mut self, gang: &GangId, uid: &str) -> Update {
+        self.succeeded.entry(gang.clone()).or_default().insert(uid.to_string()).into()
+    }
+
+    /// How many members of `gang` succeeded.
+    pub fn succeeded_members(&self, gang: &GangId) -> usize {
+        self.succeeded.get(gang).map_or(0, HashSet::len)
     }
 
     pub fn served_kinds(&self) -> impl Iterator<Item = GangKind> + '_ {
@@ -347,7 +365,10 @@ impl GangScheduler {
             Ok(spec) => spec,
             Err(why) => return GangVerdict::plain(GangDecision::Wait(why), warnings),
         };
-        let placed = key.gang().and_then(|g| snapshot.job_nodes(g)).map_or(0, |nodes| nodes.values().sum());
+        // Members that succeeded ran with the gang: they count as placed.
+        let placed = key.gang().map_or(0, |g| {
+            snapshot.job_nodes(g).map_or(0, |nodes| nodes.values().sum::<usize>()) + self.succeeded_members(g)
+        });
         if let Some(why) = self.too_few(key, &spec, placed, members.len(), snapshot) {
             return GangVerdict::plain(GangDecision::Wait(why), warnings);
         }

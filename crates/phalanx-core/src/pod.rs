@@ -42,7 +42,15 @@ impl std::fmt::Display for PodKey {
 pub enum PodPhase {
     Pending,
     Running,
-    Finished,
+    Succeeded,
+    Failed,
+}
+
+impl PodPhase {
+    /// Succeeded or failed: the pod holds nothing any more.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

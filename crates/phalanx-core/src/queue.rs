@@ -84,6 +84,9 @@ struct Entry {
     /// Order of arrival: breaks ties between gangs created in the same second
     /// (creation timestamps have whole seconds), so submission order holds.
     arrival: u64,
+    /// The cluster-change count when the gang was last tried: a gang in
+    /// backoff that has not been tried since the latest change may fit now.
+    changes_at_attempt: u64,
 }
 
 impl Entry {
@@ -205,6 +208,7 @@ impl SchedulingQueue {
                 state: State::Active,
                 ticket: 0,
                 arrival: self.next_ticket,
+                changes_at_attempt: 0,
             };
             self.entries.insert(key.clone(), entry);
             self.member_of.insert(uid, key.clone());
@@ -237,23 +241,50 @@ impl SchedulingQueue {
         pod
     }
 
-    /// The next gang to decide on, if any is ready.
+    /// The next gang to decide on, if any is ready. Gangs of higher priority
+    /// that back off but have not been tried since the cluster last changed
+    /// go first: otherwise a lower-priority gang whose backoff ends sooner
+    /// takes the room that freed for them.
     pub fn pop(&mut self, now: Instant) -> Option<GangKey> {
         self.flush_backoff(now);
-        while let Some(item) = self.active.pop() {
-            let Some(entry) = self.entries.get_mut(&item.key) else {
-                continue;
-            };
-            if entry.state != State::Active || entry.ticket != item.ticket {
-                continue;
+        let next = self.peek_active()?;
+        for key in self.owed_a_try_above(next) {
+            self.push_active(&key);
+        }
+        let item = self.active.pop().expect("peeked");
+        let entry = self.entries.get_mut(&item.key).expect("a live heap item has an entry");
+        set_state(&mut self.lengths, entry, State::InFlight { changes_seen: self.cluster_changes });
+        entry.attempts += 1;
+        entry.last_attempt = Some(now);
+        entry.changes_at_attempt = self.cluster_changes;
+        entry.trying_since.get_or_insert(now);
+        Some(item.key)
+    }
+
+    /// The priority of the next active gang, dropping stale heap items.
+    fn peek_active(&mut self) -> Option<i32> {
+        while let Some(item) = self.active.peek() {
+            let live = self.entries.get(&item.key).is_some_and(|e| e.state == State::Active && e.ticket == item.ticket);
+            if live {
+                return Some(item.priority);
             }
-            set_state(&mut self.lengths, entry, State::InFlight { changes_seen: self.cluster_changes });
-            entry.attempts += 1;
-            entry.last_attempt = Some(now);
-            entry.trying_since.get_or_insert(now);
-            return Some(item.key);
+            self.active.pop();
         }
         None
+    }
+
+    /// Gangs in backoff, of priority above `priority`, not tried since the
+    /// latest cluster change.
+    fn owed_a_try_above(&self, priority: i32) -> Vec<GangKey> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| {
+                matches!(e.state, State::Backoff(_))
+                    && e.changes_at_attempt < self.cluster_changes
+                    && e.priority() > priority
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     /// The gang's pending members, in UID order.
@@ -514,6 +545,36 @@ mod tests {
         q.retry_now(&key);
         assert_eq!(q.pop(t0), Some(key));
         assert_eq!(q.head_waiting(), None, "in flight");
+    }
+
+    #[test]
+    fn a_higher_priority_gang_in_backoff_is_tried_before_a_lower_one_after_a_change() {
+        let t0 = Instant::now();
+        let mut q = SchedulingQueue::new(policy());
+        q.upsert(member("mid-0", "mid", 100, 0), t0);
+        q.upsert(pod("low", 0, 0), t0);
+        let mid = q.pop(t0).unwrap();
+        // The Mid gang has failed more often, so its backoff is longer.
+        for _ in 0..3 {
+            q.mark_unschedulable(&mid, t0);
+            q.cluster_changed(t0);
+            q.retry_now(&mid);
+            assert_eq!(q.pop(t0).as_ref(), Some(&mid));
+        }
+        let low = q.pop(t0).unwrap();
+        q.mark_unschedulable(&mid, t0);
+        q.mark_unschedulable(&low, t0);
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(q.pop(t1).is_none(), "both wait for a change");
+        q.cluster_changed(t1);
+        let t2 = t1 + Duration::from_secs(1);
+        assert_eq!(q.pop(t2).as_ref(), Some(&mid), "room freed: the Mid gang is tried first");
+        q.mark_unschedulable(&mid, t2);
+        assert_eq!(q.pop(t2).as_ref(), Some(&low), "then the Low one");
+        q.mark_unschedulable(&low, t2);
+        q.cluster_changed(t2);
+        q.retry_now(&low);
+        assert_eq!(q.pop(t2).as_ref(), Some(&mid), "after each change");
     }
 
     #[test]

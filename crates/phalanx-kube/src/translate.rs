@@ -254,7 +254,8 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, TranslateError> {
     let pod_affinity = pod_affinity(spec.affinity.as_ref(), &context)?;
     let spread = spread_constraints(spec.topology_spread_constraints.as_ref(), &context)?;
     let phase = match pod.status.as_ref().and_then(|s| s.phase.as_deref()) {
-        Some("Succeeded" | "Failed") => PodPhase::Finished,
+        Some("Succeeded") => PodPhase::Succeeded,
+        Some("Failed") => PodPhase::Failed,
         Some("Running") => PodPhase::Running,
         _ => PodPhase::Pending,
     };

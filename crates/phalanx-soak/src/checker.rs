@@ -8,9 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
-use phalanx::cluster_invariants::{GPU, finished, gpu_violations, gpus_by_node, gpus_of, node_of};
+use phalanx::cluster_invariants::{
+    GPU, GpuViolation, finished, gpu_indices, gpu_violations, gpus_by_node, gpus_of, node_of,
+};
 use phalanx::fleet::is_ready;
 use serde_json::json;
 
@@ -34,6 +36,15 @@ pub const PDB_GRACE: Duration = Duration::from_secs(2);
 /// so: a bind decided before that may land on the same GPUs. The kubelet
 /// would refuse one of them; here the harness removes the foreign pod.
 pub const FOREIGN_GRACE: Duration = Duration::from_secs(10);
+/// A leader's bind can land after its successor placed other pods on the
+/// same GPUs: a leader frozen past its lease wakes with binds already
+/// stamped with a server timeout, and a bind in etcd's hands when etcd
+/// restarts lands when it is back. The Binding API has no fencing token;
+/// the kubelet's admission refuses the later pod. kwok has none, so for
+/// pods bound this soon after an outage (leader, API server or etcd) the
+/// harness refuses such a pod as the kubelet would (it fails), and the
+/// report lists it.
+pub const STALE_GRACE: Duration = Duration::from_secs(10);
 /// Capacity counts as free for a waiting gang only when it has been free
 /// this long: longer than the longest backoff, so the gang has been tried.
 pub const STABLE: Duration = Duration::from_secs(MAX_BACKOFF.as_secs() + 5);
@@ -128,6 +139,10 @@ pub struct Checker {
     usage: BTreeMap<String, i64>,
     deletions_checked: BTreeSet<String>,
     last_settled: Instant,
+    /// Gangs whose members' `/explain` answers were already logged.
+    explained_gangs: BTreeSet<String>,
+    /// Pods bound late after an outage and refused as the kubelet would.
+    pub refused_stale_binds: Vec<String>,
 }
 
 /// A possible priority inversion, confirmed or dropped [`BIND_LAG`] later.
@@ -175,6 +190,8 @@ impl Checker {
             usage: BTreeMap::new(),
             deletions_checked: BTreeSet::new(),
             last_settled: Instant::now(),
+            refused_stale_binds: Vec::new(),
+            explained_gangs: BTreeSet::new(),
         }
     }
 
@@ -249,6 +266,8 @@ impl Checker {
 
     fn check_gpus(&mut self, pods: &[Arc<Pod>], alloc: &BTreeMap<String, i64>, now: Instant) {
         let foreign = self.ledger.lock().foreign_binds.clone();
+        let outage = self.recent_outage(now);
+        let mut refused_nodes = BTreeSet::new();
         for v in gpu_violations(pods.iter().map(|p| &**p), alloc) {
             let node = v.node().unwrap_or_default().to_string();
             let raced = foreign.get(&node).is_some_and(|at| now.duration_since(*at) < FOREIGN_GRACE);
@@ -264,8 +283,64 @@ impl Checker {
                 }
                 continue;
             }
+            if let Some(since) = outage
+                && (refused_nodes.contains(&node) || self.refuse_stale_binds(pods, &node, alloc, since, &v))
+            {
+                refused_nodes.insert(node);
+                continue;
+            }
             self.violate(Invariant::GpuOverCommitted, v.to_string(), v.to_string());
         }
+    }
+
+    /// When the earliest outage (phalanx, its API server or etcd away) that
+    /// lasts or ended within [`STALE_GRACE`] began.
+    fn recent_outage(&self, now: Instant) -> Option<Instant> {
+        let faults = self.faults.lock();
+        faults
+            .iter()
+            .filter(|f| f.kind.takes_phalanx_away() && f.skipped.is_none())
+            .filter(|f| f.ended.is_none_or(|ended| now.duration_since(ended) < STALE_GRACE))
+            .map(|f| f.started)
+            .min()
+    }
+
+    /// Refuses, as the kubelet's admission would, the pods on `node` that
+    /// no longer fit in the order they were bound. Only pods bound since
+    /// the outage began can be late binds: if any other pod does not fit,
+    /// this is no late bind, and nothing is refused.
+    fn refuse_stale_binds(
+        &mut self,
+        pods: &[Arc<Pod>],
+        node: &str,
+        alloc: &BTreeMap<String, i64>,
+        outage_began: Instant,
+        seen: &GpuViolation,
+    ) -> bool {
+        let bound_at = self.stores.history.lock().bound.clone();
+        let mut on_node: Vec<(&Pod, Instant)> = pods
+            .iter()
+            .filter(|p| node_of(p) == Some(node) && !finished(p))
+            .map(|p| (&**p, bound_at.get(&key(p)).copied().unwrap_or(outage_began)))
+            .collect();
+        on_node.sort_by_key(|(p, at)| (*at, key(p)));
+        let refused = refused_by_admission(&on_node, alloc.get(node).copied().unwrap_or(0));
+        let stale = |p: &Pod| bound_at.get(&key(p)).is_some_and(|at| *at >= outage_began);
+        if refused.is_empty() || !refused.iter().all(|p| stale(p)) {
+            return false;
+        }
+        for pod in refused {
+            let name = key(pod);
+            self.log.write("refused", json!({"node": node, "pod": name, "seen": seen.to_string()}));
+            tracing::warn!(pod = %name, %node, "a late bind over-commits the node; refused as the kubelet would");
+            self.refused_stale_binds.push(name);
+            let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+            let status = json!({"status": {"phase": "Failed", "reason": format!("OutOf{GPU}"),
+                "message": format!("Pod was rejected: Node didn't have enough resource: {GPU}")}});
+            let name = pod.name_any();
+            tokio::spawn(async move { api.patch_status(&name, &PatchParams::default(), &Patch::Merge(status)).await });
+        }
+        true
     }
 
     fn check_gangs(&mut self, jobs: &BTreeMap<String, Job>, states: &BTreeMap<String, JobState>, now: Instant) {
@@ -286,6 +361,11 @@ impl Checker {
                     job.namespace, state.bound, job.size
                 );
                 self.violate(Invariant::GangBelowMinMember, format!("gang {name}"), message);
+                // What the leader says of its members, for whoever replays it.
+                if !self.explained_gangs.contains(name) {
+                    self.explained_gangs.insert(name.clone());
+                    self.to_explain.extend(job.pods.iter().map(|p| format!("{}/{p}", job.namespace)));
+                }
             }
         }
         self.below_min_since.retain(|name, _| below.contains(name));
@@ -669,6 +749,25 @@ fn unschedulable_reason(pod: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False" && c.message.is_some()))
 }
 
+/// The pods a kubelet would refuse, given in the order they were bound:
+/// each that does not fit beside those admitted before it (more GPUs than
+/// the node has, or a GPU index already held).
+fn refused_by_admission<'a>(pods: &[(&'a Pod, Instant)], allocatable: i64) -> Vec<&'a Pod> {
+    let mut used = 0;
+    let mut held = BTreeSet::new();
+    let mut refused = Vec::new();
+    for (pod, _) in pods {
+        let indices = gpu_indices(pod);
+        if used + gpus_of(pod) > allocatable || indices.iter().any(|i| held.contains(i)) {
+            refused.push(*pod);
+        } else {
+            used += gpus_of(pod);
+            held.extend(indices);
+        }
+    }
+    refused
+}
+
 /// Whether all of `job`'s pods fit in `free` GPUs (first fit, largest node
 /// first): a proof that it fits, not a search for every way.
 fn fits(job: &Job, free: &BTreeMap<String, i64>) -> bool {
@@ -734,6 +833,30 @@ mod tests {
         let mut skipped = fault(4, FaultKind::LeaderKilled, s(15), None);
         skipped.skipped = Some("no replica leads".into());
         assert_eq!(overdue(&[cordon, skipped], s(101)).len(), 1);
+    }
+
+    fn gpu_pod(name: &str, gpus: i64, indices: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "soak-a", "annotations": {"phalanx.dev/gpus": indices}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "resources": {"limits": {GPU: gpus.to_string()}}}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn admission_refuses_in_bind_order_what_no_longer_fits() {
+        let t0 = Instant::now();
+        let first = gpu_pod("first", 4, "0,1,2,3");
+        let late = gpu_pod("late", 4, "2,3,4,5");
+        let after = gpu_pod("after", 4, "4,5,6,7");
+        let pods = [(&first, t0), (&late, t0), (&after, t0)];
+        let refused: Vec<String> = refused_by_admission(&pods, 8).iter().map(|p| p.name_any()).collect();
+        assert_eq!(refused, ["late"], "an index already held");
+        let big = gpu_pod("big", 8, "");
+        let pods = [(&first, t0), (&big, t0)];
+        let refused: Vec<String> = refused_by_admission(&pods, 8).iter().map(|p| p.name_any()).collect();
+        assert_eq!(refused, ["big"], "more GPUs than are left");
+        assert!(refused_by_admission(&[(&first, t0), (&after, t0)], 8).is_empty());
     }
 
     fn job(size: u32, gpus_per_pod: u32) -> Job {

@@ -64,6 +64,8 @@ impl Replicas {
             replicas: Mutex::new(Vec::new()),
         };
         for i in 1..=count {
+            // A restart within the run appends to its replica's log; a new run starts it afresh.
+            let _ = std::fs::remove_file(this.dir.join(format!("replica-{i}.log")));
             let replica = this.spawn(&format!("replica-{i}"))?;
             this.lock().push(replica);
         }
@@ -89,7 +91,7 @@ impl Replicas {
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(["--http-address", &format!("127.0.0.1:{port}")])
-            .env("RUST_LOG", "info,kube=warn,phalanx::shell::reporter=debug")
+            .env("RUST_LOG", "info,kube=warn,phalanx::shell::reporter=debug,phalanx::shell::binder=debug")
             .env("HOSTNAME", identity)
             .stdout(Stdio::null())
             .stderr(log)

@@ -12,7 +12,7 @@ use phalanx::sim::plot::{Panel, PlotError, Series, draw_panels, load_font, steps
 use plotters::style::RGBColor;
 
 use crate::checker::{
-    Checker, GANG_GRACE, Invariant, PDB_GRACE, QUOTA_GRACE, RECOVERY_BOUND, STABLE, STUCK_BOUND, Sample,
+    Checker, GANG_GRACE, Invariant, PDB_GRACE, QUOTA_GRACE, RECOVERY_BOUND, STABLE, STALE_GRACE, STUCK_BOUND, Sample,
 };
 use crate::event_log::EventLog;
 use crate::faults::{FaultKind, Record};
@@ -100,6 +100,15 @@ pub fn markdown(
         STABLE.as_secs(),
         STUCK_BOUND.as_secs()
     );
+    if !checker.refused_stale_binds.is_empty() {
+        let _ = writeln!(
+            out,
+            "Late binds over-committing a node, refused as the kubelet's admission would (pods bound within {} s \
+             of an outage of phalanx, its API server or etcd; the Binding API has no fencing): {}.\n",
+            STALE_GRACE.as_secs(),
+            checker.refused_stale_binds.join(", ")
+        );
+    }
     if !checker.violations.is_empty() {
         let _ = writeln!(out, "## Violations\n");
         for v in &checker.violations {

@@ -33,9 +33,9 @@ use crate::disruption::DisruptionBudget;
 use crate::dra::inventory::ClassResources;
 use crate::explain::{ExplainError, GangExplanation, SchedulerState, Target, explain_gang};
 use crate::framework::Profile;
-use crate::gang::{GangKind, GangObject};
+use crate::gang::{GangId, GangKind, GangObject};
 use crate::gang_scheduler::{GangDecision, GangScheduler, Settled};
-use crate::gang_status::{StatusOutcome, StatusTracker, WallClock};
+use crate::gang_status::{GroupStatusInput, MemberPhase, StatusOutcome, StatusTracker, WallClock};
 use crate::pod::{PodInfo, PodKey, PodPhase};
 use crate::queue::SchedulingQueue;
 use crate::quota::{Quota, QuotaKind, QuotaUsage};
@@ -288,6 +288,14 @@ impl Scheduler {
                 Change::NoNewRoom
             }
             ClusterEvent::GroupStatus(input) => {
+                // The group watch sees members the pod watch never lists
+                // (those that finished while it was away).
+                if let GroupStatusInput::MemberApplied(member) = &input
+                    && member.member.phase == MemberPhase::Succeeded
+                    && let Some((namespace, name)) = member.group.split_once('/')
+                {
+                    self.member_succeeded(&GangId::new(GangKind::PodGroup, namespace, name), &member.uid, now);
+                }
                 self.group_statuses.apply(input, now);
                 Change::NoNewRoom
             }
@@ -372,7 +380,10 @@ impl Scheduler {
     }
 
     fn apply_pod(&mut self, pod: PodInfo, gated: bool, now: Instant) -> Change {
-        if pod.phase == PodPhase::Finished {
+        if pod.phase.is_finished() {
+            if let Some(gang) = pod.job.as_ref().filter(|_| pod.phase == PodPhase::Succeeded) {
+                self.member_succeeded(gang, &pod.uid, now);
+            }
             return self.forget_pod(&pod.uid).into();
         }
         if let Some(node) = &pod.node_name {
@@ -403,6 +414,13 @@ impl Scheduler {
         }
         self.queue.upsert(pod, now);
         Change::NoNewRoom
+    }
+
+    /// A gang short of members may have enough once succeeded ones count.
+    fn member_succeeded(&mut self, gang: &GangId, uid: &str, now: Instant) {
+        if self.gangs.member_succeeded(gang, uid).is_changed() {
+            self.queue.wake(&GangKey::Gang(gang.clone()), now);
+        }
     }
 
     fn forget_pod(&mut self, uid: &str) -> Released {

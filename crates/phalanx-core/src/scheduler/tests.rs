@@ -199,6 +199,55 @@ fn a_gang_binds_only_once_min_member_pods_exist_and_then_all_at_once() {
 }
 
 #[test]
+fn members_that_succeeded_before_the_rest_were_placed_count_toward_min_member() {
+    let (mut l, rec) = synced_loop();
+    group(&mut l, "g", GangObject::Valid(GangSpec::of_size(4)));
+    let mut early: Vec<PodInfo> = (0..2).map(|i| member(&format!("w{i}"), 3, "g")).collect();
+    for pod in &mut early {
+        // Bound by a leader that died before it placed the rest.
+        pod.node_name = Some("n1".into());
+        l.apply_event(ClusterEvent::PodApplied { pod: pod.clone(), gated: false });
+    }
+    for i in 2..4 {
+        l.apply_event(ClusterEvent::PodApplied { pod: member(&format!("w{i}"), 3, "g"), gated: false });
+    }
+    l.schedule_round();
+    assert_eq!(rec.bind_count(), 0, "6 GPUs needed, 2 free");
+    for pod in &mut early {
+        pod.phase = PodPhase::Succeeded;
+        l.apply_event(ClusterEvent::PodApplied { pod: pod.clone(), gated: false });
+    }
+    l.s.retry_waiting(l.now);
+    l.schedule_round();
+    assert_eq!(rec.bind_count(), 2, "{:?}", rec.unschedulable_reports());
+}
+
+#[test]
+fn members_that_succeeded_while_the_pod_watch_was_away_are_learnt_from_the_group_watch() {
+    let (mut l, rec) = synced_loop();
+    l.apply_event(ClusterEvent::GangApplied {
+        id: GangId::new(GangKind::PodGroup, "ns", "g"),
+        object: GangObject::Valid(GangSpec::of_size(4)),
+    });
+    for i in 2..4 {
+        let mut pod = gpu_pod(&format!("w{i}"), 3);
+        pod.key.namespace = "ns".into();
+        pod.job = Some(GangId::new(GangKind::PodGroup, "ns", "g"));
+        l.apply_event(ClusterEvent::PodApplied { pod, gated: false });
+    }
+    l.schedule_round();
+    assert_eq!(rec.bind_count(), 0);
+    assert!(rec.unschedulable_reports()[0].contains("2 of 4 members created"));
+    for uid in ["uid-w0", "uid-w1"] {
+        let GroupStatusInput::MemberApplied(mut record) = status_member(uid, "g") else { unreachable!() };
+        record.member.phase = MemberPhase::Succeeded;
+        l.apply_event(ClusterEvent::GroupStatus(GroupStatusInput::MemberApplied(record)));
+    }
+    l.schedule_round();
+    assert_eq!(rec.bind_count(), 2, "the gang woke with 2 placed and 2 succeeded");
+}
+
+#[test]
 fn a_gang_that_does_not_fit_binds_nothing() {
     let (mut l, rec) = synced_loop();
     group(&mut l, "g", GangObject::Valid(GangSpec::of_size(2)));
