@@ -205,17 +205,26 @@ impl Binder {
         }
     }
 
-    /// Sends a write the API server must carry out before another replica
-    /// may lead (`Leadership::write_timeout`), or not at all.
     async fn send<T: serde::de::DeserializeOwned>(
         &self,
         request: Result<http::Request<Vec<u8>>, kube::core::request::Error>,
     ) -> Result<T, kube::Error> {
-        let request = with_server_timeout(request.map_err(kube::Error::BuildRequest)?, self.leadership.write_timeout());
-        // Which term sent which write, for tracing a write that landed late.
-        debug!(uri = %request.uri(), term = ?self.leadership.term(), "write sent");
-        self.client.request(request).await
+        send_before_handover(&self.client, &self.leadership, request).await
     }
+}
+
+/// Sends a write the API server must carry out before another replica may
+/// lead (`Leadership::write_timeout`), or not at all: binds, claim writes
+/// and evictions, which decide where pods run.
+pub(super) async fn send_before_handover<T: serde::de::DeserializeOwned>(
+    client: &Client,
+    leadership: &Leadership,
+    request: Result<http::Request<Vec<u8>>, kube::core::request::Error>,
+) -> Result<T, kube::Error> {
+    let request = with_server_timeout(request.map_err(kube::Error::BuildRequest)?, leadership.write_timeout());
+    // Which term sent which write, for tracing a write that landed late.
+    debug!(uri = %request.uri(), term = ?leadership.term(), "write sent");
+    client.request(request).await
 }
 
 /// `request` with the API server told to give up after `timeout` (its

@@ -5,20 +5,22 @@
 //! would break one (so the evictor's client does not retry 429s, unlike
 //! kube's default). Calls run concurrently, paced by the binder's rate
 //! limiter (evictions and binds are one budget of writes that decide where
-//! pods run); each outcome goes back to the scheduling loop.
+//! pods run), each with the API server's timeout set as the binder's are
+//! (until another replica may lead); each outcome goes back to the
+//! scheduling loop.
 
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::Eviction;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, ObjectMeta, Preconditions};
-use kube::Client;
-use kube::api::{Api, PostParams};
-use kube::core::Status;
+use kube::api::PostParams;
+use kube::core::{Request, Status};
+use kube::{Client, Resource};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::binder::{NOT_LEADING, retrying};
+use super::binder::{NOT_LEADING, retrying, send_before_handover};
 use super::leader_election::Leadership;
 use super::metrics::Metrics;
 use super::rate_limit::RateLimiter;
@@ -74,11 +76,13 @@ impl Evictor {
         if !self.leadership.is_leading() {
             return EvictResult::NotSent(NOT_LEADING.into());
         }
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
-        match api
-            .create_subresource::<_, Status>("eviction", &key.name, &PostParams::default(), &eviction(uid, key))
-            .await
-        {
+        let body = match serde_json::to_vec(&eviction(uid, key)) {
+            Ok(body) => body,
+            Err(e) => return EvictResult::Failed(e.to_string()),
+        };
+        let pods = Request::new(Pod::url_path(&(), Some(&key.namespace)));
+        let request = pods.create_subresource("eviction", &key.name, &PostParams::default(), body);
+        match send_before_handover::<Status>(&self.client, &self.leadership, request).await {
             Ok(_) => EvictResult::Evicted,
             Err(e) => {
                 let result = classify(e);
@@ -134,7 +138,41 @@ pub fn classify(error: kube::Error) -> EvictResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shell::leader_election::Term;
     use kube::core::response::{StatusCause, StatusDetails};
+
+    #[tokio::test]
+    async fn an_eviction_tells_the_api_server_to_give_up_before_another_replica_may_lead() {
+        let uris = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = uris.clone();
+        let api_server = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+            seen.lock().unwrap().push(request.uri().to_string());
+            let status = serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"});
+            let body = kube::client::Body::from(serde_json::to_vec(&status).unwrap());
+            async move { Ok::<_, std::convert::Infallible>(http::Response::new(body)) }
+        });
+        let (publish, leadership) = Leadership::standby();
+        let now = std::time::Instant::now();
+        let handover = Some(now + std::time::Duration::from_secs(6));
+        publish.send_replace(Some(Term { number: 1, until: Some(now + std::time::Duration::from_secs(4)), handover }));
+        let (outcomes, _) = mpsc::unbounded_channel();
+        let evictor = Evictor {
+            client: Client::new(api_server, "default"),
+            limiter: Arc::new(RateLimiter::new(100.0, 10)),
+            outcomes,
+            metrics: Metrics::register(&mut prometheus_client::registry::Registry::default()),
+            leadership,
+        };
+        let key = PodKey { namespace: "ns".into(), name: "victim".into() };
+        assert_eq!(evictor.try_evict("uid-1", &key).await, EvictResult::Evicted);
+        let uris = uris.lock().unwrap();
+        let timeout_ms: u64 = uris[0]
+            .strip_prefix("/api/v1/namespaces/ns/pods/victim/eviction?timeout=")
+            .and_then(|t| t.strip_suffix("ms"))
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("{uris:?}"));
+        assert!((5_000..=6_000).contains(&timeout_ms), "{timeout_ms}");
+    }
 
     fn api_error(code: u16, message: &str, causes: &[(&str, &str)]) -> kube::Error {
         let details = (!causes.is_empty()).then(|| StatusDetails {
