@@ -365,9 +365,12 @@ impl GangScheduler {
             Ok(spec) => spec,
             Err(why) => return GangVerdict::plain(GangDecision::Wait(why), warnings),
         };
-        // Members that succeeded ran with the gang: they count as placed.
+        // Members that succeeded ran with the gang: they count as placed,
+        // unless minMember of them did (the gang ran whole; pods that come
+        // now are a new run, and need minMember of their own).
         let placed = key.gang().map_or(0, |g| {
-            snapshot.job_nodes(g).map_or(0, |nodes| nodes.values().sum::<usize>()) + self.succeeded_members(g)
+            let succeeded = Some(self.succeeded_members(g)).filter(|n| *n < spec.min_member).unwrap_or(0);
+            snapshot.job_nodes(g).map_or(0, |nodes| nodes.values().sum::<usize>()) + succeeded
         });
         if let Some(why) = self.too_few(key, &spec, placed, members.len(), snapshot) {
             return GangVerdict::plain(GangDecision::Wait(why), warnings);

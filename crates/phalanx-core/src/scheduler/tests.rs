@@ -220,6 +220,17 @@ fn members_that_succeeded_before_the_rest_were_placed_count_toward_min_member() 
     l.s.retry_waiting(l.now);
     l.schedule_round();
     assert_eq!(rec.bind_count(), 2, "{:?}", rec.unschedulable_reports());
+    // The gang ran whole; once 4 members succeeded, new pods are a new run.
+    for i in 2..4 {
+        let mut pod = member(&format!("w{i}"), 3, "g");
+        pod.node_name = Some("n1".into());
+        pod.phase = PodPhase::Succeeded;
+        l.apply_event(ClusterEvent::PodApplied { pod, gated: false });
+    }
+    l.apply_event(ClusterEvent::PodApplied { pod: member("again", 1, "g"), gated: false });
+    l.schedule_round();
+    assert_eq!(rec.bind_count(), 2, "one new pod is not a gang of 4");
+    assert!(rec.unschedulable_reports().last().unwrap().contains("1 of 4 members created"));
 }
 
 #[test]
