@@ -25,7 +25,9 @@ use crate::watches::{Stores, key};
 /// A gang's members are bound one call each, concurrently and rate-limited;
 /// a leader killed or frozen mid-gang leaves the rest to its successor
 /// (lease 6 s + retry 1 s), and an API server or etcd down for up to 8 s
-/// delays both. 45 s covers the longest such fault plus a takeover, twice.
+/// delays both. 45 s covers the longest such fault plus a takeover, twice;
+/// it runs from the end of the last outage, since back-to-back outages keep
+/// phalanx from placing anything for longer.
 pub const GANG_GRACE: Duration = Duration::from_secs(45);
 /// phalanx learns a quota change through its watch; binds it decided just
 /// before may land just after.
@@ -244,8 +246,11 @@ impl Checker {
             })
             .count();
         let queued = self.check_settled(&jobs, &states, &pods, pending, free.as_ref(), now).await;
-        for pod in std::mem::take(&mut self.to_explain) {
-            if let Some((_, port, _)) = self.replicas.leader().await {
+        // With no leader to ask (an outage), they wait for the next check.
+        if !self.to_explain.is_empty()
+            && let Some((_, port, _)) = self.replicas.leader().await
+        {
+            for pod in std::mem::take(&mut self.to_explain) {
                 let text = get(port, &format!("/explain/{pod}")).await;
                 self.log.write("explain", json!({"pod": pod, "explain": text}));
             }
@@ -344,6 +349,7 @@ impl Checker {
     }
 
     fn check_gangs(&mut self, jobs: &BTreeMap<String, Job>, states: &BTreeMap<String, JobState>, now: Instant) {
+        let outages = outages(&self.faults.lock());
         let mut below = Vec::new();
         for (name, job) in jobs {
             let Some(state) = states.get(name) else { continue };
@@ -355,7 +361,7 @@ impl Checker {
             }
             below.push(name.clone());
             let since = *self.below_min_since.entry(name.clone()).or_insert(now);
-            if now.duration_since(since) > GANG_GRACE {
+            if gang_overdue(since, outages, now) {
                 let message = format!(
                     "gang {}/{name}: {} of {} members bound for {GANG_GRACE:?}",
                     job.namespace, state.bound, job.size
@@ -791,11 +797,8 @@ fn fits(job: &Job, free: &BTreeMap<String, i64>) -> bool {
 /// nothing can settle while that lasts. Recovery itself is still measured
 /// from each fault's end.
 fn overdue(book: &[Record], now: Instant) -> Vec<(usize, &'static str)> {
-    let outages = || book.iter().filter(|f| f.skipped.is_none() && f.kind.takes_phalanx_away());
-    if outages().any(|f| f.ended.is_none()) {
-        return Vec::new();
-    }
-    let last_outage = outages().filter_map(|f| f.ended).max();
+    let Outages::Over { last } = outages(book) else { return Vec::new() };
+    let last_outage = last;
     book.iter()
         .filter(|f| f.recovery.is_none() && f.skipped.is_none())
         .filter(|f| {
@@ -803,6 +806,31 @@ fn overdue(book: &[Record], now: Instant) -> Vec<(usize, &'static str)> {
         })
         .map(|f| (f.id, f.kind.as_str()))
         .collect()
+}
+
+/// Outages of phalanx, its API server or etcd: nothing can be placed or
+/// settle while one lasts, so grace times run from the end of the last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outages {
+    Lasting,
+    Over { last: Option<Instant> },
+}
+
+fn outages(book: &[Record]) -> Outages {
+    let outages = || book.iter().filter(|f| f.skipped.is_none() && f.kind.takes_phalanx_away());
+    if outages().any(|f| f.ended.is_none()) {
+        return Outages::Lasting;
+    }
+    Outages::Over { last: outages().filter_map(|f| f.ended).max() }
+}
+
+/// Whether a gang seen partly bound since `since` is past its grace: the
+/// grace runs from the end of the last outage if that is later.
+fn gang_overdue(since: Instant, outages: Outages, now: Instant) -> bool {
+    match outages {
+        Outages::Lasting => false,
+        Outages::Over { last } => now.duration_since(last.map_or(since, |o| o.max(since))) > GANG_GRACE,
+    }
 }
 
 #[cfg(test)]
@@ -833,6 +861,21 @@ mod tests {
         let mut skipped = fault(4, FaultKind::LeaderKilled, s(15), None);
         skipped.skipped = Some("no replica leads".into());
         assert_eq!(overdue(&[cordon, skipped], s(101)).len(), 1);
+    }
+
+    #[test]
+    fn a_gang_s_grace_runs_from_the_last_outage() {
+        let t0 = Instant::now();
+        let s = |secs: u64| t0 + Duration::from_secs(secs);
+        let cordon = fault(1, FaultKind::NodeCordoned, t0, Some(s(10)));
+        assert!(gang_overdue(t0, outages(std::slice::from_ref(&cordon)), s(46)));
+        let restart = fault(2, FaultKind::ApiServerRestarted, s(5), None);
+        let book = [cordon.clone(), restart.clone()];
+        assert!(!gang_overdue(t0, outages(&book), s(200)), "nothing is placed while phalanx is away");
+        let over = Record { ended: Some(s(100)), ..restart };
+        let book = [cordon, over];
+        assert!(!gang_overdue(t0, outages(&book), s(140)));
+        assert!(gang_overdue(t0, outages(&book), s(146)));
     }
 
     fn gpu_pod(name: &str, gpus: i64, indices: &str) -> Pod {
