@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use phalanx::cluster_invariants::{
     GPU, GpuViolation, finished, gpu_indices, gpu_violations, gpus_by_node, gpus_of, node_of,
@@ -277,14 +277,12 @@ impl Checker {
             let node = v.node().unwrap_or_default().to_string();
             let raced = foreign.get(&node).is_some_and(|at| now.duration_since(*at) < FOREIGN_GRACE);
             if raced {
-                // As the kubelet's admission would: the foreign pod goes.
+                // As the kubelet's admission would refuse one of the two:
+                // the foreign pod fails (at once; a deletion waits on kwok).
                 self.log.write("conflict", json!({"node": node, "seen": v.to_string()}));
-                let api: Api<Pod> = Api::namespaced(self.client.clone(), FOREIGN_NAMESPACE);
-                for p in pods.iter().filter(|p| p.namespace().as_deref() == Some(FOREIGN_NAMESPACE)) {
-                    if node_of(p) == Some(node.as_str()) {
-                        let (api, name) = (api.clone(), p.name_any());
-                        tokio::spawn(async move { api.delete(&name, &DeleteParams::default()).await });
-                    }
+                let foreign = pods.iter().filter(|p| p.namespace().as_deref() == Some(FOREIGN_NAMESPACE));
+                for p in foreign.filter(|p| node_of(p) == Some(node.as_str()) && !finished(p)) {
+                    self.fail_as_admission_would(p);
                 }
                 continue;
             }
@@ -339,13 +337,18 @@ impl Checker {
             self.log.write("refused", json!({"node": node, "pod": name, "seen": seen.to_string()}));
             tracing::warn!(pod = %name, %node, "a late bind over-commits the node; refused as the kubelet would");
             self.refused_stale_binds.push(name);
-            let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
-            let status = json!({"status": {"phase": "Failed", "reason": format!("OutOf{GPU}"),
-                "message": format!("Pod was rejected: Node didn't have enough resource: {GPU}")}});
-            let name = pod.name_any();
-            tokio::spawn(async move { api.patch_status(&name, &PatchParams::default(), &Patch::Merge(status)).await });
+            self.fail_as_admission_would(pod);
         }
         true
+    }
+
+    /// Fails the pod as the kubelet does when its admission refuses one.
+    fn fail_as_admission_would(&self, pod: &Pod) {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+        let status = json!({"status": {"phase": "Failed", "reason": format!("OutOf{GPU}"),
+            "message": format!("Pod was rejected: Node didn't have enough resource: {GPU}")}});
+        let name = pod.name_any();
+        tokio::spawn(async move { api.patch_status(&name, &PatchParams::default(), &Patch::Merge(status)).await });
     }
 
     fn check_gangs(&mut self, jobs: &BTreeMap<String, Job>, states: &BTreeMap<String, JobState>, now: Instant) {
@@ -361,7 +364,7 @@ impl Checker {
             }
             below.push(name.clone());
             let since = *self.below_min_since.entry(name.clone()).or_insert(now);
-            if gang_overdue(since, outages, now) {
+            if past_grace(since, GANG_GRACE, outages, now) {
                 let message = format!(
                     "gang {}/{name}: {} of {} members bound for {GANG_GRACE:?}",
                     job.namespace, state.bound, job.size
@@ -649,8 +652,11 @@ impl Checker {
                 let message = format!("not settled {RECOVERY_BOUND:?} after fault #{id} ({kind}) ended: {why}");
                 self.violate(Invariant::NotRecovered, format!("fault {id}"), message);
             }
-            let active = self.faults.lock().iter().any(|f| f.ended.is_none());
-            if !active && now.duration_since(self.last_settled) > STUCK_BOUND {
+            let (active, outages) = {
+                let book = self.faults.lock();
+                (book.iter().any(|f| f.ended.is_none()), outages(&book))
+            };
+            if !active && past_grace(self.last_settled, STUCK_BOUND, outages, now) {
                 let message = format!("not settled for {STUCK_BOUND:?} with no fault: {why}");
                 self.violate(
                     Invariant::NotRecovered,
@@ -797,13 +803,10 @@ fn fits(job: &Job, free: &BTreeMap<String, i64>) -> bool {
 /// nothing can settle while that lasts. Recovery itself is still measured
 /// from each fault's end.
 fn overdue(book: &[Record], now: Instant) -> Vec<(usize, &'static str)> {
-    let Outages::Over { last } = outages(book) else { return Vec::new() };
-    let last_outage = last;
+    let outages = outages(book);
     book.iter()
         .filter(|f| f.recovery.is_none() && f.skipped.is_none())
-        .filter(|f| {
-            f.ended.is_some_and(|end| now.duration_since(last_outage.map_or(end, |o| o.max(end))) > RECOVERY_BOUND)
-        })
+        .filter(|f| f.ended.is_some_and(|end| past_grace(end, RECOVERY_BOUND, outages, now)))
         .map(|f| (f.id, f.kind.as_str()))
         .collect()
 }
@@ -824,12 +827,12 @@ fn outages(book: &[Record]) -> Outages {
     Outages::Over { last: outages().filter_map(|f| f.ended).max() }
 }
 
-/// Whether a gang seen partly bound since `since` is past its grace: the
-/// grace runs from the end of the last outage if that is later.
-fn gang_overdue(since: Instant, outages: Outages, now: Instant) -> bool {
+/// Whether `grace` has passed since `since`, or since the end of the last
+/// outage if that is later; never while an outage lasts.
+fn past_grace(since: Instant, grace: Duration, outages: Outages, now: Instant) -> bool {
     match outages {
         Outages::Lasting => false,
-        Outages::Over { last } => now.duration_since(last.map_or(since, |o| o.max(since))) > GANG_GRACE,
+        Outages::Over { last } => now.duration_since(last.map_or(since, |o| o.max(since))) > grace,
     }
 }
 
@@ -864,18 +867,18 @@ mod tests {
     }
 
     #[test]
-    fn a_gang_s_grace_runs_from_the_last_outage() {
+    fn a_grace_runs_from_the_last_outage_and_not_while_one_lasts() {
         let t0 = Instant::now();
         let s = |secs: u64| t0 + Duration::from_secs(secs);
         let cordon = fault(1, FaultKind::NodeCordoned, t0, Some(s(10)));
-        assert!(gang_overdue(t0, outages(std::slice::from_ref(&cordon)), s(46)));
+        assert!(past_grace(t0, GANG_GRACE, outages(std::slice::from_ref(&cordon)), s(46)));
         let restart = fault(2, FaultKind::ApiServerRestarted, s(5), None);
         let book = [cordon.clone(), restart.clone()];
-        assert!(!gang_overdue(t0, outages(&book), s(200)), "nothing is placed while phalanx is away");
+        assert!(!past_grace(t0, GANG_GRACE, outages(&book), s(200)), "nothing is placed while phalanx is away");
         let over = Record { ended: Some(s(100)), ..restart };
         let book = [cordon, over];
-        assert!(!gang_overdue(t0, outages(&book), s(140)));
-        assert!(gang_overdue(t0, outages(&book), s(146)));
+        assert!(!past_grace(t0, GANG_GRACE, outages(&book), s(140)));
+        assert!(past_grace(t0, GANG_GRACE, outages(&book), s(146)));
     }
 
     fn gpu_pod(name: &str, gpus: i64, indices: &str) -> Pod {
