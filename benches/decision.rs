@@ -17,6 +17,9 @@ use std::fmt::Write as _;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use phalanx_core::dra::claim::{ClaimAllocation, DeviceClass, DeviceResult, PodClaim, PodClaimSource};
+use phalanx_core::dra::device::{DeviceId, DeviceSlice};
+use phalanx_core::dra::testing::{GPU_DRIVER, gpu_claim, gpu_device};
 use phalanx_core::framework::Profile;
 use phalanx_core::gang::{GangId, GangKind, GangObject, GangSpec};
 use phalanx_core::gang_placement::{GangPlacement, Scope};
@@ -101,15 +104,46 @@ struct Fleet {
     nodes: usize,
     objects: Vec<(GangId, GangSpec)>,
     gpus_used: usize,
+    /// With DRA, devices held per node by the claims of pods running there.
+    devices_held: Option<Vec<usize>>,
+}
+
+/// How pods ask for GPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GpuAsk {
+    /// `nvidia.com/gpu` in the requests (device plugin).
+    DevicePlugin,
+    /// One ResourceClaim per pod for its GPUs, every node's GPUs published
+    /// as DRA devices (as NVIDIA's DRA driver does).
+    DraClaim,
 }
 
 impl Fleet {
-    fn new(nodes: usize) -> Self {
+    fn new(nodes: usize, ask: GpuAsk) -> Self {
         let mut snapshot = ClusterSnapshot::new();
         for i in 0..nodes {
             snapshot.upsert_node(h100_node(i));
         }
-        Self { snapshot, nodes, objects: vec![], gpus_used: 0 }
+        let devices_held = (ask == GpuAsk::DraClaim).then(|| {
+            let class = DeviceClass {
+                name: GPU_DRIVER.into(),
+                selectors: vec![format!("device.driver == '{GPU_DRIVER}'")],
+                extended_resource_name: None,
+                config: vec![],
+            };
+            snapshot.devices_mut().apply_class(class).expect("the selector compiles");
+            for i in 0..nodes {
+                snapshot.devices_mut().apply_slice(DeviceSlice {
+                    name: format!("{}-{GPU_DRIVER}", node_name(i)),
+                    node: node_name(i),
+                    driver: GPU_DRIVER.into(),
+                    pool: "node".into(),
+                    devices: (0..8).map(|g| gpu_device(&format!("gpu-{g}"), g)).collect(),
+                });
+            }
+            vec![0; nodes]
+        });
+        Self { snapshot, nodes, objects: vec![], gpus_used: 0, devices_held }
     }
 
     fn nodes(&self) -> usize {
@@ -117,12 +151,36 @@ impl Fleet {
     }
 
     fn free_gpus(&self, i: usize) -> usize {
-        self.snapshot.node(&node_name(i)).map_or(0, |n| n.free_gpus().count_ones() as usize)
+        match &self.devices_held {
+            Some(held) => 8 - held[i],
+            None => self.snapshot.node(&node_name(i)).map_or(0, |n| n.free_gpus().count_ones() as usize),
+        }
     }
 
+    /// Binds `p`; with DRA, its GPUs become a claim allocated on the node and reserved for it.
     fn bind(&mut self, p: &PodInfo, node: usize) {
+        let gpus = p.gpu_count();
+        let mut p = p.clone();
+        if let Some(held) = &mut self.devices_held {
+            let first = held[node];
+            held[node] += gpus;
+            p.requests.set(GPU, 0);
+            let mut claim = claim_for(&mut p, gpus);
+            claim.allocation = Some(ClaimAllocation {
+                node: node_name(node),
+                results: (first..first + gpus)
+                    .map(|g| DeviceResult {
+                        request: "gpus".into(),
+                        device: DeviceId { driver: GPU_DRIVER.into(), pool: "node".into(), device: format!("gpu-{g}") },
+                    })
+                    .collect(),
+                config: vec![],
+            });
+            claim.reserved_for = vec![p.uid.clone()];
+            self.snapshot.apply_claim(claim).expect("no selectors");
+        }
         self.snapshot.observe_bound(p.placement(&node_name(node)), None);
-        self.gpus_used += p.gpu_count();
+        self.gpus_used += gpus;
     }
 
     /// Fills the fleet to `occupancy` of its GPUs with assorted jobs placed
@@ -232,7 +290,18 @@ fn with_rules(mut p: PodInfo, rules: MemberRules) -> PodInfo {
 }
 
 /// The gang to decide on: `pods` members of 8 GPUs each, queued and popped.
+/// The pod's ResourceClaim for `gpus` devices (not allocated), named on the pod.
+fn claim_for(p: &mut PodInfo, gpus: usize) -> phalanx_core::dra::claim::DeviceClaim {
+    let name = format!("{}-gpu", p.key.name);
+    let mut claim = gpu_claim(&name, GPU_DRIVER, gpus as u32);
+    claim.key.namespace = p.key.namespace.clone();
+    p.claims = vec![PodClaim { name: "gpu".into(), source: PodClaimSource::Claim(name) }];
+    claim
+}
+
+/// The gang to decide on: `pods` members of 8 GPUs each, queued and popped.
 fn queue_gang(
+    fleet: &mut Fleet,
     gangs: &mut GangScheduler,
     pods: usize,
     priority: i32,
@@ -241,7 +310,16 @@ fn queue_gang(
     let id = GangId::new(GangKind::PodGroup, "research", "llm-pretrain");
     gangs.set_object(id.clone(), Some(GangObject::Valid(GangSpec::of_size(pods))));
     let members: Vec<PodInfo> = (0..pods)
-        .map(|i| with_rules(pod(&format!("llm-pretrain-worker-{i}"), 8, Some(&id), priority, 1_800_000_000), rules))
+        .map(|i| {
+            let mut p =
+                with_rules(pod(&format!("llm-pretrain-worker-{i}"), 8, Some(&id), priority, 1_800_000_000), rules);
+            if fleet.devices_held.is_some() {
+                p.requests.set(GPU, 0);
+                let claim = claim_for(&mut p, 8);
+                fleet.snapshot.apply_claim(claim).expect("no selectors");
+            }
+            p
+        })
         .collect();
     let mut queue = SchedulingQueue::new(BackoffPolicy { initial: Duration::ZERO, max: Duration::ZERO });
     for m in &members {
@@ -282,16 +360,25 @@ fn repeat(runs: usize, budget: Duration, mut once: impl FnMut() -> Duration) -> 
     Timings { samples }
 }
 
-/// No GPU held twice, every member on its own 8 GPUs, all inside the scope.
+/// No GPU held twice, every member on its own 8 GPUs (GPU indices, or
+/// the devices of its claim), all inside the scope.
 fn check_placement(snapshot: &ClusterSnapshot, placement: &GangPlacement, pods: usize) {
     assert_eq!(placement.members.len(), pods, "the whole gang is placed");
     let mut gpus = HashSet::new();
     for m in &placement.members {
         let node = snapshot.node(&m.node).expect("placed on a known node");
         assert!(node.gpu_holders.iter().all(|h| *h <= 1), "{} over-committed", m.node);
-        assert_eq!(m.gpu_indices.len(), 8, "{} got {:?}", m.uid, m.gpu_indices);
-        for g in &m.gpu_indices {
-            assert!(gpus.insert((m.node.clone(), *g)), "GPU {g} of {} given twice", m.node);
+        let given: Vec<String> = match m.claims.as_slice() {
+            [] => m.gpu_indices.iter().map(u32::to_string).collect(),
+            [claim] => {
+                assert_eq!(claim.allocation.node, m.node, "claim allocated on the member's node");
+                claim.allocation.results.iter().map(|r| r.device.device.clone()).collect()
+            }
+            more => panic!("{} has {} claims", m.uid, more.len()),
+        };
+        assert_eq!(given.len(), 8, "{} got {given:?}", m.uid);
+        for g in given {
+            assert!(gpus.insert((m.node.clone(), g.clone())), "GPU {g} of {} given twice", m.node);
         }
         assert!(placement.scope.contains(node), "{} outside {:?}", m.node, placement.scope);
     }
@@ -345,12 +432,16 @@ struct Row {
     target: Option<Duration>,
 }
 
-fn placement_name(nodes: usize, occupancy: f64, pods: usize, rules: MemberRules) -> String {
+fn placement_name(nodes: usize, occupancy: f64, pods: usize, rules: MemberRules, ask: GpuAsk) -> String {
     let rules = match rules {
         MemberRules::None => "",
         MemberRules::AffinityAndSpread => " with affinity and spread",
     };
-    format!("place {pods} x 8 GPUs{rules} on {nodes} nodes at {:.0}%", occupancy * 100.0)
+    let ask = match ask {
+        GpuAsk::DevicePlugin => "",
+        GpuAsk::DraClaim => " through one DRA claim each",
+    };
+    format!("place {pods} x 8 GPUs{ask}{rules} on {nodes} nodes at {:.0}%", occupancy * 100.0)
 }
 
 fn victims_name(nodes: usize, pods: usize) -> String {
@@ -363,16 +454,16 @@ fn placement_case(
     nodes: usize,
     occupancy: f64,
     pods: usize,
-    rules: MemberRules,
+    (rules, ask): (MemberRules, GpuAsk),
     runs: usize,
 ) -> Row {
     let mut rng = Rng(0x5eed_0000 + nodes as u64 * 31 + (occupancy * 100.0) as u64);
-    let mut fleet = Fleet::new(nodes);
+    let mut fleet = Fleet::new(nodes, ask);
     fleet.occupy(&mut rng, occupancy, false);
     let mut gangs = fleet.gang_scheduler();
-    let (mut queue, key, members) = queue_gang(&mut gangs, pods, 0, rules);
+    let (mut queue, key, members) = queue_gang(&mut fleet, &mut gangs, pods, 0, rules);
+    let whole_nodes_free = (0..nodes).filter(|i| fleet.free_gpus(*i) == 8).count();
     let snapshot = &mut fleet.snapshot;
-    let whole_nodes_free = (0..nodes).filter(|i| snapshot.node(&node_name(*i)).unwrap().free_gpus() == 0xff).count();
     let mut outcome = String::new();
     let timings = repeat(runs, Duration::from_secs(10), || {
         let started = Instant::now();
@@ -414,18 +505,18 @@ fn placement_case(
         (5000, 512) => Some(Duration::from_millis(100)),
         _ => None,
     };
-    Row { case: placement_name(nodes, occupancy, pods, rules), outcome, timings, target }
+    Row { case: placement_name(nodes, occupancy, pods, rules, ask), outcome, timings, target }
 }
 
 /// Victim selection for a gang of `pods` x 8 GPUs on a full fleet of lower-priority jobs.
 fn preemption_case(profiles: &HashMap<String, Profile>, nodes: usize, pods: usize, runs: usize) -> Row {
     let mut rng = Rng(0xfeed_f00d + nodes as u64);
-    let mut fleet = Fleet::new(nodes);
+    let mut fleet = Fleet::new(nodes, GpuAsk::DevicePlugin);
     fleet.occupy(&mut rng, 1.0, true);
     assert_eq!(fleet.gpus_used, nodes * 8, "the fleet is full");
     let mut gangs = fleet.gang_scheduler();
     let priority = 1000;
-    let (queue, key, _) = queue_gang(&mut gangs, pods, priority, MemberRules::None);
+    let (queue, key, _) = queue_gang(&mut fleet, &mut gangs, pods, priority, MemberRules::None);
     let snapshot = &mut fleet.snapshot;
     let mut outcome = String::new();
     let timings = repeat(runs, Duration::from_secs(20), || {
@@ -464,7 +555,7 @@ fn vm_rss_kib() -> u64 {
 fn memory_child(nodes: usize, pods: usize) {
     let before = vm_rss_kib();
     let mut rng = Rng(0x3e3e);
-    let mut fleet = Fleet::new(nodes);
+    let mut fleet = Fleet::new(nodes, GpuAsk::DevicePlugin);
     let bound = pods * 9 / 10;
     fleet.occupy(&mut rng, 0.85, false);
     // Sidecars and data loaders without GPUs make up the rest of the bound pods.
@@ -551,14 +642,20 @@ fn main() {
     for &nodes in fleets {
         for occupancy in [0.5, 0.9] {
             for &pods in gang_sizes {
-                // The rules on the 64-pod case (8 in the smoke run).
-                let ruled = if pods == gang_sizes[1] {
-                    &[MemberRules::None, MemberRules::AffinityAndSpread][..]
+                // The rules and DRA claims on the 64-pod case (8 in the smoke run).
+                let plain = (MemberRules::None, GpuAsk::DevicePlugin);
+                let variants = if pods == gang_sizes[1] {
+                    &[
+                        plain,
+                        (MemberRules::AffinityAndSpread, GpuAsk::DevicePlugin),
+                        (MemberRules::None, GpuAsk::DraClaim),
+                    ][..]
                 } else {
-                    &[MemberRules::None]
+                    &[plain]
                 };
-                for &rules in ruled.iter().filter(|r| wanted(&placement_name(nodes, occupancy, pods, **r))) {
-                    let row = placement_case(&profiles, nodes, occupancy, pods, rules, runs);
+                let named = |(rules, ask): &(MemberRules, GpuAsk)| placement_name(nodes, occupancy, pods, *rules, *ask);
+                for &variant in variants.iter().filter(|v| wanted(&named(v))) {
+                    let row = placement_case(&profiles, nodes, occupancy, pods, variant, runs);
                     eprintln!("{}: p99 {}", row.case, ms(row.timings.p99()));
                     rows.push(row);
                 }

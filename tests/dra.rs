@@ -11,11 +11,12 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceClaimTemplate, ResourceSlice};
 use kube::Resource;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use phalanx::agent::nvidia_smi;
 use phalanx_kube::api::gpu_topology::{GPUTopology, GpuTopologySpec};
 use phalanx_kube::api::pod_group::PodGroup;
 use serde_json::json;
+use support::priorities::Priorities;
 use support::{TestEnv, create_object, fixture};
 
 const BIND: Duration = Duration::from_secs(60);
@@ -62,26 +63,40 @@ async fn publish_dgx1(env: &TestEnv, node: &str) {
     Api::<ResourceSlice>::all(env.client.clone()).create(&PostParams::default(), &slice).await.expect("slice");
 }
 
-/// The class every test shares (cluster-scoped: made once).
-async fn ensure_gpu_class(env: &TestEnv) {
-    let class: DeviceClass = serde_json::from_value(json!({
-        "apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass", "metadata": {"name": DRIVER},
-        "spec": {"selectors": [{"cel": {"expression": format!("device.driver == '{DRIVER}'")}}]},
-    }))
-    .unwrap();
-    match Api::<DeviceClass>::all(env.client.clone()).create(&PostParams::default(), &class).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => panic!("DeviceClass: {e}"),
-    }
+/// The driver parameters the class passes on with every allocation from it.
+fn class_parameters() -> serde_json::Value {
+    json!({"apiVersion": "resource.nvidia.com/v1beta1", "kind": "GpuConfig", "sharing": {"strategy": "TimeSlicing"}})
 }
 
-fn claiming_member(env: &TestEnv, name: &str, group: &str, template: &str) -> Pod {
+/// The class every test shares (cluster-scoped: applied by each, the same).
+async fn ensure_gpu_class(env: &TestEnv) {
+    let class = json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass", "metadata": {"name": DRIVER},
+        "spec": {"selectors": [{"cel": {"expression": format!("device.driver == '{DRIVER}'")}}],
+            "config": [{"opaque": {"driver": DRIVER, "parameters": class_parameters()}}]},
+    });
+    let params = PatchParams::apply("phalanx-e2e").force();
+    Api::<DeviceClass>::all(env.client.clone())
+        .patch(DRIVER, &params, &Patch::Apply(class))
+        .await
+        .expect("DeviceClass");
+}
+
+/// How a member names its claim: made from a template, or one claim by name.
+enum ClaimSource<'a> {
+    Template(&'a str),
+    Claim(&'a str),
+}
+
+fn claiming_member(env: &TestEnv, name: &str, group: &str, source: ClaimSource<'_>) -> Pod {
     let mut pod = env.pod(name, 0);
     pod.metadata.labels = Some([("scheduling.x-k8s.io/pod-group".to_string(), group.to_string())].into());
     let spec = pod.spec.as_mut().unwrap();
-    spec.resource_claims =
-        Some(vec![serde_json::from_value(json!({"name": "gpu", "resourceClaimTemplateName": template})).unwrap()]);
+    let entry = match source {
+        ClaimSource::Template(template) => json!({"name": "gpu", "resourceClaimTemplateName": template}),
+        ClaimSource::Claim(claim) => json!({"name": "gpu", "resourceClaimName": claim}),
+    };
+    spec.resource_claims = Some(vec![serde_json::from_value(entry).unwrap()]);
     let resources = spec.containers[0].resources.get_or_insert_default();
     resources.claims = Some(vec![serde_json::from_value(json!({"name": "gpu"})).unwrap()]);
     pod
@@ -111,47 +126,85 @@ async fn teardown(env: TestEnv, nodes: &[String]) {
     env.teardown().await;
 }
 
-#[tokio::test]
-async fn a_gang_with_claims_from_a_template_binds_on_nvlinked_quads() {
-    let (env, nodes) = dgx1_env("dra", 2).await;
+/// A ResourceClaimTemplate for four GPUs, named `four-gpus`.
+async fn four_gpu_template(env: &TestEnv) {
     let _: ResourceClaimTemplate = create_object(
-        &env,
+        env,
         json!({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate",
             "metadata": {"name": "four-gpus", "namespace": env.name},
             "spec": {"spec": {"devices": {"requests": [{"name": "gpus", "exactly": {"deviceClassName": DRIVER, "count": 4}}]}}}}),
     )
     .await;
+}
+
+async fn pod_group(env: &TestEnv, name: &str, min_member: usize) {
     let group: PodGroup = serde_json::from_value(json!({
         "apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "PodGroup",
-        "metadata": {"name": "train", "namespace": env.name}, "spec": {"minMember": 4},
+        "metadata": {"name": name, "namespace": env.name}, "spec": {"minMember": min_member},
     }))
     .unwrap();
     Api::<PodGroup>::namespaced(env.client.clone(), &env.name).create(&PostParams::default(), &group).await.unwrap();
-    for i in 0..4 {
-        env.create(&claiming_member(&env, &format!("train-{i}"), "train", "four-gpus")).await;
-    }
+}
+
+/// Waits for pods `{prefix}-0..count` to bind: pod name to node.
+async fn wait_all_bound(env: &TestEnv, prefix: &str, count: usize, limit: Duration) -> BTreeMap<String, String> {
     let mut placed = BTreeMap::new();
-    for i in 0..4 {
-        let name = format!("train-{i}");
-        placed.insert(name.clone(), env.wait_bound(&name, BIND).await);
+    for i in 0..count {
+        let name = format!("{prefix}-{i}");
+        placed.insert(name.clone(), env.wait_bound(&name, limit).await);
     }
-    let claims: Api<ResourceClaim> = Api::namespaced(env.client.clone(), &env.name);
+    placed
+}
+
+/// The claim a pod's first `resourceClaims` entry names (made from a template, or by name).
+async fn claim_of(env: &TestEnv, pod: &str) -> ResourceClaim {
+    let pod = env.pods().get(pod).await.unwrap();
+    let spec_entry = pod.spec.as_ref().and_then(|s| s.resource_claims.as_ref()).map(|c| c[0].clone());
+    let name = match spec_entry.and_then(|e| e.resource_claim_name) {
+        Some(name) => name,
+        None => {
+            let statuses = pod.status.and_then(|s| s.resource_claim_statuses).unwrap_or_default();
+            statuses[0].resource_claim_name.clone().expect("claim made from the template")
+        }
+    };
+    Api::<ResourceClaim>::namespaced(env.client.clone(), &env.name).get(&name).await.unwrap()
+}
+
+/// The GPU indices a claim is allocated on `node`, checking that it is
+/// reserved for exactly `pods`.
+fn allocated_gpus(claim: &ResourceClaim, node: &str, pods: &[&str]) -> BTreeSet<usize> {
+    let name = claim.metadata.name.clone().unwrap_or_default();
+    let status = claim.status.clone().unwrap_or_else(|| panic!("claim {name}: no status written"));
+    let mut reserved: Vec<String> = status.reserved_for.unwrap_or_default().into_iter().map(|r| r.name).collect();
+    reserved.sort();
+    assert_eq!(reserved, pods.iter().map(|p| p.to_string()).collect::<Vec<_>>(), "claim {name}: reservedFor");
+    let allocation = status.allocation.unwrap_or_else(|| panic!("claim {name}: not allocated before the bind"));
+    // The class's config goes to the driver with the devices, as kube-scheduler writes it.
+    let config = serde_json::to_value(&allocation.devices.as_ref().unwrap().config).unwrap();
+    assert_eq!(
+        config,
+        json!([{"source": "FromClass", "requests": ["gpus"], "opaque": {"driver": DRIVER, "parameters": class_parameters()}}]),
+        "claim {name}"
+    );
+    let selector = serde_json::to_value(&allocation.node_selector).unwrap();
+    assert_eq!(selector["nodeSelectorTerms"][0]["matchFields"][0]["values"][0], json!(node), "claim {name}");
+    let results = allocation.devices.unwrap().results.unwrap();
+    assert!(results.iter().all(|r| r.driver == DRIVER && r.pool == node && r.request == "gpus"), "{results:?}");
+    results.iter().map(|r| r.device.trim_start_matches("gpu-").parse().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn a_gang_with_claims_from_a_template_binds_on_nvlinked_quads() {
+    let (env, nodes) = dgx1_env("dra", 2).await;
+    four_gpu_template(&env).await;
+    pod_group(&env, "train", 4).await;
+    for i in 0..4 {
+        env.create(&claiming_member(&env, &format!("train-{i}"), "train", ClaimSource::Template("four-gpus"))).await;
+    }
+    let placed = wait_all_bound(&env, "train", 4, BIND).await;
     let mut quads: BTreeMap<String, Vec<BTreeSet<usize>>> = BTreeMap::new();
     for (name, node) in &placed {
-        let pod = env.pods().get(name).await.unwrap();
-        let statuses = pod.status.and_then(|s| s.resource_claim_statuses).unwrap_or_default();
-        let claim_name = statuses[0].resource_claim_name.clone().expect("claim made from the template");
-        let claim = claims.get(&claim_name).await.unwrap();
-        let status = claim.status.expect("claim status written");
-        let reserved = status.reserved_for.unwrap_or_default();
-        assert_eq!(reserved.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), vec![name.as_str()]);
-        let allocation = status.allocation.expect("claim allocated before the bind");
-        let selector = serde_json::to_value(&allocation.node_selector).unwrap();
-        assert_eq!(selector["nodeSelectorTerms"][0]["matchFields"][0]["values"][0], json!(node));
-        let results = allocation.devices.unwrap().results.unwrap();
-        assert!(results.iter().all(|r| r.driver == DRIVER && r.pool == *node && r.request == "gpus"));
-        let gpus: BTreeSet<usize> =
-            results.iter().map(|r| r.device.trim_start_matches("gpu-").parse().unwrap()).collect();
+        let gpus = allocated_gpus(&claim_of(&env, name).await, node, &[name.as_str()]);
         quads.entry(node.clone()).or_default().push(gpus);
     }
     let first: BTreeSet<usize> = (0..4).collect();
@@ -205,5 +258,77 @@ async fn match_attribute_keeps_a_claim_on_one_pcie_root_and_a_shortfall_says_so(
     // One root per quad in the slice (0-3, 4-7).
     assert_eq!(gpus.len(), 3);
     assert!(gpus.iter().all(|g| *g < 4) || gpus.iter().all(|g| *g >= 4), "{gpus:?}");
+    teardown(env, &nodes).await;
+}
+
+#[tokio::test]
+async fn a_shared_claim_is_allocated_once_and_reserved_for_every_pod_using_it() {
+    let (env, nodes) = dgx1_env("dra-shared", 2).await;
+    let _: ResourceClaim = create_object(
+        &env,
+        json!({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+            "metadata": {"name": "shared", "namespace": env.name},
+            "spec": {"devices": {"requests": [{"name": "gpus", "exactly": {"deviceClassName": DRIVER, "count": 2}}]}}}),
+    )
+    .await;
+    // Both members of one gang share the claim: they are placed in one pass.
+    pod_group(&env, "pair", 2).await;
+    for i in 0..2 {
+        env.create(&claiming_member(&env, &format!("pair-{i}"), "pair", ClaimSource::Claim("shared"))).await;
+    }
+    let placed = wait_all_bound(&env, "pair", 2, BIND).await;
+    let on: BTreeSet<&String> = placed.values().collect();
+    assert_eq!(on.len(), 1, "a claim's devices are on one node: {placed:?}");
+    let node = placed["pair-0"].clone();
+    let gpus = allocated_gpus(&claim_of(&env, "pair-0").await, &node, &["pair-0", "pair-1"]);
+    assert_eq!(gpus.len(), 2);
+    // NVLinked in the hybrid cube mesh: both in one quad.
+    assert!(gpus.iter().all(|g| *g < 4) || gpus.iter().all(|g| *g >= 4), "{gpus:?}");
+    teardown(env, &nodes).await;
+}
+
+#[tokio::test]
+async fn preempting_a_gang_that_holds_claims_frees_its_devices_for_the_preemptor() {
+    let (env, nodes) = dgx1_env("dra-preempt", 1).await;
+    let classes = Priorities::create(&env, &[("low", 10, false), ("high", 1000, false)]).await;
+    four_gpu_template(&env).await;
+    let gang = |name: &'static str, class: &'static str| {
+        let env = &env;
+        async move {
+            pod_group(env, name, 2).await;
+            for i in 0..2 {
+                let mut pod = claiming_member(env, &format!("{name}-{i}"), name, ClaimSource::Template("four-gpus"));
+                pod.spec.as_mut().unwrap().priority_class_name = Some(format!("{}-{class}", env.name));
+                env.create(&pod).await;
+            }
+        }
+    };
+    // The low-priority gang takes all eight GPUs of the node through its claims.
+    gang("low", "low").await;
+    let node = nodes[0].clone();
+    let mut held = BTreeSet::new();
+    for name in wait_all_bound(&env, "low", 2, BIND).await.keys() {
+        held.extend(allocated_gpus(&claim_of(&env, name).await, &node, &[name.as_str()]));
+    }
+    assert_eq!(held.len(), 8);
+
+    // The high-priority gang evicts it and gets the devices its claims held.
+    gang("high", "high").await;
+    let placed = wait_all_bound(&env, "high", 2, BIND * 2).await;
+    let mut quads = Vec::new();
+    for name in placed.keys() {
+        quads.push(allocated_gpus(&claim_of(&env, name).await, &node, &[name.as_str()]));
+    }
+    quads.sort();
+    assert_eq!(quads, vec![(0..4).collect::<BTreeSet<usize>>(), (4..8).collect()]);
+    for i in 0..2 {
+        let low = env.pods().get_opt(&format!("low-{i}")).await.unwrap();
+        assert!(
+            low.as_ref().is_none_or(|p| p.metadata.deletion_timestamp.is_some()),
+            "low-{i} was evicted: {:?}",
+            low.map(|p| p.spec.and_then(|s| s.node_name))
+        );
+    }
+    classes.remove().await;
     teardown(env, &nodes).await;
 }

@@ -11,11 +11,11 @@ use futures::TryStreamExt;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::scheduling::v1::PriorityClass;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use phalanx_kube::api::pod_group::PodGroup;
 use serde_json::json;
+use support::priorities::Priorities;
 use support::{ENV_LABEL, TestEnv, eventually};
 
 const SETTLE: Duration = Duration::from_secs(45);
@@ -23,35 +23,6 @@ const SETTLE: Duration = Duration::from_secs(45);
 /// Two racks of four 8-GPU nodes.
 const TWO_RACKS: &str = "- {name: a, count: 4, gpus: 8, gpuProduct: NVIDIA-H100-80GB-HBM3, labels: {network.topology.nvidia.com/block: rack-a}}\n\
                          - {name: b, count: 4, gpus: 8, gpuProduct: NVIDIA-H100-80GB-HBM3, labels: {network.topology.nvidia.com/block: rack-b}}\n";
-
-/// Cluster-scoped PriorityClasses named after the env, removed at the end.
-struct Priorities {
-    api: Api<PriorityClass>,
-    names: Vec<String>,
-}
-
-impl Priorities {
-    async fn create(env: &TestEnv, classes: &[(&str, i32, bool)]) -> Self {
-        let api: Api<PriorityClass> = Api::all(env.client.clone());
-        let mut names = Vec::new();
-        for (name, value, never) in classes {
-            let full = format!("{}-{name}", env.name);
-            let mut class = json!({"metadata": {"name": full, "labels": {ENV_LABEL: env.name}}, "value": value});
-            if *never {
-                class["preemptionPolicy"] = json!("Never");
-            }
-            api.create(&PostParams::default(), &serde_json::from_value(class).unwrap()).await.unwrap();
-            names.push(full);
-        }
-        Self { api, names }
-    }
-
-    async fn remove(self) {
-        for name in self.names {
-            let _ = self.api.delete(&name, &DeleteParams::default()).await;
-        }
-    }
-}
 
 /// A gang: its PodGroup (minMember = pods) and pods of `gpus` GPUs with a priority class.
 async fn gang(env: &TestEnv, namespace: &str, name: &str, pods: usize, gpus: u32, class: &str) {

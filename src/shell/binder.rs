@@ -13,7 +13,7 @@ use k8s_openapi::api::resource::v1::ResourceClaim;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
 use kube::Resource;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{GetParams, Patch, PatchParams, PostParams};
 use kube::core::{Request, Status};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -21,15 +21,21 @@ use tracing::{debug, warn};
 use super::leader_election::Leadership;
 use super::metrics::Metrics;
 use super::rate_limit::RateLimiter;
-use phalanx_core::dra::inventory::ClaimWrite;
+use phalanx_core::dra::inventory::{Allocates, ClaimWrite, Rebased};
 use phalanx_core::pod::PodKey;
 pub use phalanx_core::scheduler::{BindOutcome, BindResult};
-use phalanx_kube::dra_objects::{claim_finalizer_patch, claim_status_patch};
+use phalanx_kube::dra_objects::{claim_finalizer_patch, claim_status_patch, device_claim};
 use phalanx_kube::translate::{GPUS_ANNOTATION, gpu_annotation_value};
 
 /// Waits between attempts of a write (a bind, an eviction) that failed for a
 /// reason worth another try.
 const RETRY_DELAYS: [Duration; 3] = [Duration::from_millis(200), Duration::from_millis(800), Duration::from_secs(2)];
+
+/// How often a claim shared with another member of the same pass is read
+/// again before its reservation gives up, and the pause while its allocation
+/// has not landed: the members' writes go out together, so a few seconds.
+const SHARED_CLAIM_READS: usize = 12;
+const SHARED_CLAIM_PAUSE: Duration = Duration::from_millis(250);
 
 #[derive(Clone)]
 pub struct Binder {
@@ -154,9 +160,54 @@ impl Binder {
             self.limiter.acquire().await;
             self.check_leading()?;
             let request = claims.patch_subresource("status", &write.key.name, &params, &Patch::<()>::Json(patch));
-            let _: ResourceClaim = self.send(request).await.map_err(|e| refused(write, &e))?;
+            match self.send::<ResourceClaim>(request).await {
+                Ok(_) => {}
+                // Pods sharing a claim reserve it one after another, in whatever
+                // order their binds run: read it again and add this one.
+                Err(e) if write.allocates == Allocates::Existing => self
+                    .reserve_again(uid, key, write)
+                    .await
+                    .map_err(|again| refused(write, &format!("{e}; {again}")))?,
+                Err(e) => return Err(refused(write, &e)),
+            }
         }
         Ok(())
+    }
+
+    /// Adds the pod to the `reservedFor` of a claim allocated already (or by
+    /// another member of the same pass, whose write may land later), from
+    /// the claim as read again.
+    async fn reserve_again(&self, uid: &str, key: &PodKey, write: &ClaimWrite) -> Result<(), String> {
+        let claims = Request::new(ResourceClaim::url_path(&(), Some(&write.key.namespace)));
+        let mut last = String::from("not allocated yet");
+        for _ in 0..SHARED_CLAIM_READS {
+            self.limiter.acquire().await;
+            let request = claims.get(&write.key.name, &GetParams::default()).map_err(|e| e.to_string())?;
+            let read: ResourceClaim = self.client.request(request).await.map_err(|e| e.to_string())?;
+            let now = device_claim(&read).map_err(|e| e.to_string())?;
+            let again = match write.rebase(&now, uid) {
+                Rebased::Reserved => return Ok(()),
+                Rebased::AllocatedOtherwise => return Err("allocated to other devices meanwhile".into()),
+                Rebased::NotAllocatedYet => {
+                    tokio::time::sleep(SHARED_CLAIM_PAUSE).await;
+                    continue;
+                }
+                Rebased::Retry(again) => *again,
+            };
+            let Some(patch) = claim_status_patch(&again, again.resource_version.as_deref(), (&key.name, uid)) else {
+                return Ok(());
+            };
+            let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| e.to_string())?;
+            self.limiter.acquire().await;
+            self.check_leading().map_err(|_| NOT_LEADING.to_string())?;
+            let params = PatchParams::default();
+            let request = claims.patch_subresource("status", &write.key.name, &params, &Patch::<()>::Json(patch));
+            match self.send::<ResourceClaim>(request).await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(last)
     }
 
     /// Checked right before each call: nothing is sent once the lease is lost.

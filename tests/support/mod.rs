@@ -10,6 +10,7 @@
 
 pub mod apiserver;
 pub mod invariants;
+pub mod priorities;
 
 use std::path::PathBuf;
 use std::process::Stdio;

@@ -253,7 +253,7 @@ pub struct BoundPlacement {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NodePods {
     pub node: String,
-    /// "ml/llm-0 (GPUs 0,1,2,3)"
+    /// "ml/llm-0 (GPUs 0,1,2,3)", or with DRA "ml/llm-0 (claim llm-0-gpu: gpu-0,gpu-1)"
     pub pods: Vec<String>,
 }
 
@@ -411,6 +411,8 @@ struct PlacedMember {
     pod: PodKey,
     node: String,
     gpus: Option<Vec<u32>>,
+    /// DRA claims held for it, with their devices.
+    claims: Vec<(String, Vec<String>)>,
     /// Seen bound, not only assumed.
     bound: bool,
 }
@@ -419,10 +421,11 @@ fn placed_members(key: &GangKey, snapshot: &ClusterSnapshot) -> Vec<PlacedMember
     let mut placed: Vec<PlacedMember> = snapshot
         .placements()
         .filter(|(uid, p)| owned_by(key, uid, p.job.as_ref()))
-        .map(|(_, p)| PlacedMember {
+        .map(|(uid, p)| PlacedMember {
             pod: p.key.clone(),
             node: p.node.clone(),
             gpus: p.gpu_indices.clone(),
+            claims: snapshot.devices().devices_held_for(uid),
             bound: p.state == PlacementState::Bound,
         })
         .collect();
@@ -607,11 +610,14 @@ fn protected_pods(
 fn bound_placement(placed: &[PlacedMember], snapshot: &ClusterSnapshot) -> BoundPlacement {
     let mut by_node: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for member in placed {
-        let gpus = member.gpus.as_ref().map(|g| {
-            let list: Vec<String> = g.iter().map(u32::to_string).collect();
-            format!(" (GPUs {})", list.join(","))
-        });
-        by_node.entry(member.node.as_str()).or_default().push(format!("{}{}", member.pod, gpus.unwrap_or_default()));
+        let mut given: Vec<String> = member
+            .gpus
+            .iter()
+            .map(|g| format!("GPUs {}", g.iter().map(u32::to_string).collect::<Vec<_>>().join(",")))
+            .collect();
+        given.extend(member.claims.iter().map(|(claim, devices)| format!("claim {claim}: {}", devices.join(","))));
+        let given = if given.is_empty() { String::new() } else { format!(" ({})", given.join("; ")) };
+        by_node.entry(member.node.as_str()).or_default().push(format!("{}{given}", member.pod));
     }
     let names: Vec<&str> = by_node.keys().copied().collect();
     BoundPlacement {
@@ -961,5 +967,30 @@ mod tests {
         assert_eq!(b.nodes[0].pods, ["default/done-0 (GPUs 0,1,2,3)"]);
         assert!(e.queue.is_none());
         assert!(matches!(w.try_explain("default/none"), Err(ExplainError::NotFound(_))));
+    }
+
+    #[test]
+    fn a_placed_member_shows_the_devices_of_its_claims() {
+        let mut w = world(&[("a0", "rack-a")]);
+        let mut claim = crate::dra::testing::gpu_claim("solo-gpu", crate::dra::testing::GPU_DRIVER, 2);
+        let device = |name: &str| crate::dra::device::DeviceId {
+            driver: crate::dra::testing::GPU_DRIVER.into(),
+            pool: "node".into(),
+            device: name.into(),
+        };
+        claim.allocation = Some(crate::dra::claim::ClaimAllocation {
+            node: "a0".into(),
+            results: ["gpu-4", "gpu-5"]
+                .iter()
+                .map(|d| crate::dra::claim::DeviceResult { request: "gpus".into(), device: device(d) })
+                .collect(),
+            config: vec![],
+        });
+        let pod = gpu_pod("solo", 0);
+        claim.reserved_for = vec![pod.uid.clone()];
+        w.snapshot.apply_claim(claim).unwrap();
+        w.snapshot.observe_bound(pod.placement("a0"), None);
+        let e = w.explain("default/solo");
+        assert_eq!(e.placement.expect("a placement").nodes[0].pods, ["default/solo (claim solo-gpu: gpu-4,gpu-5)"]);
     }
 }

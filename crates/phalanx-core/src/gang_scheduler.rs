@@ -475,9 +475,16 @@ impl GangScheduler {
     ) -> Result<PreemptionPlan, PreemptionSkipped> {
         let skipped = |why: String, reason: WaitReason, searched: bool| PreemptionSkipped { why, reason, searched };
         if let Some(victims) = self.preempting.get_mut(key) {
-            victims.retain(|uid| snapshot.placement(uid).is_some_and(|p| p.state == PlacementState::Bound));
+            // A victim's DRA devices are free only once the controller manager
+            // releases its claims: evicting more meanwhile would over-preempt.
+            victims.retain(|uid| {
+                snapshot.placement(uid).is_some_and(|p| p.state == PlacementState::Bound)
+                    || snapshot.devices().holds_devices_for(uid)
+            });
             if !victims.is_empty() {
-                let why = format!("waiting for {} preempted pods to terminate", victims.len());
+                let claims = victims.iter().any(|uid| snapshot.devices().holds_devices_for(uid));
+                let and_claims = if claims { " and their ResourceClaims to be released" } else { "" };
+                let why = format!("waiting for {} preempted pods to terminate{and_claims}", victims.len());
                 return Err(skipped(why, WaitReason::Preempting, false));
             }
             self.preempting.remove(key);

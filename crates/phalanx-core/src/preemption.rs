@@ -199,9 +199,9 @@ fn candidates(
         pods.sort_by_key(|(uid, _)| *uid);
         let facts = pods
             .iter()
-            .map(|(_, p)| PodFacts {
+            .map(|(uid, p)| PodFacts {
                 domains: snapshot.node(&p.node).map(|n| n.domains.clone()).unwrap_or_default(),
-                gpus: p.requests.get(GPU),
+                gpus: victim_gpus(snapshot, uid, p),
                 created: p.created,
             })
             .collect();
@@ -310,7 +310,8 @@ impl<'c> Eviction<'c> {
         let group = &self.candidates[owner];
         if group.priority >= rules.priority {
             // Only reclaim makes this gang a victim: not beyond what its namespace borrows.
-            let gpus: i64 = pods.iter().filter_map(|u| snapshot.placement(u)).map(|p| p.requests.get(GPU)).sum();
+            let gpus: i64 =
+                pods.iter().filter_map(|u| Some(victim_gpus(snapshot, u, snapshot.placement(u)?))).sum();
             let limit = rules.reclaimable.get(&group.namespace).copied().unwrap_or(0);
             if self.reclaimed.get(&group.namespace).copied().unwrap_or(0) + gpus > limit {
                 return false;
@@ -331,8 +332,9 @@ impl<'c> Eviction<'c> {
     fn take(&mut self, snapshot: &mut ClusterSnapshot, unit: &Unit, owner: Owner, pods: Vec<String>) {
         let namespace = self.candidates[&owner].namespace.clone();
         for uid in pods {
+            let gpus = snapshot.placement(&uid).map(|p| victim_gpus(snapshot, &uid, p)).unwrap_or(0);
             if let Some(p) = snapshot.take(&uid) {
-                *self.reclaimed.entry(namespace.clone()).or_default() += p.requests.get(GPU);
+                *self.reclaimed.entry(namespace.clone()).or_default() += gpus;
                 self.taken.push((uid, p));
             }
         }
@@ -487,12 +489,17 @@ fn plan_in_scope(
         .collect();
     let cost = VictimCost {
         top_priority: eviction.taken.iter().map(|(_, p)| p.priority).max().unwrap_or(i32::MIN),
-        gpus: eviction.taken.iter().map(|(_, p)| p.requests.get(GPU)).sum(),
+        gpus: eviction.taken.iter().map(|(uid, p)| victim_gpus(snapshot, uid, p)).sum(),
         gangs: kept.iter().map(owner_of).collect::<HashSet<_>>().len(),
         oldest: Reverse(eviction.taken.iter().map(|(_, p)| p.created).min().unwrap_or(0)),
     };
     eviction.put_back(snapshot);
     Some(PreemptionPlan { victims, placement: placement.unwrap_or_default(), scope, cost, breaks_budget: false })
+}
+
+/// A victim's GPUs: those it requests and those of DRA claims held for it.
+fn victim_gpus(snapshot: &ClusterSnapshot, uid: &str, p: &Placement) -> i64 {
+    p.requests.get(GPU) + snapshot.devices().gpus_held_for(uid)
 }
 
 fn owner_of(unit: &Unit) -> &Owner {

@@ -458,14 +458,17 @@ impl ClusterSnapshot {
 
     /// Removes a placement for a what-if (preemption's search), returning it
     /// so that `restore` can put it back exactly.
+    /// The devices of claims held for it alone count as free meanwhile.
     pub fn take(&mut self, uid: &str) -> Option<Placement> {
         let placement = self.placements.get(uid)?.clone();
         self.release(uid);
+        self.devices.take_out(uid);
         Some(placement)
     }
 
     /// Puts back a placement removed by `take`.
     pub fn restore(&mut self, uid: &str, p: Placement) {
+        self.devices.put_back(uid);
         let pod = PodPlacement {
             uid,
             key: &p.key,

@@ -7,14 +7,16 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::resource::v1::{
-    DeviceAttribute, DeviceClass as K8sDeviceClass, DeviceSelector, ResourceClaim, ResourceSlice,
+    DeviceAttribute, DeviceClass as K8sDeviceClass, DeviceSelector, OpaqueDeviceConfiguration, ResourceClaim,
+    ResourceSlice,
 };
 use serde_json::{Value, json};
 
 use crate::translate::{TranslateError, error};
 use phalanx_core::dra::claim::{
-    AllocationMode, ClaimAllocation, ClaimKey, ConstraintKind, DeviceClaim, DeviceClass, DeviceConstraint,
-    DeviceRequest, DeviceResult, DeviceSelection, PodClaim, PodClaimSource, RequestKind,
+    AllocatedConfig, AllocationMode, ClaimAllocation, ClaimConfig, ClaimKey, ConfigSource, ConstraintKind, DeviceClaim,
+    DeviceClass, DeviceConstraint, DeviceRequest, DeviceResult, DeviceSelection, OpaqueConfig, PodClaim,
+    PodClaimSource, RequestKind,
 };
 use phalanx_core::dra::device::{AttributeValue, Device, DeviceId, DeviceSlice, QualifiedName};
 use phalanx_core::dra::inventory::{Allocates, ClaimWrite};
@@ -37,6 +39,26 @@ pub fn device_class(class: &K8sDeviceClass) -> DeviceClass {
         name: class.metadata.name.clone().unwrap_or_default(),
         selectors: cel_expressions(class.spec.selectors.as_ref()),
         extended_resource_name: class.spec.extended_resource_name.clone(),
+        config: class.spec.config.iter().flatten().filter_map(|c| opaque(c.opaque.as_ref())).collect(),
+    }
+}
+
+/// A driver's parameters as JSON text (only opaque configuration exists in `resource.k8s.io/v1`).
+fn opaque(config: Option<&OpaqueDeviceConfiguration>) -> Option<OpaqueConfig> {
+    let config = config?;
+    Some(OpaqueConfig { driver: config.driver.clone(), parameters: config.parameters.0.to_string() })
+}
+
+fn opaque_json(config: &OpaqueConfig) -> Value {
+    let parameters: Value = serde_json::from_str(&config.parameters).unwrap_or(Value::Null);
+    json!({"driver": config.driver, "parameters": parameters})
+}
+
+fn config_source(source: &str) -> Option<ConfigSource> {
+    match source {
+        "FromClass" => Some(ConfigSource::FromClass),
+        "FromClaim" => Some(ConfigSource::FromClaim),
+        _ => None,
     }
 }
 
@@ -165,6 +187,14 @@ pub fn device_claim(claim: &ResourceClaim) -> Result<DeviceClaim, TranslateError
         };
         constraints.push(DeviceConstraint { requests: c.requests.clone().unwrap_or_default(), kind });
     }
+    let config = devices
+        .and_then(|d| d.config.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            Some(ClaimConfig { requests: c.requests.clone().unwrap_or_default(), opaque: opaque(c.opaque.as_ref())? })
+        })
+        .collect();
     let status = claim.status.as_ref();
     let allocation = status.and_then(|s| s.allocation.as_ref()).map(|a| ClaimAllocation {
         node: allocated_node(a).unwrap_or_default(),
@@ -175,6 +205,18 @@ pub fn device_claim(claim: &ResourceClaim) -> Result<DeviceClaim, TranslateError
             .map(|r| DeviceResult {
                 request: r.request.clone(),
                 device: DeviceId { driver: r.driver.clone(), pool: r.pool.clone(), device: r.device.clone() },
+            })
+            .collect(),
+        config: a
+            .devices
+            .iter()
+            .flat_map(|d| d.config.iter().flatten())
+            .filter_map(|c| {
+                Some(AllocatedConfig {
+                    source: config_source(&c.source)?,
+                    requests: c.requests.clone().unwrap_or_default(),
+                    opaque: opaque(c.opaque.as_ref())?,
+                })
             })
             .collect(),
     });
@@ -192,6 +234,7 @@ pub fn device_claim(claim: &ResourceClaim) -> Result<DeviceClaim, TranslateError
             .map(|r| r.uid.clone())
             .collect(),
         finalizers: meta.finalizers.clone().unwrap_or_default(),
+        config,
     })
 }
 
@@ -263,10 +306,30 @@ pub fn claim_status_patch(write: &ClaimWrite, resource_version: Option<&str>, po
         let node_selector = json!({"nodeSelectorTerms": [{"matchFields": [
             {"key": "metadata.name", "operator": "In", "values": [write.allocation.node]}
         ]}]});
+        let mut devices = json!({"results": results});
+        if !write.allocation.config.is_empty() {
+            let config: Vec<Value> = write
+                .allocation
+                .config
+                .iter()
+                .map(|c| {
+                    let source = match c.source {
+                        ConfigSource::FromClass => "FromClass",
+                        ConfigSource::FromClaim => "FromClaim",
+                    };
+                    let mut entry = json!({"source": source, "opaque": opaque_json(&c.opaque)});
+                    if !c.requests.is_empty() {
+                        entry["requests"] = json!(c.requests);
+                    }
+                    entry
+                })
+                .collect();
+            devices["config"] = json!(config);
+        }
         // An unallocated claim has no status worth keeping (it may have none at
         // all, and a JSON patch cannot add below a missing member).
         let status = json!({
-            "allocation": {"devices": {"results": results}, "nodeSelector": node_selector},
+            "allocation": {"devices": devices, "nodeSelector": node_selector},
             "reservedFor": [consumer],
         });
         return Some(json!([test, {"op": "add", "path": "/status", "value": status}]));

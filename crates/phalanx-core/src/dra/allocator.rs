@@ -99,7 +99,8 @@ pub fn allocate_claims(
             .collect();
         let chosen: Vec<&Device> = search.chosen.iter().map(|(_, d)| *d).collect();
         taken_here.extend(chosen.into_iter().map(|d| &d.id));
-        allocations.push(ClaimAllocation { node: node.node.to_string(), results });
+        let config = claim.allocation_config(catalog.classes, &results);
+        allocations.push(ClaimAllocation { node: node.node.to_string(), results, config });
     }
     Ok(allocations)
 }

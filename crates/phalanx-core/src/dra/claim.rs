@@ -12,6 +12,38 @@ pub struct DeviceClass {
     pub selectors: Vec<String>,
     /// `spec.extendedResourceName`: pods asking for this resource are served by the class.
     pub extended_resource_name: Option<String>,
+    /// `spec.config`: passed on to the driver with every allocation from the class.
+    pub config: Vec<OpaqueConfig>,
+}
+
+/// A driver's own parameters (`config[].opaque`), kept as JSON text: the
+/// scheduler only passes them on to the driver in the allocation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OpaqueConfig {
+    pub driver: String,
+    pub parameters: String,
+}
+
+/// One `spec.devices.config[]` of a claim: for some of its requests (none named: all).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClaimConfig {
+    pub requests: Vec<String>,
+    pub opaque: OpaqueConfig,
+}
+
+/// Where an allocated config came from (`FromClass` configs are not the user's to set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ConfigSource {
+    FromClass,
+    FromClaim,
+}
+
+/// One `status.allocation.devices.config[]`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AllocatedConfig {
+    pub source: ConfigSource,
+    pub requests: Vec<String>,
+    pub opaque: OpaqueConfig,
 }
 
 /// How many matching devices a request takes.
@@ -90,6 +122,15 @@ pub struct ClaimAllocation {
     /// The node the devices are on (the allocation's node selector).
     pub node: String,
     pub results: Vec<DeviceResult>,
+    /// What the drivers are given with the devices (classes' and the claim's configs).
+    pub config: Vec<AllocatedConfig>,
+}
+
+impl ClaimAllocation {
+    /// Whether both give the same devices on the same node (configs aside).
+    pub fn same_devices(&self, other: &ClaimAllocation) -> bool {
+        self.node == other.node && self.results == other.results
+    }
 }
 
 /// Namespace and name of a ResourceClaim.
@@ -120,6 +161,74 @@ pub struct DeviceClaim {
     /// `metadata.finalizers`: an allocation is written together with the
     /// one that lets the controller manager deallocate the claim.
     pub finalizers: Vec<String>,
+    /// `spec.devices.config`.
+    pub config: Vec<ClaimConfig>,
+}
+
+impl DeviceClaim {
+    /// The class a result's request (`request` or `request/subrequest`) draws from.
+    pub fn class_of(&self, request: &str) -> Option<&str> {
+        let (parent, sub) = match request.split_once('/') {
+            Some((parent, sub)) => (parent, Some(sub)),
+            None => (request, None),
+        };
+        let found = self.requests.iter().find(|r| r.name == parent)?;
+        match (&found.kind, sub) {
+            (RequestKind::Exactly(s), None) => Some(&s.device_class),
+            (RequestKind::FirstAvailable(subs), Some(sub)) => {
+                subs.iter().find(|(name, _)| name == sub).map(|(_, s)| s.device_class.as_str())
+            }
+            _ => None,
+        }
+    }
+
+    /// What an allocation of this claim with `results` passes on to the
+    /// drivers, as kube-scheduler writes it: each class's configs once,
+    /// naming the requests allocated from it, then the claim's configs that
+    /// apply to all requests or name one that was allocated.
+    pub fn allocation_config(
+        &self,
+        classes: &std::collections::HashMap<String, DeviceClass>,
+        results: &[DeviceResult],
+    ) -> Vec<AllocatedConfig> {
+        let mut config: Vec<AllocatedConfig> = Vec::new();
+        let mut from_class: Vec<(&str, std::ops::Range<usize>)> = Vec::new();
+        let mut requests: Vec<&str> = Vec::new();
+        for result in results {
+            let request = result.request.as_str();
+            if requests.contains(&request) {
+                continue;
+            }
+            requests.push(request);
+            let Some(class) = self.class_of(request).and_then(|c| classes.get(c)) else { continue };
+            match from_class.iter().find(|(name, _)| *name == class.name) {
+                Some((_, range)) => {
+                    for entry in &mut config[range.clone()] {
+                        entry.requests.push(request.to_string());
+                    }
+                }
+                None => {
+                    let start = config.len();
+                    config.extend(class.config.iter().map(|opaque| AllocatedConfig {
+                        source: ConfigSource::FromClass,
+                        requests: vec![request.to_string()],
+                        opaque: opaque.clone(),
+                    }));
+                    from_class.push((&class.name, start..config.len()));
+                }
+            }
+        }
+        let allocated =
+            |name: &String| requests.iter().any(|r| r == name || r.split_once('/').is_some_and(|(p, _)| p == name));
+        config.extend(self.config.iter().filter(|c| c.requests.is_empty() || c.requests.iter().any(allocated)).map(
+            |c| AllocatedConfig {
+                source: ConfigSource::FromClaim,
+                requests: c.requests.clone(),
+                opaque: c.opaque.clone(),
+            },
+        ));
+        config
+    }
 }
 
 /// How a pod names one of its claims (`spec.resourceClaims[]`).

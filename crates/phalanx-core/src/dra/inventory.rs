@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use super::allocator::{AllocationFailure, DeviceCatalog, NodeDevices, allocate_claims};
 use super::claim::{
     AllocationMode, ClaimAllocation, ClaimKey, DeviceClaim, DeviceClass, DeviceConstraint, DeviceRequest,
-    PodClaimSource, RequestKind,
+    PodClaimSource,
 };
 use super::device::{Device, DeviceSlice, HeldDevices};
 use super::selector::{SelectorError, SelectorVerdicts, Selectors};
@@ -36,6 +36,41 @@ pub struct ClaimWrite {
 pub enum Allocates {
     New,
     Existing,
+}
+
+/// What a refused reservation of a claim allocated already can do, given
+/// the claim as read again (`ClaimWrite::rebase`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rebased {
+    /// The pod is reserved already.
+    Reserved,
+    /// Write again, conditional on the version read.
+    Retry(Box<ClaimWrite>),
+    /// The allocation this write counts on has not landed yet (another
+    /// member of the same pass allocates the claim it shares).
+    NotAllocatedYet,
+    /// Allocated to other devices or another node: the placement is stale.
+    AllocatedOtherwise,
+}
+
+impl ClaimWrite {
+    /// A reservation refused because the claim changed since it was read
+    /// (another pod sharing it reserved it, or allocated it in the same
+    /// pass), worked out again from the claim as it is now.
+    pub fn rebase(&self, now: &DeviceClaim, pod_uid: &str) -> Rebased {
+        match &now.allocation {
+            None => Rebased::NotAllocatedYet,
+            Some(allocation) if !allocation.same_devices(&self.allocation) => Rebased::AllocatedOtherwise,
+            Some(_) if now.reserved_for.iter().any(|uid| uid == pod_uid) => Rebased::Reserved,
+            Some(_) => Rebased::Retry(Box::new(ClaimWrite {
+                resource_version: now.resource_version.clone(),
+                allocates: Allocates::Existing,
+                reserved_for: now.reserved_for.clone(),
+                finalizers: now.finalizers.clone(),
+                ..self.clone()
+            })),
+        }
+    }
 }
 
 /// Why a pod's claims are not known yet: it waits.
@@ -111,6 +146,12 @@ pub struct DeviceInventory {
     class_resources: ClassResources,
     /// What each namespace's allocated and assumed claims count as in quotas.
     charges: HashMap<String, Resources>,
+    /// Pods' UIDs to the allocated claims they hold (reserved for them, or assumed for them).
+    holdings: HashMap<String, HashSet<ClaimKey>>,
+    /// Preemption's what-if: pods taken out, and the claims all of whose
+    /// holders are among them (their devices count as free until put back).
+    taken_out: HashSet<String>,
+    vacated: HashSet<ClaimKey>,
 }
 
 impl DeviceInventory {
@@ -151,18 +192,7 @@ impl DeviceInventory {
         let mut charge = Resources::new();
         let Some(claim) = self.claims.get(key) else { return charge };
         for result in &allocation.results {
-            let (parent, sub) = match result.request.split_once('/') {
-                Some((parent, sub)) => (parent, Some(sub)),
-                None => (result.request.as_str(), None),
-            };
-            let class = claim.requests.iter().find(|r| r.name == parent).and_then(|r| match (&r.kind, sub) {
-                (RequestKind::Exactly(s), None) => Some(&s.device_class),
-                (RequestKind::FirstAvailable(subs), Some(sub)) => {
-                    subs.iter().find(|(name, _)| name == sub).map(|(_, s)| &s.device_class)
-                }
-                _ => None,
-            });
-            if let Some(resource) = class.and_then(|c| self.class_resources.0.get(c)) {
+            if let Some(resource) = claim.class_of(&result.request).and_then(|c| self.class_resources.0.get(c)) {
                 charge.add(&Resources::new().with(resource, 1));
             }
         }
@@ -238,6 +268,7 @@ impl DeviceInventory {
     pub fn apply_claim(&mut self, claim: DeviceClaim) -> Result<(), SelectorError> {
         let compiled = self.learn(claim.requests.iter().flat_map(|r| r.selections()).flat_map(|s| &s.selectors));
         let key = claim.key.clone();
+        let holders = self.holders(&key);
         let old = self.claims.insert(key.clone(), claim);
         if let Some(allocation) = old.and_then(|c| c.allocation) {
             self.hold(&key, &allocation, Hold::Release);
@@ -249,10 +280,12 @@ impl DeviceInventory {
             }
             self.hold(&key, &allocation, Hold::Take);
         }
+        self.reindex(&key, holders);
         compiled
     }
 
     pub fn delete_claim(&mut self, key: &ClaimKey) {
+        let holders = self.holders(key);
         if let Some(allocation) = self.claims.get(key).and_then(|c| c.allocation.clone()) {
             self.hold(key, &allocation, Hold::Release);
         }
@@ -260,6 +293,103 @@ impl DeviceInventory {
             self.hold(key, &assumed.allocation, Hold::Release);
         }
         self.claims.remove(key);
+        self.reindex(key, holders);
+    }
+
+    /// The allocation a claim holds devices by: its status's, else the one assumed here.
+    fn allocation_of(&self, key: &ClaimKey) -> Option<&ClaimAllocation> {
+        let status = self.claims.get(key).and_then(|c| c.allocation.as_ref());
+        status.or_else(|| self.assumed.get(key).map(|a| &a.allocation))
+    }
+
+    /// The pods an allocated claim is held for: reserved in its status, or assumed here.
+    fn holders(&self, key: &ClaimKey) -> Vec<String> {
+        if self.allocation_of(key).is_none() {
+            return vec![];
+        }
+        let reserved = self.claims.get(key).map(|c| c.reserved_for.as_slice()).unwrap_or_default();
+        let assumed = self.assumed.get(key).map(|a| a.pods.as_slice()).unwrap_or_default();
+        let mut holders: Vec<String> = reserved.iter().chain(assumed).cloned().collect();
+        holders.sort();
+        holders.dedup();
+        holders
+    }
+
+    /// Brings `holdings` up to date after a change of one claim.
+    fn reindex(&mut self, key: &ClaimKey, before: Vec<String>) {
+        let after = self.holders(key);
+        for pod in before.iter().filter(|p| !after.contains(p)) {
+            if let Some(keys) = self.holdings.get_mut(pod) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.holdings.remove(pod);
+                }
+            }
+        }
+        for pod in after {
+            self.holdings.entry(pod).or_default().insert(key.clone());
+        }
+    }
+
+    /// Whether some allocated claim is still held for the pod (a preempted
+    /// pod's devices are free only once the controller manager releases them).
+    pub fn holds_devices_for(&self, pod_uid: &str) -> bool {
+        self.holdings.contains_key(pod_uid)
+    }
+
+    /// The GPUs (by the class mapping) of the claims held for a pod, for
+    /// weighing it as a victim; a shared claim counts for each of its pods.
+    pub fn gpus_held_for(&self, pod_uid: &str) -> i64 {
+        let Some(keys) = self.holdings.get(pod_uid) else { return 0 };
+        keys.iter()
+            .filter_map(|key| self.allocation_of(key).map(|a| self.charge_of(key, a).get(crate::resources::GPU)))
+            .sum()
+    }
+
+    /// The claims held for a pod, by name, each with the devices it was
+    /// given (what `explain` shows of a placed member).
+    pub fn devices_held_for(&self, pod_uid: &str) -> Vec<(String, Vec<String>)> {
+        let Some(keys) = self.holdings.get(pod_uid) else { return vec![] };
+        let mut held: Vec<(String, Vec<String>)> = keys
+            .iter()
+            .filter_map(|key| {
+                let devices = self.allocation_of(key)?.results.iter().map(|r| r.device.device.clone()).collect();
+                Some((key.name.clone(), devices))
+            })
+            .collect();
+        held.sort();
+        held
+    }
+
+    /// Preemption's what-if: the pod is gone, and so are the devices of
+    /// claims held for it and for no pod still here. `put_back` undoes it.
+    pub fn take_out(&mut self, pod_uid: &str) {
+        self.taken_out.insert(pod_uid.to_string());
+        let Some(keys) = self.holdings.get(pod_uid) else { return };
+        let freed: Vec<ClaimKey> = keys
+            .iter()
+            .filter(|k| !self.vacated.contains(*k) && self.holders(k).iter().all(|p| self.taken_out.contains(p)))
+            .cloned()
+            .collect();
+        for key in freed {
+            if let Some(allocation) = self.allocation_of(&key).cloned() {
+                hold_devices(&mut self.held, &allocation, Hold::Release);
+            }
+            self.vacated.insert(key);
+        }
+    }
+
+    /// Undoes `take_out` for one pod: its claims' devices are held again.
+    pub fn put_back(&mut self, pod_uid: &str) {
+        self.taken_out.remove(pod_uid);
+        let Some(keys) = self.holdings.get(pod_uid) else { return };
+        let back: Vec<ClaimKey> = keys.iter().filter(|k| self.vacated.contains(*k)).cloned().collect();
+        for key in back {
+            if let Some(allocation) = self.allocation_of(&key).cloned() {
+                hold_devices(&mut self.held, &allocation, Hold::Take);
+            }
+            self.vacated.remove(&key);
+        }
     }
 
     /// Names of the objects of one kind, to drop those a re-list no longer has.
@@ -365,6 +495,7 @@ impl DeviceInventory {
     /// Holds what `fit` chose for a pod until its writes are seen or fail.
     pub fn assume(&mut self, pod_uid: &str, writes: &[ClaimWrite]) {
         for w in writes {
+            let holders = self.holders(&w.key);
             match self.assumed.get_mut(&w.key) {
                 Some(assumed) => assumed.pods.push(pod_uid.to_string()),
                 None if w.allocates == Allocates::New => {
@@ -374,22 +505,24 @@ impl DeviceInventory {
                 }
                 None => {}
             }
+            self.reindex(&w.key, holders);
         }
     }
 
     /// Releases what was assumed for a pod whose writes or bind failed.
     pub fn forget(&mut self, pod_uid: &str) {
-        let mut released = Vec::new();
-        for (key, assumed) in &mut self.assumed {
+        let keys: Vec<ClaimKey> =
+            self.assumed.iter().filter(|(_, a)| a.pods.iter().any(|p| p == pod_uid)).map(|(k, _)| k.clone()).collect();
+        for key in keys {
+            let holders = self.holders(&key);
+            let Some(assumed) = self.assumed.get_mut(&key) else { continue };
             assumed.pods.retain(|p| p != pod_uid);
-            if assumed.pods.is_empty() {
-                released.push(key.clone());
-            }
-        }
-        for key in released {
-            if let Some(assumed) = self.assumed.remove(&key) {
+            if assumed.pods.is_empty()
+                && let Some(assumed) = self.assumed.remove(&key)
+            {
                 self.hold(&key, &assumed.allocation, Hold::Release);
             }
+            self.reindex(&key, holders);
         }
     }
 }

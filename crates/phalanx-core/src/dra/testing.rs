@@ -90,5 +90,6 @@ pub fn gpu_claim(name: &str, class: &str, count: u32) -> DeviceClaim {
         allocation: None,
         reserved_for: vec![],
         finalizers: vec![],
+        config: vec![],
     }
 }

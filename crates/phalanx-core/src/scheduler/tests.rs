@@ -640,6 +640,7 @@ fn publish_gpus(l: &mut TestLoop) {
         name: GPU_DRIVER.into(),
         selectors: vec!["device.driver == 'gpu.nvidia.com'".into()],
         extended_resource_name: None,
+        config: vec![],
     };
     l.apply_event(ClusterEvent::DeviceObjectApplied(DeviceObject::Class(class)));
     let slice = DeviceSlice {
@@ -766,4 +767,55 @@ fn quotas_count_the_gpus_of_claims() {
     let key = ClaimKey { namespace: "default".into(), name: "four-gpu".into() };
     l.apply_event(ClusterEvent::DeviceObjectDeleted(DeviceObjectKey::Claim(key)));
     assert_eq!(l.s.snapshot.namespace_usage("default").unwrap().get(GPU), 0);
+}
+
+#[test]
+fn preempting_a_claim_holder_frees_its_devices_for_the_preemptor_once_released() {
+    let (mut l, rec) = synced_loop();
+    publish_gpus(&mut l);
+    // A low-priority pod holds all eight devices through its claim.
+    let mut held = gpu_claim("low-gpu", GPU_DRIVER, 8);
+    l.apply_event(ClusterEvent::DeviceObjectApplied(DeviceObject::Claim(held.clone())));
+    let mut low = claiming_member("low", "g", PodClaimSource::Claim("low-gpu".into()));
+    low.job = None;
+    l.apply_event(ClusterEvent::PodApplied { pod: low.clone(), gated: false });
+    l.schedule_round();
+    l.apply_outcome(outcome(&low, "n1", BindResult::Bound));
+    held.allocation = Some(rec.claim_writes.lock().unwrap()[0].1[0].allocation.clone());
+    held.reserved_for = vec![low.uid.clone()];
+    l.apply_event(ClusterEvent::DeviceObjectApplied(DeviceObject::Claim(held.clone())));
+
+    // A higher-priority pod asking for eight devices evicts it.
+    let claim = gpu_claim("high-gpu", GPU_DRIVER, 8);
+    l.apply_event(ClusterEvent::DeviceObjectApplied(DeviceObject::Claim(claim)));
+    let mut high = claiming_member("high", "g", PodClaimSource::Claim("high-gpu".into()));
+    (high.job, high.priority) = (None, 100);
+    l.apply_event(ClusterEvent::PodApplied { pod: high.clone(), gated: false });
+    l.schedule_round();
+    assert_eq!(*rec.evictions.lock().unwrap(), vec![("low".to_string(), "Pod default/high".to_string())]);
+
+    // The victim is gone, but its claim still holds the devices until the
+    // controller manager releases it: nothing more is evicted meanwhile.
+    l.apply_eviction(evicted(&low, "Pod default/high", EvictResult::Evicted));
+    assert!(l.apply_event(ClusterEvent::PodDeleted { uid: low.uid.clone() }));
+    l.s.retry_waiting(l.now);
+    assert!(l.schedule_round(), "tried again");
+    assert_eq!(rec.bind_count(), 1, "the devices are not free yet");
+    assert_eq!(rec.evictions.lock().unwrap().len(), 1, "no second eviction");
+    let reports = rec.unschedulable_reports();
+    assert!(
+        reports
+            .last()
+            .is_some_and(|m| m.contains("waiting for 1 preempted pods to terminate and their ResourceClaims")),
+        "{reports:?}"
+    );
+    held.reserved_for.clear();
+    held.allocation = None;
+    assert!(l.apply_event(ClusterEvent::DeviceObjectApplied(DeviceObject::Claim(held))));
+    l.s.retry_waiting(l.now);
+    l.schedule_round();
+    let binds = rec.binds.lock().unwrap().clone();
+    assert_eq!(binds.last().map(|(name, node, _)| (name.as_str(), node.as_str())), Some(("high", "n1")));
+    let writes = rec.claim_writes.lock().unwrap();
+    assert_eq!(writes.last().unwrap().1[0].allocation.results.len(), 8);
 }

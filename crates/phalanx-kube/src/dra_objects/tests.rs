@@ -52,10 +52,13 @@ fn claims_read_requests_constraints_and_allocation() {
                     "selectors": [{"cel": {"expression": "device.driver == 'gpu.nvidia.com'"}}]}},
                 {"name": "nic", "firstAvailable": [{"name": "fast", "deviceClassName": "nic", "allocationMode": "All"}]}
             ],
-            "constraints": [{"requests": ["gpus"], "matchAttribute": "resource.kubernetes.io/pcieRoot"}]
+            "constraints": [{"requests": ["gpus"], "matchAttribute": "resource.kubernetes.io/pcieRoot"}],
+            "config": [{"requests": ["gpus"], "opaque": {"driver": "gpu.nvidia.com", "parameters": {"kind": "GpuConfig"}}}]
         }},
         "status": {
-            "allocation": {"devices": {"results": [{"request": "gpus", "driver": "gpu.nvidia.com", "pool": "n1", "device": "gpu-0"}]},
+            "allocation": {"devices": {"results": [{"request": "gpus", "driver": "gpu.nvidia.com", "pool": "n1", "device": "gpu-0"}],
+                    "config": [{"source": "FromClaim", "requests": ["gpus"],
+                        "opaque": {"driver": "gpu.nvidia.com", "parameters": {"kind": "GpuConfig"}}}]},
                 "nodeSelector": {"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}]}},
             "reservedFor": [{"resource": "pods", "name": "p", "uid": "pod-uid"}]
         }
@@ -72,6 +75,12 @@ fn claims_read_requests_constraints_and_allocation() {
     assert_eq!(allocation.node, "n1");
     assert_eq!(allocation.results[0].device.device, "gpu-0");
     assert_eq!(c.reserved_for, vec!["pod-uid"]);
+    let opaque = OpaqueConfig { driver: "gpu.nvidia.com".into(), parameters: r#"{"kind":"GpuConfig"}"#.into() };
+    assert_eq!(c.config, vec![ClaimConfig { requests: vec!["gpus".into()], opaque: opaque.clone() }]);
+    assert_eq!(
+        allocation.config,
+        vec![AllocatedConfig { source: ConfigSource::FromClaim, requests: vec!["gpus".into()], opaque }]
+    );
 
     let bad: ResourceClaim = from_json(json!({
         "metadata": {"name": "x", "namespace": "team"},
@@ -115,6 +124,14 @@ fn status_patch_allocates_on_the_node_and_reserves_for_the_pod() {
                 request: "gpus".into(),
                 device: DeviceId { driver: "gpu.nvidia.com".into(), pool: "n1".into(), device: "gpu-3".into() },
             }],
+            config: vec![AllocatedConfig {
+                source: ConfigSource::FromClass,
+                requests: vec!["gpus".into()],
+                opaque: OpaqueConfig {
+                    driver: "gpu.nvidia.com".into(),
+                    parameters: r#"{"sharing":{"strategy":"TimeSlicing"}}"#.into(),
+                },
+            }],
         },
         allocates: Allocates::New,
         reserved_for: vec![],
@@ -130,6 +147,11 @@ fn status_patch_allocates_on_the_node_and_reserves_for_the_pod() {
     let status = &patch[1]["value"];
     assert_eq!(patch[1]["path"], "/status");
     assert_eq!(status["allocation"]["devices"]["results"][0]["device"], "gpu-3");
+    assert_eq!(
+        status["allocation"]["devices"]["config"],
+        json!([{"source": "FromClass", "requests": ["gpus"],
+            "opaque": {"driver": "gpu.nvidia.com", "parameters": {"sharing": {"strategy": "TimeSlicing"}}}}])
+    );
     assert_eq!(status["allocation"]["nodeSelector"]["nodeSelectorTerms"][0]["matchFields"][0]["values"][0], "n1");
     assert_eq!(status["reservedFor"], json!([{"resource": "pods", "name": "p", "uid": "pod-uid"}]));
     let shared = ClaimWrite { allocates: Allocates::Existing, reserved_for: vec!["other".into()], ..write };

@@ -1,5 +1,5 @@
 use super::*;
-use crate::dra::claim::{ClaimKey, DeviceConstraint, DeviceRequest};
+use crate::dra::claim::{ClaimConfig, ClaimKey, ConfigSource, DeviceConstraint, DeviceRequest, OpaqueConfig};
 use crate::dra::testing::{GPU_DRIVER, gpu_claim, gpu_device, h100_model, place};
 
 struct Fixture {
@@ -15,6 +15,7 @@ impl Fixture {
             name: GPU_DRIVER.into(),
             selectors: vec!["device.driver == 'gpu.nvidia.com'".into()],
             extended_resource_name: None,
+            config: vec![],
         };
         let mut selectors = Selectors::default();
         selectors.compile(&class.selectors[0]).unwrap();
@@ -191,4 +192,45 @@ fn bad_input_is_told_apart_from_shortfall() {
     }
     let err = fixture.allocate(&[&broken], true).unwrap_err();
     assert!(matches!(err, AllocationFailure::Selector { .. }), "{err}");
+}
+
+#[test]
+fn an_allocation_passes_on_the_class_config_and_the_claim_config_of_its_requests() {
+    let mut fixture = Fixture::new();
+    let opaque = |text: &str| OpaqueConfig { driver: GPU_DRIVER.into(), parameters: text.into() };
+    fixture.classes.get_mut(GPU_DRIVER).unwrap().config = vec![opaque(r#"{"sharing":"none"}"#)];
+    let selection =
+        |n| DeviceSelection { device_class: GPU_DRIVER.into(), selectors: vec![], mode: AllocationMode::ExactCount(n) };
+    let claim = DeviceClaim {
+        requests: vec![
+            DeviceRequest { name: "a".into(), kind: RequestKind::Exactly(selection(2)) },
+            DeviceRequest {
+                name: "b".into(),
+                kind: RequestKind::FirstAvailable(vec![("big".into(), selection(16)), ("small".into(), selection(1))]),
+            },
+        ],
+        config: vec![
+            ClaimConfig { requests: vec![], opaque: opaque("{}") },
+            ClaimConfig { requests: vec!["b".into()], opaque: opaque(r#"{"for":"b"}"#) },
+            ClaimConfig { requests: vec!["c".into()], opaque: opaque(r#"{"for":"c"}"#) },
+        ],
+        ..gpu_claim("mixed", GPU_DRIVER, 0)
+    };
+    let catalog = DeviceCatalog { classes: &fixture.classes, selectors: &fixture.selectors, verdicts: None };
+    let node =
+        NodeDevices { node: "n1", devices: &fixture.devices, taken: &fixture.taken, gpu_model: None, free_gpus: 0 };
+    let config = allocate_claims(catalog, node, &[&claim]).unwrap().remove(0).config;
+    let seen: Vec<(ConfigSource, Vec<&str>, &str)> = config
+        .iter()
+        .map(|c| (c.source, c.requests.iter().map(String::as_str).collect(), c.opaque.parameters.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            // The class's config once, for both requests drawn from it.
+            (ConfigSource::FromClass, vec!["a", "b/small"], r#"{"sharing":"none"}"#),
+            (ConfigSource::FromClaim, vec![], "{}"),
+            (ConfigSource::FromClaim, vec!["b"], r#"{"for":"b"}"#),
+        ]
+    );
 }
