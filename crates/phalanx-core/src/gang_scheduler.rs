@@ -368,10 +368,7 @@ impl GangScheduler {
         // Members that succeeded ran with the gang: they count as placed,
         // unless minMember of them did (the gang ran whole; pods that come
         // now are a new run, and need minMember of their own).
-        let placed = key.gang().map_or(0, |g| {
-            let succeeded = Some(self.succeeded_members(g)).filter(|n| *n < spec.min_member).unwrap_or(0);
-            snapshot.job_nodes(g).map_or(0, |nodes| nodes.values().sum::<usize>()) + succeeded
-        });
+        let placed = key.gang().map_or(0, |g| self.placed_members(g, spec.min_member, snapshot));
         if let Some(why) = self.too_few(key, &spec, placed, members.len(), snapshot) {
             return GangVerdict::plain(GangDecision::Wait(why), warnings);
         }
@@ -397,8 +394,14 @@ impl GangScheduler {
         let ordered = placement_order(&request.members);
         let need_all = total_requests(&ordered, snapshot);
         let need_required = total_requests(&ordered[..required.min(ordered.len())], snapshot);
-        if self.quotas.check(&namespace, &need_all, |ns| snapshot.namespace_usage(ns)).is_err() {
-            match self.quotas.check(&namespace, &need_required, |ns| snapshot.namespace_usage(ns)) {
+        // What partly placed gangs still need counts as used: their quota was
+        // granted for the whole gang (a leader may have died mid-bind), and a
+        // gang that cannot complete holds its bound members' GPUs for nothing.
+        let mut used = snapshot.namespace_usage(&namespace).cloned().unwrap_or_default();
+        used.add(&self.owed_to_partly_placed(key, &namespace, snapshot, queue));
+        let usage_of = |ns: &str| if ns == namespace { Some(&used) } else { snapshot.namespace_usage(ns) };
+        if self.quotas.check(&namespace, &need_all, usage_of).is_err() {
+            match self.quotas.check(&namespace, &need_required, usage_of) {
                 Ok(()) => request.members = ordered[..required.min(ordered.len())].to_vec(),
                 Err(exceeded) => {
                     let decision = unschedulable(exceeded.to_string(), WaitReason::Quota);
@@ -460,6 +463,40 @@ impl GangScheduler {
                 GangVerdict { decision: unschedulable(message, reason), warnings, preemption_tried: searched, detail }
             }
         }
+    }
+
+    /// Members of the gang running or done with it: placed (bound or being
+    /// bound) and, while fewer than minMember did, succeeded.
+    fn placed_members(&self, gang: &GangId, min_member: usize, snapshot: &ClusterSnapshot) -> usize {
+        let succeeded = Some(self.succeeded_members(gang)).filter(|n| *n < min_member).unwrap_or(0);
+        snapshot.job_nodes(gang).map_or(0, |nodes| nodes.values().sum::<usize>()) + succeeded
+    }
+
+    /// What the other gangs of `namespace` that are placed in part still
+    /// need to reach minMember, where a quota limits the namespace.
+    fn owed_to_partly_placed(
+        &self,
+        key: &GangKey,
+        namespace: &str,
+        snapshot: &ClusterSnapshot,
+        queue: &SchedulingQueue,
+    ) -> Resources {
+        let mut owed = Resources::new();
+        if !self.quotas.limits_namespace(namespace) {
+            return owed;
+        }
+        for other in queue.keys().filter(|k| *k != key) {
+            let Some(gang) = other.gang().filter(|g| g.namespace == namespace) else { continue };
+            let Some(GangObject::Valid(spec)) = self.object(gang) else { continue };
+            let placed = self.placed_members(gang, spec.min_member, snapshot);
+            if placed == 0 || placed >= spec.min_member {
+                continue;
+            }
+            let members: Vec<&PodInfo> = queue.members(other).collect();
+            let ordered = placement_order(&members);
+            owed.add(&total_requests(&ordered[..(spec.min_member - placed).min(ordered.len())], snapshot));
+        }
+        owed
     }
 
     /// A victim set whose eviction lets the gang fit, or why there is none

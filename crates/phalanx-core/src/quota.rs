@@ -165,6 +165,11 @@ impl QuotaBook {
         }
     }
 
+    /// Whether any quota (elastic or hard) limits the namespace.
+    pub fn limits_namespace(&self, namespace: &str) -> bool {
+        self.elastic.contains_key(namespace) || self.hard.values().any(|q| q.namespace == namespace)
+    }
+
     pub fn elastic(&self, namespace: &str) -> Option<&ElasticQuota> {
         self.elastic.get(namespace)
     }

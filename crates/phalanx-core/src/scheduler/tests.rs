@@ -819,3 +819,26 @@ fn preempting_a_claim_holder_frees_its_devices_for_the_preemptor_once_released()
     let writes = rec.claim_writes.lock().unwrap();
     assert_eq!(writes.last().unwrap().1[0].allocation.results.len(), 8);
 }
+
+#[test]
+fn a_partly_placed_gang_keeps_the_quota_it_still_needs() {
+    let (mut l, rec) = synced_loop();
+    l.apply_event(ClusterEvent::QuotaApplied(elastic("default", 4)));
+    group(&mut l, "g", GangObject::Valid(GangSpec::of_size(3)));
+    // One member bound by a leader that died before it bound the other two.
+    let mut bound = member("w0", 1, "g");
+    bound.node_name = Some("n1".into());
+    l.apply_event(ClusterEvent::PodApplied { pod: bound, gated: false });
+    for i in 1..3 {
+        l.apply_event(ClusterEvent::PodApplied { pod: member(&format!("w{i}"), 1, "g"), gated: false });
+    }
+    // A higher-priority pod is tried first: 1 + 2 GPUs would fit the max of 4,
+    // but the gang still needs 2 of them.
+    let mut other = gpu_pod("other", 2);
+    other.priority = 100;
+    l.apply_event(ClusterEvent::PodApplied { pod: other, gated: false });
+    l.schedule_round();
+    let bound: Vec<String> = rec.binds.lock().unwrap().iter().map(|(name, _, _)| name.clone()).collect();
+    assert_eq!(bound, ["w1", "w2"], "{:?}", rec.unschedulable_reports());
+    assert!(rec.unschedulable_reports().iter().any(|m| m.contains("ElasticQuota default/quota")));
+}
