@@ -686,37 +686,51 @@ impl Checker {
             self.final_metrics =
                 text.lines().filter(|l| COUNTERS.iter().any(|c| l.starts_with(c))).map(str::to_string).collect();
         }
-        let jobs: Vec<Job> = self.ledger.lock().jobs.values().cloned().collect();
-        let pods: BTreeMap<String, Arc<Pod>> = self.stores.pods.state().into_iter().map(|p| (key(&p), p)).collect();
-        let evicted = self.stores.history.lock().evicted.clone();
         let mut fates: BTreeMap<&'static str, usize> = BTreeMap::new();
-        for job in jobs {
-            for name in &job.pods {
-                let k = format!("{}/{name}", job.namespace);
-                let fate = match pods.get(&k) {
-                    Some(p) if finished(p) => "finished",
-                    Some(p) if node_of(p).is_some() => "bound",
-                    Some(p) if p.metadata.deletion_timestamp.is_some() => "deleting",
-                    Some(p) if unschedulable_reason(p) => "pending with a reason",
-                    Some(_) => "pending without a reason",
-                    None if evicted.contains_key(&k) => "evicted (preempted)",
-                    None if job.deleted.is_some() => "deleted by the generator",
-                    None => "lost",
+        for (k, fate) in pod_fates(&self.stores, &self.ledger) {
+            *fates.entry(fate).or_default() += 1;
+            if matches!(fate, "lost" | "pending without a reason") {
+                // What the leader says of it, for whoever reads the report.
+                let explained = match self.replicas.leader().await {
+                    Some((_, port, _)) => get(port, &format!("/explain/{k}")).await,
+                    None => None,
                 };
-                *fates.entry(fate).or_default() += 1;
-                if matches!(fate, "lost" | "pending without a reason") {
-                    // What the leader says of it, for whoever reads the report.
-                    let explained = match self.replicas.leader().await {
-                        Some((_, port, _)) => get(port, &format!("/explain/{k}")).await,
-                        None => None,
-                    };
-                    let why = explained.map_or_else(String::new, |text| format!("; phalanx explains: {}", text.trim()));
-                    self.violate(Invariant::PodLost, k.clone(), format!("pod {k}: {fate}{why}"));
-                }
+                let why = explained.map_or_else(String::new, |text| format!("; phalanx explains: {}", text.trim()));
+                self.violate(Invariant::PodLost, k.clone(), format!("pod {k}: {fate}{why}"));
             }
         }
         fates
     }
+}
+
+/// Where every pod the generator created is now, by pod key.
+fn pod_fates(stores: &Stores, ledger: &Ledger) -> Vec<(String, &'static str)> {
+    let jobs: Vec<Job> = ledger.lock().jobs.values().cloned().collect();
+    let pods: BTreeMap<String, Arc<Pod>> = stores.pods.state().into_iter().map(|p| (key(&p), p)).collect();
+    let evicted = stores.history.lock().evicted.clone();
+    let mut fates = Vec::new();
+    for job in jobs {
+        for name in &job.pods {
+            let k = format!("{}/{name}", job.namespace);
+            let fate = match pods.get(&k) {
+                Some(p) if finished(p) => "finished",
+                Some(p) if node_of(p).is_some() => "bound",
+                Some(p) if p.metadata.deletion_timestamp.is_some() => "deleting",
+                Some(p) if unschedulable_reason(p) => "pending with a reason",
+                Some(_) => "pending without a reason",
+                None if evicted.contains_key(&k) => "evicted (preempted)",
+                None if job.deleted.is_some() => "deleted by the generator",
+                None => "lost",
+            };
+            fates.push((k, fate));
+        }
+    }
+    fates
+}
+
+/// Pods pending with no reason written yet (the end waits for them).
+pub fn pending_without_reason(stores: &Stores, ledger: &Ledger) -> usize {
+    pod_fates(stores, ledger).iter().filter(|(_, fate)| *fate == "pending without a reason").count()
 }
 
 fn jiff_age(t: &jiff::Timestamp) -> Duration {

@@ -171,8 +171,15 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
     ));
     let soak = async {
         tokio::join!(generator.run(start + length), injector.clone().run(plan, start));
-        // Time for the last decisions and reasons to land before the count.
+        // Time for the last decisions and reasons to land before the count:
+        // 20 s, and while pods still wait for a reason, up to the recovery
+        // bound every fault gets (the last faults end with the load, and a
+        // new leader writes a reason for every pending pod again).
         tokio::time::sleep(Duration::from_secs(20)).await;
+        let deadline = Instant::now() + checker::RECOVERY_BOUND;
+        while Instant::now() < deadline && checker::pending_without_reason(&stores, &ledger) > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     };
     let interrupted = tokio::select! {
         () = soak => false,
