@@ -171,15 +171,8 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
     ));
     let soak = async {
         tokio::join!(generator.run(start + length), injector.clone().run(plan, start));
-        // Time for the last decisions and reasons to land before the count:
-        // 20 s, and while pods still wait for a reason, up to the recovery
-        // bound every fault gets (the last faults end with the load, and a
-        // new leader writes a reason for every pending pod again).
+        // Time for the last decisions and reasons to land, checked as before.
         tokio::time::sleep(Duration::from_secs(20)).await;
-        let deadline = Instant::now() + checker::RECOVERY_BOUND;
-        while Instant::now() < deadline && checker::pending_without_reason(&stores, &ledger) > 0 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
     };
     let interrupted = tokio::select! {
         () = soak => false,
@@ -187,6 +180,14 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
     };
     let _ = stop.send(true);
     let mut checker = checking.await?;
+    // Before the count, while pods still wait for a reason, up to the
+    // recovery bound every fault gets (the last faults end with the load,
+    // and a new leader writes a reason for every pending pod again). The
+    // invariants are no longer checked meanwhile: the load has stopped.
+    let deadline = Instant::now() + checker::RECOVERY_BOUND;
+    while !interrupted && Instant::now() < deadline && checker::pending_without_reason(&stores, &ledger) > 0 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     let fates = checker.account_for_every_pod().await;
     replicas.stop_all().await;
     if interrupted {
