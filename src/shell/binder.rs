@@ -156,12 +156,8 @@ impl Binder {
                 version = patched.metadata.resource_version;
             }
             let Some(patch) = claim_status_patch(write, version.as_deref(), (&key.name, uid)) else { continue };
-            let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| refused(write, &e))?;
-            self.limiter.acquire().await;
-            self.check_leading()?;
-            let request = claims.patch_subresource("status", &write.key.name, &params, &Patch::<()>::Json(patch));
-            match self.send::<ResourceClaim>(request).await {
-                Ok(_) => {}
+            match self.patch_status(write, patch).await? {
+                Ok(()) => {}
                 // Pods sharing a claim reserve it one after another, in whatever
                 // order their binds run: read it again and add this one.
                 Err(e) if write.allocates == Allocates::Existing => self
@@ -197,17 +193,31 @@ impl Binder {
             let Some(patch) = claim_status_patch(&again, again.resource_version.as_deref(), (&key.name, uid)) else {
                 return Ok(());
             };
-            let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| e.to_string())?;
-            self.limiter.acquire().await;
-            self.check_leading().map_err(|_| NOT_LEADING.to_string())?;
-            let params = PatchParams::default();
-            let request = claims.patch_subresource("status", &write.key.name, &params, &Patch::<()>::Json(patch));
-            match self.send::<ResourceClaim>(request).await {
-                Ok(_) => return Ok(()),
-                Err(e) => last = e.to_string(),
+            match self.patch_status(write, patch).await.map_err(|_| NOT_LEADING.to_string())? {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
             }
         }
         Err(last)
+    }
+
+    /// Sends one JSON patch of a claim's status (paced, only while leading):
+    /// the outer error is "not sent", the inner one the refusal.
+    async fn patch_status(
+        &self,
+        write: &ClaimWrite,
+        patch: serde_json::Value,
+    ) -> Result<Result<(), String>, BindResult> {
+        let patch: json_patch::Patch = match serde_json::from_value(patch) {
+            Ok(patch) => patch,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        self.limiter.acquire().await;
+        self.check_leading()?;
+        let claims = Request::new(ResourceClaim::url_path(&(), Some(&write.key.namespace)));
+        let params = PatchParams::default();
+        let request = claims.patch_subresource("status", &write.key.name, &params, &Patch::<()>::Json(patch));
+        Ok(self.send::<ResourceClaim>(request).await.map(|_| ()).map_err(|e| e.to_string()))
     }
 
     /// Checked right before each call: nothing is sent once the lease is lost.
