@@ -2,7 +2,9 @@
 //! running the fake nodes: whole gangs or nothing, in one rack when one
 //! holds them, waiting for every member, surviving a restart mid-bind,
 //! timing out with an Event, and bad gang objects reported by field; the
-//! gangs of PyTorchJobs, JobSets and LeaderWorkerSet groups without a PodGroup.
+//! gangs of PyTorchJobs, JobSets and LeaderWorkerSet groups without a PodGroup,
+//! and members that finished before the scheduler started counting toward
+//! their job's size.
 
 mod support;
 
@@ -72,6 +74,48 @@ async fn event_reasons(env: &TestEnv, name: &str) -> Vec<(String, String)> {
     env.events_for(name).await.into_iter().map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default())).collect()
 }
 
+/// A PyTorchJob of one master and `workers` workers, as users create it.
+async fn create_pytorch_job(env: &TestEnv, name: &str, workers: u32) -> PyTorchJob {
+    let jobs: Api<PyTorchJob> = Api::namespaced(env.client.clone(), &env.name);
+    let template = json!({"spec": {"containers": [{"name": "pytorch", "image": "pytorch/pytorch"}]}});
+    let job: PyTorchJob = serde_json::from_value(json!({
+        "apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
+        "metadata": {"name": name, "namespace": env.name},
+        "spec": {"pytorchReplicaSpecs": {
+            "Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": template},
+            "Worker": {"replicas": workers, "restartPolicy": "OnFailure", "template": template}}}
+    }))
+    .unwrap();
+    jobs.create(&PostParams::default(), &job).await.expect("a real PyTorchJob object")
+}
+
+/// Member `i` of `job` (0 is the master), as the training-operator creates
+/// it: owned by the job and labelled with its name, replica type and index.
+fn pytorch_member(env: &TestEnv, job: &PyTorchJob, i: usize, gpus: u32) -> Pod {
+    let job_name = job.metadata.name.clone().unwrap_or_default();
+    let (kind, index) = if i == 0 { ("master", 0) } else { ("worker", i - 1) };
+    let mut pod = env.pod(&format!("{job_name}-{kind}-{index}"), gpus);
+    pod.metadata.labels = Some(
+        [
+            ("training.kubeflow.org/job-name", job_name.clone()),
+            ("training.kubeflow.org/operator-name", "pytorchjob-controller".to_string()),
+            ("training.kubeflow.org/replica-type", kind.to_string()),
+            ("training.kubeflow.org/replica-index", index.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+    );
+    pod.metadata.owner_references = Some(vec![
+        serde_json::from_value(json!({
+            "apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "name": job_name,
+            "uid": job.metadata.uid, "controller": true, "blockOwnerDeletion": true
+        }))
+        .unwrap(),
+    ]);
+    pod
+}
+
 #[tokio::test]
 async fn a_pytorch_job_of_four_8_gpu_pods_binds_all_at_once_into_one_rack() {
     let mut env = TestEnv::new("pytorchjob").await;
@@ -79,42 +123,10 @@ async fn a_pytorch_job_of_four_8_gpu_pods_binds_all_at_once_into_one_rack() {
     // Rack a has 28 GPUs free (three whole nodes and half of one): not enough.
     env.bind_foreign("tenant", &nodes[0], &[0, 1, 2, 3]).await;
     env.start_scheduler().await;
-    let jobs: Api<PyTorchJob> = Api::namespaced(env.client.clone(), &env.name);
-    let template = json!({"spec": {"containers": [{"name": "pytorch", "image": "pytorch/pytorch"}]}});
-    let job: PyTorchJob = serde_json::from_value(json!({
-        "apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
-        "metadata": {"name": "llm", "namespace": env.name},
-        "spec": {"pytorchReplicaSpecs": {
-            "Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": template},
-            "Worker": {"replicas": 3, "restartPolicy": "OnFailure", "template": template}}}
-    }))
-    .unwrap();
-    let job = jobs.create(&PostParams::default(), &job).await.expect("a real PyTorchJob object");
-    // The pods, as the training-operator creates them: owned by the job and
-    // labelled with its name, replica type and index; created one by one.
+    let job = create_pytorch_job(&env, "llm", 3).await;
     let names = ["llm-master-0", "llm-worker-0", "llm-worker-1", "llm-worker-2"];
-    for (i, name) in names.iter().enumerate() {
-        let mut pod = env.pod(name, 8);
-        let (kind, index) = if i == 0 { ("master", 0) } else { ("worker", i - 1) };
-        pod.metadata.labels = Some(
-            [
-                ("training.kubeflow.org/job-name", "llm".to_string()),
-                ("training.kubeflow.org/operator-name", "pytorchjob-controller".to_string()),
-                ("training.kubeflow.org/replica-type", kind.to_string()),
-                ("training.kubeflow.org/replica-index", index.to_string()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-        );
-        pod.metadata.owner_references = Some(vec![
-            serde_json::from_value(json!({
-                "apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "name": "llm",
-                "uid": job.metadata.uid, "controller": true, "blockOwnerDeletion": true
-            }))
-            .unwrap(),
-        ]);
-        env.create(&pod).await;
+    for i in 0..names.len() {
+        env.create(&pytorch_member(&env, &job, i, 8)).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         if i < 3 {
             let states = pod_states(&env).await;
@@ -131,6 +143,46 @@ async fn a_pytorch_job_of_four_8_gpu_pods_binds_all_at_once_into_one_rack() {
     let on: BTreeSet<String> =
         futures::future::join_all(names.iter().map(|n| env.wait_bound(n, BIND))).await.into_iter().collect();
     assert_eq!(on.len(), 4, "one 8-GPU pod per node: {on:?}");
+    env.teardown().await;
+}
+
+/// Found by the chaos soak: a leader bound part of a PyTorchJob and died;
+/// those members ran and finished before the next leader started, which
+/// never saw them (finished pods are not in its pod watch), so the job's
+/// last members waited for a size they could never reach.
+#[tokio::test]
+async fn members_that_finished_before_the_scheduler_started_count_toward_the_job_s_size() {
+    let mut env = TestEnv::new("finished-members").await;
+    let nodes = env.add_pools(&two_racks(1)).await;
+    let job = create_pytorch_job(&env, "short", 3).await;
+    for (i, node) in nodes.iter().enumerate() {
+        let mut pod = pytorch_member(&env, &job, i, 8);
+        pod.metadata.annotations = Some([("e2e.phalanx.dev/run-for".to_string(), "1s".to_string())].into());
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let created = env.create(&pod).await;
+        // Bound as the leader that died had bound them.
+        let binding: k8s_openapi::api::core::v1::Binding = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": env.name, "uid": created.metadata.uid},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node}
+        }))
+        .unwrap();
+        env.pods()
+            .create_subresource::<_, kube::core::Status>("binding", &name, &PostParams::default(), &binding)
+            .await
+            .expect("bind");
+    }
+    eventually(Duration::from_secs(60), "the first two members to finish", || async {
+        let states = pod_states(&env).await;
+        (states.values().filter(|(_, phase)| phase == "Succeeded").count() == 2).then_some(())
+    })
+    .await;
+    env.start_scheduler().await;
+    for i in 2..4 {
+        env.create(&pytorch_member(&env, &job, i, 8)).await;
+    }
+    for name in ["short-worker-1", "short-worker-2"] {
+        env.wait_bound(name, BIND).await;
+    }
     env.teardown().await;
 }
 

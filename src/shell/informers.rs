@@ -1,7 +1,8 @@
 //! Watches nodes, pods, GPU topologies, gang objects (PodGroups,
 //! PyTorchJobs, JobSets, LeaderWorkerSets), quotas (ElasticQuotas, ResourceQuotas),
-//! PodDisruptionBudgets, Namespaces (their labels), and, for PodGroups' status, every pod
-//! naming a PodGroup (finished ones too), and turns each change into a `ClusterEvent` for
+//! PodDisruptionBudgets, Namespaces (their labels), pods of gangs that succeeded, and, for
+//! PodGroups' status, every pod naming a PodGroup (finished ones too), and turns each
+//! change into a `ClusterEvent` for
 //! the scheduling loop. Objects are translated here and dropped: no cache of
 //! full objects is kept. After every (re-)list, a `*Listed` event carries
 //! the complete set of names, so anything missed while disconnected (a 410
@@ -42,7 +43,8 @@ use phalanx_kube::gang_objects;
 use phalanx_kube::pod_group_status::{group_record, member_record};
 use phalanx_kube::quota_objects::{self, Quota};
 use phalanx_kube::translate::{
-    KUBEFLOW_JOB_LABEL, POD_GROUP_LABEL, TranslateError, is_gated, node_spec, pod_info, topology_report,
+    KUBEFLOW_JOB_LABEL, POD_GROUP_LABEL, TranslateError, is_gated, node_spec, pod_info, succeeded_member,
+    topology_report,
 };
 
 /// The optional APIs the API server serves, found by discovery at start:
@@ -124,6 +126,7 @@ async fn serves(client: &Client, api_version: &str, plural: &str, consequence: &
 /// Pods are watched unless finished: finished pods hold no resources, and
 /// the API server turns a pod's move to Succeeded/Failed into a delete event.
 const POD_FIELDS: &str = "status.phase!=Succeeded,status.phase!=Failed";
+const SUCCEEDED_FIELDS: &str = "status.phase=Succeeded";
 
 /// Starts every watch; gang objects and ElasticQuotas only where the API
 /// server serves them. Pods are listed again at the start of every term of
@@ -204,6 +207,7 @@ pub fn spawn(
         ));
     }
     tokio::spawn(watch_namespaces(Api::all(client.clone()), metrics.clone(), tx.clone()));
+    tokio::spawn(watch_succeeded_members(Api::all(client.clone()), metrics.clone(), tx.clone()));
     tokio::spawn(watch_pods(Api::all(client), metrics, scheduler_names, leadership, tx));
 }
 
@@ -255,7 +259,7 @@ pub(super) async fn pump<K, E: Clone>(
     tx: mpsc::Sender<E>,
     on_apply: impl Fn(K) -> Applied<E>,
     on_delete: impl Fn(K) -> Option<E>,
-    on_listed: impl Fn(HashSet<String>) -> E,
+    on_listed: impl Fn(HashSet<String>) -> Option<E>,
 ) where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
@@ -275,7 +279,10 @@ pub(super) async fn pump<K, E: Clone>(
                     listed.clear();
                     continue;
                 }
-                Event::InitDone => on_listed(std::mem::take(&mut listed)),
+                Event::InitDone => match on_listed(std::mem::take(&mut listed)) {
+                    Some(event) => event,
+                    None => continue,
+                },
                 Event::Apply(obj) | Event::InitApply(obj) => match on_apply(obj) {
                     Applied::Ignored => continue,
                     Applied::Event(key, event) => {
@@ -348,7 +355,10 @@ async fn watch_nodes(api: Api<Node>, metrics: Metrics, tx: mpsc::Sender<ClusterE
     };
     let on_delete = |node: Node| Some(ClusterEvent::NodeDeleted(node.name_any()));
     let failures = Failures::stop_decisions(&metrics, Watch::Nodes);
-    pump(api, watcher::Config::default(), failures, tx, on_apply, on_delete, ClusterEvent::NodesListed).await;
+    pump(api, watcher::Config::default(), failures, tx, on_apply, on_delete, |keys| {
+        Some(ClusterEvent::NodesListed(keys))
+    })
+    .await;
 }
 
 /// A new leader must not decide on a view its watch may not have caught up
@@ -366,8 +376,8 @@ async fn watch_pods(
     loop {
         let term = leadership.term();
         let on_listed = move |uids| match term {
-            Some(term) if term > 0 => ClusterEvent::PodsRelisted { uids, term },
-            _ => ClusterEvent::PodsListed(uids),
+            Some(term) if term > 0 => Some(ClusterEvent::PodsRelisted { uids, term }),
+            _ => Some(ClusterEvent::PodsListed(uids)),
         };
         tokio::select! {
             _ = watch_pods_once(api.clone(), &metrics, &scheduler_names, tx.clone(), on_listed) => return,
@@ -381,7 +391,7 @@ async fn watch_pods_once(
     metrics: &Metrics,
     scheduler_names: &HashSet<String>,
     tx: mpsc::Sender<ClusterEvent>,
-    on_listed: impl Fn(HashSet<String>) -> ClusterEvent,
+    on_listed: impl Fn(HashSet<String>) -> Option<ClusterEvent>,
 ) {
     let on_apply = |pod: Pod| {
         // Only pods that hold node resources, or that wait for one of our
@@ -416,7 +426,7 @@ async fn watch_group_statuses(api: Api<PodGroup>, metrics: Metrics, tx: mpsc::Se
         let key = format!("{}/{}", group.namespace()?, group.name_any());
         Some(status_event(GroupStatusInput::GroupDeleted(key)))
     };
-    let on_listed = |keys| status_event(GroupStatusInput::GroupsListed(keys));
+    let on_listed = |keys| Some(status_event(GroupStatusInput::GroupsListed(keys)));
     pump(api, watcher::Config::default(), Failures::counted(&metrics), tx, on_apply, on_delete, on_listed).await;
 }
 
@@ -428,9 +438,22 @@ async fn watch_group_members(api: Api<Pod>, metrics: Metrics, tx: mpsc::Sender<C
         None => Applied::Ignored,
     };
     let on_delete = |pod: Pod| Some(status_event(GroupStatusInput::MemberDeleted(pod.metadata.uid?)));
-    let on_listed = |uids| status_event(GroupStatusInput::MembersListed(uids));
+    let on_listed = |uids| Some(status_event(GroupStatusInput::MembersListed(uids)));
     let config = watcher::Config::default().labels(POD_GROUP_LABEL);
     pump(api, config, Failures::counted(&metrics), tx, on_apply, on_delete, on_listed).await;
+}
+
+/// Pods of gangs that succeeded: each counts toward its gang's minMember.
+/// The pod watch never lists finished pods, so a leader that starts after
+/// some members finished learns of them only here.
+async fn watch_succeeded_members(api: Api<Pod>, metrics: Metrics, tx: mpsc::Sender<ClusterEvent>) {
+    let on_apply = |pod: Pod| match succeeded_member(&pod) {
+        Some((gang, uid)) => Applied::Event(uid.clone(), ClusterEvent::MemberSucceeded { gang, uid }),
+        None => Applied::Ignored,
+    };
+    // A member that did its part keeps counting once its pod is deleted.
+    let config = watcher::Config::default().fields(SUCCEEDED_FIELDS);
+    pump(api, config, Failures::counted(&metrics), tx, on_apply, |_| None, |_| None).await;
 }
 
 fn status_event(input: GroupStatusInput) -> ClusterEvent {
@@ -465,8 +488,9 @@ async fn watch_device_objects<K>(
         Err(error) => Applied::Invalid(invalid(&obj, &error)),
     };
     let on_delete = |obj: K| Some(ClusterEvent::DeviceObjectDeleted(key(key_of(&obj))));
-    let on_listed =
-        |keys: HashSet<String>| ClusterEvent::DeviceObjectsListed { kind, keys: keys.into_iter().map(key).collect() };
+    let on_listed = |keys: HashSet<String>| {
+        Some(ClusterEvent::DeviceObjectsListed { kind, keys: keys.into_iter().map(key).collect() })
+    };
     let failures = Failures::stop_decisions(&metrics, Watch::Devices(kind));
     pump(api, watcher::Config::default(), failures, tx, on_apply, on_delete, on_listed).await;
 }
@@ -478,7 +502,10 @@ async fn watch_topologies(api: Api<GPUTopology>, metrics: Metrics, tx: mpsc::Sen
     };
     let on_delete = |report: GPUTopology| Some(ClusterEvent::TopologyDeleted(report.name_any()));
     let failures = Failures::counted(&metrics);
-    pump(api, watcher::Config::default(), failures, tx, on_apply, on_delete, ClusterEvent::TopologiesListed).await;
+    pump(api, watcher::Config::default(), failures, tx, on_apply, on_delete, |keys| {
+        Some(ClusterEvent::TopologiesListed(keys))
+    })
+    .await;
 }
 
 async fn watch_gangs<K>(
@@ -498,9 +525,9 @@ async fn watch_gangs<K>(
         let (namespace, name) = namespaced_key(&object);
         Some(ClusterEvent::GangDeleted(GangId::new(kind, &namespace, &name)))
     };
-    let on_listed = move |keys: HashSet<String>| ClusterEvent::GangsListed {
-        kind,
-        ids: split_keys(keys).iter().map(|(ns, name)| GangId::new(kind, ns, name)).collect(),
+    let on_listed = move |keys: HashSet<String>| {
+        let ids = split_keys(keys).iter().map(|(ns, name)| GangId::new(kind, ns, name)).collect();
+        Some(ClusterEvent::GangsListed { kind, ids })
     };
     let failures = Failures::stop_decisions(&metrics, Watch::Gangs(kind));
     pump(api, watcher::Config::default(), failures, tx, on_apply, on_delete, on_listed).await;
@@ -540,7 +567,7 @@ async fn watch_quotas<K>(
         let (namespace, name) = namespaced_key(&object);
         Some(ClusterEvent::QuotaDeleted { kind, namespace, name })
     };
-    let on_listed = move |keys: HashSet<String>| ClusterEvent::QuotasListed { kind, keys: split_keys(keys) };
+    let on_listed = move |keys: HashSet<String>| Some(ClusterEvent::QuotasListed { kind, keys: split_keys(keys) });
     let failures = Failures::stop_decisions(&metrics, Watch::Quotas(kind));
     pump(api, watcher::Config::default(), failures, tx, on_apply, on_delete, on_listed).await;
 }
@@ -560,7 +587,7 @@ async fn watch_budgets(api: Api<PodDisruptionBudget>, metrics: Metrics, tx: mpsc
         let (namespace, name) = namespaced_key(&object);
         Some(ClusterEvent::BudgetDeleted { namespace, name })
     };
-    let on_listed = |keys: HashSet<String>| ClusterEvent::BudgetsListed(split_keys(keys));
+    let on_listed = |keys: HashSet<String>| Some(ClusterEvent::BudgetsListed(split_keys(keys)));
     let failures = Failures::stop_decisions(&metrics, Watch::Budgets);
     pump(api, watcher::Config::default(), failures, tx, on_apply, on_delete, on_listed).await;
 }
@@ -574,7 +601,10 @@ async fn watch_namespaces(api: Api<Namespace>, metrics: Metrics, tx: mpsc::Sende
     };
     let on_delete = |object: Namespace| Some(ClusterEvent::NamespaceDeleted(object.name_any()));
     let failures = Failures::counted(&metrics);
-    pump(api, watcher::Config::default(), failures, tx, on_apply, on_delete, ClusterEvent::NamespacesListed).await;
+    pump(api, watcher::Config::default(), failures, tx, on_apply, on_delete, |keys| {
+        Some(ClusterEvent::NamespacesListed(keys))
+    })
+    .await;
 }
 
 #[cfg(test)]

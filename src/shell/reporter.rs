@@ -2,8 +2,9 @@
 //! in a background writer, so a slow API server never holds up a decision.
 //! Conditions wait one per pod, a newer one replacing the one still waiting
 //! (it keeps its place): however far the writes fall behind, every pending
-//! pod's newest reason is written and none is lost. Other reports go
-//! through a bounded queue; when it is full one is dropped and counted.
+//! pod's newest reason is written and none is lost. Pods that show no reason
+//! yet go first, ahead of every other write. Other reports go through a
+//! bounded queue; when it is full one is dropped and counted.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -22,8 +23,8 @@ use super::leader_election::Leadership;
 use super::metrics::Metrics;
 use super::rate_limit::RateLimiter;
 use phalanx_core::pod::PodKey;
-use phalanx_core::scheduler::ObjectRef;
 pub use phalanx_core::scheduler::Report;
+use phalanx_core::scheduler::{ObjectRef, ShownReason};
 
 pub const REPORTING_CONTROLLER: &str = "phalanx.dev/scheduler";
 const QUEUE_CAPACITY: usize = 4096;
@@ -37,25 +38,44 @@ pub struct Reporter {
     leadership: Leadership,
 }
 
-/// Condition reports not yet taken by the writer, at most one per pod.
+/// Condition reports not yet taken by the writer, at most one per pod:
+/// first those of pods that show no reason, then the others, each in the
+/// order they were first queued.
 #[derive(Default)]
 struct WaitingConditions {
-    order: VecDeque<String>,
+    first_reasons: VecDeque<String>,
+    updates: VecDeque<String>,
     by_pod: HashMap<String, Report>,
 }
 
 impl WaitingConditions {
     /// Queues `report` for the pod `uid`, replacing one still waiting.
     fn put(&mut self, uid: &str, report: Report) {
+        let shown = match &report {
+            Report::Unschedulable { shown, .. } => *shown,
+            _ => ShownReason::Outdated,
+        };
         if self.by_pod.insert(uid.to_string(), report).is_none() {
-            self.order.push_back(uid.to_string());
+            match shown {
+                ShownReason::Nothing => self.first_reasons.push_back(uid.to_string()),
+                ShownReason::Outdated => self.updates.push_back(uid.to_string()),
+            }
         }
     }
 
-    /// The oldest waiting pod's newest report.
+    /// The newest report of the first pod in line.
     fn take(&mut self) -> Option<Report> {
-        while let Some(uid) = self.order.pop_front() {
-            if let Some(report) = self.by_pod.remove(&uid) {
+        self.take_first_reason().or_else(|| Self::take_from(&mut self.updates, &mut self.by_pod))
+    }
+
+    /// The newest report of the first pod in line that shows no reason.
+    fn take_first_reason(&mut self) -> Option<Report> {
+        Self::take_from(&mut self.first_reasons, &mut self.by_pod)
+    }
+
+    fn take_from(order: &mut VecDeque<String>, by_pod: &mut HashMap<String, Report>) -> Option<Report> {
+        while let Some(uid) = order.pop_front() {
+            if let Some(report) = by_pod.remove(&uid) {
                 return Some(report);
             }
         }
@@ -73,6 +93,11 @@ impl ConditionQueue {
     fn put(&self, uid: &str, report: Report) {
         self.waiting.lock().expect("not poisoned").put(uid, report);
         self.ready.notify_one();
+    }
+
+    /// A condition for a pod that shows no reason, if one waits.
+    fn take_first_reason(&self) -> Option<Report> {
+        self.waiting.lock().expect("not poisoned").take_first_reason()
     }
 
     async fn next(&self) -> Report {
@@ -159,13 +184,16 @@ fn done(newest: &SharedNewest, uid: &str, sequence: u64) {
 async fn write_reports(writer: Writer, mut rx: mpsc::Receiver<Report>, conditions: Arc<ConditionQueue>) {
     let slots = Arc::new(Semaphore::new(CONCURRENT_WRITES));
     loop {
-        let report = tokio::select! {
-            received = rx.recv() => match received {
-                Some(report) => report,
-                // Every Reporter is gone: nothing more will come.
-                None => return,
+        let report = match conditions.take_first_reason() {
+            Some(report) => report,
+            None => tokio::select! {
+                received = rx.recv() => match received {
+                    Some(report) => report,
+                    // Every Reporter is gone: nothing more will come.
+                    None => return,
+                },
+                report = conditions.next() => report,
             },
-            report = conditions.next() => report,
         };
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
@@ -206,10 +234,9 @@ impl Writer {
     /// `sequence`: the number `mark_newest` gave a condition report.
     async fn write(&self, report: &Report, sequence: Option<u64>) -> Result<(), kube::Error> {
         match report {
-            Report::Unschedulable { key, uid, resource_version, message } => {
+            Report::Unschedulable { key, uid, resource_version, message, .. } => {
                 let newest = || sequence.is_none_or(|s| is_newest(&self.newest, uid, s));
-                self.unschedulable_condition(key, uid, resource_version.clone(), message, newest).await?;
-                self.event(pod_reference(key, uid), "Warning", "FailedScheduling", "Scheduling", message).await
+                self.unschedulable_condition(key, uid, resource_version.clone(), message, newest).await
             }
             Report::Scheduled { key, uid, node } => {
                 let note = format!("Successfully assigned {key} to {node}");
@@ -371,12 +398,34 @@ mod tests {
     }
 
     fn condition(pod: usize, message: &str) -> Report {
+        condition_over(pod, message, ShownReason::Outdated)
+    }
+
+    fn condition_over(pod: usize, message: &str, shown: ShownReason) -> Report {
         Report::Unschedulable {
             key: PodKey { namespace: "ns".into(), name: format!("p{pod}") },
             uid: format!("uid-{pod}"),
             resource_version: None,
             message: message.into(),
+            shown,
         }
+    }
+
+    /// Found by the chaos soak: after a change of leader with thousands of
+    /// pods pending, pods created meanwhile waited minutes behind rewrites of
+    /// reasons other pods already showed. A pod that shows none goes first.
+    #[test]
+    fn pods_that_show_no_reason_are_written_before_updates() {
+        let mut waiting = WaitingConditions::default();
+        for pod in 0..100 {
+            waiting.put(&format!("uid-{pod}"), condition(pod, "usage changed"));
+        }
+        waiting.put("uid-100", condition_over(100, "new", ShownReason::Nothing));
+        waiting.put("uid-101", condition_over(101, "new", ShownReason::Nothing));
+        assert_eq!(waiting.take(), Some(condition_over(100, "new", ShownReason::Nothing)));
+        assert_eq!(waiting.take_first_reason(), Some(condition_over(101, "new", ShownReason::Nothing)));
+        assert_eq!(waiting.take_first_reason(), None, "only updates wait");
+        assert_eq!(waiting.take(), Some(condition(0, "usage changed")), "then updates, in order");
     }
 
     /// Found by the chaos soak: with hundreds of pods pending, every attempt

@@ -423,6 +423,7 @@ impl Simulation<'_> {
                 host_ports: vec![],
                 affinity: Default::default(),
                 spread: vec![],
+                shown_reason: None,
             });
         }
         for pod in created {

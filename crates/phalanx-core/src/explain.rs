@@ -228,7 +228,8 @@ pub struct QueuePlace {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Hold {
     pub gang: String,
-    pub nodes: usize,
+    /// The nodes held, by name.
+    pub nodes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -533,7 +534,9 @@ fn queue_place(key: &GangKey, queue: &SchedulingQueue, gangs: &GangScheduler) ->
             held_for_it = nodes.iter().cloned().collect();
             held_for_it.sort();
         } else if queue.rank(owner).is_some_and(|r| !ranks_above(rank, r)) {
-            held_by_others.push(Hold { gang: queued_name(owner, queue), nodes: nodes.len() });
+            let mut nodes: Vec<String> = nodes.iter().cloned().collect();
+            nodes.sort();
+            held_by_others.push(Hold { gang: queued_name(owner, queue), nodes });
         }
     }
     QueuePlace {
@@ -710,7 +713,7 @@ pub fn render_gang(e: &GangExplanation) -> String {
             let _ = writeln!(out, "  ahead: {}{more}", q.ahead.join(", "));
         }
         for h in &q.held_by_others {
-            let _ = writeln!(out, "  {} nodes are held for {}, which ranks at or above it", h.nodes, h.gang);
+            let _ = writeln!(out, "  {} nodes are held for {}, which ranks at or above it", h.nodes.len(), h.gang);
         }
         if !q.held_for_it.is_empty() {
             let _ = writeln!(out, "  held for it: {} nodes ({})", q.held_for_it.len(), q.held_for_it.join(", "));
@@ -916,7 +919,8 @@ mod tests {
         let q = e.queue.clone().expect("a queue place");
         assert_eq!((q.position, q.pending_gangs), (2, 2));
         assert_eq!(q.ahead, ["PodGroup default/big (priority 5)"]);
-        assert_eq!(q.held_by_others, [Hold { gang: "PodGroup default/big".into(), nodes: 4 }]);
+        let held = ["n0", "n1", "n2", "n3"].map(String::from).to_vec();
+        assert_eq!(q.held_by_others, [Hold { gang: "PodGroup default/big".into(), nodes: held }]);
         assert!(e.message.contains("held for a gang waiting ahead"), "{}", e.message);
         let p = e.preemption.expect("preemption explained");
         assert_eq!(p.outcome, "not attempted while a gang ahead waits for room");

@@ -158,6 +158,10 @@ pub struct PodInfo {
     pub affinity: PodAffinity,
     #[serde(default)]
     pub spread: Vec<SpreadConstraint>,
+    /// The message of its `PodScheduled=False` condition: the reason users
+    /// see now (a new leader need not write it again).
+    #[serde(default)]
+    pub shown_reason: Option<String>,
 }
 
 impl PodInfo {

@@ -36,6 +36,7 @@ pub fn test_pod(name: &str, requests: Resources) -> PodInfo {
         host_ports: vec![],
         affinity: Default::default(),
         spread: vec![],
+        shown_reason: None,
     }
 }
 

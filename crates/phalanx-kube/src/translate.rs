@@ -282,7 +282,15 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, TranslateError> {
         host_ports,
         affinity: pod_affinity,
         spread,
+        shown_reason: shown_reason(pod),
     })
+}
+
+/// The message of the pod's `PodScheduled=False` condition, if it has one.
+fn shown_reason(pod: &Pod) -> Option<String> {
+    let conditions = pod.status.as_ref()?.conditions.as_ref()?;
+    let scheduled = conditions.iter().find(|c| c.type_ == "PodScheduled" && c.status == "False")?;
+    Some(scheduled.message.clone().unwrap_or_default())
 }
 
 pub const POD_GROUP_LABEL: &str = "scheduling.x-k8s.io/pod-group";
@@ -295,6 +303,14 @@ pub const GPUS_ANNOTATION: &str = "phalanx.dev/gpus";
 /// A label's value, if set and not empty.
 fn pod_label<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
     pod.metadata.labels.as_ref().and_then(|l| l.get(key)).map(String::as_str).filter(|v| !v.is_empty())
+}
+
+/// The gang of a pod that succeeded, with the pod's UID; `None` for a pod
+/// of no gang (or one whose gang cannot be read) and one not succeeded.
+pub fn succeeded_member(pod: &Pod) -> Option<(GangId, String)> {
+    let succeeded = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded");
+    let gang = job_key(pod, &pod_object_name(pod)).ok().flatten().filter(|_| succeeded)?;
+    Some((gang, pod.metadata.uid.clone()?))
 }
 
 /// The gang a pod belongs to, in DESIGN.md's order of precedence: its

@@ -237,7 +237,7 @@ impl Checker {
         self.check_quota(&pods, now);
         self.check_budgets();
         let free = self.stable_free(&nodes, &used, now);
-        self.check_inversion(&jobs, &states, &pods, free.as_ref(), now);
+        self.check_inversion(&jobs, &states, &pods, free.as_ref(), now).await;
         let pending = pods
             .iter()
             .filter(|p| {
@@ -513,7 +513,7 @@ impl Checker {
 
     /// A job that started binding since the last check, while a job of
     /// higher priority waited that fits in capacity free for [`STABLE`].
-    fn check_inversion(
+    async fn check_inversion(
         &mut self,
         jobs: &BTreeMap<String, Job>,
         states: &BTreeMap<String, JobState>,
@@ -530,9 +530,22 @@ impl Checker {
         }
         self.confirm_inversions(states, now);
         let Some(head) = self.admissible(jobs, states, pods, now).into_iter().next() else { return };
+        let mut held: Option<BTreeSet<String>> = None;
         for name in newly {
             let Some(low) = jobs.get(&name) else { continue };
             if low.priority < head.priority && fits(&head, free) {
+                if held.is_none() {
+                    held = Some(self.nodes_held_ahead_of(&head).await);
+                }
+                let held = held.as_ref().expect("just asked");
+                let unheld: BTreeMap<String, i64> =
+                    free.iter().filter(|(node, _)| !held.contains(*node)).map(|(n, f)| (n.clone(), *f)).collect();
+                if !fits(&head, &unheld) {
+                    // Room held for gangs that rank at or above the head
+                    // (so that they are not starved) is not the head's.
+                    self.log.write("inversion_excused", json!({"low": name, "high": head.name, "held": held}));
+                    continue;
+                }
                 let quota_free = self.quota_free(pods).get(&head.namespace).copied();
                 let message = format!(
                     "{}/{} ({:?}) placed while {}/{} ({:?}, {} x {} GPUs, its quota has {quota_free:?} GPUs free) waited \
@@ -552,6 +565,18 @@ impl Checker {
                 }
             }
         }
+    }
+
+    /// The nodes the leader holds for gangs that rank at or above `job`, as
+    /// its `/explain` of the job's first pod says; none when it cannot say.
+    async fn nodes_held_ahead_of(&self, job: &Job) -> BTreeSet<String> {
+        let (Some((_, port, _)), Some(pod)) = (self.replicas.leader().await, job.pods.first()) else {
+            return BTreeSet::new();
+        };
+        let Some(text) = get(port, &format!("/explain/{}/{pod}?format=json", job.namespace)).await else {
+            return BTreeSet::new();
+        };
+        held_by_others(&text)
     }
 
     /// Binds land in any order: a higher job decided in the same round as
@@ -798,6 +823,18 @@ fn refused_by_admission<'a>(pods: &[(&'a Pod, Instant)], allocatable: i64) -> Ve
 
 /// Whether all of `job`'s pods fit in `free` GPUs (first fit, largest node
 /// first): a proof that it fits, not a search for every way.
+/// `queue.held_by_others[*].nodes` of an `/explain` answer in JSON.
+fn held_by_others(explain_json: &str) -> BTreeSet<String> {
+    let Ok(explained) = serde_json::from_str::<serde_json::Value>(explain_json) else { return BTreeSet::new() };
+    let holds = explained.pointer("/queue/held_by_others").and_then(|h| h.as_array()).cloned().unwrap_or_default();
+    holds
+        .iter()
+        .filter_map(|hold| hold.get("nodes")?.as_array().cloned())
+        .flatten()
+        .filter_map(|node| node.as_str().map(str::to_string))
+        .collect()
+}
+
 fn fits(job: &Job, free: &BTreeMap<String, i64>) -> bool {
     let mut room: Vec<i64> = free.values().copied().filter(|f| *f >= i64::from(job.gpus_per_pod)).collect();
     room.sort_unstable_by(|a, b| b.cmp(a));
@@ -943,6 +980,16 @@ mod tests {
         assert!(!fits(&job(4, 4), &free), "b holds one 4-GPU pod, c none");
         assert!(fits(&job(1, 8), &free));
         assert!(!fits(&job(2, 8), &free));
+    }
+
+    #[test]
+    fn nodes_held_for_others_are_read_from_an_explain_answer() {
+        let answer = r#"{"gang": "PodGroup a/mid", "queue": {"position": 3, "held_by_others": [
+            {"gang": "PodGroup a/old", "nodes": ["n1", "n2"]}, {"gang": "PodGroup b/older", "nodes": ["n7"]}]}}"#;
+        let held = held_by_others(answer);
+        assert_eq!(held, BTreeSet::from(["n1".to_string(), "n2".to_string(), "n7".to_string()]));
+        assert!(held_by_others(r#"{"gang": "Pod a/solo", "queue": null}"#).is_empty());
+        assert!(held_by_others("not json").is_empty());
     }
 
     #[test]

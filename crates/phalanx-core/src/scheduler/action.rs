@@ -44,8 +44,9 @@ pub enum Attempt {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
-    /// No node fits: condition on the pod plus a Warning Event.
-    Unschedulable { key: PodKey, uid: String, resource_version: Option<String>, message: String },
+    /// No node fits: the pod's `PodScheduled=False` condition says why (its
+    /// FailedScheduling Event comes as an `Event` of its own).
+    Unschedulable { key: PodKey, uid: String, resource_version: Option<String>, message: String, shown: ShownReason },
     /// Bound: a Normal Event, as kube-scheduler writes.
     Scheduled { key: PodKey, uid: String, node: String },
     /// An Event about any object (an unreadable object, a gang's PodGroup).
@@ -56,6 +57,14 @@ pub enum Report {
     /// Capacity is held for the preemptor on `node`: its `status.nominatedNodeName`
     /// (as kube-scheduler records it). An empty `node` clears it.
     Nominated { key: PodKey, uid: String, node: String },
+}
+
+/// What the pod shows before its new condition is written. When writes fall
+/// behind, pods that show no reason at all go first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShownReason {
+    Nothing,
+    Outdated,
 }
 
 /// What one call of `Scheduler::next_actions` came to: a gang decided (call

@@ -32,6 +32,12 @@ pub enum ClusterEvent {
     },
     /// UIDs of every relevant pod after a (re-)list.
     PodsListed(HashSet<String>),
+    /// A member of `gang` succeeded: it ran with the gang and counts toward
+    /// minMember, even for a leader that never saw it run.
+    MemberSucceeded {
+        gang: GangId,
+        uid: String,
+    },
     /// UIDs of every relevant pod after a list made for leadership `term`:
     /// the new leader's first fresh view.
     PodsRelisted {

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use tracing::{debug, info, info_span, warn};
 
-pub use action::{Action, Attempt, Progress, Report};
+pub use action::{Action, Attempt, Progress, Report, ShownReason};
 pub use event::{
     BindOutcome, BindResult, Change, ClusterEvent, DeviceKind, DeviceObject, DeviceObjectKey, EvictOutcome,
     EvictResult, ObjectRef, TopologyReport, Watch,
@@ -35,8 +35,8 @@ use crate::explain::{ExplainError, GangExplanation, SchedulerState, Target, expl
 use crate::framework::Profile;
 use crate::gang::{GangId, GangKind, GangObject};
 use crate::gang_scheduler::{GangDecision, GangScheduler, Settled};
-use crate::gang_status::{GroupStatusInput, MemberPhase, StatusOutcome, StatusTracker, WallClock};
-use crate::pod::{PodInfo, PodKey, PodPhase};
+use crate::gang_status::{StatusOutcome, StatusTracker, WallClock};
+use crate::pod::{PodInfo, PodKey};
 use crate::queue::SchedulingQueue;
 use crate::quota::{Quota, QuotaKind, QuotaUsage};
 use crate::resources::Resources;
@@ -163,6 +163,10 @@ impl Scheduler {
             }
             ClusterEvent::PodApplied { pod, gated } => self.apply_pod(pod, gated, now),
             ClusterEvent::PodDeleted { uid } => self.forget_pod(&uid).into(),
+            ClusterEvent::MemberSucceeded { gang, uid } => {
+                self.member_succeeded(&gang, &uid, now);
+                Change::NoNewRoom
+            }
             ClusterEvent::TopologyApplied(report) => {
                 let changed = self.snapshot.set_reported_topology(&report.node, Some(report.topology));
                 if changed.is_changed()
@@ -288,14 +292,6 @@ impl Scheduler {
                 Change::NoNewRoom
             }
             ClusterEvent::GroupStatus(input) => {
-                // The group watch sees members the pod watch never lists
-                // (those that finished while it was away).
-                if let GroupStatusInput::MemberApplied(member) = &input
-                    && member.member.phase == MemberPhase::Succeeded
-                    && let Some((namespace, name)) = member.group.split_once('/')
-                {
-                    self.member_succeeded(&GangId::new(GangKind::PodGroup, namespace, name), &member.uid, now);
-                }
                 self.group_statuses.apply(input, now);
                 Change::NoNewRoom
             }
@@ -381,9 +377,7 @@ impl Scheduler {
 
     fn apply_pod(&mut self, pod: PodInfo, gated: bool, now: Instant) -> Change {
         if pod.phase.is_finished() {
-            if let Some(gang) = pod.job.as_ref().filter(|_| pod.phase == PodPhase::Succeeded) {
-                self.member_succeeded(gang, &pod.uid, now);
-            }
+            // Whether it counts toward its gang comes as `MemberSucceeded`.
             return self.forget_pod(&pod.uid).into();
         }
         if let Some(node) = &pod.node_name {

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use super::{Action, ObjectRef, Report, Scheduler};
+use super::{Action, ObjectRef, Report, Scheduler, ShownReason};
 use crate::gang::{GangId, GangObject};
+use crate::pod::PodKey;
 use crate::queue::GangKey;
 use crate::resources::GPU;
 use crate::topology::model::{GPU_TOPOLOGY_API_VERSION, GPU_TOPOLOGY_KIND};
@@ -56,15 +57,31 @@ impl Scheduler {
         self.outbox.push(Action::Report(report));
     }
 
-    /// The condition and a FailedScheduling Event on every pending member.
+    /// A FailedScheduling Event on every pending member, and its condition
+    /// where it does not already say `message` (after a change of leader,
+    /// thousands of pending pods may show it already).
     pub(super) fn report_members(&mut self, key: &GangKey, message: &str, now: Instant) {
-        let members: Vec<_> =
-            self.queue.members(key).map(|p| (p.key.clone(), p.uid.clone(), p.resource_version.clone())).collect();
-        for (pod, uid, resource_version) in members {
+        let members: Vec<_> = self
+            .queue
+            .members(key)
+            .map(|p| (p.key.clone(), p.uid.clone(), p.resource_version.clone(), p.shown_reason.clone()))
+            .collect();
+        for (pod, uid, resource_version, shown) in members {
             if repeated(&mut self.reports.pods, uid.clone(), message, now) {
                 continue;
             }
-            self.report(Report::Unschedulable { key: pod, uid, resource_version, message: message.to_string() });
+            let regarding = pod_reference(&pod, &uid);
+            let shown = match shown {
+                Some(shown) if shown == message => None,
+                Some(_) => Some(ShownReason::Outdated),
+                None => Some(ShownReason::Nothing),
+            };
+            if let Some(shown) = shown {
+                let message = message.to_string();
+                self.report(Report::Unschedulable { key: pod, uid, resource_version, message, shown });
+            }
+            let message = message.to_string();
+            self.report(Report::Event { regarding, warning: true, reason: "FailedScheduling", message });
         }
     }
 
@@ -105,6 +122,16 @@ impl Scheduler {
             ..Default::default()
         };
         self.report(Report::Event { regarding, warning: true, reason: "InvalidObject", message });
+    }
+}
+
+fn pod_reference(pod: &PodKey, uid: &str) -> ObjectRef {
+    ObjectRef {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        namespace: Some(pod.namespace.clone()),
+        name: Some(pod.name.clone()),
+        uid: Some(uid.to_string()),
     }
 }
 

@@ -15,6 +15,7 @@ use crate::gang_status::{
     StatusResult, StatusWrite,
 };
 use crate::plugins::default_profile;
+use crate::pod::PodPhase;
 use crate::queue::BackoffPolicy;
 use crate::quota::{ElasticQuota, HardQuota, Limits};
 use crate::resources::GPU;
@@ -216,6 +217,7 @@ fn members_that_succeeded_before_the_rest_were_placed_count_toward_min_member() 
     for pod in &mut early {
         pod.phase = PodPhase::Succeeded;
         l.apply_event(ClusterEvent::PodApplied { pod: pod.clone(), gated: false });
+        l.apply_event(succeeded(pod));
     }
     l.s.retry_waiting(l.now);
     l.schedule_round();
@@ -225,6 +227,7 @@ fn members_that_succeeded_before_the_rest_were_placed_count_toward_min_member() 
         let mut pod = member(&format!("w{i}"), 3, "g");
         pod.node_name = Some("n1".into());
         pod.phase = PodPhase::Succeeded;
+        l.apply_event(succeeded(&pod));
         l.apply_event(ClusterEvent::PodApplied { pod, gated: false });
     }
     l.apply_event(ClusterEvent::PodApplied { pod: member("again", 1, "g"), gated: false });
@@ -233,26 +236,34 @@ fn members_that_succeeded_before_the_rest_were_placed_count_toward_min_member() 
     assert!(rec.unschedulable_reports().last().unwrap().contains("1 of 4 members created"));
 }
 
+fn succeeded(pod: &PodInfo) -> ClusterEvent {
+    ClusterEvent::MemberSucceeded { gang: pod.job.clone().expect("a member"), uid: pod.uid.clone() }
+}
+
+/// Found by the chaos soak: members of a PyTorchJob finished before a new
+/// leader started, so it never saw them and the job's last members waited
+/// for a minMember they could not reach. Every kind of gang hears alike.
 #[test]
-fn members_that_succeeded_while_the_pod_watch_was_away_are_learnt_from_the_group_watch() {
+fn members_that_succeeded_before_this_leader_started_count_toward_min_member() {
     let (mut l, rec) = synced_loop();
-    l.apply_event(ClusterEvent::GangApplied {
-        id: GangId::new(GangKind::PodGroup, "ns", "g"),
-        object: GangObject::Valid(GangSpec::of_size(4)),
-    });
-    for i in 2..4 {
-        let mut pod = gpu_pod(&format!("w{i}"), 3);
-        pod.key.namespace = "ns".into();
-        pod.job = Some(GangId::new(GangKind::PodGroup, "ns", "g"));
-        l.apply_event(ClusterEvent::PodApplied { pod, gated: false });
+    let id = GangId::new(GangKind::PodGroup, "ns", "job");
+    l.apply_event(ClusterEvent::GangApplied { id: id.clone(), object: GangObject::Valid(GangSpec::of_size(4)) });
+    let members: Vec<PodInfo> = (0..4)
+        .map(|i| {
+            let mut pod = gpu_pod(&format!("w{i}"), 3);
+            pod.key.namespace = "ns".into();
+            pod.job = Some(id.clone());
+            pod
+        })
+        .collect();
+    for pod in &members[2..] {
+        l.apply_event(ClusterEvent::PodApplied { pod: pod.clone(), gated: false });
     }
     l.schedule_round();
     assert_eq!(rec.bind_count(), 0);
-    assert!(rec.unschedulable_reports()[0].contains("2 of 4 members created"));
-    for uid in ["uid-w0", "uid-w1"] {
-        let GroupStatusInput::MemberApplied(mut record) = status_member(uid, "g") else { unreachable!() };
-        record.member.phase = MemberPhase::Succeeded;
-        l.apply_event(ClusterEvent::GroupStatus(GroupStatusInput::MemberApplied(record)));
+    assert!(rec.unschedulable_reports()[0].contains("2 of 4 members created"), "{:?}", rec.unschedulable_reports());
+    for pod in &members[..2] {
+        l.apply_event(succeeded(pod));
     }
     l.schedule_round();
     assert_eq!(rec.bind_count(), 2, "the gang woke with 2 placed and 2 succeeded");
@@ -404,6 +415,47 @@ fn an_unchanged_reason_is_reported_once_and_a_new_one_again() {
     l.schedule_round();
     assert_eq!(rec.unschedulable_reports().len(), 2);
     assert!(rec.unschedulable_reports()[1].contains("1 node(s) were unschedulable"));
+}
+
+/// Found by the chaos soak: a new leader rewrote the reason of every one of
+/// thousands of pending pods, and pods created meanwhile waited minutes for
+/// theirs. A reason the pod already shows gets only its Event again.
+#[test]
+fn a_new_leader_writes_only_the_reasons_pods_do_not_already_show() {
+    let (mut first, first_rec) = synced_loop();
+    first.apply_event(ClusterEvent::PodApplied { pod: gpu_pod("big", 12), gated: false });
+    first.schedule_round();
+    let message = first_rec.unschedulable_reports().pop().expect("reported");
+    let (mut l, rec) = synced_loop();
+    let shown =
+        [("same", Some(message.clone())), ("older", Some("0/1 nodes are available".to_string())), ("none", None)];
+    for (name, reason) in &shown {
+        let mut pod = gpu_pod(name, 12);
+        pod.shown_reason = reason.clone();
+        l.apply_event(ClusterEvent::PodApplied { pod, gated: false });
+    }
+    l.schedule_round();
+    let reports = rec.reports.lock().unwrap().clone();
+    let conditions: Vec<(String, ShownReason)> = reports
+        .iter()
+        .filter_map(|r| match r {
+            Report::Unschedulable { key, shown, message: m, .. } if *m == message => Some((key.name.clone(), *shown)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        conditions,
+        [("older".to_string(), ShownReason::Outdated), ("none".to_string(), ShownReason::Nothing)],
+        "{reports:#?}"
+    );
+    let events: Vec<String> = reports
+        .iter()
+        .filter_map(|r| match r {
+            Report::Event { reason: "FailedScheduling", regarding, .. } => regarding.name.clone(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(events.len(), 3, "every pod still gets its Event: {events:?}");
 }
 
 fn elastic(namespace: &str, max_gpus: i64) -> Quota {
