@@ -60,6 +60,7 @@ impl SchedulerConfig {
             gang_kinds: served.gang_kinds.clone(),
             elastic_quotas: served.elastic_quotas,
             dynamic_resources: served.dynamic_resources,
+            volumes: true,
             wall_clock,
             class_resources: self.class_resources.clone(),
         }
@@ -638,7 +639,8 @@ mod tests {
         assert!(profile.scores.contains(&("PodTopologySpread", 2)));
         assert_eq!(profile.args.inter_pod_affinity.hard_pod_affinity_weight, 7);
         let built = profile.build();
-        assert_eq!(built.cluster_filters.iter().map(|f| f.name()).collect::<Vec<_>>(), ["InterPodAffinity"]);
+        let cluster_filters: Vec<_> = built.cluster_filters.iter().map(|f| f.name()).collect();
+        assert_eq!(cluster_filters, ["VolumeBinding", "InterPodAffinity"]);
         let err = parse(&format!(
             "{MINIMAL}  pluginConfig:\n    - name: InterPodAffinity\n      args: {{hardPodAffinityWeight: 101}}\n"
         ))

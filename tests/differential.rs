@@ -18,11 +18,13 @@ use phalanx::shell::informers::Served;
 use phalanx::shell::metrics::Metrics;
 use phalanx::shell::scheduling_loop::{BindRequests, Evictions, Reports, SchedulingLoop, StatusWrites, Writers};
 use phalanx::sim::driver::replay;
-use phalanx_core::dra::inventory::ClaimWrite;
+
 use phalanx_core::gang_status::{GroupPhase, StatusWrite, WallClock};
 use phalanx_core::pod::PodKey;
 use phalanx_core::quota::QuotaKind;
-use phalanx_core::scheduler::{Action, BindResult, ClusterEvent, Recorded, Report, Scheduler, SchedulerConfig, Step};
+use phalanx_core::scheduler::{
+    Action, BindResult, ClusterEvent, PreBind, Recorded, Report, Scheduler, SchedulerConfig, Step,
+};
 use prometheus_client::registry::Registry;
 
 fn recording() -> Vec<Recorded> {
@@ -60,7 +62,10 @@ fn scheduler_config(recording: &[Recorded]) -> SchedulerConfig {
         format!("apiVersion: phalanx.dev/v1alpha1\nkind: SchedulerConfiguration\nprofiles:\n- schedulerName: {name}\n");
     // The recording starts now, at a fixed wall-clock time: both drivers stamp alike.
     let wall_clock = WallClock { instant: Instant::now(), timestamp: Timestamp::from_second(1_700_000_000).unwrap() };
-    config::parse(&text).unwrap().scheduler(&served, wall_clock)
+    let mut config = config::parse(&text).unwrap().scheduler(&served, wall_clock);
+    // Recordings made before volumes were watched list none.
+    config.volumes = recording.iter().any(|r| matches!(r.step, Step::Event(ClusterEvent::VolumeObjectsListed { .. })));
+    config
 }
 
 /// Writers that only note what they were asked, as actions.
@@ -68,8 +73,8 @@ fn scheduler_config(recording: &[Recorded]) -> SchedulerConfig {
 struct Recorder(Arc<Mutex<Vec<Action>>>);
 
 impl BindRequests for Recorder {
-    fn bind(&self, uid: String, key: PodKey, node: String, gpus: Vec<u32>, claims: Vec<ClaimWrite>) {
-        self.0.lock().unwrap().push(Action::Bind { uid, key, node, gpus, claims });
+    fn bind(&self, uid: String, key: PodKey, node: String, gpus: Vec<u32>, writes: PreBind) {
+        self.0.lock().unwrap().push(Action::Bind { uid, key, node, gpus, writes });
     }
 
     fn set_node_gone(&self, node: &str, gone: bool) {

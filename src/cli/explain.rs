@@ -134,6 +134,7 @@ async fn explain_from_cluster(options: &ExplainOptions, target: &Target) -> anyh
             gang_kinds: served.gang_kinds.clone(),
             elastic_quotas: served.elastic_quotas,
             dynamic_resources: served.dynamic_resources,
+            volumes: true,
             wall_clock: wall_clock(),
             class_resources: Default::default(),
         },

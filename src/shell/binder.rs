@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Binding, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::resource::v1::ResourceClaim;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
@@ -23,9 +23,11 @@ use super::metrics::Metrics;
 use super::rate_limit::RateLimiter;
 use phalanx_core::dra::inventory::{Allocates, ClaimWrite, Rebased};
 use phalanx_core::pod::PodKey;
-pub use phalanx_core::scheduler::{BindOutcome, BindResult};
+pub use phalanx_core::scheduler::{BindOutcome, BindResult, PreBind};
+use phalanx_core::volume::VolumeWrite;
 use phalanx_kube::dra_objects::{claim_finalizer_patch, claim_status_patch, device_claim};
 use phalanx_kube::translate::{GPUS_ANNOTATION, gpu_annotation_value};
+use phalanx_kube::volume_objects::{ClaimProgress, claim_progress, volume_write_patch};
 
 /// Waits between attempts of a write (a bind, an eviction) that failed for a
 /// reason worth another try.
@@ -36,6 +38,11 @@ const RETRY_DELAYS: [Duration; 3] = [Duration::from_millis(200), Duration::from_
 /// has not landed: the members' writes go out together, so a few seconds.
 const SHARED_CLAIM_READS: usize = 12;
 const SHARED_CLAIM_PAUSE: Duration = Duration::from_millis(250);
+
+/// How long a bind waits for its volumes' claims to be bound, and how often
+/// it looks (kube-scheduler's default `bindTimeoutSeconds` is 600).
+const VOLUME_BIND_TIMEOUT: Duration = Duration::from_secs(600);
+const VOLUME_POLL: Duration = Duration::from_millis(500);
 
 #[derive(Clone)]
 pub struct Binder {
@@ -101,7 +108,7 @@ impl Binder {
     /// Starts the bind in the background; the outcome arrives on the channel.
     /// GPU pods get their chosen GPUs recorded (`phalanx.dev/gpus`) by the
     /// same call.
-    pub fn bind(&self, uid: String, key: PodKey, node: String, gpus: Vec<u32>, claims: Vec<ClaimWrite>) {
+    pub fn bind(&self, uid: String, key: PodKey, node: String, gpus: Vec<u32>, writes: PreBind) {
         let this = self.clone();
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
@@ -109,8 +116,14 @@ impl Binder {
             // A transient failure (a timeout, a 5xx, the API server restarting)
             // is retried here, so a gang's member keeps the place its gang was
             // given instead of going back to the queue on its own. Claims are
-            // written first: the node's driver prepares what they record.
-            let result = match this.write_claims(&uid, &key, &claims).await {
+            // written first: the node's driver prepares what they record;
+            // then volumes, and the bind waits until their claims are bound.
+            let prepared = async {
+                this.write_claims(&uid, &key, &writes.claims).await?;
+                this.write_volumes(&key, &writes.volumes).await?;
+                this.wait_for_volumes(&key, &writes.volumes).await
+            };
+            let result = match prepared.await {
                 Err(refused) => refused,
                 Ok(()) => {
                     retrying(|| this.post_binding(&uid, &key, &node, &gpus), |r| matches!(r, BindResult::Failed(_)))
@@ -165,6 +178,73 @@ impl Binder {
                     .await
                     .map_err(|again| refused(write, &format!("{e}; {again}")))?,
                 Err(e) => return Err(refused(write, &e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Pre-binds volumes and asks provisioners for nodes, each write
+    /// conditional on the version the choice was made from.
+    async fn write_volumes(&self, key: &PodKey, writes: &[VolumeWrite]) -> Result<(), BindResult> {
+        for write in writes {
+            let patch = volume_write_patch(write);
+            let params = PatchParams::default();
+            let (object, request) = match write {
+                VolumeWrite::BindVolume { volume, .. } => (
+                    format!("PersistentVolume {volume}"),
+                    Request::new(PersistentVolume::url_path(&(), None)).patch(volume, &params, &Patch::Merge(patch)),
+                ),
+                VolumeWrite::SelectNode { claim, .. } => (
+                    format!("PersistentVolumeClaim {claim}"),
+                    Request::new(PersistentVolumeClaim::url_path(&(), Some(&claim.namespace))).patch(
+                        &claim.name,
+                        &params,
+                        &Patch::Merge(patch),
+                    ),
+                ),
+            };
+            self.limiter.acquire().await;
+            self.check_leading()?;
+            if let Err(e) = self.send::<serde_json::Value>(request).await {
+                warn!(pod = %key, %object, error = %e, "volume write refused");
+                return Err(BindResult::Failed(format!("{object}: {e}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits, as kube-scheduler's PreBind does, until every claim written to
+    /// is bound (the PV controller or a provisioner does that), for at most
+    /// `VOLUME_BIND_TIMEOUT`.
+    async fn wait_for_volumes(&self, key: &PodKey, writes: &[VolumeWrite]) -> Result<(), BindResult> {
+        let deadline = Instant::now() + VOLUME_BIND_TIMEOUT;
+        for write in writes {
+            let claim = write.claim();
+            let claims = Request::new(PersistentVolumeClaim::url_path(&(), Some(&claim.namespace)));
+            loop {
+                self.limiter.acquire().await;
+                self.check_leading()?;
+                let read = claims.get(&claim.name, &GetParams::default());
+                let progress = match self.send::<PersistentVolumeClaim>(read).await {
+                    Ok(current) => claim_progress(&current, write),
+                    Err(kube::Error::Api(e)) if e.code == 404 => {
+                        ClaimProgress::GivenUp(format!("PersistentVolumeClaim {claim} is gone"))
+                    }
+                    Err(e) => {
+                        debug!(pod = %key, %claim, error = %e, "reading a claim failed; reading again");
+                        ClaimProgress::Waiting
+                    }
+                };
+                match progress {
+                    ClaimProgress::Bound => break,
+                    ClaimProgress::GivenUp(why) => return Err(BindResult::Failed(why)),
+                    ClaimProgress::Waiting if Instant::now() >= deadline => {
+                        return Err(BindResult::Failed(format!(
+                            "PersistentVolumeClaim {claim} not bound within {VOLUME_BIND_TIMEOUT:?}"
+                        )));
+                    }
+                    ClaimProgress::Waiting => tokio::time::sleep(VOLUME_POLL).await,
+                }
             }
         }
         Ok(())

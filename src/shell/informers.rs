@@ -1,6 +1,7 @@
 //! Watches nodes, pods, GPU topologies, gang objects (PodGroups,
 //! PyTorchJobs, JobSets, LeaderWorkerSets), quotas (ElasticQuotas, ResourceQuotas),
-//! PodDisruptionBudgets, Namespaces (their labels), pods of gangs that succeeded, and, for
+//! PodDisruptionBudgets, Namespaces (their labels), PersistentVolumeClaims, PersistentVolumes,
+//! StorageClasses, pods of gangs that succeeded, and, for
 //! PodGroups' status, every pod naming a PodGroup (finished ones too), and turns each
 //! change into a `ClusterEvent` for
 //! the scheduling loop. Objects are translated here and dropped: no cache of
@@ -13,9 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, Pod, ResourceQuota};
+use k8s_openapi::api::core::v1::{
+    Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, ResourceQuota,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceSlice};
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList;
 use kube::api::Api;
 use kube::runtime::utils::ResetTimerBackoff;
@@ -32,6 +36,7 @@ use phalanx_core::gang_status::GroupStatusInput;
 use phalanx_core::quota::QuotaKind;
 pub use phalanx_core::scheduler::ClusterEvent;
 use phalanx_core::scheduler::{DeviceKind, DeviceObject, DeviceObjectKey, ObjectRef, Watch};
+use phalanx_core::volume::{VolumeClaimKey, VolumeKind, VolumeObject, VolumeObjectKey};
 use phalanx_kube::api::elastic_quota::ElasticQuota;
 use phalanx_kube::api::gpu_topology::GPUTopology;
 use phalanx_kube::api::jobset::JobSet;
@@ -46,6 +51,7 @@ use phalanx_kube::translate::{
     KUBEFLOW_JOB_LABEL, POD_GROUP_LABEL, TranslateError, is_gated, node_spec, pod_info, succeeded_member,
     topology_report,
 };
+use phalanx_kube::volume_objects;
 
 /// The optional APIs the API server serves, found by discovery at start:
 /// what is watched, and so what the loop waits for before scheduling.
@@ -206,6 +212,18 @@ pub fn spawn(
             claim,
         ));
     }
+    let claim = |c: &PersistentVolumeClaim| volume_objects::volume_claim(c).map(VolumeObject::Claim);
+    tokio::spawn(watch_volume_objects(Api::all(client.clone()), metrics.clone(), tx.clone(), VolumeKind::Claim, claim));
+    let volume = |v: &PersistentVolume| volume_objects::persistent_volume(v).map(VolumeObject::Volume);
+    tokio::spawn(watch_volume_objects(
+        Api::all(client.clone()),
+        metrics.clone(),
+        tx.clone(),
+        VolumeKind::Volume,
+        volume,
+    ));
+    let class = |c: &StorageClass| volume_objects::storage_class(c).map(VolumeObject::Class);
+    tokio::spawn(watch_volume_objects(Api::all(client.clone()), metrics.clone(), tx.clone(), VolumeKind::Class, class));
     tokio::spawn(watch_namespaces(Api::all(client.clone()), metrics.clone(), tx.clone()));
     tokio::spawn(watch_succeeded_members(Api::all(client.clone()), metrics.clone(), tx.clone()));
     tokio::spawn(watch_pods(Api::all(client), metrics, scheduler_names, leadership, tx));
@@ -492,6 +510,41 @@ async fn watch_device_objects<K>(
         Some(ClusterEvent::DeviceObjectsListed { kind, keys: keys.into_iter().map(key).collect() })
     };
     let failures = Failures::stop_decisions(&metrics, Watch::Devices(kind));
+    pump(api, watcher::Config::default(), failures, tx, on_apply, on_delete, on_listed).await;
+}
+
+/// A volume kind's objects, keyed as `VolumeObjectKey` (claims by `namespace/name`).
+/// An object that cannot be read is reported and left out: pods using it wait.
+async fn watch_volume_objects<K>(
+    api: Api<K>,
+    metrics: Metrics,
+    tx: mpsc::Sender<ClusterEvent>,
+    kind: VolumeKind,
+    translate: impl Fn(&K) -> Result<VolumeObject, TranslateError>,
+) where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let key_of = move |obj: &K| match obj.namespace() {
+        Some(namespace) => format!("{namespace}/{}", obj.name_any()),
+        None => obj.name_any(),
+    };
+    let key = move |text: String| match kind {
+        VolumeKind::Claim => {
+            let (namespace, name) = text.split_once('/').unwrap_or_default();
+            VolumeObjectKey::Claim(VolumeClaimKey { namespace: namespace.into(), name: name.into() })
+        }
+        VolumeKind::Volume => VolumeObjectKey::Volume(text),
+        VolumeKind::Class => VolumeObjectKey::Class(text),
+    };
+    let on_apply = |obj: K| match translate(&obj) {
+        Ok(object) => Applied::Event(key_of(&obj), ClusterEvent::VolumeObjectApplied(object)),
+        Err(error) => Applied::Invalid(invalid(&obj, &error)),
+    };
+    let on_delete = |obj: K| Some(ClusterEvent::VolumeObjectDeleted(key(key_of(&obj))));
+    let on_listed = |keys: HashSet<String>| {
+        Some(ClusterEvent::VolumeObjectsListed { kind, keys: keys.into_iter().map(key).collect() })
+    };
+    let failures = Failures::stop_decisions(&metrics, Watch::Volumes(kind));
     pump(api, watcher::Config::default(), failures, tx, on_apply, on_delete, on_listed).await;
 }
 

@@ -16,12 +16,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use phalanx_core::dra::inventory::ClaimWrite;
 use phalanx_core::gang_status::{StatusOutcome, StatusWrite};
 use phalanx_core::pod::PodKey;
 use phalanx_core::scheduler::UNSCHEDULABLE_FLUSH;
 use phalanx_core::scheduler::{
-    Action, Attempt, BindOutcome, Change, ClusterEvent, EvictOutcome, Progress, Recorded, Report, Scheduler, Step,
+    Action, Attempt, BindOutcome, Change, ClusterEvent, EvictOutcome, PreBind, Progress, Recorded, Report, Scheduler,
+    Step,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -42,8 +42,8 @@ const QUOTA_METRICS_EVERY: Duration = Duration::from_secs(1);
 
 /// Where the loop sends its binds: the binder in production, a recorder in tests.
 pub trait BindRequests {
-    /// `claims` are written before the bind.
-    fn bind(&self, uid: String, key: PodKey, node: String, gpus: Vec<u32>, claims: Vec<ClaimWrite>);
+    /// `writes` are carried out before the bind.
+    fn bind(&self, uid: String, key: PodKey, node: String, gpus: Vec<u32>, writes: PreBind);
     /// A node was deleted (`gone`) or is there again: binds not yet sent
     /// to it must not be sent.
     fn set_node_gone(&self, _node: &str, _gone: bool) {}
@@ -80,8 +80,8 @@ impl Evictions for Evictor {
 }
 
 impl BindRequests for Binder {
-    fn bind(&self, uid: String, key: PodKey, node: String, gpus: Vec<u32>, claims: Vec<ClaimWrite>) {
-        Binder::bind(self, uid, key, node, gpus, claims);
+    fn bind(&self, uid: String, key: PodKey, node: String, gpus: Vec<u32>, writes: PreBind) {
+        Binder::bind(self, uid, key, node, gpus, writes);
     }
 
     fn set_node_gone(&self, node: &str, gone: bool) {
@@ -266,7 +266,7 @@ impl<B: BindRequests, R: Reports, E: Evictions, S: StatusWrites> SchedulingLoop<
     fn carry_out(&mut self, actions: Vec<Action>, started: Instant) {
         for action in actions {
             match action {
-                Action::Bind { uid, key, node, gpus, claims } => self.writers.binder.bind(uid, key, node, gpus, claims),
+                Action::Bind { uid, key, node, gpus, writes } => self.writers.binder.bind(uid, key, node, gpus, writes),
                 Action::Evict { uid, key, preemptor } => self.writers.evictor.evict(uid, key, preemptor),
                 Action::NodeGone { node, gone } => self.writers.binder.set_node_gone(&node, gone),
                 Action::Report(report) => {

@@ -173,6 +173,7 @@ pub fn simulate(
         gang_kinds: HashSet::from([GangKind::PodGroup]),
         elastic_quotas: false,
         dynamic_resources: false,
+        volumes: false,
         wall_clock: WallClock { instant: base, timestamp: SIMULATION_EPOCH },
         class_resources: Default::default(),
     });
@@ -424,6 +425,7 @@ impl Simulation<'_> {
                 affinity: Default::default(),
                 spread: vec![],
                 shown_reason: None,
+                volume_claims: vec![],
             });
         }
         for pod in created {

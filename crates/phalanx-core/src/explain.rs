@@ -567,7 +567,7 @@ fn protected_pods(
     let largest = placement_order(pending).first().copied();
     let usable = |node: &str| match (profile, largest, snapshot.node(node)) {
         (Some(profile), Some(pod), Some(info)) => {
-            info.spec.as_ref().is_some_and(|spec| could_ever_take(profile, pod, spec, info))
+            info.spec.as_ref().is_some_and(|spec| could_ever_take(profile, pod, spec, info, snapshot))
         }
         _ => false,
     };

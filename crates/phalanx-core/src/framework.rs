@@ -39,6 +39,12 @@ pub trait ClusterFilterPlugin: Send + Sync {
     fn name(&self) -> &'static str;
     /// `None`: nothing to check for this pod in this snapshot.
     fn prepare<'a>(&self, pod: &'a PodInfo, snapshot: &'a ClusterSnapshot) -> Option<Box<dyn PreparedFilter + 'a>>;
+    /// Whether the verdict depends on pods (which preemption may evict)
+    /// rather than on other objects alone (volumes). Only the latter say
+    /// that a node could never take the pod.
+    fn reads_pods(&self) -> bool {
+        true
+    }
 }
 
 /// A cluster filter's judgement for one pod, ready to be asked about each node.

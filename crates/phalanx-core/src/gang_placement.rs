@@ -21,6 +21,7 @@ use super::resources::GPU;
 use super::schedule::{FitError, NodeGate, NodeVerdicts, choose_node_among, filter_node};
 use super::snapshot::ClusterSnapshot;
 use super::topology::domains::DomainId;
+use super::volume::VolumeWrite;
 
 /// Domains tried per level before moving to a wider one: enough to get past
 /// a domain whose capacity estimate was too hopeful, few enough to stay fast.
@@ -46,6 +47,8 @@ pub struct MemberPlacement {
     pub gpu_indices: Vec<u32>,
     /// The pod's ResourceClaims, written before the bind.
     pub claims: Vec<ClaimWrite>,
+    /// What binds its PersistentVolumeClaims, written before the bind.
+    pub volumes: Vec<VolumeWrite>,
 }
 
 /// Where the required members went.
@@ -176,12 +179,14 @@ pub(crate) fn place_all(
             Ok(choice) => {
                 snapshot.assume(pod.placement(&choice.node), choice.gpus);
                 snapshot.assume_claims(pod, &choice.claims);
+                snapshot.volumes_mut().assume(&pod.uid, &choice.volumes);
                 placed.push(MemberPlacement {
                     uid: pod.uid.clone(),
                     key: pod.key.clone(),
                     node: choice.node,
                     gpu_indices: choice.gpu_indices,
                     claims: choice.claims,
+                    volumes: choice.volumes,
                 });
             }
             Err(fit) => {
@@ -289,8 +294,19 @@ fn pods_that_fit(pod: &PodInfo, free: impl Fn(&str) -> i64, free_gpus: usize) ->
 }
 
 /// Whether a node could ever take the pod, whatever runs on it now.
-pub(crate) fn could_ever_take(profile: &Profile, pod: &PodInfo, spec: &NodeSpec, usage: &NodeInfo) -> bool {
+pub(crate) fn could_ever_take(
+    profile: &Profile,
+    pod: &PodInfo,
+    spec: &NodeSpec,
+    usage: &NodeInfo,
+    snapshot: &ClusterSnapshot,
+) -> bool {
     profile.filters.iter().filter(|f| !f.reads_usage()).all(|f| f.filter(pod, spec, usage).is_ok())
+        && profile
+            .cluster_filters
+            .iter()
+            .filter(|f| !f.reads_pods())
+            .all(|f| f.prepare(pod, snapshot).is_none_or(|check| check.filter(spec).is_ok()))
 }
 
 /// A node's room for pods like `pod`: when empty, and now.
@@ -312,7 +328,7 @@ pub(crate) fn scopes_that_could_hold(
 ) -> Vec<Scope> {
     let mut room: DomainMap<(usize, usize)> = DomainMap::default();
     for (spec, usage) in snapshot.nodes() {
-        if !could_ever_take(profile, largest, spec, usage) {
+        if !could_ever_take(profile, largest, spec, usage, snapshot) {
             continue;
         }
         let (empty, now) = node_room(largest, spec, usage);
@@ -371,7 +387,7 @@ fn narrowest_candidates<'s>(
     let mut by_domain: DomainMap<Vec<NodeRoom>> = DomainMap::default();
     let mut everything = Vec::new();
     for (spec, usage) in snapshot.nodes() {
-        if excluded.contains(&spec.name) || !could_ever_take(profile, largest, spec, usage) {
+        if excluded.contains(&spec.name) || !could_ever_take(profile, largest, spec, usage, snapshot) {
             continue;
         }
         let (empty, now) = node_room(largest, spec, usage);
@@ -613,6 +629,7 @@ mod tests {
                                 node: c.node,
                                 gpu_indices: c.gpu_indices,
                                 claims: c.claims,
+                                volumes: c.volumes,
                             });
                         }
                         Err(fit) => {

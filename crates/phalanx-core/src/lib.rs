@@ -28,6 +28,7 @@ pub mod scheduler;
 pub mod snapshot;
 pub mod topology;
 pub mod topology_spread;
+pub mod volume;
 
 /// Declares the decision modules behind `Scheduler`: private to the crate,
 /// public only with the feature `internals` (the benchmarks that time them).

@@ -162,6 +162,10 @@ pub struct PodInfo {
     /// see now (a new leader need not write it again).
     #[serde(default)]
     pub shown_reason: Option<String>,
+    /// PersistentVolumeClaims its volumes use (in its namespace), generic
+    /// ephemeral volumes' included.
+    #[serde(default)]
+    pub volume_claims: Vec<String>,
 }
 
 impl PodInfo {

@@ -377,7 +377,7 @@ impl<'p> RoomBound<'p> {
         let mut bound = Self { pod, nodes: HashMap::new(), total: 0, cap };
         if let Some(pod) = pod {
             for (spec, usage) in scope_nodes(snapshot, scope) {
-                if could_ever_take(profile, pod, spec, usage) {
+                if could_ever_take(profile, pod, spec, usage, snapshot) {
                     let room = node_room(pod, spec, usage).1.min(cap);
                     bound.nodes.insert(spec.name.clone(), room);
                     bound.total += room;

@@ -10,6 +10,7 @@ use super::node::{NodeInfo, NodeSpec};
 use super::pod::PodInfo;
 use super::snapshot::ClusterSnapshot;
 use super::topology::gpu_choice::GpuMask;
+use super::volume::VolumeWrite;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeChoice {
@@ -23,6 +24,8 @@ pub struct NodeChoice {
     pub gpu_indices: Vec<u32>,
     /// The pod's ResourceClaims on that node, to write before the bind.
     pub claims: Vec<ClaimWrite>,
+    /// What binds its unbound PersistentVolumeClaims there, written before the bind.
+    pub volumes: Vec<VolumeWrite>,
 }
 
 /// No node fits: how many nodes failed for each reason.
@@ -220,7 +223,14 @@ pub fn choose_node_among<'s>(
         Ok(claims) => claims,
         Err(misfit) => return Err(FitError { total_nodes: 1, reasons: [(misfit.to_string(), 1)].into() }),
     };
-    Ok(NodeChoice { node: spec.name.clone(), score, feasible: feasible.len(), gpus, gpu_indices, claims })
+    // Likewise for volumes (no writes if VolumeBinding is not in the profile
+    // and they do not fit: the pod is bound as it is).
+    let volumes = if pod.volume_claims.is_empty() {
+        Vec::new()
+    } else {
+        snapshot.volumes().fit(pod, spec).unwrap_or_default()
+    };
+    Ok(NodeChoice { node: spec.name.clone(), score, feasible: feasible.len(), gpus, gpu_indices, claims, volumes })
 }
 
 /// Whether the pod's ResourceClaims can be allocated on the node (part of

@@ -26,6 +26,7 @@ use super::topology::graph::LinkBandwidth;
 use super::topology::model::GpuTopology;
 use super::topology::templates;
 use super::update::Update;
+use super::volume::VolumeInventory;
 
 pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
 
@@ -95,6 +96,8 @@ pub struct ClusterSnapshot {
     namespace_usage: HashMap<String, Resources>,
     /// DRA devices and claims, and which devices are held.
     devices: DeviceInventory,
+    /// PersistentVolumeClaims, PersistentVolumes and StorageClasses.
+    volumes: VolumeInventory,
     /// Labels of each namespace (affinity terms select namespaces by them).
     namespace_labels: HashMap<String, BTreeMap<String, String>>,
     inter_pod: InterPodIndex,
@@ -115,6 +118,14 @@ impl ClusterSnapshot {
 
     pub fn devices(&self) -> &DeviceInventory {
         &self.devices
+    }
+
+    pub fn volumes(&self) -> &VolumeInventory {
+        &self.volumes
+    }
+
+    pub fn volumes_mut(&mut self) -> &mut VolumeInventory {
+        &mut self.volumes
     }
 
     /// For DeviceClasses and ResourceSlices; claims go through the methods
@@ -443,9 +454,10 @@ impl ClusterSnapshot {
     }
 
     /// Drops an assumption whose bind failed. A confirmed placement stays.
-    /// Claim allocations chosen for the pod are dropped either way: a bound
-    /// pod's are in the claims' status by then.
+    /// Claim allocations and volume bindings chosen for the pod are dropped
+    /// either way: a bound pod's are in the claims and volumes by then.
     pub fn forget(&mut self, uid: &str) -> Released {
+        self.volumes.forget(uid);
         match self.placements.get(uid).map(|p| p.key.namespace.clone()) {
             Some(namespace) => self.recharging(&namespace, |devices| devices.forget(uid)),
             None => self.devices.forget(uid),
@@ -454,6 +466,12 @@ impl ClusterSnapshot {
             Some(p) if p.state == PlacementState::Assumed => self.release(uid),
             _ => Released::NothingHeld,
         }
+    }
+
+    /// A pod is gone: its placement, and the volume bindings chosen for it.
+    pub fn remove_pod(&mut self, uid: &str) -> Released {
+        self.volumes.forget(uid);
+        self.release(uid)
     }
 
     /// Removes a placement for a what-if (preemption's search), returning it

@@ -37,6 +37,7 @@ pub fn test_pod(name: &str, requests: Resources) -> PodInfo {
         affinity: Default::default(),
         spread: vec![],
         shown_reason: None,
+        volume_claims: vec![],
     }
 }
 

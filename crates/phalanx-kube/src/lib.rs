@@ -1,6 +1,6 @@
 //! Phalanx's Kubernetes-facing types: its custom resources (`api`) and the
 //! translation of API objects into the core's types (`translate`,
-//! `gang_objects`, `quota_objects`, `dra_objects`, `pod_group_status`), and
+//! `gang_objects`, `quota_objects`, `dra_objects`, `volume_objects`, `pod_group_status`), and
 //! the PodGroup status back into a patch. Pure: no client, no async runtime; the shell and the
 //! simulator both use it.
 
@@ -11,3 +11,4 @@ pub mod pod_group_status;
 mod pod_rules;
 pub mod quota_objects;
 pub mod translate;
+pub mod volume_objects;

@@ -60,7 +60,7 @@ pub(crate) fn host_ports(spec: &PodSpec, object: &str) -> Result<Vec<HostPort>, 
 }
 
 /// `matchLabels` and `matchExpressions`, as one list of requirements.
-fn label_selector(s: &K8sLabelSelector, object: &str, field: &str) -> Result<LabelSelector, TranslateError> {
+pub(crate) fn label_selector(s: &K8sLabelSelector, object: &str, field: &str) -> Result<LabelSelector, TranslateError> {
     let mut requirements: Vec<SelectorRequirement> = s
         .match_labels
         .iter()

@@ -144,7 +144,7 @@ pub(crate) fn selector_requirement(
     Ok(SelectorRequirement { key: key.to_string(), operator })
 }
 
-fn term(t: &K8sTerm, object: &str, field: &str) -> Result<NodeSelectorTerm, TranslateError> {
+pub(crate) fn term(t: &K8sTerm, object: &str, field: &str) -> Result<NodeSelectorTerm, TranslateError> {
     let match_labels = t
         .match_expressions
         .iter()
@@ -283,6 +283,7 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, TranslateError> {
         affinity: pod_affinity,
         spread,
         shown_reason: shown_reason(pod),
+        volume_claims: crate::volume_objects::pod_volume_claims(pod),
     })
 }
 

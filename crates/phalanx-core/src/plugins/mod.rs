@@ -10,10 +10,11 @@ mod node_unschedulable;
 mod pod_topology_spread;
 mod taint_toleration;
 mod topology_domain;
+mod volume_binding;
 
 pub use gpu_topology::{GpuTopology, GpuTopologyArgs, MultiGpuOnSharedNodes};
 pub use inter_pod_affinity::{InterPodAffinity, InterPodAffinityArgs};
-pub use node_affinity::NodeAffinity;
+pub use node_affinity::{NodeAffinity, term_matches};
 pub use node_ports::NodePorts;
 pub use node_ready::NodeReady;
 pub use node_resources_fit::{NodeResourcesFit, NodeResourcesFitArgs, ResourceWeight, ScoringStrategy};
@@ -21,6 +22,7 @@ pub use node_unschedulable::NodeUnschedulable;
 pub use pod_topology_spread::PodTopologySpread;
 pub use taint_toleration::{TaintToleration, tolerates};
 pub use topology_domain::{TopologyDomain, target_domain};
+pub use volume_binding::VolumeBinding;
 
 use super::framework::{ClusterFilterPlugin, FilterPlugin, Profile, ScorePlugin, WeightedScore};
 use super::topology::domains::DomainLevels;
@@ -34,6 +36,7 @@ pub const DEFAULT_FILTERS: &[&str] = &[
     NodePorts::NAME,
     NodeResourcesFit::NAME,
     GpuTopology::NAME,
+    VolumeBinding::NAME,
     PodTopologySpread::NAME,
     InterPodAffinity::NAME,
 ];
@@ -86,6 +89,7 @@ pub fn filter_plugin(name: &str, args: &PluginArgs) -> Option<Filter> {
         NodePorts::NAME => Filter::Node(Box::new(NodePorts)),
         NodeResourcesFit::NAME => Filter::Node(Box::new(NodeResourcesFit::new(args.node_resources_fit.clone()))),
         GpuTopology::NAME => Filter::Node(Box::new(GpuTopology { multi_gpu_on_shared: args.multi_gpu_on_shared })),
+        VolumeBinding::NAME => Filter::Cluster(Box::new(VolumeBinding)),
         PodTopologySpread::NAME => Filter::Cluster(Box::new(PodTopologySpread)),
         InterPodAffinity::NAME => Filter::Cluster(Box::new(InterPodAffinity { args: args.inter_pod_affinity.clone() })),
         _ => return None,

@@ -4,13 +4,24 @@ use super::event::ObjectRef;
 use crate::dra::inventory::ClaimWrite;
 use crate::gang_status::StatusWrite;
 use crate::pod::PodKey;
+use crate::volume::VolumeWrite;
+
+/// What is written before a pod is bound.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PreBind {
+    /// ResourceClaims' allocations and reservations (each conditional on
+    /// the claim's version).
+    pub claims: Vec<ClaimWrite>,
+    /// PersistentVolumes pre-bound and claims given a node; the bind then
+    /// waits until every claim written to is bound.
+    pub volumes: Vec<VolumeWrite>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Bind the pod (guarded by its UID) to `node`, recording its GPUs;
-    /// first write its ResourceClaims' allocations and reservations (each
-    /// conditional on the claim's version): a refused write fails the bind.
-    Bind { uid: String, key: PodKey, node: String, gpus: Vec<u32>, claims: Vec<ClaimWrite> },
+    /// first carry out `writes`: a refused write fails the bind.
+    Bind { uid: String, key: PodKey, node: String, gpus: Vec<u32>, writes: PreBind },
     /// Evict a preemption victim; `preemptor` names who it makes room for
     /// ("PodGroup team-a/llm").
     Evict { uid: String, key: PodKey, preemptor: String },

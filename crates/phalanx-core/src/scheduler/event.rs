@@ -14,6 +14,7 @@ use crate::quota::{Quota, QuotaKind};
 use crate::snapshot::Released;
 use crate::topology::model::GpuTopology;
 use crate::update::Update;
+use crate::volume::{VolumeKind, VolumeObject, VolumeObjectKey};
 
 /// One change in the cluster, as the watches (or a simulated cluster) saw it.
 // Most events are pod events: boxing the pod would cost each an allocation.
@@ -82,6 +83,14 @@ pub enum ClusterEvent {
     },
     /// Namespace and name of every PodDisruptionBudget after a (re-)list.
     BudgetsListed(Vec<(String, String)>),
+    /// A PersistentVolumeClaim, PersistentVolume or StorageClass added or changed.
+    VolumeObjectApplied(VolumeObject),
+    VolumeObjectDeleted(VolumeObjectKey),
+    /// Every object of one volume kind after a (re-)list.
+    VolumeObjectsListed {
+        kind: VolumeKind,
+        keys: HashSet<VolumeObjectKey>,
+    },
     /// A DeviceClass, ResourceSlice or ResourceClaim added or changed.
     DeviceObjectApplied(DeviceObject),
     DeviceObjectDeleted(DeviceObjectKey),
@@ -126,6 +135,7 @@ pub enum Watch {
     Budgets,
     Gangs(GangKind),
     Devices(DeviceKind),
+    Volumes(VolumeKind),
 }
 
 /// The `resource.k8s.io/v1` kinds the scheduler watches.

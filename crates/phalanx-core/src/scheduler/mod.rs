@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use tracing::{debug, info, info_span, warn};
 
-pub use action::{Action, Attempt, Progress, Report, ShownReason};
+pub use action::{Action, Attempt, PreBind, Progress, Report, ShownReason};
 pub use event::{
     BindOutcome, BindResult, Change, ClusterEvent, DeviceKind, DeviceObject, DeviceObjectKey, EvictOutcome,
     EvictResult, ObjectRef, TopologyReport, Watch,
@@ -41,6 +41,7 @@ use crate::queue::SchedulingQueue;
 use crate::quota::{Quota, QuotaKind, QuotaUsage};
 use crate::resources::Resources;
 use crate::snapshot::{ClusterSnapshot, PlacementState, Released, TopologySettings};
+use crate::volume::VolumeKind;
 
 /// How a scheduler is set up: its profiles and settings, and which optional
 /// APIs the cluster serves (so which lists it waits for before deciding).
@@ -58,6 +59,9 @@ pub struct SchedulerConfig {
     /// `resource.k8s.io/v1` is served: DeviceClasses, ResourceSlices and ResourceClaims are watched.
     pub dynamic_resources: bool,
     pub class_resources: ClassResources,
+    /// PersistentVolumeClaims, PersistentVolumes and StorageClasses are
+    /// watched (the simulator has none).
+    pub volumes: bool,
 }
 
 /// A victim whose eviction is in flight.
@@ -107,6 +111,9 @@ impl Scheduler {
         let scheduler_names = config.profiles.iter().map(|p| p.scheduler_name.clone()).collect();
         if config.dynamic_resources {
             unlisted.extend([DeviceKind::Class, DeviceKind::Slice, DeviceKind::Claim].map(Watch::Devices));
+        }
+        if config.volumes {
+            unlisted.extend([VolumeKind::Claim, VolumeKind::Volume, VolumeKind::Class].map(Watch::Volumes));
         }
         let mut snapshot = ClusterSnapshot::with_settings(config.topology);
         snapshot.devices_mut().set_class_resources(config.class_resources);
@@ -255,6 +262,21 @@ impl Scheduler {
                 if self.term == Some(term) {
                     info!(term, "pods listed afresh; this replica decides from now on");
                     self.synced_term = Some(term);
+                }
+                Change::MayFitMore
+            }
+            ClusterEvent::VolumeObjectApplied(object) => {
+                self.snapshot.volumes_mut().apply(object);
+                Change::MayFitMore
+            }
+            ClusterEvent::VolumeObjectDeleted(key) => {
+                self.snapshot.volumes_mut().delete(&key);
+                Change::MayFitMore
+            }
+            ClusterEvent::VolumeObjectsListed { kind, keys } => {
+                self.unlisted.remove(&Watch::Volumes(kind));
+                for key in self.snapshot.volumes().keys(kind).into_iter().filter(|k| !keys.contains(k)) {
+                    self.snapshot.volumes_mut().delete(&key);
                 }
                 Change::MayFitMore
             }
@@ -421,7 +443,7 @@ impl Scheduler {
         self.queue.remove(uid);
         self.reports.forget_pod(uid);
         self.binding.remove(uid);
-        self.snapshot.release(uid)
+        self.snapshot.remove_pod(uid)
     }
 
     /// After a (re-)list: whatever was not listed is gone. Pods whose bind is
@@ -556,7 +578,7 @@ impl Scheduler {
                         key: member.key,
                         node: member.node,
                         gpus: member.gpu_indices,
-                        claims: member.claims,
+                        writes: PreBind { claims: member.claims, volumes: member.volumes },
                     });
                     self.binding.insert(member.uid, pod);
                 }

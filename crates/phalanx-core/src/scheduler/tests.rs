@@ -43,8 +43,8 @@ struct Recorder {
 impl Recorder {
     fn record(&self, action: Action) {
         match action {
-            Action::Bind { key, node, gpus, claims, .. } => {
-                self.claim_writes.lock().unwrap().push((key.name.clone(), claims));
+            Action::Bind { key, node, gpus, writes, .. } => {
+                self.claim_writes.lock().unwrap().push((key.name.clone(), writes.claims));
                 self.binds.lock().unwrap().push((key.name, node, gpus));
             }
             Action::Evict { key, preemptor, .. } => self.evictions.lock().unwrap().push((key.name, preemptor)),
@@ -139,6 +139,7 @@ fn synced_loop() -> (TestLoop, Recorder) {
         gang_kinds: HashSet::from([GangKind::PodGroup]),
         elastic_quotas: true,
         dynamic_resources: false,
+        volumes: false,
         class_resources: Default::default(),
         topology: Default::default(),
         preemption: Default::default(),

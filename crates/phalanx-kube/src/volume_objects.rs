@@ -1,0 +1,224 @@
+//! PersistentVolumeClaims, PersistentVolumes and StorageClasses into the
+//! core's volume types, and pods' volumes into the claims they use.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::{PersistentVolume as K8sVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass as K8sClass;
+use phalanx_core::pod::{NodeSelectorTerm, SelectorOperator, SelectorRequirement};
+use phalanx_core::quantity::parse_units;
+use phalanx_core::volume::{
+    AccessMode, BindingMode, ClaimRef, PersistentVolume, StorageClass, VolumeClaim, VolumeClaimKey, VolumeMode,
+    VolumePhase, VolumeWrite,
+};
+use serde_json::json;
+
+use crate::pod_rules::label_selector;
+use crate::translate::{TranslateError, error, term};
+
+/// Where the scheduler asks a claim's provisioner for a volume.
+pub const SELECTED_NODE_ANNOTATION: &str = "volume.kubernetes.io/selected-node";
+/// Set on a volume the scheduler (not a user) pre-bound to a claim.
+pub const BOUND_BY_CONTROLLER_ANNOTATION: &str = "pv.kubernetes.io/bound-by-controller";
+
+fn access_modes(
+    modes: Option<&Vec<String>>,
+    object: &str,
+    field: &str,
+) -> Result<BTreeSet<AccessMode>, TranslateError> {
+    modes
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, mode)| match mode.as_str() {
+            "ReadWriteOnce" => Ok(AccessMode::ReadWriteOnce),
+            "ReadOnlyMany" => Ok(AccessMode::ReadOnlyMany),
+            "ReadWriteMany" => Ok(AccessMode::ReadWriteMany),
+            "ReadWriteOncePod" => Ok(AccessMode::ReadWriteOncePod),
+            other => Err(error(object, format!("{field}[{i}]"), format!("unknown access mode {other:?}"))),
+        })
+        .collect()
+}
+
+fn volume_mode(mode: Option<&str>, object: &str, field: &str) -> Result<VolumeMode, TranslateError> {
+    match mode {
+        None | Some("Filesystem") => Ok(VolumeMode::Filesystem),
+        Some("Block") => Ok(VolumeMode::Block),
+        Some(other) => Err(error(object, field, format!("unknown volume mode {other:?}"))),
+    }
+}
+
+fn bytes(text: &str, object: &str, field: &str) -> Result<i64, TranslateError> {
+    parse_units(text).map_err(|e| error(object, field, e.to_string()))
+}
+
+pub fn volume_claim(claim: &PersistentVolumeClaim) -> Result<VolumeClaim, TranslateError> {
+    let namespace = claim.metadata.namespace.clone().unwrap_or_default();
+    let name = claim.metadata.name.clone().unwrap_or_default();
+    let object = format!("persistentvolumeclaim {namespace}/{name}");
+    let spec = claim.spec.as_ref().ok_or_else(|| error(&object, "spec", "missing"))?;
+    let request = spec.resources.as_ref().and_then(|r| r.requests.as_ref()).and_then(|r| r.get("storage"));
+    let request_bytes =
+        request.map(|q| bytes(&q.0, &object, "spec.resources.requests.storage")).transpose()?.unwrap_or(0);
+    let selector = spec.selector.as_ref().map(|s| label_selector(s, &object, "spec.selector")).transpose()?;
+    let annotations = claim.metadata.annotations.as_ref();
+    Ok(VolumeClaim {
+        key: VolumeClaimKey { namespace, name },
+        uid: claim.metadata.uid.clone().unwrap_or_default(),
+        resource_version: claim.metadata.resource_version.clone(),
+        storage_class: spec.storage_class_name.clone().unwrap_or_default(),
+        volume_name: spec.volume_name.clone().filter(|v| !v.is_empty()),
+        request_bytes,
+        access_modes: access_modes(spec.access_modes.as_ref(), &object, "spec.accessModes")?,
+        volume_mode: volume_mode(spec.volume_mode.as_deref(), &object, "spec.volumeMode")?,
+        selector,
+        selected_node: annotations.and_then(|a| a.get(SELECTED_NODE_ANNOTATION)).cloned().filter(|n| !n.is_empty()),
+        deleting: claim.metadata.deletion_timestamp.is_some(),
+    })
+}
+
+pub fn persistent_volume(volume: &K8sVolume) -> Result<PersistentVolume, TranslateError> {
+    let name = volume.metadata.name.clone().unwrap_or_default();
+    let object = format!("persistentvolume {name}");
+    let spec = volume.spec.as_ref().ok_or_else(|| error(&object, "spec", "missing"))?;
+    let capacity = spec.capacity.as_ref().and_then(|c| c.get("storage"));
+    let capacity_bytes = capacity.map(|q| bytes(&q.0, &object, "spec.capacity.storage")).transpose()?.unwrap_or(0);
+    let node_affinity = spec
+        .node_affinity
+        .as_ref()
+        .and_then(|a| a.required.as_ref())
+        .map(|required| {
+            required
+                .node_selector_terms
+                .iter()
+                .enumerate()
+                .map(|(i, t)| term(t, &object, &format!("spec.nodeAffinity.required.nodeSelectorTerms[{i}]")))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?
+        .unwrap_or_default();
+    let claim_ref = spec.claim_ref.as_ref().and_then(|r| {
+        Some(ClaimRef {
+            key: VolumeClaimKey { namespace: r.namespace.clone()?, name: r.name.clone()? },
+            uid: r.uid.clone().filter(|u| !u.is_empty()),
+        })
+    });
+    let phase = match volume.status.as_ref().and_then(|s| s.phase.as_deref()) {
+        Some("Available") => VolumePhase::Available,
+        Some("Bound") => VolumePhase::Bound,
+        Some("Released") => VolumePhase::Released,
+        Some("Failed") => VolumePhase::Failed,
+        _ => VolumePhase::Pending,
+    };
+    Ok(PersistentVolume {
+        name,
+        resource_version: volume.metadata.resource_version.clone(),
+        storage_class: spec.storage_class_name.clone().unwrap_or_default(),
+        capacity_bytes,
+        access_modes: access_modes(spec.access_modes.as_ref(), &object, "spec.accessModes")?,
+        volume_mode: volume_mode(spec.volume_mode.as_deref(), &object, "spec.volumeMode")?,
+        node_affinity,
+        claim_ref,
+        phase,
+        labels: volume.metadata.labels.clone().unwrap_or_default(),
+        deleting: volume.metadata.deletion_timestamp.is_some(),
+    })
+}
+
+pub fn storage_class(class: &K8sClass) -> Result<StorageClass, TranslateError> {
+    let name = class.metadata.name.clone().unwrap_or_default();
+    let object = format!("storageclass {name}");
+    let binding_mode = match class.volume_binding_mode.as_deref() {
+        None | Some("Immediate") => BindingMode::Immediate,
+        Some("WaitForFirstConsumer") => BindingMode::WaitForFirstConsumer,
+        Some(other) => return Err(error(&object, "volumeBindingMode", format!("unknown mode {other:?}"))),
+    };
+    // Each term: every listed label must have one of its values.
+    let allowed_topologies = class
+        .allowed_topologies
+        .iter()
+        .flatten()
+        .map(|t| NodeSelectorTerm {
+            match_labels: t
+                .match_label_expressions
+                .iter()
+                .flatten()
+                .map(|r| SelectorRequirement { key: r.key.clone(), operator: SelectorOperator::In(r.values.clone()) })
+                .collect(),
+            match_node_name: Vec::new(),
+        })
+        .collect();
+    Ok(StorageClass { name, provisioner: class.provisioner.clone(), binding_mode, allowed_topologies })
+}
+
+/// The claims a pod's volumes use: `persistentVolumeClaim.claimName`, and
+/// for a generic ephemeral volume the claim made for it (`<pod>-<volume>`).
+pub fn pod_volume_claims(pod: &Pod) -> Vec<String> {
+    let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
+    let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
+    volumes
+        .into_iter()
+        .flatten()
+        .filter_map(|v| match (&v.persistent_volume_claim, &v.ephemeral) {
+            (Some(claim), _) => Some(claim.claim_name.clone()),
+            (None, Some(_)) => Some(format!("{pod_name}-{}", v.name)),
+            (None, None) => None,
+        })
+        .collect()
+}
+
+/// The merge patch a `VolumeWrite` sends (to the volume for `BindVolume`,
+/// to the claim for `SelectNode`), conditional on the version it was
+/// chosen from, as kube-scheduler's volume binder writes them.
+pub fn volume_write_patch(write: &VolumeWrite) -> serde_json::Value {
+    match write {
+        VolumeWrite::BindVolume { claim, claim_uid, volume_version, .. } => json!({
+            "metadata": {
+                "resourceVersion": volume_version,
+                "annotations": {BOUND_BY_CONTROLLER_ANNOTATION: "yes"},
+            },
+            "spec": {"claimRef": {
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "namespace": claim.namespace, "name": claim.name, "uid": claim_uid,
+            }},
+        }),
+        VolumeWrite::SelectNode { claim_version, node, .. } => json!({
+            "metadata": {
+                "resourceVersion": claim_version,
+                "annotations": {SELECTED_NODE_ANNOTATION: node},
+            },
+        }),
+    }
+}
+
+/// How far a claim the scheduler wrote to has come.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimProgress {
+    Bound,
+    Waiting,
+    /// It will not be bound for this placement: why.
+    GivenUp(String),
+}
+
+/// Where `claim` stands after `write`: bound once it names its volume and
+/// says so; given up when its provisioner gave the node back (the
+/// annotation removed, which is how it asks for another node) or it is
+/// being deleted.
+pub fn claim_progress(claim: &PersistentVolumeClaim, write: &VolumeWrite) -> ClaimProgress {
+    let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+    let named = claim.spec.as_ref().and_then(|s| s.volume_name.as_deref()).is_some_and(|v| !v.is_empty());
+    let key = write.claim();
+    if bound && named {
+        return ClaimProgress::Bound;
+    }
+    if claim.metadata.deletion_timestamp.is_some() {
+        return ClaimProgress::GivenUp(format!("PersistentVolumeClaim {key} is being deleted"));
+    }
+    let selected = claim.metadata.annotations.as_ref().and_then(|a| a.get(SELECTED_NODE_ANNOTATION));
+    match write {
+        VolumeWrite::SelectNode { node, .. } if selected != Some(node) => {
+            ClaimProgress::GivenUp(format!("PersistentVolumeClaim {key}: its provisioner gave up on node {node}"))
+        }
+        _ => ClaimProgress::Waiting,
+    }
+}

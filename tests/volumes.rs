@@ -1,0 +1,232 @@
+//! Persistent volumes end to end, against the local control plane (its
+//! kube-controller-manager runs the PV controller that completes bindings):
+//! a claim that waits for its first consumer is bound to the local volume
+//! of the node the pod lands on; a provisioner is asked for a volume on the
+//! chosen node and the pod binds once it made one; a gang's members take
+//! one local volume each; an unbound claim of an Immediate class keeps the
+//! pod waiting with kube-scheduler's words.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::json;
+use support::{TestEnv, eventually};
+
+const BIND: Duration = Duration::from_secs(60);
+const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
+
+/// Cluster-scoped objects of one test (classes, volumes), deleted at the end.
+struct Storage {
+    env_name: String,
+    classes: Api<StorageClass>,
+    volumes: Api<PersistentVolume>,
+    claims: Api<PersistentVolumeClaim>,
+}
+
+impl Storage {
+    fn new(env: &TestEnv) -> Self {
+        Self {
+            env_name: env.name.clone(),
+            classes: Api::all(env.client.clone()),
+            volumes: Api::all(env.client.clone()),
+            claims: Api::namespaced(env.client.clone(), &env.name),
+        }
+    }
+
+    /// A class of this env; returns its name.
+    async fn class(&self, suffix: &str, provisioner: &str, binding_mode: &str) -> String {
+        let name = format!("{}-{suffix}", self.env_name);
+        let class: StorageClass = serde_json::from_value(json!({
+            "metadata": {"name": name}, "provisioner": provisioner, "volumeBindingMode": binding_mode
+        }))
+        .unwrap();
+        self.classes.create(&PostParams::default(), &class).await.expect("create storage class");
+        name
+    }
+
+    /// A local volume on `node`, optionally pre-bound to a claim.
+    async fn local_volume(
+        &self,
+        suffix: &str,
+        class: &str,
+        gib: u32,
+        node: &str,
+        claim_ref: Option<serde_json::Value>,
+    ) {
+        let mut spec = json!({
+            "capacity": {"storage": format!("{gib}Gi")},
+            "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": class,
+            "local": {"path": "/mnt/disks/ssd0"},
+            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}
+        });
+        if let Some(claim_ref) = claim_ref {
+            spec["claimRef"] = claim_ref;
+        }
+        let volume: PersistentVolume = serde_json::from_value(json!({
+            "metadata": {"name": format!("{}-{suffix}", self.env_name)}, "spec": spec
+        }))
+        .unwrap();
+        self.volumes.create(&PostParams::default(), &volume).await.expect("create volume");
+    }
+
+    async fn claim(&self, name: &str, class: &str, gib: u32) -> PersistentVolumeClaim {
+        let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": class,
+                     "resources": {"requests": {"storage": format!("{gib}Gi")}}}
+        }))
+        .unwrap();
+        self.claims.create(&PostParams::default(), &claim).await.expect("create claim")
+    }
+
+    /// The volume a claim is bound to, once the PV controller bound it.
+    async fn bound_volume(&self, claim: &str) -> String {
+        eventually(BIND, &format!("claim {claim} Bound"), || async {
+            let claim = self.claims.get(claim).await.ok()?;
+            let bound = claim.status?.phase.as_deref() == Some("Bound");
+            claim.spec?.volume_name.filter(|_| bound)
+        })
+        .await
+    }
+
+    async fn delete(self) {
+        let volumes = self.volumes.list(&Default::default()).await.expect("list volumes");
+        for volume in volumes.items.iter().filter_map(|v| v.metadata.name.clone()) {
+            if volume.starts_with(&self.env_name) {
+                let _ = self.volumes.delete(&volume, &DeleteParams::default()).await;
+            }
+        }
+        let classes = self.classes.list(&Default::default()).await.expect("list classes");
+        for class in classes.items.iter().filter_map(|c| c.metadata.name.clone()) {
+            if class.starts_with(&self.env_name) {
+                let _ = self.classes.delete(&class, &DeleteParams::default()).await;
+            }
+        }
+    }
+}
+
+/// `env.pod` mounting these claims.
+fn pod_using(env: &TestEnv, name: &str, claims: &[&str]) -> Pod {
+    let mut pod = serde_json::to_value(env.pod(name, 0)).unwrap();
+    pod["spec"]["volumes"] = claims
+        .iter()
+        .enumerate()
+        .map(|(i, c)| json!({"name": format!("v{i}"), "persistentVolumeClaim": {"claimName": c}}))
+        .collect();
+    serde_json::from_value(pod).unwrap()
+}
+
+#[tokio::test]
+async fn a_claim_waiting_for_its_first_consumer_binds_to_the_local_volume_where_the_pod_lands() {
+    let mut env = TestEnv::new("volume-local").await;
+    let nodes = env.add_pools("- {name: n, count: 3, gpus: 8}\n").await;
+    let storage = Storage::new(&env);
+    let class = storage.class("local", "kubernetes.io/no-provisioner", "WaitForFirstConsumer").await;
+    // A volume too small on node 0, the right one on node 2.
+    storage.local_volume("small", &class, 1, &nodes[0], None).await;
+    storage.local_volume("fits", &class, 20, &nodes[2], None).await;
+    storage.claim("data", &class, 10).await;
+    env.start_scheduler().await;
+    env.create(&pod_using(&env, "trainer", &["data"])).await;
+    let node = env.wait_bound("trainer", BIND).await;
+    assert_eq!(node, nodes[2], "the only node with a volume large enough");
+    assert_eq!(storage.bound_volume("data").await, format!("{}-fits", env.name));
+    storage.delete().await;
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn the_members_of_a_gang_take_one_local_volume_each() {
+    let mut env = TestEnv::new("volume-gang").await;
+    let nodes = env.add_pools("- {name: n, count: 3, gpus: 8}\n").await;
+    let storage = Storage::new(&env);
+    let class = storage.class("local", "kubernetes.io/no-provisioner", "WaitForFirstConsumer").await;
+    // Two volumes on node 1 and one on node 2: three members, three volumes.
+    storage.local_volume("a", &class, 10, &nodes[1], None).await;
+    storage.local_volume("b", &class, 10, &nodes[1], None).await;
+    storage.local_volume("c", &class, 10, &nodes[2], None).await;
+    env.start_scheduler().await;
+    for i in 0..3 {
+        storage.claim(&format!("data-{i}"), &class, 5).await;
+        let mut pod = pod_using(&env, &format!("w{i}"), &[&format!("data-{i}")]);
+        pod.metadata.labels = Some([("scheduling.x-k8s.io/pod-group".to_string(), "g".to_string())].into());
+        env.create(&pod).await;
+    }
+    support::create_object::<phalanx_kube::api::pod_group::PodGroup>(
+        &env,
+        json!({"apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "PodGroup",
+               "metadata": {"name": "g"}, "spec": {"minMember": 3}}),
+    )
+    .await;
+    let mut on = Vec::new();
+    for i in 0..3 {
+        on.push(env.wait_bound(&format!("w{i}"), BIND).await);
+    }
+    on.sort();
+    assert_eq!(on, [nodes[1].clone(), nodes[1].clone(), nodes[2].clone()], "where the volumes are");
+    let mut volumes = Vec::new();
+    for i in 0..3 {
+        volumes.push(storage.bound_volume(&format!("data-{i}")).await);
+    }
+    volumes.sort();
+    volumes.dedup();
+    assert_eq!(volumes.len(), 3, "one volume each: {volumes:?}");
+    storage.delete().await;
+    env.teardown().await;
+}
+
+/// The test plays the external provisioner: it waits for the scheduler's
+/// `selected-node` annotation and makes a volume on that node, pre-bound to
+/// the claim, as a CSI provisioner does.
+#[tokio::test]
+async fn a_provisioner_is_asked_for_a_volume_on_the_chosen_node_and_the_pod_binds_once_it_exists() {
+    let mut env = TestEnv::new("volume-provision").await;
+    let nodes = env.add_pools("- {name: n, count: 2, gpus: 8}\n").await;
+    let storage = Storage::new(&env);
+    let class = storage.class("fast", "csi.example.com", "WaitForFirstConsumer").await;
+    let claim = storage.claim("scratch", &class, 10).await;
+    env.start_scheduler().await;
+    env.create(&pod_using(&env, "trainer", &["scratch"])).await;
+    let selected = eventually(BIND, "the selected-node annotation", || async {
+        let claim = storage.claims.get("scratch").await.ok()?;
+        claim.metadata.annotations?.get(SELECTED_NODE).cloned()
+    })
+    .await;
+    assert!(nodes.contains(&selected), "{selected} is one of {nodes:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pod = env.pods().get("trainer").await.unwrap();
+    assert_eq!(pod.spec.and_then(|s| s.node_name), None, "not bound before its volume exists");
+    let claim_ref = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": env.name,
+                           "name": "scratch", "uid": claim.metadata.uid});
+    storage.local_volume("provisioned", &class, 10, &selected, Some(claim_ref)).await;
+    assert_eq!(env.wait_bound("trainer", BIND).await, selected);
+    storage.delete().await;
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn an_unbound_claim_of_an_immediate_class_keeps_the_pod_waiting_with_kube_scheduler_s_words() {
+    let mut env = TestEnv::new("volume-immediate").await;
+    env.add_pools("- {name: n, count: 1, gpus: 8}\n").await;
+    let storage = Storage::new(&env);
+    let class = storage.class("slow", "csi.example.com", "Immediate").await;
+    storage.claim("pending", &class, 10).await;
+    env.start_scheduler().await;
+    env.create(&pod_using(&env, "waiting", &["pending"])).await;
+    env.create(&pod_using(&env, "missing", &["nowhere"])).await;
+    let condition = env.wait_unschedulable("waiting", BIND).await;
+    let message = condition.message.unwrap_or_default();
+    assert!(message.contains("pod has unbound immediate PersistentVolumeClaims"), "{message}");
+    let condition = env.wait_unschedulable("missing", BIND).await;
+    let message = condition.message.unwrap_or_default();
+    assert!(message.contains("persistentvolumeclaim \"nowhere\" not found"), "{message}");
+    storage.delete().await;
+    env.teardown().await;
+}
