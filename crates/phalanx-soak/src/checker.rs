@@ -277,7 +277,8 @@ impl Checker {
         let mut refused_nodes = BTreeSet::new();
         for v in gpu_violations(pods.iter().map(|p| &**p), alloc) {
             let node = v.node().unwrap_or_default().to_string();
-            let raced = foreign.get(&node).is_some_and(|at| now.duration_since(*at) < FOREIGN_GRACE);
+            let raced = foreign.get(&node).is_some_and(|at| now.duration_since(*at) < FOREIGN_GRACE)
+                || bound_close_to_a_foreign_pod(pods, &node);
             if raced {
                 // As the kubelet's admission would refuse one of the two:
                 // the foreign pod fails (at once; a deletion waits on kwok).
@@ -384,21 +385,30 @@ impl Checker {
 
     fn check_quota(&mut self, pods: &[Arc<Pod>], now: Instant) {
         let quotas = self.stores.quotas.state();
-        let changed = self.ledger.lock().quota_changed.clone();
+        let (changed, changed_at) = {
+            let book = self.ledger.lock();
+            (book.quota_changed.clone(), book.quota_changed_at.clone())
+        };
         for quota in quotas {
             let ns = quota.namespace().unwrap_or_default();
             let Some(max) = quota.spec.max.as_ref().and_then(|m| m.get(GPU)).and_then(|q| q.0.parse::<i64>().ok())
             else {
                 continue;
             };
-            let usage: i64 = pods
+            let bound: Vec<&Pod> = pods
                 .iter()
+                .map(|p| &**p)
                 .filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && node_of(p).is_some() && !finished(p))
-                .map(|p| gpus_of(p))
-                .sum();
+                .collect();
+            let usage: i64 = bound.iter().map(|p| gpus_of(p)).sum();
             let before = self.usage.insert(ns.clone(), usage).unwrap_or(0);
             let recent_change = changed.get(&ns).is_some_and(|at| now.duration_since(*at) < QUOTA_GRACE);
-            if usage > max && usage > before && !recent_change {
+            // A rise this watch shows late (under load) may come from binds
+            // made before the change: it counts only if a pod was bound, by
+            // the API server's clock, after the change's grace.
+            let grace_end = changed_at.get(&ns).and_then(|at| at.checked_add(QUOTA_GRACE).ok());
+            let bound_since = |p: &&Pod| grace_end.is_none_or(|end| bound_at(p).is_none_or(|at| at > end));
+            if usage > max && usage > before && !recent_change && bound.iter().any(bound_since) {
                 let message = format!("namespace {ns}: {usage} GPUs bound (was {before}), ElasticQuota max {max}");
                 self.violate(Invariant::QuotaExceeded, message.clone(), message);
             }
@@ -406,24 +416,24 @@ impl Checker {
     }
 
     fn check_budgets(&mut self) {
-        let seen: Vec<(String, Instant)> = {
+        let seen: Vec<(String, Instant, Option<jiff::Timestamp>)> = {
             let history = self.stores.history.lock();
             history
                 .deleted
                 .iter()
                 .filter(|(k, _)| !self.deletions_checked.contains(*k))
-                .map(|(k, at)| (k.clone(), *at))
+                .map(|(k, at)| (k.clone(), *at, history.eviction_times.get(k).copied()))
                 .collect()
         };
         // Read after the deletions: a deletion the generator made is in
         // the ledger before it is in the history.
         let jobs = self.ledger.lock().jobs.clone();
-        for (pod, at) in seen {
+        for (pod, at, evicted_at) in seen {
             self.deletions_checked.insert(pod.clone());
             let Some(job) = job_of(&pod).and_then(|j| jobs.get(j)) else { continue };
             let Some(protected) = job.protected_since else { continue };
             let by_generator = job.deleted.is_some_and(|d| d <= at);
-            if !by_generator && at > protected + PDB_GRACE {
+            if !by_generator && at > protected + PDB_GRACE && !evicted_before_budget(evicted_at, job.budget_created) {
                 let message = format!("pod {pod} deleted while a PodDisruptionBudget allowed no disruption");
                 self.violate(Invariant::EvictedAgainstBudget, pod.clone(), message);
             }
@@ -823,6 +833,35 @@ fn refused_by_admission<'a>(pods: &[(&'a Pod, Instant)], allocatable: i64) -> Ve
 
 /// Whether all of `job`'s pods fit in `free` GPUs (first fit, largest node
 /// first): a proof that it fits, not a search for every way.
+/// When the API server bound the pod (its `PodScheduled=True` condition).
+fn bound_at(pod: &Pod) -> Option<jiff::Timestamp> {
+    let conditions = pod.status.as_ref()?.conditions.as_ref()?;
+    let scheduled = conditions.iter().find(|c| c.type_ == "PodScheduled" && c.status == "True")?;
+    scheduled.last_transition_time.as_ref().map(|t| t.0)
+}
+
+/// Whether a foreign pod on `node` and another pod there were bound within
+/// [`FOREIGN_GRACE`] of each other by the API server's clock: a race the
+/// kubelet settles, however late this watch shows it.
+fn bound_close_to_a_foreign_pod(pods: &[Arc<Pod>], node: &str) -> bool {
+    let on_node = || pods.iter().filter(|p| node_of(p) == Some(node) && !finished(p));
+    let foreign = |p: &Pod| p.namespace().as_deref() == Some(FOREIGN_NAMESPACE);
+    let times = |foreign_side: bool| -> Vec<jiff::Timestamp> {
+        on_node().filter(|p| foreign(p) == foreign_side).filter_map(|p| bound_at(p)).collect()
+    };
+    let (theirs, ours) = (times(true), times(false));
+    let grace = jiff::SignedDuration::try_from(FOREIGN_GRACE).unwrap_or_default();
+    theirs.iter().any(|f| ours.iter().any(|o| o.duration_since(*f).abs() < grace))
+}
+
+/// Whether the API server evicted the pod before the budget existed (its
+/// times have whole seconds: the same second counts as before). Seen under
+/// load: an eviction accepted a second before a budget was created, its
+/// deletion seen six seconds later.
+fn evicted_before_budget(evicted_at: Option<jiff::Timestamp>, budget_created: Option<jiff::Timestamp>) -> bool {
+    evicted_at.zip(budget_created).is_some_and(|(evicted, created)| evicted <= created)
+}
+
 /// `queue.held_by_others[*].nodes` of an `/explain` answer in JSON.
 fn held_by_others(explain_json: &str) -> BTreeSet<String> {
     let Ok(explained) = serde_json::from_str::<serde_json::Value>(explain_json) else { return BTreeSet::new() };
@@ -969,6 +1008,7 @@ mod tests {
             created: Instant::now(),
             deleted: None,
             protected_since: None,
+            budget_created: None,
             pods: Vec::new(),
         }
     }
@@ -980,6 +1020,41 @@ mod tests {
         assert!(!fits(&job(4, 4), &free), "b holds one 4-GPU pod, c none");
         assert!(fits(&job(1, 8), &free));
         assert!(!fits(&job(2, 8), &free));
+    }
+
+    fn bound_pod(namespace: &str, name: &str, node: &str, bound_at: &str) -> Arc<Pod> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"namespace": namespace, "name": name},
+                "spec": {"nodeName": node, "containers": []},
+                "status": {"phase": "Running", "conditions": [
+                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": bound_at}]}
+            }))
+            .unwrap(),
+        )
+    }
+
+    /// Seen under load: the checker's watch showed a bind 8 s after a
+    /// foreign one, and checked 13 s after the foreign bind: a race, by the
+    /// API server's clock.
+    #[test]
+    fn a_foreign_race_is_judged_by_the_api_server_s_bind_times() {
+        let foreign = bound_pod(FOREIGN_NAMESPACE, "foreign-1", "n1", "2026-12-07T16:29:05Z");
+        let close = bound_pod("soak-a", "j1-0", "n1", "2026-12-07T16:29:13Z");
+        let late = bound_pod("soak-a", "j2-0", "n1", "2026-12-07T16:29:40Z");
+        assert!(bound_close_to_a_foreign_pod(&[foreign.clone(), close], "n1"));
+        assert!(!bound_close_to_a_foreign_pod(&[foreign.clone(), late.clone()], "n1"));
+        assert!(!bound_close_to_a_foreign_pod(&[foreign, late], "n2"), "not on that node");
+    }
+
+    #[test]
+    fn an_eviction_before_the_budget_was_created_is_no_violation() {
+        let at = |s: i64| Some(jiff::Timestamp::from_second(1_700_000_000 + s).unwrap());
+        assert!(evicted_before_budget(at(0), at(1)));
+        assert!(evicted_before_budget(at(1), at(1)), "the same second cannot be told apart");
+        assert!(!evicted_before_budget(at(2), at(1)));
+        assert!(!evicted_before_budget(None, at(1)), "not evicted through the API: deleted");
+        assert!(!evicted_before_budget(at(0), None));
     }
 
     #[test]

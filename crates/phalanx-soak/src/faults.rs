@@ -506,13 +506,15 @@ impl Injector {
         let budget: PodDisruptionBudget = from_json(json!({
             "metadata": {"name": format!("{job}-chaos"), "namespace": ns},
             "spec": {"minAvailable": size, "selector": {"matchLabels": {JOB_LABEL: job}}}}));
-        api.create(&PostParams::default(), &budget).await?;
+        let created = api.create(&PostParams::default(), &budget).await?;
         if let Some(j) = self.ledger.lock().jobs.get_mut(&job) {
             j.protected_since = Some(Instant::now());
+            j.budget_created = created.metadata.creation_timestamp.map(|t| t.0);
         }
         tokio::time::sleep(hold).await;
         if let Some(j) = self.ledger.lock().jobs.get_mut(&job) {
             j.protected_since = None;
+            j.budget_created = None;
         }
         match api.delete(&format!("{job}-chaos"), &DeleteParams::default()).await {
             Err(e) if !not_found(&e) => Err(e.into()),
@@ -597,14 +599,14 @@ impl Injector {
             self.running_pods().iter().filter(|p| p.namespace().as_deref() == Some(ns)).map(|p| gpus_of(p)).sum();
         let lowered = (usage / 2 / 8 * 8).max(8);
         self.begin(id, kind, &format!("{ns}: max {lowered} (using {usage})"), hold);
-        self.ledger.lock().quota_changed.insert(ns.to_string(), Instant::now());
+        self.ledger.lock().note_quota_change(ns);
         let patch = |max: serde_json::Value| json!({"spec": {"max": {GPU: max}}});
         api.patch("gpus", &PatchParams::default(), &Patch::Merge(&patch(json!(lowered.to_string())))).await?;
         tokio::time::sleep(hold).await;
-        self.ledger.lock().quota_changed.insert(ns.to_string(), Instant::now());
+        self.ledger.lock().note_quota_change(ns);
         let restore = patch(json!(original));
         let result = api.patch("gpus", &PatchParams::default(), &Patch::Merge(&restore)).await;
-        self.ledger.lock().quota_changed.insert(ns.to_string(), Instant::now());
+        self.ledger.lock().note_quota_change(ns);
         result?;
         Ok(format!("{ns}: {usage} used, max {lowered} for {}s", hold.as_secs()))
     }

@@ -113,6 +113,7 @@ impl Generator {
             created: Instant::now(),
             deleted: None,
             protected_since: None,
+            budget_created: None,
             pods: pods.clone(),
         };
         self.log.write(

@@ -68,6 +68,8 @@ pub struct Job {
     pub deleted: Option<Instant>,
     /// Since when a PodDisruptionBudget forbids evicting any of its pods.
     pub protected_since: Option<Instant>,
+    /// When the API server created that budget, if it came after the pods.
+    pub budget_created: Option<jiff::Timestamp>,
     pub pods: Vec<String>,
 }
 
@@ -84,6 +86,16 @@ pub struct Book {
     pub foreign_binds: BTreeMap<String, Instant>,
     /// ElasticQuota max changed by a fault, by namespace: when.
     pub quota_changed: BTreeMap<String, Instant>,
+    /// The same, on the wall clock the API server stamps objects with
+    /// (one machine, one clock).
+    pub quota_changed_at: BTreeMap<String, jiff::Timestamp>,
+}
+
+impl Book {
+    pub fn note_quota_change(&mut self, namespace: &str) {
+        self.quota_changed.insert(namespace.to_string(), Instant::now());
+        self.quota_changed_at.insert(namespace.to_string(), jiff::Timestamp::now());
+    }
 }
 
 #[derive(Default)]

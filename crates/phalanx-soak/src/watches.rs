@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -38,6 +39,9 @@ pub struct Seen {
     pub deleted: BTreeMap<String, Instant>,
     /// Pods marked for eviction (the Eviction API's DisruptionTarget condition).
     pub evicted: BTreeMap<String, Instant>,
+    /// When the API server evicted each (that condition's transition time):
+    /// under load a deletion is seen seconds after the eviction.
+    pub eviction_times: BTreeMap<String, Timestamp>,
     /// When each pod was first seen bound.
     pub bound: BTreeMap<String, Instant>,
 }
@@ -52,11 +56,10 @@ pub fn key(pod: &Pod) -> String {
     format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any())
 }
 
-fn evicted(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "DisruptionTarget" && c.status == "True"))
+/// The pod's `DisruptionTarget=True` condition, if it has one.
+fn disruption_target(pod: &Pod) -> Option<&PodCondition> {
+    let conditions = pod.status.as_ref()?.conditions.as_ref()?;
+    conditions.iter().find(|c| c.type_ == "DisruptionTarget" && c.status == "True")
 }
 
 /// Starts the watches; returns once every store has its first list.
@@ -71,8 +74,11 @@ pub async fn start(client: &Client, log: Arc<EventLog>) -> Stores {
             if event == "delete" || pod.metadata.deletion_timestamp.is_some() {
                 seen.deleted.entry(key.clone()).or_insert(now);
             }
-            if evicted(pod) {
+            if let Some(condition) = disruption_target(pod) {
                 seen.evicted.entry(key.clone()).or_insert(now);
+                if let Some(at) = &condition.last_transition_time {
+                    seen.eviction_times.entry(key.clone()).or_insert(at.0);
+                }
             }
             if node_of(pod).is_some() {
                 seen.bound.entry(key.clone()).or_insert(now);
