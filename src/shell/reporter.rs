@@ -219,17 +219,6 @@ async fn write_reports(writer: Writer, mut rx: mpsc::Receiver<Report>, condition
     }
 }
 
-pub fn pod_reference(key: &PodKey, uid: &str) -> ObjectReference {
-    ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Pod".into()),
-        namespace: Some(key.namespace.clone()),
-        name: Some(key.name.clone()),
-        uid: Some(uid.to_string()),
-        ..Default::default()
-    }
-}
-
 impl Writer {
     /// `sequence`: the number `mark_newest` gave a condition report.
     async fn write(&self, report: &Report, sequence: Option<u64>) -> Result<(), kube::Error> {
@@ -240,7 +229,8 @@ impl Writer {
             }
             Report::Scheduled { key, uid, node } => {
                 let note = format!("Successfully assigned {key} to {node}");
-                self.event(pod_reference(key, uid), "Normal", "Scheduled", "Scheduling", &note).await
+                self.event(object_reference(&ObjectRef::pod(key, uid)), "Normal", "Scheduled", "Scheduling", &note)
+                    .await
             }
             Report::Event { regarding, warning, reason, message } => {
                 let type_ = if *warning { "Warning" } else { "Normal" };
@@ -248,7 +238,8 @@ impl Writer {
             }
             Report::Preempted { key, uid, preemptor, message } => {
                 let note = preempted_note(preemptor, message);
-                self.event(pod_reference(key, uid), "Warning", "Preempted", "Preempting", &note).await
+                self.event(object_reference(&ObjectRef::pod(key, uid)), "Warning", "Preempted", "Preempting", &note)
+                    .await
             }
             Report::Nominated { key, uid, node } => {
                 self.limiter.acquire().await;

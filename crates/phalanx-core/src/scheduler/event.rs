@@ -198,6 +198,19 @@ pub struct ObjectRef {
     pub uid: Option<String>,
 }
 
+impl ObjectRef {
+    /// The pod `key` with `uid`, as Events regard it.
+    pub fn pod(key: &PodKey, uid: &str) -> Self {
+        Self {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            namespace: Some(key.namespace.clone()),
+            name: Some(key.name.clone()),
+            uid: Some(uid.to_string()),
+        }
+    }
+}
+
 /// Whether waiting gangs deserve another look after a change.
 #[must_use]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,6 @@ use tracing::warn;
 
 use super::{Action, ObjectRef, Report, Scheduler, ShownReason};
 use crate::gang::{GangId, GangObject};
-use crate::pod::PodKey;
 use crate::queue::GangKey;
 use crate::resources::GPU;
 use crate::topology::model::{GPU_TOPOLOGY_API_VERSION, GPU_TOPOLOGY_KIND};
@@ -70,7 +69,7 @@ impl Scheduler {
             if repeated(&mut self.reports.pods, uid.clone(), message, now) {
                 continue;
             }
-            let regarding = pod_reference(&pod, &uid);
+            let regarding = ObjectRef::pod(&pod, &uid);
             let shown = match shown {
                 Some(shown) if shown == message => None,
                 Some(_) => Some(ShownReason::Outdated),
@@ -122,16 +121,6 @@ impl Scheduler {
             ..Default::default()
         };
         self.report(Report::Event { regarding, warning: true, reason: "InvalidObject", message });
-    }
-}
-
-fn pod_reference(pod: &PodKey, uid: &str) -> ObjectRef {
-    ObjectRef {
-        api_version: Some("v1".into()),
-        kind: Some("Pod".into()),
-        namespace: Some(pod.namespace.clone()),
-        name: Some(pod.name.clone()),
-        uid: Some(uid.to_string()),
     }
 }
 
