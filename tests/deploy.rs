@@ -205,7 +205,7 @@ async fn every_object_of_deploy_is_accepted_and_its_workloads_make_pods() {
     let restricted = json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}});
     namespaces.patch(&env.name, &PatchParams::default(), &Patch::Merge(&restricted)).await.unwrap();
     let deployment = Api::<Deployment>::namespaced(env.client.clone(), NAMESPACE).get(SCHEDULER).await.unwrap();
-    let deployment = deployment.spec.unwrap();
+    let deployment = deployment.spec;
     assert_eq!(deployment.replicas, Some(2));
     let mut pod_spec = deployment.template.spec.unwrap();
     (pod_spec.service_account_name, pod_spec.service_account) = (None, None);

@@ -144,7 +144,8 @@ async fn the_reporter_writes_a_preempted_event_and_the_nominated_node() {
     let uid = waiting.metadata.uid.clone().unwrap();
     let key = PodKey { namespace: env.name.clone(), name: "preemptor".into() };
     let metrics = Metrics::register(&mut Registry::default());
-    let reporter = Reporter::start(env.client.clone(), Arc::new(RateLimiter::new(50.0, 100)), "e2e".into(), metrics);
+    let reporter =
+        Reporter::start(env.client.clone(), Arc::new(RateLimiter::new(50.0, 100)), "e2e".into(), metrics, None);
     let nominated = |pods: Api<Pod>| async move {
         pods.get("preemptor").await.ok()?.status?.nominated_node_name.filter(|n| !n.is_empty())
     };

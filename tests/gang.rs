@@ -12,12 +12,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::scheduling::v1alpha2::PodGroup as UpstreamPodGroup;
 use kube::api::{Api, ListParams, PostParams};
 use phalanx_kube::api::jobset::JobSet;
 use phalanx_kube::api::leader_worker_set::LeaderWorkerSet;
 use phalanx_kube::api::pod_group::PodGroup;
 use phalanx_kube::api::pytorch_job::PyTorchJob;
+use phalanx_kube::api::upstream_pod_group::PodGroupV1beta1;
 use serde_json::json;
 use support::{TestEnv, eventually};
 
@@ -478,31 +478,104 @@ async fn bad_gang_objects_are_reported_by_field_and_the_queue_keeps_moving() {
     env.teardown().await;
 }
 
+/// Creates a `scheduling.k8s.io/v1beta1` PodGroup (Kubernetes 1.37) with
+/// `spec` and returns a pod template naming it.
+async fn create_upstream_group(env: &TestEnv, name: &str, spec: serde_json::Value) {
+    let group: PodGroupV1beta1 =
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": env.name}, "spec": spec})).unwrap();
+    Api::<PodGroupV1beta1>::namespaced(env.client.clone(), &env.name)
+        .create(&PostParams::default(), &group)
+        .await
+        .expect("scheduling.k8s.io/v1beta1 PodGroups are served by the test control plane");
+}
+
+fn upstream_member(env: &TestEnv, name: &str, group: &str, gpus: u32) -> Pod {
+    let mut pod = env.pod(name, gpus);
+    pod.spec.as_mut().unwrap().scheduling_group = Some(serde_json::from_value(json!({"podGroupName": group})).unwrap());
+    pod
+}
+
+/// The PodGroup's condition of `type_`: (status, reason, message).
+async fn group_condition(env: &TestEnv, group: &str, type_: &str) -> Option<(String, String, String)> {
+    let group = Api::<PodGroupV1beta1>::namespaced(env.client.clone(), &env.name).get(group).await.ok()?;
+    let conditions = group.status?.conditions?;
+    let c = conditions.into_iter().find(|c| c.type_ == type_)?;
+    Some((c.status, c.reason, c.message))
+}
+
 #[tokio::test]
 async fn an_upstream_pod_group_is_a_gang_where_the_api_server_serves_it() {
     let mut env = TestEnv::new("upstream").await;
     env.add_pools("- {name: n, count: 2, gpus: 8, gpuProduct: NVIDIA-H100-80GB-HBM3}\n").await;
     env.start_scheduler().await;
-    let group: UpstreamPodGroup = serde_json::from_value(json!({
-        "metadata": {"name": "up", "namespace": env.name},
-        "spec": {"schedulingPolicy": {"gang": {"minCount": 2}}}
-    }))
-    .unwrap();
-    Api::<UpstreamPodGroup>::namespaced(env.client.clone(), &env.name)
-        .create(&PostParams::default(), &group)
-        .await
-        .expect("scheduling.k8s.io/v1alpha2 PodGroups are served by the test control plane");
-    let upstream_member = |name: &str| {
-        let mut pod = env.pod(name, 8);
-        pod.spec.as_mut().unwrap().scheduling_group =
-            Some(serde_json::from_value(json!({"podGroupName": "up"})).unwrap());
-        pod
-    };
-    env.create(&upstream_member("up-0")).await;
+    create_upstream_group(&env, "up", json!({"schedulingPolicy": {"gang": {"minCount": 2}}})).await;
+    env.create(&upstream_member(&env, "up-0", "up", 8)).await;
     let waiting = env.wait_unschedulable("up-0", BIND).await.message.unwrap_or_default();
     assert!(waiting.contains("PodGroup") && waiting.contains("1 of 2 members created"), "{waiting}");
-    env.create(&upstream_member("up-1")).await;
+    let (status, reason, message) = eventually(BIND, "PodGroupInitiallyScheduled=False", || async {
+        group_condition(&env, "up", "PodGroupInitiallyScheduled").await.filter(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Unschedulable"));
+    assert!(message.contains("1 of 2 members created"), "{message}");
+    env.create(&upstream_member(&env, "up-1", "up", 8)).await;
     let nodes: BTreeSet<String> = [env.wait_bound("up-0", BIND).await, env.wait_bound("up-1", BIND).await].into();
     assert_eq!(nodes.len(), 2);
+    let (_, reason, message) = eventually(BIND, "PodGroupInitiallyScheduled=True", || async {
+        group_condition(&env, "up", "PodGroupInitiallyScheduled").await.filter(|c| c.0 == "True")
+    })
+    .await;
+    assert_eq!((reason.as_str(), message.as_str()), ("Scheduled", "2 members placed"));
+    env.teardown().await;
+}
+
+/// Kubernetes 1.37's `schedulingConstraints.topology`: all members within
+/// one value of the node label. Two racks of two nodes, one node of each
+/// busy: two free nodes, but no rack with two, so the gang waits (where
+/// without the constraint it would span the racks), and binds whole into
+/// the rack that frees up.
+#[tokio::test]
+async fn an_upstream_pod_group_with_a_topology_constraint_stays_within_one_domain() {
+    const RACK: &str = "example.com/rack";
+    let mut env = TestEnv::new("upstream-topology").await;
+    let nodes = env
+        .add_pools(&format!(
+            "- {{name: n, count: 4, gpus: 8, gpuProduct: NVIDIA-H100-80GB-HBM3, \
+             domains: [{{labels: [{RACK}], size: 2, prefix: rack}}]}}\n"
+        ))
+        .await;
+    env.start_scheduler().await;
+    let rack_of = |node: &str| nodes.iter().position(|n| n == node).map(|i| i / 2);
+    for (filler, node) in [("busy-a", &nodes[0]), ("busy-b", &nodes[2])] {
+        let mut pod = env.pod(filler, 8);
+        pod.spec.as_mut().unwrap().node_selector = Some([("kubernetes.io/hostname".to_string(), node.clone())].into());
+        env.create(&pod).await;
+        assert_eq!(&env.wait_bound(filler, BIND).await, node);
+    }
+    let spec = json!({"schedulingPolicy": {"gang": {"minCount": 2}},
+        "schedulingConstraints": {"topology": [{"key": RACK}]}});
+    create_upstream_group(&env, "racked", spec).await;
+    for name in ["racked-0", "racked-1"] {
+        env.create(&upstream_member(&env, name, "racked", 8)).await;
+    }
+    let within = format!("gang needs 2 pods placed together (16 GPUs) within one {RACK}");
+    eventually(BIND, "the reason naming the required domain", || async {
+        let message = env.wait_unschedulable("racked-0", BIND).await.message.unwrap_or_default();
+        message.contains(&within).then_some(())
+    })
+    .await;
+    let (_, reason, _) = eventually(BIND, "PodGroupInitiallyScheduled=False", || async {
+        group_condition(&env, "racked", "PodGroupInitiallyScheduled").await.filter(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!(reason, "Unschedulable");
+
+    env.pods().delete("busy-b", &Default::default()).await.unwrap();
+    let placed = [env.wait_bound("racked-0", BIND).await, env.wait_bound("racked-1", BIND).await];
+    assert_eq!(placed.iter().map(|n| rack_of(n)).collect::<BTreeSet<_>>(), BTreeSet::from([Some(1)]), "{placed:?}");
+    eventually(BIND, "PodGroupInitiallyScheduled=True", || async {
+        group_condition(&env, "racked", "PodGroupInitiallyScheduled").await.filter(|c| c.0 == "True")
+    })
+    .await;
     env.teardown().await;
 }

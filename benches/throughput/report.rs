@@ -35,7 +35,7 @@ pub fn render(args: &Args, fleet_seen: usize, runs: &[Run], load_before: String,
         "Settings: {} kwok nodes x 8 GPUs ({fleet_seen} Ready fleet nodes seen by the schedulers); {} pods per run of {} GPUs each, created at {} pods/s by the harness; \
          client QPS {} and burst {} for every scheduler and for the ceiling; every bind in flight at once, \
          paced by that budget; a gang counts as partly bound after {} s with some but not all members bound. \
-         Control plane: kube-apiserver {}; peers: kube-scheduler {} (GenericWorkload and GangScheduling on), \
+         Control plane: kube-apiserver {}; peers: kube-scheduler {} (GenericWorkload on: native gang scheduling), \
          scheduler-plugins {} (Coscheduling); phalanx: {}.\n",
         args.nodes,
         args.pods,

@@ -70,11 +70,7 @@ pub fn start(scheduler: Contender, setup: &Setup) -> Option<Child> {
         ),
         Contender::KubeScheduler | Contender::Coscheduling => {
             let (binary, file, gates) = if scheduler == Contender::KubeScheduler {
-                (
-                    "kube-scheduler",
-                    "kube-scheduler.yaml",
-                    vec!["--feature-gates=GenericWorkload=true,GangScheduling=true"],
-                )
+                ("kube-scheduler", "kube-scheduler.yaml", vec!["--feature-gates=GenericWorkload=true"])
             } else {
                 ("coscheduling-scheduler", "coscheduling.yaml", vec![])
             };

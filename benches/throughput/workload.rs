@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::scheduling::v1alpha2::PodGroup as UpstreamPodGroup;
+use k8s_openapi::api::scheduling::v1beta1::PodGroup as UpstreamPodGroup;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use phalanx_kube::api::pod_group::PodGroup;
@@ -27,8 +27,8 @@ pub enum GangApi {
     /// `scheduling.x-k8s.io/v1alpha1` PodGroup named by a pod label
     /// (scheduler-plugins' Coscheduling, phalanx).
     SchedulerPlugins,
-    /// `scheduling.k8s.io/v1alpha2` PodGroup named by `spec.schedulingGroup`
-    /// (kube-scheduler's GangScheduling plugin).
+    /// `scheduling.k8s.io/v1beta1` PodGroup named by `spec.schedulingGroup`
+    /// (kube-scheduler's gang scheduling, GenericWorkload in 1.37).
     Upstream,
 }
 

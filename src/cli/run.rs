@@ -74,7 +74,9 @@ pub async fn run(kubeconfig: Option<PathBuf>, config_path: &Path, http_address: 
         .context("building the Kubernetes client for evictions")?
         .gated_by(leadership.clone());
     let draining = binder.clone();
-    let reporter = Reporter::start(client.clone(), report_limiter.clone(), instance.clone(), metrics.clone())
+    let served = informers::Served::discover(&client).await;
+    let upstream = served.upstream_pod_groups;
+    let reporter = Reporter::start(client.clone(), report_limiter.clone(), instance.clone(), metrics.clone(), upstream)
         .gated_by(leadership.clone());
 
     // PodGroup status shares the Events' budget.
@@ -83,7 +85,6 @@ pub async fn run(kubeconfig: Option<PathBuf>, config_path: &Path, http_address: 
 
     let names: HashSet<String> = cfg.profiles.iter().map(|p| p.scheduler_name.clone()).collect();
     let (event_tx, event_rx) = mpsc::channel(8192);
-    let served = informers::Served::discover(&client).await;
     informers::spawn(client, Arc::new(names.clone()), &served, metrics.clone(), leadership.clone(), event_tx);
 
     let scheduler = Scheduler::new(cfg.scheduler(&served, wall_clock()));

@@ -43,6 +43,7 @@ use phalanx_kube::api::jobset::JobSet;
 use phalanx_kube::api::leader_worker_set::LeaderWorkerSet;
 use phalanx_kube::api::pod_group::PodGroup;
 use phalanx_kube::api::pytorch_job::PyTorchJob;
+use phalanx_kube::api::upstream_pod_group::{PodGroupV1alpha2, PodGroupV1beta1, UpstreamVersion};
 use phalanx_kube::dra_objects::{self, DRA_API_VERSION};
 use phalanx_kube::gang_objects;
 use phalanx_kube::pod_group_status::{group_record, member_record};
@@ -58,6 +59,8 @@ use phalanx_kube::volume_objects;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Served {
     pub gang_kinds: HashSet<GangKind>,
+    /// The version of `scheduling.k8s.io` PodGroups served, newest first.
+    pub upstream_pod_groups: Option<UpstreamVersion>,
     /// `scheduling.x-k8s.io/v1alpha1` ElasticQuotas.
     pub elastic_quotas: bool,
     /// `resource.k8s.io/v1`: pods' ResourceClaims are allocated by phalanx.
@@ -67,9 +70,15 @@ pub struct Served {
 impl Served {
     pub async fn discover(client: &Client) -> Self {
         let mut served = Self::default();
+        for version in UpstreamVersion::ALL {
+            if serves(client, version.api_version(), "podgroups", "not this version of upstream PodGroups").await {
+                served.upstream_pod_groups = Some(version);
+                served.gang_kinds.insert(GangKind::UpstreamPodGroup);
+                break;
+            }
+        }
         for (kind, plural) in [
             (GangKind::PodGroup, "podgroups"),
-            (GangKind::UpstreamPodGroup, "podgroups"),
             (GangKind::PyTorchJob, "pytorchjobs"),
             (GangKind::JobSet, "jobsets"),
             (GangKind::LeaderWorkerSet, "leaderworkersets"),
@@ -158,9 +167,22 @@ pub fn spawn(
             GangKind::PyTorchJob => {
                 tokio::spawn(watch_gangs(Api::<PyTorchJob>::all(client), metrics, *kind, tx, gang_objects::pytorch_job))
             }
-            GangKind::UpstreamPodGroup => {
-                tokio::spawn(watch_gangs(Api::all(client), metrics, *kind, tx, gang_objects::upstream_pod_group))
-            }
+            GangKind::UpstreamPodGroup => match served.upstream_pod_groups {
+                Some(UpstreamVersion::V1alpha2) => tokio::spawn(watch_gangs(
+                    Api::<PodGroupV1alpha2>::all(client),
+                    metrics,
+                    *kind,
+                    tx,
+                    gang_objects::upstream_pod_group,
+                )),
+                _ => tokio::spawn(watch_gangs(
+                    Api::<PodGroupV1beta1>::all(client),
+                    metrics,
+                    *kind,
+                    tx,
+                    gang_objects::upstream_pod_group,
+                )),
+            },
             GangKind::JobSet => {
                 tokio::spawn(watch_gangs(Api::<JobSet>::all(client), metrics, *kind, tx, gang_objects::jobset))
             }

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tracing::{debug, warn};
@@ -22,9 +22,11 @@ use tracing::{debug, warn};
 use super::leader_election::Leadership;
 use super::metrics::Metrics;
 use super::rate_limit::RateLimiter;
+use phalanx_core::gang::GangId;
 use phalanx_core::pod::PodKey;
 pub use phalanx_core::scheduler::Report;
-use phalanx_core::scheduler::{ObjectRef, ShownReason};
+use phalanx_core::scheduler::{GroupCondition, ObjectRef, ShownReason};
+use phalanx_kube::api::upstream_pod_group::UpstreamVersion;
 
 pub const REPORTING_CONTROLLER: &str = "phalanx.dev/scheduler";
 const QUEUE_CAPACITY: usize = 4096;
@@ -112,11 +114,18 @@ impl ConditionQueue {
 }
 
 impl Reporter {
-    /// Starts the background writer.
-    pub fn start(client: Client, limiter: Arc<RateLimiter>, instance: String, metrics: Metrics) -> Self {
+    /// Starts the background writer; `upstream` is the version of upstream
+    /// PodGroups the API server serves, whose conditions it writes.
+    pub fn start(
+        client: Client,
+        limiter: Arc<RateLimiter>,
+        instance: String,
+        metrics: Metrics,
+        upstream: Option<UpstreamVersion>,
+    ) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
         let conditions = Arc::new(ConditionQueue::default());
-        let writer = Writer { client, limiter, instance, newest: SharedNewest::default() };
+        let writer = Writer { client, limiter, instance, newest: SharedNewest::default(), upstream };
         tokio::spawn(write_reports(writer, rx, conditions.clone()));
         Self { queue, conditions, metrics, leadership: Leadership::always() }
     }
@@ -146,6 +155,7 @@ struct Writer {
     limiter: Arc<RateLimiter>,
     instance: String,
     newest: SharedNewest,
+    upstream: Option<UpstreamVersion>,
 }
 
 /// The newest condition report sent for each pod (by UID), so that an older
@@ -241,6 +251,7 @@ impl Writer {
                 self.event(object_reference(&ObjectRef::pod(key, uid)), "Warning", "Preempted", "Preempting", &note)
                     .await
             }
+            Report::GroupCondition { gang, condition } => self.group_condition(gang, condition).await,
             Report::Nominated { key, uid, node } => {
                 self.limiter.acquire().await;
                 Api::<Pod>::namespaced(self.client.clone(), &key.namespace)
@@ -295,6 +306,32 @@ impl Writer {
             version = current.metadata.resource_version;
         }
         Ok(())
+    }
+
+    /// A condition of an upstream PodGroup, merged by type into its status
+    /// (a strategic merge patch: the list is keyed by type).
+    async fn group_condition(&self, gang: &GangId, condition: &GroupCondition) -> Result<(), kube::Error> {
+        let Some(version) = self.upstream else { return Ok(()) };
+        self.limiter.acquire().await;
+        let (group, api_version) = version.api_version().split_once('/').expect("group/version");
+        let resource = ApiResource {
+            group: group.into(),
+            version: api_version.into(),
+            api_version: version.api_version().into(),
+            kind: "PodGroup".into(),
+            plural: "podgroups".into(),
+        };
+        let patch = json!({"status": {"conditions": [{
+            "type": condition.kind.name(),
+            "status": condition.status.name(),
+            "reason": condition.reason,
+            "message": truncate(&condition.message, 32 * 1024),
+            "lastTransitionTime": Timestamp::now().to_string(),
+        }]}});
+        Api::<DynamicObject>::namespaced_with(self.client.clone(), &gang.namespace, &resource)
+            .patch_status(&gang.name, &PatchParams::default(), &Patch::Strategic(&patch))
+            .await
+            .map(|_| ())
     }
 
     async fn event(

@@ -38,7 +38,7 @@ impl GangKind {
     pub fn api_version(self) -> &'static str {
         match self {
             GangKind::PodGroup => "scheduling.x-k8s.io/v1alpha1",
-            GangKind::UpstreamPodGroup => "scheduling.k8s.io/v1alpha2",
+            GangKind::UpstreamPodGroup => "scheduling.k8s.io/v1beta1",
             GangKind::PyTorchJob => "kubeflow.org/v1",
             GangKind::JobSet => "jobset.x-k8s.io/v1alpha2",
             GangKind::LeaderWorkerSet => "leaderworkerset.x-k8s.io/v1",
@@ -95,11 +95,34 @@ pub struct GangSpec {
     pub max_member: Option<usize>,
     /// The object's UID, for Events about it.
     pub uid: Option<String>,
+    /// A node label whose value every member's node must share (an upstream
+    /// PodGroup's `schedulingConstraints.topology`): the gang is placed
+    /// within one such domain or not at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required_domain: Option<String>,
+    /// What the object already says of its first placement (an upstream
+    /// PodGroup's `PodGroupInitiallyScheduled` condition, final once True).
+    #[serde(default)]
+    pub initial_scheduling: InitialScheduling,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum InitialScheduling {
+    #[default]
+    NotYet,
+    Done,
 }
 
 impl GangSpec {
     pub fn of_size(min_member: usize) -> Self {
-        Self { min_member, schedule_timeout: None, max_member: None, uid: None }
+        Self {
+            min_member,
+            schedule_timeout: None,
+            max_member: None,
+            uid: None,
+            required_domain: None,
+            initial_scheduling: InitialScheduling::NotYet,
+        }
     }
 }
 

@@ -36,6 +36,16 @@ pub struct GangRequest<'a> {
     /// How many of them must all have a place before any binds (minMember
     /// less the members already placed).
     pub required: usize,
+    /// A domain all members must share, if the gang's object requires one.
+    pub within: Option<RequiredDomain>,
+}
+
+/// The domains of one level, one of which must hold the whole gang: the
+/// level of a node label (`ClusterSnapshot::level_of_label`), and the label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequiredDomain {
+    pub level: usize,
+    pub label: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,8 +98,10 @@ pub struct GangUnschedulable {
     /// Why the first member without a place found none.
     pub fit: FitError,
     /// At the narrowest level where some domain is big enough for the gang,
-    /// the one with the most free GPUs.
-    pub closest: Option<ClosestDomain>,
+    /// the one with the most free GPUs (boxed: a failure travels by value).
+    pub closest: Option<Box<ClosestDomain>>,
+    /// The node label whose one value all members must share, if required.
+    pub within: Option<String>,
 }
 
 impl fmt::Display for GangUnschedulable {
@@ -102,6 +114,9 @@ impl fmt::Display for GangUnschedulable {
         write!(f, "gang needs {} pods placed together", self.required)?;
         if self.gpus_per_pod > 0 {
             write!(f, " ({} GPUs)", self.required * self.gpus_per_pod)?;
+        }
+        if let Some(label) = &self.within {
+            write!(f, " within one {label}")?;
         }
         write!(f, ", only {} have room", self.placeable)?;
         if let Some(c) = &self.closest {
@@ -131,24 +146,53 @@ pub fn place_gang(
     let required = request.required.min(order.len());
     let (needed, extras) = order.split_at(required);
     let gpus_per_pod = order.first().map_or(0, |p| p.gpu_count());
-    let mut failure = None;
-    for scope in candidate_scopes(profile, needed, request.gang, snapshot, held) {
+    let within = request.within.as_ref();
+    let mut failure: Option<(usize, FitError)> = None;
+    for scope in candidate_scopes(profile, needed, request.gang, snapshot, held, within) {
         match place_all(profile, needed, snapshot, held, scope) {
             Ok(mut members) => {
                 for pod in extras {
-                    let placed = place_all(profile, &[pod], snapshot, held, scope)
-                        .or_else(|_| place_all(profile, &[pod], snapshot, held, Scope::Cluster));
+                    let mut placed = place_all(profile, &[pod], snapshot, held, scope);
+                    if within.is_none() {
+                        placed = placed.or_else(|_| place_all(profile, &[pod], snapshot, held, Scope::Cluster));
+                    }
                     members.extend(placed.into_iter().flatten());
                 }
                 return Ok(GangPlacement { members, scope });
             }
-            Err((placeable, fit)) if scope == Scope::Cluster => failure = Some((placeable, fit)),
+            // Without a required domain the cluster's answer is the one to
+            // give; with one, the domain that came closest.
+            Err((placeable, fit))
+                if scope == Scope::Cluster
+                    || (within.is_some() && failure.as_ref().is_none_or(|(best, _)| placeable > *best)) =>
+            {
+                failure = Some((placeable, fit))
+            }
             Err(_) => {}
         }
     }
-    let (placeable, fit) = failure.expect("the cluster scope is always tried last");
-    let closest = order.first().and_then(|largest| closest_domain(profile, largest, required, snapshot));
-    Err(GangUnschedulable { required, gpus_per_pod, placeable, fit, closest })
+    let (placeable, fit) = match (failure, within) {
+        (Some(failure), _) => failure,
+        (None, Some(within)) => (0, no_domain_big_enough(snapshot, within)),
+        (None, None) => unreachable!("the cluster scope is always tried without a required domain"),
+    };
+    let closest = order.first().and_then(|largest| closest_domain(profile, largest, required, snapshot)).map(Box::new);
+    let within = within.map(|w| w.label.clone());
+    Err(GangUnschedulable { required, gpus_per_pod, placeable, fit, closest, within })
+}
+
+/// Why no domain of the required level was tried: nodes without the label,
+/// and nodes whose domains cannot hold the gang.
+fn no_domain_big_enough(snapshot: &ClusterSnapshot, within: &RequiredDomain) -> FitError {
+    let mut reasons = BTreeMap::new();
+    for (_, usage) in snapshot.nodes() {
+        let reason = match usage.domains.get(within.level).copied().flatten() {
+            None => format!("node(s) didn't have the label {} the gang requires", within.label),
+            Some(_) => format!("node(s) were in a {} too small for the gang", within.label),
+        };
+        *reasons.entry(reason).or_default() += 1;
+    }
+    FitError { total_nodes: snapshot.node_count(), reasons }
 }
 
 /// Places every member within `scope`, or rolls back and says how many had
@@ -222,21 +266,32 @@ fn gate(scope: Scope, held: &HashSet<String>, spec: &NodeSpec, usage: &NodeInfo)
 /// foldhash, as SipHash was a tenth of an unschedulable gang's decision.
 type DomainMap<V> = HashMap<(usize, DomainId), V, foldhash::fast::RandomState>;
 
-/// Scopes to try, best first; the whole cluster is always last.
+/// The levels a gang's scopes are drawn from: the configured ones, or only
+/// the level of its required domain.
+fn scope_levels(snapshot: &ClusterSnapshot, within: Option<&RequiredDomain>) -> std::ops::Range<usize> {
+    match within {
+        Some(w) => w.level..w.level + 1,
+        None => 0..snapshot.settings().levels.len(),
+    }
+}
+
+/// Scopes to try, best first; the whole cluster is last, unless the gang
+/// requires one domain of a level (then only that level's domains).
 fn candidate_scopes(
     profile: &Profile,
     needed: &[&PodInfo],
     gang: Option<&GangId>,
     snapshot: &ClusterSnapshot,
     held: &HashSet<String>,
+    within: Option<&RequiredDomain>,
 ) -> Vec<Scope> {
-    let levels = snapshot.settings().levels.len();
+    let levels = scope_levels(snapshot, within);
     let mut scopes = Vec::new();
     let placed = gang.and_then(|g| snapshot.job_nodes(g)).filter(|nodes| !nodes.is_empty());
     if let Some(placed) = placed {
         // Next to the members already placed: the narrowest domain holding them all.
         let anchors: Vec<&NodeInfo> = placed.keys().filter_map(|n| snapshot.node(n)).collect();
-        for level in 0..levels {
+        for level in levels {
             let first = anchors.first().and_then(|a| a.domains.get(level).copied().flatten());
             if let Some(id) = first
                 && anchors.iter().all(|a| a.domains.get(level) == Some(&Some(id)))
@@ -244,7 +299,7 @@ fn candidate_scopes(
                 scopes.push(Scope::Domain { level, id });
             }
         }
-    } else if let Some(largest) = needed.first().filter(|_| needed.len() > 1) {
+    } else if let Some(largest) = needed.first().filter(|_| needed.len() > 1 || within.is_some()) {
         // Domains that look big enough for the whole gang, packing the fullest first.
         let mut room: DomainMap<usize> = DomainMap::default();
         for (spec, usage) in snapshot.nodes() {
@@ -252,18 +307,27 @@ fn candidate_scopes(
                 continue;
             }
             let fits = pods_that_fit(largest, |name| usage.free_of(name), usage.free_gpus().count_ones() as usize);
-            for (level, id) in usage.domains.iter().enumerate() {
-                if let Some(id) = id {
+            for level in levels.clone() {
+                if let Some(Some(id)) = usage.domains.get(level) {
                     *room.entry((level, *id)).or_default() += fits;
                 }
             }
         }
-        let mut big_enough: Vec<((usize, DomainId), usize)> =
-            room.into_iter().filter(|(_, fits)| *fits >= needed.len()).collect();
+        let (mut big_enough, mut short): (Vec<_>, Vec<_>) =
+            room.into_iter().partition(|(_, fits)| *fits >= needed.len());
         big_enough.sort_by_key(|((level, id), fits)| (*level, *fits, *id));
         scopes = capped_per_level(big_enough.into_iter().map(|(domain, _)| domain));
+        // A required domain has no wider fallback: where none looks big
+        // enough (the estimate goes by the largest member), the roomiest
+        // are tried.
+        if within.is_some() && scopes.is_empty() {
+            short.sort_by_key(|((_, id), fits)| (Reverse(*fits), *id));
+            scopes = capped_per_level(short.into_iter().filter(|(_, fits)| *fits > 0).map(|(domain, _)| domain));
+        }
     }
-    scopes.push(Scope::Cluster);
+    if within.is_none() {
+        scopes.push(Scope::Cluster);
+    }
     scopes
 }
 
@@ -325,15 +389,17 @@ pub(crate) fn scopes_that_could_hold(
     largest: &PodInfo,
     required: usize,
     snapshot: &ClusterSnapshot,
+    within: Option<&RequiredDomain>,
 ) -> Vec<Scope> {
+    let levels = scope_levels(snapshot, within);
     let mut room: DomainMap<(usize, usize)> = DomainMap::default();
     for (spec, usage) in snapshot.nodes() {
         if !could_ever_take(profile, largest, spec, usage, snapshot) {
             continue;
         }
         let (empty, now) = node_room(largest, spec, usage);
-        for (level, id) in usage.domains.iter().enumerate() {
-            if let Some(id) = id {
+        for level in levels.clone() {
+            if let Some(Some(id)) = usage.domains.get(level) {
                 let r = room.entry((level, *id)).or_default();
                 r.0 += empty;
                 r.1 += now;
@@ -344,7 +410,9 @@ pub(crate) fn scopes_that_could_hold(
         room.into_iter().filter(|(_, (empty, _))| *empty >= required).collect();
     big_enough.sort_by_key(|((level, id), (_, now))| (*level, Reverse(*now), *id));
     let mut scopes = capped_per_level(big_enough.into_iter().map(|(domain, _)| domain));
-    scopes.push(Scope::Cluster);
+    if within.is_none() {
+        scopes.push(Scope::Cluster);
+    }
     scopes
 }
 
@@ -395,7 +463,7 @@ fn narrowest_candidates<'s>(
             continue;
         }
         let room = NodeRoom { name: spec.name.as_str(), empty, now };
-        for (level, id) in usage.domains.iter().enumerate() {
+        for (level, id) in usage.domains.iter().enumerate().take(levels) {
             if let Some(id) = id {
                 by_domain.entry((level, *id)).or_default().push(room);
             }
@@ -520,24 +588,94 @@ mod tests {
         // Rack 0 has 1 free node, rack 1 has 2, rack 2 has 4: a 2-node gang packs rack 1.
         let mut s = racks(&[3, 2, 0]);
         let (id, members) = gang("g", 2, 8);
-        let request = GangRequest { gang: Some(&id), members: members.iter().collect(), required: 2 };
+        let request = GangRequest { gang: Some(&id), members: members.iter().collect(), required: 2, within: None };
         let placement = place_gang(&profile_with_defaults(), &request, &mut s, &HashSet::new()).unwrap();
         assert_eq!(racks_of(&placement), BTreeSet::from(["r1".to_string()]));
         assert_eq!(placement.members.len(), 2);
         assert!(s.placement("uid-g-0").is_some(), "reserved in the snapshot");
     }
 
+    /// A label no configured level reads: "room" across the racks, so that
+    /// rooms 0 and 1 hold rack 0 and half of rack 1, room 2 the rest.
+    const ROOM: &str = "example.com/room";
+
+    fn rooms(used: &[usize]) -> ClusterSnapshot {
+        let mut s = racks(used);
+        let specs: Vec<NodeSpec> = s.nodes().map(|(spec, _)| spec.clone()).collect();
+        for (i, mut spec) in specs.into_iter().enumerate() {
+            spec.labels.insert(ROOM.into(), format!("room-{}", i / 3));
+            s.upsert_node(spec);
+        }
+        s
+    }
+
+    fn required(s: &mut ClusterSnapshot, label: &str) -> Option<RequiredDomain> {
+        Some(RequiredDomain { level: s.level_of_label(label), label: label.into() })
+    }
+
+    #[test]
+    fn a_gang_that_requires_one_value_of_a_label_is_placed_within_one_or_not_at_all() {
+        // Racks 0 and 1 each have 2 free nodes; rooms of 3 nodes: room-0 is
+        // r0-n0..n2 (n0, n1 full), room-1 r0-n3, r1-n0, r1-n1 (r1-n0, r1-n1 full),
+        // room-2 r1-n2, r1-n3 and rack 2's first node, room-3 the rest of rack 2.
+        let mut s = rooms(&[2, 2, 0]);
+        let (id, members) = gang("g", 3, 8);
+        let within = required(&mut s, ROOM);
+        let request = GangRequest { gang: Some(&id), members: members.iter().collect(), required: 3, within };
+        let placement = place_gang(&profile_with_defaults(), &request, &mut s, &HashSet::new()).unwrap();
+        let rooms: BTreeSet<&str> = placement
+            .members
+            .iter()
+            .map(|m| s.node(&m.node).unwrap().spec.as_ref().unwrap().labels[ROOM].as_str())
+            .collect();
+        assert_eq!(rooms.len(), 1, "one room: {placement:?}");
+        assert!(matches!(placement.scope, Scope::Domain { level, .. } if level == s.settings().levels.len()));
+
+        // 4 more 8-GPU pods: 5 nodes are free, but no room has 4 of them.
+        let (id, members) = gang("h", 4, 8);
+        let within = request.within.clone();
+        let request = GangRequest { gang: Some(&id), members: members.iter().collect(), required: 4, within };
+        let free_before: u32 = s.nodes().map(|(_, u)| u.free_gpus().count_ones()).sum();
+        let err = place_gang(&profile_with_defaults(), &request, &mut s, &HashSet::new()).unwrap_err();
+        let free_after: u32 = s.nodes().map(|(_, u)| u.free_gpus().count_ones()).sum();
+        assert_eq!(free_before, free_after, "nothing stays assumed");
+        assert!(err.to_string().starts_with("gang needs 4 pods placed together (32 GPUs) within one example.com/room"), "{err}");
+        let unlimited = GangRequest { within: None, ..request };
+        assert!(place_gang(&profile_with_defaults(), &unlimited, &mut s, &HashSet::new()).is_ok(), "spread, it fits");
+    }
+
+    #[test]
+    fn a_required_configured_level_is_that_level_and_nodes_without_the_label_are_out() {
+        let mut s = racks(&[0, 0]);
+        assert_eq!(s.level_of_label(BLOCK), 1, "the block level reads the label");
+        s.upsert_node(gpu_node("bare", 8));
+        let (id, members) = gang("g", 5, 8);
+        let within = required(&mut s, BLOCK);
+        let request = GangRequest { gang: Some(&id), members: members.iter().collect(), required: 5, within };
+        let err = place_gang(&profile_with_defaults(), &request, &mut s, &HashSet::new()).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("within one network.topology.nvidia.com/block, only 4 have room"), "{message}");
+        assert!(s.placement("uid-g-0").is_none(), "nothing stays assumed");
+
+        // No node carries the label: no domain to try.
+        let mut s = ClusterSnapshot::new();
+        s.upsert_node(gpu_node("bare", 8));
+        let request = GangRequest { within: required(&mut s, "example.com/room"), ..request };
+        let message = place_gang(&profile_with_defaults(), &request, &mut s, &HashSet::new()).unwrap_err().to_string();
+        assert!(message.ends_with("0/1 nodes are available: 1 node(s) didn't have the label example.com/room the gang requires."), "{message}");
+    }
+
     #[test]
     fn a_gang_too_big_for_any_rack_spans_racks_and_one_too_big_for_all_places_nothing() {
         let mut s = racks(&[2, 2, 2]);
         let (id, members) = gang("wide", 5, 8);
-        let request = GangRequest { gang: Some(&id), members: members.iter().collect(), required: 5 };
+        let request = GangRequest { gang: Some(&id), members: members.iter().collect(), required: 5, within: None };
         let placement = place_gang(&profile_with_defaults(), &request, &mut s, &HashSet::new()).unwrap();
         assert_eq!(placement.scope, Scope::Cluster);
         assert_eq!(placement.members.len(), 5);
 
         let (id, members) = gang("huge", 2, 8);
-        let request = GangRequest { gang: Some(&id), members: members.iter().collect(), required: 2 };
+        let request = GangRequest { gang: Some(&id), members: members.iter().collect(), required: 2, within: None };
         let free_before: u32 = s.nodes().map(|(_, u)| u.free_gpus().count_ones()).sum();
         let err = place_gang(&profile_with_defaults(), &request, &mut s, &HashSet::new()).unwrap_err();
         assert_eq!((err.required, err.placeable), (2, 1));
@@ -552,7 +690,7 @@ mod tests {
         let (id, members) = gang("g", 3, 8);
         // One member was bound (before a restart) in rack 1.
         s.observe_bound(members[0].placement("r1-n2"), None);
-        let request = GangRequest { gang: Some(&id), members: members[1..].iter().collect(), required: 2 };
+        let request = GangRequest { gang: Some(&id), members: members[1..].iter().collect(), required: 2, within: None };
         let placement = place_gang(&profile_with_defaults(), &request, &mut s, &HashSet::new()).unwrap();
         assert_eq!(racks_of(&placement), BTreeSet::from(["r1".to_string()]));
     }
@@ -561,7 +699,7 @@ mod tests {
     fn members_beyond_min_member_take_what_room_is_left() {
         let mut s = racks(&[3]);
         let (id, members) = gang("elastic", 3, 4);
-        let request = GangRequest { gang: Some(&id), members: members.iter().collect(), required: 1 };
+        let request = GangRequest { gang: Some(&id), members: members.iter().collect(), required: 1, within: None };
         let placement = place_gang(&profile_with_defaults(), &request, &mut s, &HashSet::new()).unwrap();
         assert_eq!(placement.members.len(), 2, "one free node holds two of the three");
     }
@@ -571,7 +709,7 @@ mod tests {
         let mut s = racks(&[0]);
         let held: HashSet<String> = (0..4).map(|n| format!("r0-n{n}")).collect();
         let pod = gpu_pod("small", 1);
-        let request = GangRequest { gang: None, members: vec![&pod], required: 1 };
+        let request = GangRequest { gang: None, members: vec![&pod], required: 1, within: None };
         let err = place_gang(&profile_with_defaults(), &request, &mut s, &held).unwrap_err();
         assert_eq!(err.to_string(), "0/4 nodes are available: 4 node(s) were held for a gang waiting ahead.");
     }
@@ -608,7 +746,7 @@ mod tests {
             let order = placement_order(&members.iter().collect::<Vec<_>>());
             let profile = profile_with_defaults();
             let held = HashSet::from(["r0-n1".to_string()]);
-            for scope in candidate_scopes(&profile, &order, Some(&id), &s, &held) {
+            for scope in candidate_scopes(&profile, &order, Some(&id), &s, &held, None) {
                 let kept = place_all(&profile, &order, &mut s, &held, scope);
                 if let Ok(placed) = &kept {
                     for m in placed {
@@ -656,13 +794,13 @@ mod tests {
         // it waits on rack 1, where the most is free, and holds just 3 nodes.
         let s = racks(&[3, 2]);
         let (id, members) = gang("big", 3, 8);
-        let request = GangRequest { gang: Some(&id), members: members.iter().collect(), required: 3 };
+        let request = GangRequest { gang: Some(&id), members: members.iter().collect(), required: 3, within: None };
         let hold = nodes_to_hold(&profile_with_defaults(), &request, &s, &HashSet::new(), &HashSet::new());
         assert_eq!(hold.len(), 3);
         assert!(hold.iter().all(|n| n.starts_with("r1")), "{hold:?}");
         assert!(hold.contains("r1-n2") && hold.contains("r1-n3"), "the free nodes are held first");
         let (id, members) = gang("never", 9, 8);
-        let request = GangRequest { gang: Some(&id), members: members.iter().collect(), required: 9 };
+        let request = GangRequest { gang: Some(&id), members: members.iter().collect(), required: 9, within: None };
         assert!(nodes_to_hold(&profile_with_defaults(), &request, &s, &HashSet::new(), &HashSet::new()).is_empty());
     }
 }

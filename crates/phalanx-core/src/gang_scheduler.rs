@@ -10,7 +10,8 @@ use super::disruption::DisruptionBudget;
 use super::framework::Profile;
 use super::gang::{GangId, GangKind, GangObject, GangSpec};
 use super::gang_placement::{
-    GangPlacement, GangRequest, GangUnschedulable, MemberPlacement, Scope, nodes_to_hold, place_gang, placement_order,
+    GangPlacement, GangRequest, GangUnschedulable, MemberPlacement, RequiredDomain, Scope, nodes_to_hold, place_gang,
+    placement_order,
 };
 use super::pod::PodInfo;
 use super::preemption::{PreemptionPlan, PreemptionRules, PreemptionSettings, plan_preemption};
@@ -388,7 +389,11 @@ impl GangScheduler {
         };
         let namespace = members[0].key.namespace.clone();
         let required = spec.min_member.saturating_sub(placed);
-        let mut request = GangRequest { gang: key.gang(), members, required };
+        let within = spec.required_domain.as_ref().map(|label| RequiredDomain {
+            level: snapshot.level_of_label(label),
+            label: label.clone(),
+        });
+        let mut request = GangRequest { gang: key.gang(), members, required, within };
         // Quotas hold for the whole gang before any member binds: all its
         // pending members if the quota allows, else the required ones only.
         let ordered = placement_order(&request.members);
@@ -572,10 +577,14 @@ impl GangScheduler {
     fn spec_of(&self, key: &GangKey) -> Result<GangSpec, String> {
         let Some(id) = key.gang() else { return Ok(GangSpec::of_size(1)) };
         if !self.served.contains(&id.kind) {
+            // Upstream PodGroups are read in either version.
+            let api = match id.kind {
+                GangKind::UpstreamPodGroup => "scheduling.k8s.io/v1beta1 or v1alpha2",
+                kind => kind.api_version(),
+            };
+            let kind = id.kind.object_kind();
             return Err(format!(
-                "waiting for {id}: the API server does not serve {} {}s, so the gang's size is unknown",
-                id.kind.api_version(),
-                id.kind.object_kind()
+                "waiting for {id}: the API server does not serve {api} {kind}s, so the gang's size is unknown"
             ));
         }
         match self.object(id) {
@@ -858,7 +867,7 @@ mod tests {
         let GangDecision::Wait(message) = g.decide(&key, &profiles, &mut s, &q, Instant::now()).decision else {
             panic!()
         };
-        assert!(message.contains("does not serve scheduling.k8s.io/v1alpha2 PodGroups"), "{message}");
+        assert!(message.contains("does not serve scheduling.k8s.io/v1beta1 or v1alpha2 PodGroups"), "{message}");
     }
 
     #[test]

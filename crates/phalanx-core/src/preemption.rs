@@ -134,7 +134,7 @@ pub fn plan_preemption(
     if candidates.is_empty() {
         return None;
     }
-    let scopes = scopes_that_could_hold(profile, largest, needed.len(), snapshot);
+    let scopes = scopes_that_could_hold(profile, largest, needed.len(), snapshot, request.within.as_ref());
     let mut passes = vec![true];
     if rules.allow_budget_violation {
         passes.push(false);
@@ -608,7 +608,7 @@ mod tests {
         id: &GangId,
         r: &PreemptionRules<'_>,
     ) -> Option<PreemptionPlan> {
-        let request = GangRequest { gang: Some(id), members: members.iter().collect(), required: members.len() };
+        let request = GangRequest { gang: Some(id), members: members.iter().collect(), required: members.len(), within: None };
         let before: Vec<(String, Placement)> =
             s.placements().map(|(u, p)| (u.to_string(), p.clone())).collect::<BTreeMap<_, _>>().into_iter().collect();
         let plan = plan_preemption(&profile_with_defaults(), &request, s, r);
@@ -733,7 +733,7 @@ mod tests {
             }
             // Evict, check the proof and the gangs left behind.
             let taken: Vec<(String, Placement)> = p.victims.iter().map(|v| (v.uid.clone(), s.take(&v.uid).unwrap())).collect();
-            let request = GangRequest { gang: Some(&id), members: members.iter().collect(), required: want };
+            let request = GangRequest { gang: Some(&id), members: members.iter().collect(), required: want, within: None };
             let placed = place_gang(&profile_with_defaults(), &request, &mut s, &HashSet::new());
             prop_assert!(placed.is_ok(), "the plan's placement does not hold");
             for m in placed.unwrap().members { s.forget(&m.uid); }

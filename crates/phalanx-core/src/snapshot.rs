@@ -101,6 +101,11 @@ pub struct ClusterSnapshot {
     /// Labels of each namespace (affinity terms select namespaces by them).
     namespace_labels: HashMap<String, BTreeMap<String, String>>,
     inter_pod: InterPodIndex,
+    /// Node labels gangs require a domain of (`GangSpec::required_domain`)
+    /// that no configured level reads: each is a flat level after the
+    /// configured ones in every node's domains, so scopes and victim
+    /// searches work on it as on any level.
+    required_keys: Vec<String>,
 }
 
 impl ClusterSnapshot {
@@ -168,9 +173,34 @@ impl ClusterSnapshot {
         &self.domains
     }
 
+    /// The level whose domains are the values of node label `key`: the
+    /// configured level reading it, else a flat level added for it now
+    /// (every node's domains are worked out again, once per new key).
+    pub fn level_of_label(&mut self, key: &str) -> usize {
+        let levels = &self.settings.levels;
+        if let Some(level) = levels.levels.iter().position(|l| l.labels.iter().any(|label| label == key)) {
+            return level;
+        }
+        let configured = levels.len();
+        if let Some(i) = self.required_keys.iter().position(|k| k == key) {
+            return configured + i;
+        }
+        self.required_keys.push(key.to_string());
+        let specs: Vec<NodeSpec> = self.nodes().map(|(spec, _)| spec.clone()).collect();
+        for spec in specs {
+            self.upsert_node(spec);
+        }
+        configured + self.required_keys.len() - 1
+    }
+
     /// Adds or updates a node. Returns whether anything a decision reads changed.
     pub fn upsert_node(&mut self, spec: NodeSpec) -> Update {
-        let domains = self.settings.levels.domains_of(&spec.labels, &mut self.domains);
+        let mut domains = self.settings.levels.domains_of(&spec.labels, &mut self.domains);
+        let configured = self.settings.levels.len();
+        for (i, key) in self.required_keys.iter().enumerate() {
+            let value = spec.labels.get(key).filter(|v| !v.is_empty());
+            domains.push(value.map(|v| self.domains.intern(configured + i, v.clone())));
+        }
         let name = spec.name.clone();
         let (slot, info) = self.nodes.entry(&name);
         let changed = info.spec.as_ref() != Some(&spec);

@@ -35,11 +35,18 @@ fn cel_expressions(selectors: Option<&Vec<DeviceSelector>>) -> Vec<String> {
 }
 
 pub fn device_class(class: &K8sDeviceClass) -> DeviceClass {
+    // 1.37 made the spec optional: a class without one selects every device.
+    let spec = class.spec.as_ref();
     DeviceClass {
         name: class.metadata.name.clone().unwrap_or_default(),
-        selectors: cel_expressions(class.spec.selectors.as_ref()),
-        extended_resource_name: class.spec.extended_resource_name.clone(),
-        config: class.spec.config.iter().flatten().filter_map(|c| opaque(c.opaque.as_ref())).collect(),
+        selectors: cel_expressions(spec.and_then(|s| s.selectors.as_ref())),
+        extended_resource_name: spec.and_then(|s| s.extended_resource_name.clone()),
+        config: spec
+            .and_then(|s| s.config.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|c| opaque(c.opaque.as_ref()))
+            .collect(),
     }
 }
 
@@ -141,7 +148,7 @@ pub fn device_claim(claim: &ResourceClaim) -> Result<DeviceClaim, TranslateError
     let key =
         ClaimKey { namespace: meta.namespace.clone().unwrap_or_default(), name: meta.name.clone().unwrap_or_default() };
     let object = format!("ResourceClaim {key}");
-    let devices = claim.spec.devices.as_ref();
+    let devices = claim.spec.as_ref().and_then(|s| s.devices.as_ref());
     let mut requests = Vec::new();
     for (i, request) in devices.and_then(|d| d.requests.as_ref()).into_iter().flatten().enumerate() {
         let field = format!("spec.devices.requests[{i}]");

@@ -5,14 +5,17 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::scheduling::v1alpha2::PodGroup as UpstreamPodGroup;
 use kube::ResourceExt;
 
 use crate::api::jobset::JobSet;
 use crate::api::leader_worker_set::LeaderWorkerSet;
 use crate::api::pod_group::PodGroup;
 use crate::api::pytorch_job::PyTorchJob;
-use phalanx_core::gang::{GangId, GangKind, GangObject, GangSpec, InvalidGang};
+use crate::api::upstream_pod_group::UpstreamPodGroup;
+use phalanx_core::gang::{GangId, GangKind, GangObject, GangSpec, InitialScheduling, InvalidGang};
+
+/// The condition upstream's scheduler sets True once a PodGroup was first placed.
+pub const INITIALLY_SCHEDULED: &str = "PodGroupInitiallyScheduled";
 
 fn id_of(kind: GangKind, object: &impl ResourceExt) -> GangId {
     GangId::new(kind, &object.namespace().unwrap_or_default(), &object.name_any())
@@ -39,10 +42,9 @@ pub fn pod_group(group: &PodGroup) -> (GangId, GangObject) {
         return (id.clone(), invalid(id, uid, "spec.scheduleTimeoutSeconds", format!("is {t}; it cannot be negative")));
     }
     let spec = GangSpec {
-        min_member: min_member as usize,
         schedule_timeout: timeout(group.spec.schedule_timeout_seconds),
-        max_member: None,
         uid,
+        ..GangSpec::of_size(min_member as usize)
     };
     (id, GangObject::Valid(spec))
 }
@@ -79,10 +81,10 @@ pub fn pytorch_job(job: &PyTorchJob) -> (GangId, GangObject) {
         None => total,
     };
     let spec = GangSpec {
-        min_member,
         schedule_timeout: timeout(policy.and_then(|p| p.schedule_timeout_seconds)),
         max_member: Some(total),
         uid,
+        ..GangSpec::of_size(min_member)
     };
     (id, GangObject::Valid(spec))
 }
@@ -130,7 +132,7 @@ pub fn jobset(set: &JobSet) -> (GangId, GangObject) {
     let in_order = set.spec.startup_policy.as_ref().and_then(|p| p.startup_policy_order.as_deref()) == Some("InOrder");
     let first = per_job.iter().copied().find(|n| *n > 0).unwrap_or(total);
     let min_member = if in_order { first } else { total };
-    (id, GangObject::Valid(GangSpec { min_member, schedule_timeout: None, max_member: Some(total), uid }))
+    (id, GangObject::Valid(GangSpec { max_member: Some(total), uid, ..GangSpec::of_size(min_member) }))
 }
 
 /// Each group is `leaderWorkerTemplate.size` pods (the leader included).
@@ -146,15 +148,17 @@ pub fn leader_worker_set(set: &LeaderWorkerSet) -> (GangId, GangObject) {
     };
     let leader_first = set.spec.startup_policy.as_deref() == Some("LeaderReady");
     let min_member = if leader_first { 1 } else { size };
-    (id, GangObject::Valid(GangSpec { min_member, schedule_timeout: None, max_member: Some(size), uid }))
+    (id, GangObject::Valid(GangSpec { max_member: Some(size), uid, ..GangSpec::of_size(min_member) }))
 }
 
-/// `spec.schedulingPolicy.gang.minCount`; a basic policy is a gang of one.
-pub fn upstream_pod_group(group: &UpstreamPodGroup) -> (GangId, GangObject) {
+/// `spec.schedulingPolicy.gang.minCount` (a basic policy is a gang of one)
+/// and `spec.schedulingConstraints.topology`, the node label whose one value
+/// all members share, in whichever version the API server serves.
+pub fn upstream_pod_group(group: &impl UpstreamPodGroup) -> (GangId, GangObject) {
     let id = id_of(GangKind::UpstreamPodGroup, group);
     let uid = group.uid();
-    let policy = Some(&group.spec.scheduling_policy);
-    let min_member = match policy.and_then(|p| p.gang.as_ref()) {
+    let fields = group.fields();
+    let min_member = match fields.policy.gang.as_ref() {
         Some(gang) if gang.min_count < 1 => {
             let field = "spec.schedulingPolicy.gang.minCount";
             return (
@@ -165,12 +169,30 @@ pub fn upstream_pod_group(group: &UpstreamPodGroup) -> (GangId, GangObject) {
         Some(gang) => gang.min_count as usize,
         None => 1,
     };
-    (id, GangObject::Valid(GangSpec { min_member, schedule_timeout: None, max_member: None, uid }))
+    let topology = fields.constraints.and_then(|c| c.topology.as_deref()).unwrap_or_default();
+    let required_domain = match topology {
+        [] => None,
+        [one] if one.key.trim().is_empty() => {
+            let field = "spec.schedulingConstraints.topology[0].key";
+            return (id.clone(), invalid(id, uid, field, "is empty; it names the node label of the domain".into()));
+        }
+        [one] => Some(one.key.clone()),
+        more => {
+            let field = "spec.schedulingConstraints.topology";
+            let problem = format!("lists {} constraints; one is supported", more.len());
+            return (id.clone(), invalid(id, uid, field, problem));
+        }
+    };
+    let scheduled = fields.conditions.iter().any(|c| c.type_ == INITIALLY_SCHEDULED && c.status == "True");
+    let initial_scheduling = if scheduled { InitialScheduling::Done } else { InitialScheduling::NotYet };
+    let spec = GangSpec { uid, required_domain, initial_scheduling, ..GangSpec::of_size(min_member) };
+    (id, GangObject::Valid(spec))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::upstream_pod_group::{PodGroupV1alpha2, PodGroupV1beta1};
     use serde_json::json;
 
     fn object<K: serde::de::DeserializeOwned>(name: &str, uid: &str, spec: serde_json::Value) -> K {
@@ -313,14 +335,47 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_upstream_pod_group_reads_the_gang_policy() {
-        let group: UpstreamPodGroup = serde_json::from_value(json!({
-            "metadata": {"name": "g", "namespace": "ns"},
-            "spec": {"schedulingPolicy": {"gang": {"minCount": 8}}},
+    fn upstream<K: serde::de::DeserializeOwned>(api_version: &str, spec: serde_json::Value) -> K {
+        serde_json::from_value(json!({
+            "apiVersion": api_version, "kind": "PodGroup",
+            "metadata": {"name": "g", "namespace": "ns", "uid": "pg-9"},
+            "spec": spec,
+            "status": {"conditions": [{"type": "PodGroupInitiallyScheduled", "status": "True", "reason": "Scheduled",
+                "message": "", "lastTransitionTime": "2026-12-07T10:00:00Z"}]},
         }))
-        .unwrap();
-        let (id, GangObject::Valid(spec)) = upstream_pod_group(&group) else { panic!() };
-        assert_eq!((id.kind, spec.min_member), (GangKind::UpstreamPodGroup, 8));
+        .unwrap()
+    }
+
+    #[test]
+    fn an_upstream_pod_group_reads_alike_in_both_versions() {
+        let spec = json!({"schedulingPolicy": {"gang": {"minCount": 8}},
+            "schedulingConstraints": {"topology": [{"key": "topology.kubernetes.io/rack"}]}});
+        let beta: PodGroupV1beta1 = upstream("scheduling.k8s.io/v1beta1", spec.clone());
+        let alpha: PodGroupV1alpha2 = upstream("scheduling.k8s.io/v1alpha2", spec);
+        let (id, beta) = upstream_pod_group(&beta);
+        assert_eq!(id, GangId::new(GangKind::UpstreamPodGroup, "ns", "g"));
+        assert_eq!(beta, upstream_pod_group(&alpha).1, "the same gang from either version");
+        let GangObject::Valid(spec) = beta else { panic!() };
+        assert_eq!(spec.min_member, 8);
+        assert_eq!(spec.required_domain.as_deref(), Some("topology.kubernetes.io/rack"));
+        assert_eq!(spec.initial_scheduling, InitialScheduling::Done);
+        let basic: PodGroupV1beta1 = upstream("scheduling.k8s.io/v1beta1", json!({"schedulingPolicy": {"basic": {}}}));
+        let GangObject::Valid(spec) = upstream_pod_group(&basic).1 else { panic!() };
+        assert_eq!((spec.min_member, spec.required_domain), (1, None));
+    }
+
+    #[test]
+    fn bad_upstream_pod_groups_name_the_field() {
+        let bad = |spec| problem(upstream_pod_group(&upstream::<PodGroupV1beta1>("scheduling.k8s.io/v1beta1", spec)).1);
+        assert_eq!(
+            bad(json!({"schedulingPolicy": {"gang": {"minCount": 0}}})),
+            "PodGroup ns/g: spec.schedulingPolicy.gang.minCount is 0; a gang needs at least one member"
+        );
+        let empty_key = json!({"schedulingPolicy": {"gang": {"minCount": 2}},
+            "schedulingConstraints": {"topology": [{"key": " "}]}});
+        assert!(bad(empty_key).contains("spec.schedulingConstraints.topology[0].key is empty"));
+        let two = json!({"schedulingPolicy": {"gang": {"minCount": 2}},
+            "schedulingConstraints": {"topology": [{"key": "a"}, {"key": "b"}]}});
+        assert!(bad(two).contains("spec.schedulingConstraints.topology lists 2 constraints; one is supported"));
     }
 }

@@ -342,14 +342,14 @@ mod tests {
         let id = GangId::new(GangKind::PodGroup, "default", "g");
         let members: Vec<PodInfo> =
             (0..4).map(|i| PodInfo { job: Some(id.clone()), ..replica(&format!("m{i}")) }).collect();
-        let three = GangRequest { gang: Some(&id), members: members[..3].iter().collect(), required: 3 };
+        let three = GangRequest { gang: Some(&id), members: members[..3].iter().collect(), required: 3, within: None };
         let placed = place_gang(&profile_with_defaults(), &three, &mut s, &HashSet::new()).unwrap();
         let nodes: BTreeSet<&str> = placed.members.iter().map(|m| m.node.as_str()).collect();
         assert_eq!(nodes.len(), 3, "{placed:?}");
         for m in &placed.members {
             s.forget(&m.uid);
         }
-        let four = GangRequest { gang: Some(&id), members: members.iter().collect(), required: 4 };
+        let four = GangRequest { gang: Some(&id), members: members.iter().collect(), required: 4, within: None };
         let err = place_gang(&profile_with_defaults(), &four, &mut s, &HashSet::new()).unwrap_err();
         assert_eq!(err.placeable, 3);
         assert!(err.to_string().contains("3 node(s) didn't match pod anti-affinity rules"), "{err}");

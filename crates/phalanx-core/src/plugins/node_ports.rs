@@ -75,14 +75,14 @@ mod tests {
                 p
             })
             .collect();
-        let two = GangRequest { gang: Some(&id), members: members[..2].iter().collect(), required: 2 };
+        let two = GangRequest { gang: Some(&id), members: members[..2].iter().collect(), required: 2, within: None };
         let placed = place_gang(&profile_with_defaults(), &two, &mut s, &HashSet::new()).unwrap();
         let nodes: BTreeSet<&str> = placed.members.iter().map(|m| m.node.as_str()).collect();
         assert_eq!(nodes.len(), 2, "one per node: {placed:?}");
         for m in &placed.members {
             s.forget(&m.uid);
         }
-        let three = GangRequest { gang: Some(&id), members: members.iter().collect(), required: 3 };
+        let three = GangRequest { gang: Some(&id), members: members.iter().collect(), required: 3, within: None };
         let err = place_gang(&profile_with_defaults(), &three, &mut s, &HashSet::new()).unwrap_err();
         assert_eq!(err.placeable, 2);
         assert!(err.to_string().contains("2 node(s) didn't have free ports"), "{err}");

@@ -327,7 +327,7 @@ mod tests {
         let id = GangId::new(GangKind::PodGroup, "default", "g");
         let members: Vec<PodInfo> =
             (0..4).map(|i| PodInfo { job: Some(id.clone()), ..spread_pod(&format!("m{i}"), 1) }).collect();
-        let request = GangRequest { gang: Some(&id), members: members.iter().collect(), required: 4 };
+        let request = GangRequest { gang: Some(&id), members: members.iter().collect(), required: 4, within: None };
         place_gang(&profile_with_defaults(), &request, &mut s, &HashSet::new()).unwrap();
         assert_eq!(per_zone(&s), BTreeMap::from([("a".into(), 2), ("b".into(), 2)]));
     }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use crate::framework::{ScoreContext, ScorePlugin};
 use crate::node::{NodeInfo, NodeSpec};
-use crate::topology::domains::{DomainId, DomainLevels};
+use crate::topology::domains::DomainId;
 
 pub struct TopologyDomain;
 
@@ -97,7 +97,7 @@ impl ScorePlugin for TopologyDomain {
             *slot = if usage.domains.contains(&Some(target)) {
                 100
             } else {
-                closeness(DomainLevels::shared_level(&usage.domains, &anchor), levels) / 2
+                closeness(ctx.snapshot.settings().levels.shared_level(&usage.domains, &anchor), levels) / 2
             };
         }
     }

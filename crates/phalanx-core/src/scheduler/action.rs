@@ -2,6 +2,7 @@
 
 use super::event::ObjectRef;
 use crate::dra::inventory::ClaimWrite;
+use crate::gang::GangId;
 use crate::gang_status::StatusWrite;
 use crate::pod::PodKey;
 use crate::volume::VolumeWrite;
@@ -68,6 +69,51 @@ pub enum Report {
     /// Capacity is held for the preemptor on `node`: its `status.nominatedNodeName`
     /// (as kube-scheduler records it). An empty `node` clears it.
     Nominated { key: PodKey, uid: String, node: String },
+    /// A condition in an upstream PodGroup's status, as upstream's scheduler
+    /// writes it (merged by type with the conditions already there).
+    GroupCondition { gang: GangId, condition: GroupCondition },
+}
+
+/// One condition of an upstream PodGroup's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupCondition {
+    pub kind: GroupConditionKind,
+    pub status: ConditionStatus,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupConditionKind {
+    /// Whether the gang was placed once; final once True.
+    InitiallyScheduled,
+    /// The gang is about to be disrupted (its members preempted).
+    DisruptionTarget,
+}
+
+impl GroupConditionKind {
+    /// The condition's `type`.
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupConditionKind::InitiallyScheduled => "PodGroupInitiallyScheduled",
+            GroupConditionKind::DisruptionTarget => "DisruptionTarget",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConditionStatus {
+    True,
+    False,
+}
+
+impl ConditionStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            ConditionStatus::True => "True",
+            ConditionStatus::False => "False",
+        }
+    }
 }
 
 /// What the pod shows before its new condition is written. When writes fall

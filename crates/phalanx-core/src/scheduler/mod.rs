@@ -17,7 +17,9 @@ use std::time::Instant;
 
 use tracing::{debug, info, info_span, warn};
 
-pub use action::{Action, Attempt, PreBind, Progress, Report, ShownReason};
+pub use action::{
+    Action, Attempt, ConditionStatus, GroupCondition, GroupConditionKind, PreBind, Progress, Report, ShownReason,
+};
 pub use event::{
     BindOutcome, BindResult, Change, ClusterEvent, DeviceKind, DeviceObject, DeviceObjectKey, EvictOutcome,
     EvictResult, ObjectRef, TopologyReport, Watch,
@@ -571,6 +573,7 @@ impl Scheduler {
             GangDecision::Bind(placement) => {
                 self.waiting.remove(&key);
                 debug!(members = placement.members.len(), scope = ?placement.scope, "placed");
+                let placed_note = format!("{} members placed", placement.members.len());
                 for (member, pod) in placed {
                     self.reports.forget_pod(&member.uid);
                     self.outbox.push(Action::Bind {
@@ -583,12 +586,14 @@ impl Scheduler {
                     self.binding.insert(member.uid, pod);
                 }
                 self.reports.forget_gang(&key);
+                self.report_initially_scheduled(&key, ConditionStatus::True, &placed_note, now);
                 Attempt::Scheduled
             }
             GangDecision::Wait(message) => {
                 debug!(%message, "waiting");
                 self.waiting.insert(key.clone(), WaitReason::Members);
                 self.report_members(&key, &message, now);
+                self.report_initially_scheduled(&key, ConditionStatus::False, &message, now);
                 self.report_gang(&key, "Waiting", message, now);
                 Attempt::Waiting
             }
@@ -599,6 +604,16 @@ impl Scheduler {
                 for victim in &plan.victims {
                     self.evict(&victim.key, &victim.uid, &key, why.clone());
                 }
+                let disrupted: BTreeSet<&GangId> = plan.victims.iter().filter_map(|v| v.gang.as_ref()).collect();
+                for id in disrupted {
+                    let condition = GroupCondition {
+                        kind: GroupConditionKind::DisruptionTarget,
+                        status: ConditionStatus::True,
+                        reason: "PreemptionByScheduler",
+                        message: format!("preempted to make room for {gang}"),
+                    };
+                    self.report_group_condition(id, condition, now);
+                }
                 // The freed nodes are held for the gang; its members show where they will go.
                 for member in plan.placement {
                     self.report(Report::Nominated { key: member.key, uid: member.uid, node: member.node });
@@ -606,6 +621,7 @@ impl Scheduler {
                 self.waiting.insert(key.clone(), WaitReason::Preempting);
                 self.report_gang(&key, "Preempting", message.clone(), now);
                 self.report_members(&key, &message, now);
+                self.report_initially_scheduled(&key, ConditionStatus::False, &message, now);
                 Attempt::Preempting { victims }
             }
             GangDecision::Unschedulable { message, timed_out, reason } => {
@@ -614,6 +630,7 @@ impl Scheduler {
                 let reason = if timed_out.is_some() { "GangTimeout" } else { "FailedScheduling" };
                 self.report_gang(&key, reason, message.clone(), now);
                 self.report_members(&key, &message, now);
+                self.report_initially_scheduled(&key, ConditionStatus::False, &message, now);
                 Attempt::Unschedulable { preemption_tried: verdict.preemption_tried }
             }
             GangDecision::Drop => Attempt::Dropped,

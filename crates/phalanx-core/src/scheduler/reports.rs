@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use super::{Action, ObjectRef, Report, Scheduler, ShownReason};
-use crate::gang::{GangId, GangObject};
+use super::{Action, ConditionStatus, GroupCondition, GroupConditionKind, ObjectRef, Report, Scheduler, ShownReason};
+use crate::gang::{GangId, GangKind, GangObject, InitialScheduling};
 use crate::queue::GangKey;
 use crate::resources::GPU;
 use crate::topology::model::{GPU_TOPOLOGY_API_VERSION, GPU_TOPOLOGY_KIND};
@@ -106,6 +106,45 @@ impl Scheduler {
         }
         let regarding = gang_reference(id, object);
         self.report(Report::Event { regarding, warning: true, reason, message });
+    }
+
+    /// An upstream PodGroup's condition, each message once until it changes
+    /// or `REPORT_REPEAT` passes. `PodGroupInitiallyScheduled` is final once
+    /// True: a gang whose object says so is not marked unschedulable again.
+    pub(super) fn report_group_condition(&mut self, id: &GangId, condition: GroupCondition, now: Instant) {
+        if id.kind != GangKind::UpstreamPodGroup {
+            return;
+        }
+        let done = matches!(
+            self.gangs.object(id),
+            Some(GangObject::Valid(spec)) if spec.initial_scheduling == InitialScheduling::Done
+        );
+        if done && condition.kind == GroupConditionKind::InitiallyScheduled {
+            return;
+        }
+        let log = self.reports.gangs.entry(GangKey::Gang(id.object())).or_default();
+        let said = format!("{}{}", condition.status.name(), condition.message);
+        if repeated(log, condition.kind.name(), &said, now) {
+            return;
+        }
+        self.report(Report::GroupCondition { gang: id.object(), condition });
+    }
+
+    /// `PodGroupInitiallyScheduled` of the gang `key`, if it is an upstream PodGroup.
+    pub(super) fn report_initially_scheduled(
+        &mut self,
+        key: &GangKey,
+        status: ConditionStatus,
+        message: &str,
+        now: Instant,
+    ) {
+        let Some(id) = key.gang() else { return };
+        let reason = match status {
+            ConditionStatus::True => "Scheduled",
+            ConditionStatus::False => "Unschedulable",
+        };
+        let kind = GroupConditionKind::InitiallyScheduled;
+        self.report_group_condition(id, GroupCondition { kind, status, reason, message: message.to_string() }, now);
     }
 
     pub(super) fn report_unused_topology(&mut self, node: &str, reported: usize, offered: usize) {

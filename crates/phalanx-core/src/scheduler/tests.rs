@@ -9,7 +9,7 @@ use crate::dra::claim::{ClaimKey, PodClaim, PodClaimSource};
 use crate::dra::device::{DeviceSlice, PCIE_ROOT};
 use crate::dra::inventory::ClaimWrite;
 use crate::dra::testing::{GPU_DRIVER, gpu_claim, gpu_device};
-use crate::gang::{GangId, GangKind, GangSpec, InvalidGang};
+use crate::gang::{GangId, GangKind, GangSpec, InitialScheduling, InvalidGang};
 use crate::gang_status::{
     DEBOUNCE, GroupPhase, GroupRecord, GroupStatus, GroupStatusInput, MemberPhase, MemberRecord, MemberSummary,
     StatusResult, StatusWrite,
@@ -131,12 +131,17 @@ impl TestLoop {
 
 /// A synced scheduler with one 8-GPU node and no backoff (so retries are immediate).
 fn synced_loop() -> (TestLoop, Recorder) {
+    synced_loop_serving(&[GangKind::PodGroup])
+}
+
+/// As `synced_loop`, with the API server serving these kinds of gangs.
+fn synced_loop_serving(kinds: &[GangKind]) -> (TestLoop, Recorder) {
     let recorder = Recorder::default();
     let now = Instant::now();
     let config = SchedulerConfig {
         profiles: vec![default_profile("phalanx")],
         backoff: BackoffPolicy { initial: Duration::ZERO, max: Duration::ZERO },
-        gang_kinds: HashSet::from([GangKind::PodGroup]),
+        gang_kinds: kinds.iter().copied().collect(),
         elastic_quotas: true,
         dynamic_resources: false,
         volumes: false,
@@ -150,8 +155,10 @@ fn synced_loop() -> (TestLoop, Recorder) {
     l.apply_event(ClusterEvent::NodeApplied(gpu_node("n1", 8)));
     l.apply_event(ClusterEvent::NodesListed(HashSet::from(["n1".to_string()])));
     l.apply_event(ClusterEvent::PodsListed(HashSet::new()));
-    assert!(!l.s.is_synced(), "PodGroups are not listed yet");
-    l.apply_event(ClusterEvent::GangsListed { kind: GangKind::PodGroup, ids: HashSet::new() });
+    for kind in kinds {
+        assert!(!l.s.is_synced(), "gang objects are not all listed yet");
+        l.apply_event(ClusterEvent::GangsListed { kind: *kind, ids: HashSet::new() });
+    }
     for kind in [QuotaKind::Elastic, QuotaKind::Hard] {
         assert!(!l.s.is_synced(), "quotas are not all listed yet");
         l.apply_event(ClusterEvent::QuotasListed { kind, keys: vec![] });
@@ -894,4 +901,83 @@ fn a_partly_placed_gang_keeps_the_quota_it_still_needs() {
     let bound: Vec<String> = rec.binds.lock().unwrap().iter().map(|(name, _, _)| name.clone()).collect();
     assert_eq!(bound, ["w1", "w2"], "{:?}", rec.unschedulable_reports());
     assert!(rec.unschedulable_reports().iter().any(|m| m.contains("ElasticQuota default/quota")));
+}
+
+fn group_conditions(rec: &Recorder) -> Vec<(String, &'static str, ConditionStatus, &'static str, String)> {
+    let reports = rec.reports.lock().unwrap();
+    reports
+        .iter()
+        .filter_map(|r| match r {
+            Report::GroupCondition { gang, condition } => Some((
+                gang.name.clone(),
+                condition.kind.name(),
+                condition.status,
+                condition.reason,
+                condition.message.clone(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_upstream_pod_group_gets_the_conditions_upstream_s_scheduler_writes() {
+    let (mut l, rec) = synced_loop_serving(&[GangKind::PodGroup, GangKind::UpstreamPodGroup]);
+    let id = GangId::new(GangKind::UpstreamPodGroup, "default", "up");
+    l.apply_event(ClusterEvent::GangApplied { id: id.clone(), object: GangObject::Valid(GangSpec::of_size(2)) });
+    let members: Vec<PodInfo> = (0..2)
+        .map(|i| {
+            let mut pod = gpu_pod(&format!("up-{i}"), 8);
+            pod.job = Some(id.clone());
+            pod
+        })
+        .collect();
+    for pod in &members {
+        l.apply_event(ClusterEvent::PodApplied { pod: pod.clone(), gated: false });
+    }
+    l.schedule_round();
+    l.schedule_round();
+    let conditions = group_conditions(&rec);
+    assert_eq!(conditions.len(), 1, "an unchanged message once: {conditions:?}");
+    let (name, kind, status, reason, message) = &conditions[0];
+    assert_eq!(
+        (name.as_str(), *kind, *status, *reason),
+        ("up", "PodGroupInitiallyScheduled", ConditionStatus::False, "Unschedulable")
+    );
+    assert!(message.starts_with("gang needs 2 pods placed together (16 GPUs)"), "{message}");
+
+    l.apply_event(ClusterEvent::NodeApplied(gpu_node("n2", 8)));
+    l.s.retry_waiting(l.now);
+    l.schedule_round();
+    assert_eq!(rec.bind_count(), 2);
+    let last = group_conditions(&rec).pop().unwrap();
+    assert_eq!((last.2, last.3, last.4.as_str()), (ConditionStatus::True, "Scheduled", "2 members placed"));
+    let binds = rec.binds.lock().unwrap().clone();
+    for pod in &members {
+        let node = &binds.iter().find(|(name, _, _)| *name == pod.key.name).unwrap().1;
+        l.apply_outcome(outcome(pod, node, BindResult::Bound));
+    }
+
+    // A lone pod of higher priority preempts the gang: DisruptionTarget.
+    let mut high = gpu_pod("high", 8);
+    high.priority = 1000;
+    l.apply_event(ClusterEvent::PodApplied { pod: high, gated: false });
+    l.schedule_round();
+    assert_eq!(rec.evictions.lock().unwrap().len(), 2, "the whole gang goes");
+    let last = group_conditions(&rec).pop().unwrap();
+    assert_eq!((last.1, last.2, last.3), ("DisruptionTarget", ConditionStatus::True, "PreemptionByScheduler"));
+    assert_eq!(last.4, "preempted to make room for Pod default/high");
+
+    // Once the object says it was scheduled, it is never marked unschedulable again.
+    let done = GangSpec { initial_scheduling: InitialScheduling::Done, ..GangSpec::of_size(2) };
+    l.apply_event(ClusterEvent::GangApplied { id, object: GangObject::Valid(done) });
+    let before = group_conditions(&rec).len();
+    for pod in &members {
+        l.apply_event(ClusterEvent::PodDeleted { uid: pod.uid.clone() });
+        let mut again = pod.clone();
+        again.uid = format!("{}-again", pod.uid);
+        l.apply_event(ClusterEvent::PodApplied { pod: again, gated: false });
+    }
+    l.schedule_round();
+    assert!(group_conditions(&rec)[before..].iter().all(|c| c.1 != "PodGroupInitiallyScheduled"));
 }

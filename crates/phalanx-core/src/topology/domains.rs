@@ -94,14 +94,16 @@ impl DomainLevels {
             .collect()
     }
 
-    /// The narrowest level two nodes share (`None`: only the cluster).
-    pub fn shared_level(a: &[Option<DomainId>], b: &[Option<DomainId>]) -> Option<usize> {
-        a.iter().zip(b).position(|(x, y)| x.is_some() && x == y)
+    /// The narrowest configured level two nodes share (`None`: only the
+    /// cluster). Levels past `self.len()` (a gang's required label) are
+    /// not configured and carry no bandwidth.
+    pub fn shared_level(&self, a: &[Option<DomainId>], b: &[Option<DomainId>]) -> Option<usize> {
+        a.iter().zip(b).take(self.len()).position(|(x, y)| x.is_some() && x == y)
     }
 
     /// Bandwidth between two nodes with these domains; `same_node` is unbounded.
     pub fn bandwidth(&self, a: &[Option<DomainId>], b: &[Option<DomainId>]) -> f64 {
-        match Self::shared_level(a, b) {
+        match self.shared_level(a, b) {
             Some(level) => self.levels[level].bandwidth_gbps,
             None => self.cluster_bandwidth_gbps,
         }
@@ -109,7 +111,7 @@ impl DomainLevels {
 }
 
 impl DomainIndex {
-    fn intern(&mut self, level: usize, path: String) -> DomainId {
+    pub(crate) fn intern(&mut self, level: usize, path: String) -> DomainId {
         if let Some(id) = self.ids.get(&(level, path.clone())) {
             return *id;
         }
@@ -157,9 +159,9 @@ mod tests {
         let b = levels.domains_of(&labels(&[(BLOCK, "rack-0"), (SPINE, "s0")]), &mut index);
         let c = levels.domains_of(&labels(&[(BLOCK, "rack-1"), (SPINE, "s0")]), &mut index);
         let d = levels.domains_of(&labels(&[(BLOCK, "rack-1"), (SPINE, "s1")]), &mut index);
-        assert_eq!(DomainLevels::shared_level(&a, &b), Some(1));
-        assert_eq!(DomainLevels::shared_level(&a, &c), Some(2));
-        assert_eq!(DomainLevels::shared_level(&c, &d), None, "same rack name under another spine");
+        assert_eq!(levels.shared_level(&a, &b), Some(1));
+        assert_eq!(levels.shared_level(&a, &c), Some(2));
+        assert_eq!(levels.shared_level(&c, &d), None, "same rack name under another spine");
         assert_eq!(levels.bandwidth(&a, &c), 45.0);
         assert_eq!(levels.bandwidth(&c, &d), 10.0);
     }
@@ -176,8 +178,8 @@ mod tests {
         let b = levels.domains_of(&labels(&[(NVLINK, "nvl-0"), (BLOCK, "b1"), (SPINE, "s0")]), &mut index);
         let c = levels.domains_of(&labels(&[(NVLINK, "nvl-0"), (BLOCK, "b1"), (SPINE, "s1")]), &mut index);
         assert_ne!(a[0], b[0]);
-        assert_eq!(DomainLevels::shared_level(&a, &b), Some(2), "only the spine is shared");
-        assert_eq!(DomainLevels::shared_level(&b, &c), None, "b1 under s0 and b1 under s1 share nothing");
+        assert_eq!(levels.shared_level(&a, &b), Some(2), "only the spine is shared");
+        assert_eq!(levels.shared_level(&b, &c), None, "b1 under s0 and b1 under s1 share nothing");
         assert_eq!(index.describe(b[0].unwrap()), "nvl-0 (b1/s0)");
     }
 
@@ -188,7 +190,7 @@ mod tests {
         let unlabelled_rack = levels.domains_of(&labels(&[(SPINE, "s0")]), &mut index);
         let racked = levels.domains_of(&labels(&[(BLOCK, "rack-0"), (SPINE, "s0")]), &mut index);
         assert_eq!(unlabelled_rack[1], None);
-        assert_eq!(DomainLevels::shared_level(&unlabelled_rack, &racked), Some(2));
+        assert_eq!(levels.shared_level(&unlabelled_rack, &racked), Some(2));
         let alias = levels.domains_of(&labels(&[("nvidia.com/gpu.clique", "c1")]), &mut index);
         assert!(alias[0].is_some(), "the clique label stands in for the accelerator label");
         assert_eq!(index.describe(racked[1].unwrap()), "rack-0 (s0)");

@@ -8,6 +8,7 @@ pub mod jobset;
 pub mod leader_worker_set;
 pub mod pod_group;
 pub mod pytorch_job;
+pub mod upstream_pod_group;
 
 use kube::CustomResourceExt;
 
