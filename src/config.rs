@@ -640,7 +640,7 @@ mod tests {
         assert_eq!(profile.args.inter_pod_affinity.hard_pod_affinity_weight, 7);
         let built = profile.build();
         let cluster_filters: Vec<_> = built.cluster_filters.iter().map(|f| f.name()).collect();
-        assert_eq!(cluster_filters, ["VolumeBinding", "InterPodAffinity"]);
+        assert_eq!(cluster_filters, ["VolumeRestrictions", "VolumeBinding", "InterPodAffinity"]);
         let err = parse(&format!(
             "{MINIMAL}  pluginConfig:\n    - name: InterPodAffinity\n      args: {{hardPodAffinityWeight: 101}}\n"
         ))

@@ -4,7 +4,8 @@
 //! of the node the pod lands on; a provisioner is asked for a volume on the
 //! chosen node and the pod binds once it made one; a gang's members take
 //! one local volume each; an unbound claim of an Immediate class keeps the
-//! pod waiting with kube-scheduler's words.
+//! pod waiting with kube-scheduler's words; a ReadWriteOncePod claim serves
+//! one pod at a time.
 
 mod support;
 
@@ -25,6 +26,8 @@ struct Storage {
     classes: Api<StorageClass>,
     volumes: Api<PersistentVolume>,
     claims: Api<PersistentVolumeClaim>,
+    /// The access mode of the volumes and claims it creates.
+    access_mode: &'static str,
 }
 
 impl Storage {
@@ -34,6 +37,7 @@ impl Storage {
             classes: Api::all(env.client.clone()),
             volumes: Api::all(env.client.clone()),
             claims: Api::namespaced(env.client.clone(), &env.name),
+            access_mode: "ReadWriteOnce",
         }
     }
 
@@ -59,7 +63,7 @@ impl Storage {
     ) {
         let mut spec = json!({
             "capacity": {"storage": format!("{gib}Gi")},
-            "accessModes": ["ReadWriteOnce"],
+            "accessModes": [self.access_mode],
             "persistentVolumeReclaimPolicy": "Retain",
             "storageClassName": class,
             "local": {"path": "/mnt/disks/ssd0"},
@@ -79,7 +83,7 @@ impl Storage {
     async fn claim(&self, name: &str, class: &str, gib: u32) -> PersistentVolumeClaim {
         let claim: PersistentVolumeClaim = serde_json::from_value(json!({
             "metadata": {"name": name},
-            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": class,
+            "spec": {"accessModes": [self.access_mode], "storageClassName": class,
                      "resources": {"requests": {"storage": format!("{gib}Gi")}}}
         }))
         .unwrap();
@@ -227,6 +231,30 @@ async fn an_unbound_claim_of_an_immediate_class_keeps_the_pod_waiting_with_kube_
     let condition = env.wait_unschedulable("missing", BIND).await;
     let message = condition.message.unwrap_or_default();
     assert!(message.contains("persistentvolumeclaim \"nowhere\" not found"), "{message}");
+    storage.delete().await;
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn a_read_write_once_pod_claim_serves_one_pod_and_the_next_waits_with_kube_scheduler_s_words() {
+    let mut env = TestEnv::new("volume-rwop").await;
+    let nodes = env.add_pools("- {name: n, count: 2, gpus: 8}\n").await;
+    let mut storage = Storage::new(&env);
+    storage.access_mode = "ReadWriteOncePod";
+    let class = storage.class("local", "kubernetes.io/no-provisioner", "WaitForFirstConsumer").await;
+    storage.local_volume("solo", &class, 10, &nodes[1], None).await;
+    storage.claim("solo", &class, 10).await;
+    env.start_scheduler().await;
+    env.create(&pod_using(&env, "first", &["solo"])).await;
+    assert_eq!(env.wait_bound("first", BIND).await, nodes[1], "where the volume is");
+    storage.bound_volume("solo").await;
+    env.create(&pod_using(&env, "second", &["solo"])).await;
+    let message = env.wait_unschedulable("second", BIND).await.message.unwrap_or_default();
+    // Both of this test's nodes (other tests' nodes, which run alongside, fail its node selector).
+    let conflict = "2 node has pod using PersistentVolumeClaim with the same name and ReadWriteOncePod access mode";
+    assert!(message.contains(conflict), "{message}");
+    env.pods().delete("first", &DeleteParams::default()).await.unwrap();
+    assert_eq!(env.wait_bound("second", BIND).await, nodes[1], "once the first is gone");
     storage.delete().await;
     env.teardown().await;
 }

@@ -23,6 +23,7 @@ pub struct PodPlacement<'a> {
     pub labels: &'a BTreeMap<String, String>,
     pub host_ports: &'a [HostPort],
     pub affinity: &'a PodAffinity,
+    pub volume_claims: &'a [String],
 }
 
 /// Namespace and name: how users and logs refer to a pod.
@@ -187,6 +188,7 @@ impl PodInfo {
             labels: &self.labels,
             host_ports: &self.host_ports,
             affinity: &self.affinity,
+            volume_claims: &self.volume_claims,
         }
     }
 

@@ -59,6 +59,8 @@ pub struct Placement {
     pub host_ports: Vec<HostPort>,
     /// The pod's inter-pod affinity: other pods are judged against it too.
     pub affinity: PodAffinity,
+    /// PersistentVolumeClaims it uses (in its namespace).
+    pub volume_claims: Vec<String>,
 }
 
 /// Topology settings shared by every node.
@@ -528,6 +530,7 @@ impl ClusterSnapshot {
             labels: &p.labels,
             host_ports: &p.host_ports,
             affinity: &p.affinity,
+            volume_claims: &p.volume_claims,
         };
         self.place(pod, p.state, Some(p.gpus));
         if let Some(restored) = self.placements.get_mut(uid) {
@@ -615,6 +618,7 @@ impl ClusterSnapshot {
                 labels: pod.labels.clone(),
                 host_ports: pod.host_ports.to_vec(),
                 affinity: pod.affinity.clone(),
+                volume_claims: pod.volume_claims.to_vec(),
             },
         );
     }
@@ -662,6 +666,7 @@ mod tests {
             labels: &NO_LABELS,
             host_ports: &[],
             affinity: &NO_AFFINITY,
+            volume_claims: &[],
         }
     }
 

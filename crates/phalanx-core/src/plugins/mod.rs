@@ -11,6 +11,7 @@ mod pod_topology_spread;
 mod taint_toleration;
 mod topology_domain;
 mod volume_binding;
+mod volume_restrictions;
 
 pub use gpu_topology::{GpuTopology, GpuTopologyArgs, MultiGpuOnSharedNodes};
 pub use inter_pod_affinity::{InterPodAffinity, InterPodAffinityArgs};
@@ -23,6 +24,7 @@ pub use pod_topology_spread::PodTopologySpread;
 pub use taint_toleration::{TaintToleration, tolerates};
 pub use topology_domain::{TopologyDomain, target_domain};
 pub use volume_binding::VolumeBinding;
+pub use volume_restrictions::{READ_WRITE_ONCE_POD_CONFLICT, VolumeRestrictions};
 
 use super::framework::{ClusterFilterPlugin, FilterPlugin, Profile, ScorePlugin, WeightedScore};
 use super::topology::domains::DomainLevels;
@@ -36,6 +38,7 @@ pub const DEFAULT_FILTERS: &[&str] = &[
     NodePorts::NAME,
     NodeResourcesFit::NAME,
     GpuTopology::NAME,
+    VolumeRestrictions::NAME,
     VolumeBinding::NAME,
     PodTopologySpread::NAME,
     InterPodAffinity::NAME,
@@ -89,6 +92,7 @@ pub fn filter_plugin(name: &str, args: &PluginArgs) -> Option<Filter> {
         NodePorts::NAME => Filter::Node(Box::new(NodePorts)),
         NodeResourcesFit::NAME => Filter::Node(Box::new(NodeResourcesFit::new(args.node_resources_fit.clone()))),
         GpuTopology::NAME => Filter::Node(Box::new(GpuTopology { multi_gpu_on_shared: args.multi_gpu_on_shared })),
+        VolumeRestrictions::NAME => Filter::Cluster(Box::new(VolumeRestrictions)),
         VolumeBinding::NAME => Filter::Cluster(Box::new(VolumeBinding)),
         PodTopologySpread::NAME => Filter::Cluster(Box::new(PodTopologySpread)),
         InterPodAffinity::NAME => Filter::Cluster(Box::new(InterPodAffinity { args: args.inter_pod_affinity.clone() })),

@@ -70,6 +70,10 @@ pub struct VolumeInventory {
 }
 
 impl VolumeInventory {
+    pub fn claim(&self, key: &VolumeClaimKey) -> Option<&VolumeClaim> {
+        self.claims.get(key)
+    }
+
     pub fn apply(&mut self, object: VolumeObject) {
         match object {
             VolumeObject::Claim(claim) => {
