@@ -593,7 +593,6 @@ impl Scheduler {
                 debug!(%message, "waiting");
                 self.waiting.insert(key.clone(), WaitReason::Members);
                 self.report_members(&key, &message, now);
-                self.report_initially_scheduled(&key, ConditionStatus::False, &message, now);
                 self.report_gang(&key, "Waiting", message, now);
                 Attempt::Waiting
             }
@@ -621,7 +620,6 @@ impl Scheduler {
                 self.waiting.insert(key.clone(), WaitReason::Preempting);
                 self.report_gang(&key, "Preempting", message.clone(), now);
                 self.report_members(&key, &message, now);
-                self.report_initially_scheduled(&key, ConditionStatus::False, &message, now);
                 Attempt::Preempting { victims }
             }
             GangDecision::Unschedulable { message, timed_out, reason } => {
@@ -630,7 +628,6 @@ impl Scheduler {
                 let reason = if timed_out.is_some() { "GangTimeout" } else { "FailedScheduling" };
                 self.report_gang(&key, reason, message.clone(), now);
                 self.report_members(&key, &message, now);
-                self.report_initially_scheduled(&key, ConditionStatus::False, &message, now);
                 Attempt::Unschedulable { preemption_tried: verdict.preemption_tried }
             }
             GangDecision::Drop => Attempt::Dropped,

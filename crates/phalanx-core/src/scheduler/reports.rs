@@ -58,8 +58,10 @@ impl Scheduler {
 
     /// A FailedScheduling Event on every pending member, and its condition
     /// where it does not already say `message` (after a change of leader,
-    /// thousands of pending pods may show it already).
+    /// thousands of pending pods may show it already); an upstream
+    /// PodGroup's `PodGroupInitiallyScheduled` says it too.
     pub(super) fn report_members(&mut self, key: &GangKey, message: &str, now: Instant) {
+        self.report_initially_scheduled(key, ConditionStatus::False, message, now);
         let members: Vec<_> = self
             .queue
             .members(key)
