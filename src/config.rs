@@ -17,7 +17,9 @@ use phalanx_core::scheduler;
 use phalanx_core::scheduler::BackoffPolicy;
 use phalanx_core::scheduler::PreemptionSettings;
 use phalanx_core::snapshot::TopologySettings;
+use phalanx_core::spread_defaults::{DefaultConstraint, SpreadDefaulting};
 use phalanx_core::topology::domains::DomainLevels;
+use phalanx_core::topology_spread::WhenUnsatisfiable;
 
 use crate::shell::informers::Served;
 
@@ -437,6 +439,10 @@ fn profile(at: &str, raw: RawProfile, shared: &mut SharedSettings) -> Result<Pro
                 }
                 args.inter_pod_affinity = cfg;
             }
+            plugins::PodTopologySpread::NAME => {
+                let cfg: PodTopologySpreadArgs = parse_args(&field, &pc.args)?;
+                args.spread_defaulting = cfg.defaulting(&field)?;
+            }
             DYNAMIC_RESOURCES => {
                 let cfg: DynamicResourcesArgs = parse_args(&field, &pc.args)?;
                 for (class, resource) in &cfg.device_class_resources.0 {
@@ -475,6 +481,69 @@ const DYNAMIC_RESOURCES: &str = "DynamicResources";
 struct DynamicResourcesArgs {
     #[serde(default)]
     device_class_resources: ClassResources,
+}
+
+/// kube-scheduler's `PodTopologySpreadArgs`: where pods that state no
+/// spread constraints get theirs.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+struct PodTopologySpreadArgs {
+    defaulting_type: Option<String>,
+    default_constraints: Vec<DefaultConstraintArgs>,
+}
+
+/// A default constraint names no selector: each pod's is its workload's.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct DefaultConstraintArgs {
+    max_skew: i32,
+    topology_key: String,
+    when_unsatisfiable: String,
+}
+
+impl PodTopologySpreadArgs {
+    fn defaulting(self, field: &str) -> Result<SpreadDefaulting, FieldError> {
+        let at = |f: String| format!("{field}.args.{f}");
+        match self.defaulting_type.as_deref() {
+            None | Some("System") if self.default_constraints.is_empty() => return Ok(SpreadDefaulting::System),
+            None | Some("System") => {
+                return Err(bad(at("defaultConstraints".into()), "must be empty when defaultingType is System"));
+            }
+            Some("List") => {}
+            Some(other) => {
+                return Err(bad(at("defaultingType".into()), format!("must be System or List, not {other:?}")));
+            }
+        }
+        let mut constraints: Vec<DefaultConstraint> = Vec::new();
+        for (i, c) in self.default_constraints.into_iter().enumerate() {
+            let f = |name: &str| at(format!("defaultConstraints[{i}].{name}"));
+            if c.max_skew < 1 {
+                return Err(bad(f("maxSkew"), format!("must be at least 1, not {}", c.max_skew)));
+            }
+            if c.topology_key.is_empty() {
+                return Err(bad(f("topologyKey"), "must not be empty"));
+            }
+            let when_unsatisfiable = match c.when_unsatisfiable.as_str() {
+                "DoNotSchedule" => WhenUnsatisfiable::DoNotSchedule,
+                "ScheduleAnyway" => WhenUnsatisfiable::ScheduleAnyway,
+                other => {
+                    let message = format!("must be DoNotSchedule or ScheduleAnyway, not {other:?}");
+                    return Err(bad(f("whenUnsatisfiable"), message));
+                }
+            };
+            let same =
+                |o: &DefaultConstraint| o.topology_key == c.topology_key && o.when_unsatisfiable == when_unsatisfiable;
+            if constraints.iter().any(same) {
+                return Err(bad(f("topologyKey"), "repeats another constraint's key and whenUnsatisfiable"));
+            }
+            constraints.push(DefaultConstraint {
+                max_skew: c.max_skew,
+                topology_key: c.topology_key,
+                when_unsatisfiable,
+            });
+        }
+        Ok(SpreadDefaulting::List(constraints))
+    }
 }
 
 fn parse_args<T: serde::de::DeserializeOwned>(field: &str, args: &serde_json::Value) -> Result<T, FieldError> {
@@ -640,12 +709,41 @@ mod tests {
         assert_eq!(profile.args.inter_pod_affinity.hard_pod_affinity_weight, 7);
         let built = profile.build();
         let cluster_filters: Vec<_> = built.cluster_filters.iter().map(|f| f.name()).collect();
-        assert_eq!(cluster_filters, ["VolumeRestrictions", "VolumeBinding", "InterPodAffinity"]);
+        assert_eq!(cluster_filters, ["VolumeRestrictions", "NodeVolumeLimits", "VolumeBinding", "InterPodAffinity"]);
         let err = parse(&format!(
             "{MINIMAL}  pluginConfig:\n    - name: InterPodAffinity\n      args: {{hardPodAffinityWeight: 101}}\n"
         ))
         .unwrap_err();
         assert!(err.to_string().contains("hardPodAffinityWeight"), "{err}");
+    }
+
+    #[test]
+    fn spread_defaults_are_kube_scheduler_s_unless_the_profile_lists_its_own() {
+        assert_eq!(parse(MINIMAL).unwrap().profiles[0].args.spread_defaulting, SpreadDefaulting::System);
+        let list = "  pluginConfig:\n    - name: PodTopologySpread\n      args:\n        defaultingType: List\n        defaultConstraints:\n          - {maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: DoNotSchedule}\n";
+        let cfg = parse(&format!("{MINIMAL}{list}")).unwrap();
+        let SpreadDefaulting::List(constraints) = &cfg.profiles[0].args.spread_defaulting else { panic!("a list") };
+        assert_eq!(constraints.len(), 1);
+        assert_eq!((constraints[0].max_skew, constraints[0].when_unsatisfiable), (1, WhenUnsatisfiable::DoNotSchedule));
+        for (bad, field) in [
+            (
+                "{defaultingType: System, defaultConstraints: [{maxSkew: 1, topologyKey: k, whenUnsatisfiable: DoNotSchedule}]}",
+                "args.defaultConstraints",
+            ),
+            ("{defaultingType: Sometimes}", "args.defaultingType"),
+            (
+                "{defaultingType: List, defaultConstraints: [{maxSkew: 0, topologyKey: k, whenUnsatisfiable: DoNotSchedule}]}",
+                "defaultConstraints[0].maxSkew",
+            ),
+            (
+                "{defaultingType: List, defaultConstraints: [{maxSkew: 1, topologyKey: k, whenUnsatisfiable: Never}]}",
+                "defaultConstraints[0].whenUnsatisfiable",
+            ),
+        ] {
+            let text = format!("{MINIMAL}  pluginConfig:\n    - name: PodTopologySpread\n      args: {bad}\n");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(field), "{bad}: {err}");
+        }
     }
 
     #[test]

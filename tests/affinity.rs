@@ -1,15 +1,16 @@
 //! Inter-pod affinity, topology spread and host ports end to end, against
 //! the local control plane with kwok running the fake nodes: anti-affine
 //! replicas one per node and the rest Unschedulable with kube-scheduler's
-//! words, a zone spread with maxSkew 1, a hostPort conflict, and a gang
-//! whose members are anti-affine to each other placed one per node or not
-//! at all.
+//! words, a zone spread with maxSkew 1, a ReplicaSet spread by the default
+//! constraints, a hostPort conflict, and a gang whose members are
+//! anti-affine to each other placed one per node or not at all.
 
 mod support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use kube::api::ListParams;
@@ -89,6 +90,37 @@ async fn six_pods_spread_with_max_skew_one_over_three_zones_land_two_per_zone() 
         *per_zone.entry(zone_of[node].as_str()).or_default() += 1;
     }
     assert_eq!(per_zone.values().copied().collect::<Vec<_>>(), [2, 2, 2], "{per_zone:?}");
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn a_replica_set_without_constraints_is_spread_by_the_defaults_while_lone_pods_pack() {
+    let mut env = TestEnv::new("default-spread").await;
+    env.add_pools("- {name: n, count: 2, gpus: 8, gpuProduct: NVIDIA-H100-80GB-HBM3}\n").await;
+    env.start_scheduler().await;
+    // No Service or controller selects these: no default constraint, and
+    // the default scoring (MostAllocated) packs them.
+    for i in 0..2 {
+        env.create(&pod_with(&env, &format!("solo-{i}"), 0, json!({"app": "solo"}), json!({}))).await;
+    }
+    let solo = settled_bound(&env, 2).await;
+    assert_eq!(solo["solo-0"], solo["solo-1"], "packed: {solo:?}");
+    let mut template = serde_json::to_value(pod_with(&env, "template", 0, json!({"app": "web"}), json!({}))).unwrap();
+    let metadata = template["metadata"].as_object_mut().unwrap();
+    metadata.remove("name");
+    metadata.remove("namespace");
+    let _: ReplicaSet = create_object(
+        &env,
+        json!({"metadata": {"name": "web"},
+               "spec": {"replicas": 4, "selector": {"matchLabels": {"app": "web"}}, "template": template}}),
+    )
+    .await;
+    let placed = settled_bound(&env, 6).await;
+    let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, node) in placed.iter().filter(|(pod, _)| pod.starts_with("web-")) {
+        *per_node.entry(node.as_str()).or_default() += 1;
+    }
+    assert_eq!(per_node.values().copied().collect::<Vec<_>>(), [2, 2], "spread by hostname: {placed:?}");
     env.teardown().await;
 }
 

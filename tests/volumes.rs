@@ -5,14 +5,14 @@
 //! chosen node and the pod binds once it made one; a gang's members take
 //! one local volume each; an unbound claim of an Immediate class keeps the
 //! pod waiting with kube-scheduler's words; a ReadWriteOncePod claim serves
-//! one pod at a time.
+//! one pod at a time; a node's CSINode limits the CSI volumes attached there.
 
 mod support;
 
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
-use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::api::storage::v1::{CSINode, StorageClass, VolumeAttachment};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 use support::{TestEnv, eventually};
@@ -88,6 +88,30 @@ impl Storage {
         }))
         .unwrap();
         self.claims.create(&PostParams::default(), &claim).await.expect("create claim")
+    }
+
+    /// A CSI volume of `driver` and a claim of the same name, each naming
+    /// the other (so the PV controller binds them at once); returns the
+    /// volume's name.
+    async fn csi_volume(&self, claim: &str, driver: &str) -> String {
+        let name = format!("{}-{claim}", self.env_name);
+        let volume: PersistentVolume = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": [self.access_mode],
+                     "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+                     "csi": {"driver": driver, "volumeHandle": name},
+                     "claimRef": {"namespace": self.env_name, "name": claim}}
+        }))
+        .unwrap();
+        self.volumes.create(&PostParams::default(), &volume).await.expect("create volume");
+        let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": {"name": claim},
+            "spec": {"accessModes": [self.access_mode], "storageClassName": "", "volumeName": name,
+                     "resources": {"requests": {"storage": "1Gi"}}}
+        }))
+        .unwrap();
+        self.claims.create(&PostParams::default(), &claim).await.expect("create claim");
+        name
     }
 
     /// The volume a claim is bound to, once the PV controller bound it.
@@ -255,6 +279,51 @@ async fn a_read_write_once_pod_claim_serves_one_pod_and_the_next_waits_with_kube
     assert!(message.contains(conflict), "{message}");
     env.pods().delete("first", &DeleteParams::default()).await.unwrap();
     assert_eq!(env.wait_bound("second", BIND).await, nodes[1], "once the first is gone");
+    storage.delete().await;
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn a_node_s_csi_attach_limit_counts_pods_volumes_and_volume_attachments() {
+    const DRIVER: &str = "csi.phalanx.test";
+    let mut env = TestEnv::new("volume-limits").await;
+    let nodes = env.add_pools("- {name: n, count: 1, gpus: 8}\n").await;
+    let node = nodes[0].clone();
+    let storage = Storage::new(&env);
+    let csi_nodes: Api<CSINode> = Api::all(env.client.clone());
+    let limit: CSINode = serde_json::from_value(json!({
+        "metadata": {"name": node},
+        "spec": {"drivers": [{"name": DRIVER, "nodeID": node, "allocatable": {"count": 2}}]}
+    }))
+    .unwrap();
+    csi_nodes.create(&PostParams::default(), &limit).await.expect("create CSINode");
+    for claim in ["a", "b"] {
+        storage.csi_volume(claim, DRIVER).await;
+        storage.bound_volume(claim).await;
+    }
+    // A volume attached outside any pod phalanx sees: it takes one of the two.
+    let other = storage.csi_volume("other", DRIVER).await;
+    let attachments: Api<VolumeAttachment> = Api::all(env.client.clone());
+    let attachment_name = format!("{}-other", env.name);
+    let attachment: VolumeAttachment = serde_json::from_value(json!({
+        "metadata": {"name": attachment_name},
+        "spec": {"attacher": DRIVER, "nodeName": node, "source": {"persistentVolumeName": other}}
+    }))
+    .unwrap();
+    attachments.create(&PostParams::default(), &attachment).await.expect("create VolumeAttachment");
+    env.start_scheduler().await;
+
+    env.create(&pod_using(&env, "first", &["a"])).await;
+    assert_eq!(env.wait_bound("first", BIND).await, node);
+    env.create(&pod_using(&env, "sharer", &["a"])).await;
+    assert_eq!(env.wait_bound("sharer", BIND).await, node, "a volume attached already costs nothing");
+    env.create(&pod_using(&env, "second", &["b"])).await;
+    let message = env.wait_unschedulable("second", BIND).await.message.unwrap_or_default();
+    assert!(message.contains("1 node(s) exceed max volume count"), "{message}");
+    attachments.delete(&attachment_name, &DeleteParams::default()).await.expect("delete VolumeAttachment");
+    assert_eq!(env.wait_bound("second", BIND).await, node, "once the attachment is gone");
+
+    let _ = csi_nodes.delete(&node, &DeleteParams::default()).await;
     storage.delete().await;
     env.teardown().await;
 }

@@ -14,12 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, ResourceQuota,
+    Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, ReplicationController,
+    ResourceQuota, Service,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceSlice};
-use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::api::storage::v1::{CSINode, StorageClass, VolumeAttachment};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList;
 use kube::api::Api;
 use kube::runtime::utils::ResetTimerBackoff;
@@ -36,6 +38,7 @@ use phalanx_core::gang_status::GroupStatusInput;
 use phalanx_core::quota::QuotaKind;
 pub use phalanx_core::scheduler::ClusterEvent;
 use phalanx_core::scheduler::{DeviceKind, DeviceObject, DeviceObjectKey, ObjectRef, Watch};
+use phalanx_core::spread_defaults::{WorkloadKey, WorkloadKind, WorkloadSelector};
 use phalanx_core::volume::{VolumeClaimKey, VolumeKind, VolumeObject, VolumeObjectKey};
 use phalanx_kube::api::elastic_quota::ElasticQuota;
 use phalanx_kube::api::gpu_topology::GPUTopology;
@@ -53,6 +56,7 @@ use phalanx_kube::translate::{
     topology_report,
 };
 use phalanx_kube::volume_objects;
+use phalanx_kube::workload_objects;
 
 /// The optional APIs the API server serves, found by discovery at start:
 /// what is watched, and so what the loop waits for before scheduling.
@@ -246,7 +250,40 @@ pub fn spawn(
     ));
     let class = |c: &StorageClass| volume_objects::storage_class(c).map(VolumeObject::Class);
     tokio::spawn(watch_volume_objects(Api::all(client.clone()), metrics.clone(), tx.clone(), VolumeKind::Class, class));
+    let csi_node = |n: &CSINode| volume_objects::csi_node(n).map(VolumeObject::CsiNode);
+    tokio::spawn(watch_volume_objects(
+        Api::all(client.clone()),
+        metrics.clone(),
+        tx.clone(),
+        VolumeKind::CsiNode,
+        csi_node,
+    ));
+    let attachment = |a: &VolumeAttachment| volume_objects::volume_attachment(a).map(VolumeObject::Attachment);
+    tokio::spawn(watch_volume_objects(
+        Api::all(client.clone()),
+        metrics.clone(),
+        tx.clone(),
+        VolumeKind::Attachment,
+        attachment,
+    ));
     tokio::spawn(watch_namespaces(Api::all(client.clone()), metrics.clone(), tx.clone()));
+    let service = |s: &Service| Ok(workload_objects::service(s));
+    tokio::spawn(watch_workloads(
+        Api::all(client.clone()),
+        metrics.clone(),
+        tx.clone(),
+        WorkloadKind::Service,
+        service,
+    ));
+    let replica_set = |s: &ReplicaSet| workload_objects::replica_set(s);
+    let kind = WorkloadKind::ReplicaSet;
+    tokio::spawn(watch_workloads(Api::all(client.clone()), metrics.clone(), tx.clone(), kind, replica_set));
+    let stateful_set = |s: &StatefulSet| workload_objects::stateful_set(s);
+    let kind = WorkloadKind::StatefulSet;
+    tokio::spawn(watch_workloads(Api::all(client.clone()), metrics.clone(), tx.clone(), kind, stateful_set));
+    let controller = |c: &ReplicationController| Ok(workload_objects::replication_controller(c));
+    let kind = WorkloadKind::ReplicationController;
+    tokio::spawn(watch_workloads(Api::all(client.clone()), metrics.clone(), tx.clone(), kind, controller));
     tokio::spawn(watch_succeeded_members(Api::all(client.clone()), metrics.clone(), tx.clone()));
     tokio::spawn(watch_pods(Api::all(client), metrics, scheduler_names, leadership, tx));
 }
@@ -557,6 +594,8 @@ async fn watch_volume_objects<K>(
         }
         VolumeKind::Volume => VolumeObjectKey::Volume(text),
         VolumeKind::Class => VolumeObjectKey::Class(text),
+        VolumeKind::CsiNode => VolumeObjectKey::CsiNode(text),
+        VolumeKind::Attachment => VolumeObjectKey::Attachment(text),
     };
     let on_apply = |obj: K| match translate(&obj) {
         Ok(object) => Applied::Event(key_of(&obj), ClusterEvent::VolumeObjectApplied(object)),
@@ -668,6 +707,33 @@ async fn watch_budgets(api: Api<PodDisruptionBudget>, metrics: Metrics, tx: mpsc
 }
 
 /// Namespace labels, which inter-pod affinity terms select namespaces by.
+/// One workload kind's selectors, keyed `namespace/name`. They only steer
+/// scores, so a failing watch holds no decision back.
+async fn watch_workloads<K>(
+    api: Api<K>,
+    metrics: Metrics,
+    tx: mpsc::Sender<ClusterEvent>,
+    kind: WorkloadKind,
+    translate: impl Fn(&K) -> Result<WorkloadSelector, TranslateError>,
+) where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let key = move |text: String| {
+        let (namespace, name) = text.split_once('/').unwrap_or_default();
+        WorkloadKey { kind, namespace: namespace.into(), name: name.into() }
+    };
+    let key_of = |obj: &K| format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+    let on_apply = |obj: K| match translate(&obj) {
+        Ok(selector) => Applied::Event(key_of(&obj), ClusterEvent::WorkloadSelectorApplied(selector)),
+        Err(error) => Applied::Invalid(invalid(&obj, &error)),
+    };
+    let on_delete = |obj: K| Some(ClusterEvent::WorkloadSelectorDeleted(key(key_of(&obj))));
+    let on_listed = |keys: HashSet<String>| {
+        Some(ClusterEvent::WorkloadSelectorsListed { kind, keys: keys.into_iter().map(key).collect() })
+    };
+    pump(api, watcher::Config::default(), Failures::counted(&metrics), tx, on_apply, on_delete, on_listed).await;
+}
+
 async fn watch_namespaces(api: Api<Namespace>, metrics: Metrics, tx: mpsc::Sender<ClusterEvent>) {
     let on_apply = |object: Namespace| {
         let name = object.name_any();

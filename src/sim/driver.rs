@@ -424,6 +424,7 @@ impl Simulation<'_> {
                 host_ports: vec![],
                 affinity: Default::default(),
                 spread: vec![],
+                controller: None,
                 shown_reason: None,
                 volume_claims: vec![],
             });

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::pod::SelectorRequirement;
+use super::pod::{SelectorOperator, SelectorRequirement};
 
 /// Every requirement must hold: an empty selector matches all labels. A
 /// selector that is absent where Kubernetes allows one matches nothing
@@ -14,6 +14,18 @@ pub struct LabelSelector {
 }
 
 impl LabelSelector {
+    /// `matchLabels`: each label must have its value.
+    pub fn equal_to<'a>(labels: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let requirements = labels
+            .into_iter()
+            .map(|(key, value)| SelectorRequirement {
+                key: key.to_string(),
+                operator: SelectorOperator::In(vec![value.to_string()]),
+            })
+            .collect();
+        Self { requirements }
+    }
+
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.requirements.iter().all(|r| r.holds(labels.get(&r.key).map(String::as_str)))
     }

@@ -26,6 +26,7 @@ pub mod quota;
 pub mod resources;
 pub mod scheduler;
 pub mod snapshot;
+pub mod spread_defaults;
 pub mod topology;
 pub mod topology_spread;
 pub mod volume;

@@ -8,6 +8,7 @@ use super::host_port::HostPort;
 use super::node::TaintEffect;
 use super::pod_affinity::PodAffinity;
 use super::resources::{GPU, Resources};
+use super::spread_defaults::PodController;
 use super::topology_spread::SpreadConstraint;
 
 /// What a new placement says about itself.
@@ -159,6 +160,10 @@ pub struct PodInfo {
     pub affinity: PodAffinity,
     #[serde(default)]
     pub spread: Vec<SpreadConstraint>,
+    /// Its ReplicaSet, StatefulSet or ReplicationController: with its
+    /// Services, where its default spread constraints select.
+    #[serde(default)]
+    pub controller: Option<PodController>,
     /// The message of its `PodScheduled=False` condition: the reason users
     /// see now (a new leader need not write it again).
     #[serde(default)]

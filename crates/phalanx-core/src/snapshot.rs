@@ -20,6 +20,7 @@ use super::node_table::{NodeTable, Slot};
 use super::pod::{PodInfo, PodKey, PodPlacement};
 use super::pod_affinity::PodAffinity;
 use super::resources::{GPU, Resources};
+use super::spread_defaults::WorkloadSelectors;
 use super::topology::domains::{DomainId, DomainIndex, DomainLevels};
 use super::topology::gpu_choice::{GpuMask, NodeGpuModel};
 use super::topology::graph::LinkBandwidth;
@@ -100,6 +101,8 @@ pub struct ClusterSnapshot {
     devices: DeviceInventory,
     /// PersistentVolumeClaims, PersistentVolumes and StorageClasses.
     volumes: VolumeInventory,
+    /// Services' and controllers' selectors, for default spread constraints.
+    workloads: WorkloadSelectors,
     /// Labels of each namespace (affinity terms select namespaces by them).
     namespace_labels: HashMap<String, BTreeMap<String, String>>,
     inter_pod: InterPodIndex,
@@ -133,6 +136,14 @@ impl ClusterSnapshot {
 
     pub fn volumes_mut(&mut self) -> &mut VolumeInventory {
         &mut self.volumes
+    }
+
+    pub fn workloads(&self) -> &WorkloadSelectors {
+        &self.workloads
+    }
+
+    pub fn workloads_mut(&mut self) -> &mut WorkloadSelectors {
+        &mut self.workloads
     }
 
     /// For DeviceClasses and ResourceSlices; claims go through the methods

@@ -4,7 +4,7 @@ use super::framework::Profile;
 use super::label_selector::LabelSelector;
 use super::node::NodeSpec;
 use super::plugins;
-use super::pod::{PodInfo, PodKey, PodPhase, SelectorOperator, SelectorRequirement};
+use super::pod::{PodInfo, PodKey, PodPhase};
 use super::pod_affinity::PodAffinityTerm;
 use super::resources::{CPU, GPU, PODS, Resources};
 #[cfg(any(test, feature = "internals"))]
@@ -36,6 +36,7 @@ pub fn test_pod(name: &str, requests: Resources) -> PodInfo {
         host_ports: vec![],
         affinity: Default::default(),
         spread: vec![],
+        controller: None,
         shown_reason: None,
         volume_claims: vec![],
     }
@@ -86,15 +87,7 @@ pub fn place_one(s: &mut ClusterSnapshot, pod: &PodInfo) -> Result<String, FitEr
 
 /// A selector requiring each of these labels (`matchLabels`).
 pub fn selector(labels: &[(&str, &str)]) -> LabelSelector {
-    LabelSelector {
-        requirements: labels
-            .iter()
-            .map(|(k, v)| SelectorRequirement {
-                key: k.to_string(),
-                operator: SelectorOperator::In(vec![v.to_string()]),
-            })
-            .collect(),
-    }
+    LabelSelector::equal_to(labels.iter().copied())
 }
 
 /// An affinity term over pods in "default" with these labels, per `topology_key` domain.

@@ -12,3 +12,4 @@ mod pod_rules;
 pub mod quota_objects;
 pub mod translate;
 pub mod volume_objects;
+pub mod workload_objects;

@@ -61,12 +61,8 @@ pub(crate) fn host_ports(spec: &PodSpec, object: &str) -> Result<Vec<HostPort>, 
 
 /// `matchLabels` and `matchExpressions`, as one list of requirements.
 pub(crate) fn label_selector(s: &K8sLabelSelector, object: &str, field: &str) -> Result<LabelSelector, TranslateError> {
-    let mut requirements: Vec<SelectorRequirement> = s
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| SelectorRequirement { key: k.clone(), operator: SelectorOperator::In(vec![v.clone()]) })
-        .collect();
+    let labels = s.match_labels.iter().flatten().map(|(k, v)| (k.as_str(), v.as_str()));
+    let mut requirements = LabelSelector::equal_to(labels).requirements;
     for (i, r) in s.match_expressions.iter().flatten().enumerate() {
         let f = format!("{field}.matchExpressions[{i}]");
         let requirement = selector_requirement(&r.key, &r.operator, r.values.as_deref(), false, object, &f)?;

@@ -282,6 +282,7 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, TranslateError> {
         host_ports,
         affinity: pod_affinity,
         spread,
+        controller: crate::workload_objects::pod_controller(pod),
         shown_reason: shown_reason(pod),
         volume_claims: crate::volume_objects::pod_volume_claims(pod),
     })

@@ -1,15 +1,18 @@
-//! PersistentVolumeClaims, PersistentVolumes and StorageClasses into the
-//! core's volume types, and pods' volumes into the claims they use.
+//! PersistentVolumeClaims, PersistentVolumes, StorageClasses, CSINodes and
+//! VolumeAttachments into the core's volume types, and pods' volumes into
+//! the claims they use.
 
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{PersistentVolume as K8sVolume, PersistentVolumeClaim, Pod};
-use k8s_openapi::api::storage::v1::StorageClass as K8sClass;
+use k8s_openapi::api::storage::v1::{
+    CSINode as K8sCsiNode, StorageClass as K8sClass, VolumeAttachment as K8sAttachment,
+};
 use phalanx_core::pod::{NodeSelectorTerm, SelectorOperator, SelectorRequirement};
 use phalanx_core::quantity::parse_units;
 use phalanx_core::volume::{
-    AccessMode, BindingMode, ClaimRef, PersistentVolume, StorageClass, VolumeClaim, VolumeClaimKey, VolumeMode,
-    VolumePhase, VolumeWrite,
+    AccessMode, AttachedSource, AttachedVolume, BindingMode, ClaimRef, CsiNode, PersistentVolume, StorageClass,
+    VolumeAttachment, VolumeClaim, VolumeClaimKey, VolumeMode, VolumePhase, VolumeWrite,
 };
 use serde_json::json;
 
@@ -119,6 +122,7 @@ pub fn persistent_volume(volume: &K8sVolume) -> Result<PersistentVolume, Transla
         volume_mode: volume_mode(spec.volume_mode.as_deref(), &object, "spec.volumeMode")?,
         node_affinity,
         claim_ref,
+        csi: spec.csi.as_ref().map(|c| AttachedVolume { driver: c.driver.clone(), handle: c.volume_handle.clone() }),
         phase,
         labels: volume.metadata.labels.clone().unwrap_or_default(),
         deleting: volume.metadata.deletion_timestamp.is_some(),
@@ -149,6 +153,36 @@ pub fn storage_class(class: &K8sClass) -> Result<StorageClass, TranslateError> {
         })
         .collect();
     Ok(StorageClass { name, provisioner: class.provisioner.clone(), binding_mode, allowed_topologies })
+}
+
+/// A CSINode's attach limits: its drivers that report `allocatable.count`.
+pub fn csi_node(node: &K8sCsiNode) -> Result<CsiNode, TranslateError> {
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let object = format!("csinode {name}");
+    let mut attach_limits = std::collections::BTreeMap::new();
+    for (i, driver) in node.spec.drivers.iter().enumerate() {
+        let Some(count) = driver.allocatable.as_ref().and_then(|a| a.count) else { continue };
+        let field = format!("spec.drivers[{i}].allocatable.count");
+        let count = u32::try_from(count).map_err(|_| error(&object, field, format!("negative count {count}")))?;
+        attach_limits.insert(driver.name.clone(), count);
+    }
+    Ok(CsiNode { node: name, attach_limits })
+}
+
+/// A VolumeAttachment: the node, the driver, and the volume it names.
+pub fn volume_attachment(attachment: &K8sAttachment) -> Result<VolumeAttachment, TranslateError> {
+    let name = attachment.metadata.name.clone().unwrap_or_default();
+    let object = format!("volumeattachment {name}");
+    let spec = &attachment.spec;
+    let inline = spec.source.inline_volume_spec.as_ref().and_then(|v| v.csi.as_ref());
+    let source = match (&spec.source.persistent_volume_name, inline) {
+        (Some(volume), _) => AttachedSource::Volume(volume.clone()),
+        (None, Some(csi)) => AttachedSource::Inline(csi.volume_handle.clone()),
+        (None, None) => {
+            return Err(error(&object, "spec.source", "names neither persistentVolumeName nor inlineVolumeSpec.csi"));
+        }
+    };
+    Ok(VolumeAttachment { name, node: spec.node_name.clone(), driver: spec.attacher.clone(), source })
 }
 
 /// The claims a pod's volumes use: `persistentVolumeClaim.claimName`, and
@@ -220,5 +254,64 @@ pub fn claim_progress(claim: &PersistentVolumeClaim, write: &VolumeWrite) -> Cla
             ClaimProgress::GivenUp(format!("PersistentVolumeClaim {key}: its provisioner gave up on node {node}"))
         }
         _ => ClaimProgress::Waiting,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_csi_node_gives_the_limits_its_drivers_report_and_a_negative_one_is_named() {
+        let node: K8sCsiNode = serde_json::from_value(json!({
+            "metadata": {"name": "n1"},
+            "spec": {"drivers": [
+                {"name": "ebs.csi.aws.com", "nodeID": "i-1", "allocatable": {"count": 25}},
+                {"name": "nfs.csi.k8s.io", "nodeID": "n1"},
+            ]}
+        }))
+        .unwrap();
+        let node = csi_node(&node).unwrap();
+        assert_eq!(node.node, "n1");
+        assert_eq!(node.attach_limits.into_iter().collect::<Vec<_>>(), [("ebs.csi.aws.com".to_string(), 25)]);
+
+        let bad: K8sCsiNode = serde_json::from_value(json!({
+            "metadata": {"name": "n2"},
+            "spec": {"drivers": [{"name": "d", "nodeID": "n2", "allocatable": {"count": -1}}]}
+        }))
+        .unwrap();
+        let err = csi_node(&bad).unwrap_err().to_string();
+        assert!(err.contains("csinode n2") && err.contains("spec.drivers[0].allocatable.count"), "{err}");
+    }
+
+    #[test]
+    fn a_volume_attachment_names_its_volume_or_its_inline_handle() {
+        let attachment = |source: serde_json::Value| -> K8sAttachment {
+            serde_json::from_value(json!({
+                "metadata": {"name": "va-1"},
+                "spec": {"attacher": "ebs.csi.aws.com", "nodeName": "n1", "source": source}
+            }))
+            .unwrap()
+        };
+        let by_volume = volume_attachment(&attachment(json!({"persistentVolumeName": "pv-1"}))).unwrap();
+        assert_eq!(by_volume.source, AttachedSource::Volume("pv-1".into()));
+        assert_eq!((by_volume.node.as_str(), by_volume.driver.as_str()), ("n1", "ebs.csi.aws.com"));
+        let inline = json!({"inlineVolumeSpec": {"csi": {"driver": "ebs.csi.aws.com", "volumeHandle": "vol-9"}}});
+        assert_eq!(volume_attachment(&attachment(inline)).unwrap().source, AttachedSource::Inline("vol-9".into()));
+        let err = volume_attachment(&attachment(json!({}))).unwrap_err().to_string();
+        assert!(err.contains("volumeattachment va-1") && err.contains("spec.source"), "{err}");
+    }
+
+    #[test]
+    fn a_csi_volume_keeps_its_driver_and_handle() {
+        let volume: K8sVolume = serde_json::from_value(json!({
+            "metadata": {"name": "pv-1"},
+            "spec": {"capacity": {"storage": "1Gi"}, "csi": {"driver": "ebs.csi.aws.com", "volumeHandle": "vol-1"}}
+        }))
+        .unwrap();
+        let csi = persistent_volume(&volume).unwrap().csi.unwrap();
+        assert_eq!((csi.driver.as_str(), csi.handle.as_str()), ("ebs.csi.aws.com", "vol-1"));
     }
 }

@@ -7,6 +7,7 @@ mod node_ports;
 mod node_ready;
 mod node_resources_fit;
 mod node_unschedulable;
+mod node_volume_limits;
 mod pod_topology_spread;
 mod taint_toleration;
 mod topology_domain;
@@ -20,6 +21,7 @@ pub use node_ports::NodePorts;
 pub use node_ready::NodeReady;
 pub use node_resources_fit::{NodeResourcesFit, NodeResourcesFitArgs, ResourceWeight, ScoringStrategy};
 pub use node_unschedulable::NodeUnschedulable;
+pub use node_volume_limits::{MAX_VOLUME_COUNT_EXCEEDED, NodeVolumeLimits};
 pub use pod_topology_spread::PodTopologySpread;
 pub use taint_toleration::{TaintToleration, tolerates};
 pub use topology_domain::{TopologyDomain, target_domain};
@@ -27,6 +29,7 @@ pub use volume_binding::VolumeBinding;
 pub use volume_restrictions::{READ_WRITE_ONCE_POD_CONFLICT, VolumeRestrictions};
 
 use super::framework::{ClusterFilterPlugin, FilterPlugin, Profile, ScorePlugin, WeightedScore};
+use super::spread_defaults::SpreadDefaulting;
 use super::topology::domains::DomainLevels;
 
 /// Filter plugins enabled when the configuration says nothing, in the order they run.
@@ -39,6 +42,7 @@ pub const DEFAULT_FILTERS: &[&str] = &[
     NodeResourcesFit::NAME,
     GpuTopology::NAME,
     VolumeRestrictions::NAME,
+    NodeVolumeLimits::NAME,
     VolumeBinding::NAME,
     PodTopologySpread::NAME,
     InterPodAffinity::NAME,
@@ -67,6 +71,8 @@ pub struct PluginArgs {
     pub node_resources_fit: NodeResourcesFitArgs,
     pub multi_gpu_on_shared: MultiGpuOnSharedNodes,
     pub inter_pod_affinity: InterPodAffinityArgs,
+    /// PodTopologySpread's `defaultingType` and `defaultConstraints`.
+    pub spread_defaulting: SpreadDefaulting,
 }
 
 /// Arguments that describe the cluster rather than one profile; every
@@ -93,8 +99,11 @@ pub fn filter_plugin(name: &str, args: &PluginArgs) -> Option<Filter> {
         NodeResourcesFit::NAME => Filter::Node(Box::new(NodeResourcesFit::new(args.node_resources_fit.clone()))),
         GpuTopology::NAME => Filter::Node(Box::new(GpuTopology { multi_gpu_on_shared: args.multi_gpu_on_shared })),
         VolumeRestrictions::NAME => Filter::Cluster(Box::new(VolumeRestrictions)),
+        NodeVolumeLimits::NAME => Filter::Cluster(Box::new(NodeVolumeLimits)),
         VolumeBinding::NAME => Filter::Cluster(Box::new(VolumeBinding)),
-        PodTopologySpread::NAME => Filter::Cluster(Box::new(PodTopologySpread)),
+        PodTopologySpread::NAME => {
+            Filter::Cluster(Box::new(PodTopologySpread { defaulting: args.spread_defaulting.clone() }))
+        }
         InterPodAffinity::NAME => Filter::Cluster(Box::new(InterPodAffinity { args: args.inter_pod_affinity.clone() })),
         _ => return None,
     })
@@ -107,7 +116,7 @@ pub fn score_plugin(name: &str, args: &PluginArgs) -> Option<Box<dyn ScorePlugin
         NodeResourcesFit::NAME => Box::new(NodeResourcesFit::new(args.node_resources_fit.clone())),
         GpuTopology::NAME => Box::new(GpuTopology::default()),
         TopologyDomain::NAME => Box::new(TopologyDomain),
-        PodTopologySpread::NAME => Box::new(PodTopologySpread),
+        PodTopologySpread::NAME => Box::new(PodTopologySpread { defaulting: args.spread_defaulting.clone() }),
         InterPodAffinity::NAME => Box::new(InterPodAffinity { args: args.inter_pod_affinity.clone() }),
         _ => return None,
     })

@@ -3,7 +3,9 @@
 //! placing the pod there would make its domain exceed the global minimum by
 //! more than `maxSkew`), `ScheduleAnyway` constraints score (fewer matching
 //! pods in the node's domain, higher score). Gang members placed earlier in
-//! the pass are assumed in the snapshot and count like running pods.
+//! the pass are assumed in the snapshot and count like running pods. A pod
+//! that states no constraints gets the profile's defaults
+//! (`spread_defaults`).
 
 use std::collections::HashMap;
 
@@ -14,9 +16,13 @@ use crate::label_selector::selects;
 use crate::node::{NodeInfo, NodeSpec};
 use crate::pod::PodInfo;
 use crate::snapshot::ClusterSnapshot;
+use crate::spread_defaults::SpreadDefaulting;
 use crate::topology_spread::{InclusionPolicy, SpreadConstraint, WhenUnsatisfiable};
 
-pub struct PodTopologySpread;
+#[derive(Default)]
+pub struct PodTopologySpread {
+    pub defaulting: SpreadDefaulting,
+}
 
 impl PodTopologySpread {
     pub const NAME: &'static str = "PodTopologySpread";
@@ -36,11 +42,31 @@ type DomainCounts<'a> = HashMap<&'a str, i64, foldhash::fast::RandomState>;
 /// they get 0 after normalizing.
 const IGNORED: i64 = -1;
 
-fn constraints(pod: &PodInfo, when: WhenUnsatisfiable) -> Vec<&SpreadConstraint> {
-    pod.spread.iter().filter(|c| c.when_unsatisfiable == when).collect()
+impl PodTopologySpread {
+    /// The pod's constraints of one kind; a pod that states none gets the
+    /// defaults, which select the pods of its workload.
+    fn constraints(&self, pod: &PodInfo, snapshot: &ClusterSnapshot, when: WhenUnsatisfiable) -> Vec<SpreadConstraint> {
+        let own = || pod.spread.iter().cloned();
+        let all: Vec<SpreadConstraint> =
+            if pod.spread.is_empty() { self.defaulting.for_pod(pod, snapshot.workloads()) } else { own().collect() };
+        all.into_iter().filter(|c| c.when_unsatisfiable == when).collect()
+    }
+
+    /// Whether the score leaves out nodes that lack one of the keys. Not
+    /// for kube-scheduler's own defaults: nodes without a zone label are
+    /// still spread over by hostname.
+    fn scores_only_nodes_with_every_key(&self, pod: &PodInfo) -> bool {
+        !pod.spread.is_empty() || self.defaulting != SpreadDefaulting::System
+    }
 }
 
-fn has_every_key(node: &NodeSpec, constraints: &[&SpreadConstraint]) -> bool {
+/// A node without the key is in the domain "", as kube-scheduler counts it
+/// where not every key is required.
+fn label_or_empty<'a>(node: &'a NodeSpec, key: &str) -> &'a str {
+    node.labels.get(key).map_or("", String::as_str)
+}
+
+fn has_every_key(node: &NodeSpec, constraints: &[SpreadConstraint]) -> bool {
     constraints.iter().all(|c| node.labels.contains_key(&c.topology_key))
 }
 
@@ -65,7 +91,7 @@ fn matching_pods(snapshot: &ClusterSnapshot, usage: &NodeInfo, c: &SpreadConstra
 /// the global minimum, for each `DoNotSchedule` constraint.
 struct Prepared<'a> {
     pod: &'a PodInfo,
-    constraints: Vec<&'a SpreadConstraint>,
+    constraints: Vec<SpreadConstraint>,
     counts: Vec<DomainCounts<'a>>,
     minimum: Vec<i64>,
 }
@@ -76,7 +102,7 @@ impl ClusterFilterPlugin for PodTopologySpread {
     }
 
     fn prepare<'a>(&self, pod: &'a PodInfo, snapshot: &'a ClusterSnapshot) -> Option<Box<dyn PreparedFilter + 'a>> {
-        let constraints = constraints(pod, WhenUnsatisfiable::DoNotSchedule);
+        let constraints = self.constraints(pod, snapshot, WhenUnsatisfiable::DoNotSchedule);
         if constraints.is_empty() {
             return None;
         }
@@ -157,17 +183,19 @@ impl ScorePlugin for PodTopologySpread {
     /// candidates, plus `maxSkew - 1`; lower is better (see `normalize`).
     fn score_all(&self, ctx: &ScoreContext<'_>, nodes: &[(&NodeSpec, &NodeInfo)], out: &mut [i64]) {
         let (pod, snapshot) = (ctx.pod, ctx.snapshot);
-        let constraints = constraints(pod, WhenUnsatisfiable::ScheduleAnyway);
+        let constraints = self.constraints(pod, snapshot, WhenUnsatisfiable::ScheduleAnyway);
         if constraints.is_empty() {
             out.fill(IGNORED);
             return;
         }
-        let scored: Vec<bool> = nodes.iter().map(|(spec, _)| has_every_key(spec, &constraints)).collect();
+        let every_key = self.scores_only_nodes_with_every_key(pod);
+        let counted = |spec: &NodeSpec| !every_key || has_every_key(spec, &constraints);
+        let scored: Vec<bool> = nodes.iter().map(|(spec, _)| counted(spec)).collect();
         let mut counts: Vec<DomainCounts> = vec![DomainCounts::default(); constraints.len()];
         for ((spec, _), _) in nodes.iter().zip(&scored).filter(|(_, s)| **s) {
             for (c, domains) in constraints.iter().zip(counts.iter_mut()) {
                 if c.topology_key != HOSTNAME {
-                    domains.entry(spec.labels[&c.topology_key].as_str()).or_default();
+                    domains.entry(label_or_empty(spec, &c.topology_key)).or_default();
                 }
             }
         }
@@ -180,12 +208,12 @@ impl ScorePlugin for PodTopologySpread {
                 ((size + 2) as f64).ln()
             })
             .collect();
-        for (spec, usage) in snapshot.nodes().filter(|(spec, _)| has_every_key(spec, &constraints)) {
+        for (spec, usage) in snapshot.nodes().filter(|(spec, _)| counted(spec)) {
             for (c, domains) in constraints.iter().zip(counts.iter_mut()) {
                 if c.topology_key == HOSTNAME || !counts_node(c, pod, spec) {
                     continue;
                 }
-                if let Some(count) = domains.get_mut(spec.labels[&c.topology_key].as_str()) {
+                if let Some(count) = domains.get_mut(label_or_empty(spec, &c.topology_key)) {
                     *count += matching_pods(snapshot, usage, c, pod);
                 }
             }
@@ -197,7 +225,7 @@ impl ScorePlugin for PodTopologySpread {
             }
             let mut score = 0.0;
             for ((c, domains), weight) in constraints.iter().zip(&counts).zip(&weights) {
-                let value = spec.labels[&c.topology_key].as_str();
+                let Some(value) = spec.labels.get(&c.topology_key).map(String::as_str) else { continue };
                 let count = if c.topology_key == HOSTNAME {
                     matching_pods(snapshot, usage, c, pod)
                 } else {
@@ -231,7 +259,9 @@ mod tests {
     use super::*;
     use crate::gang::{GangId, GangKind};
     use crate::gang_placement::{GangRequest, place_gang};
+    use crate::label_selector::LabelSelector;
     use crate::schedule::choose_node;
+    use crate::spread_defaults::{PodController, WorkloadKey, WorkloadKind, WorkloadSelector};
     use crate::testing::{
         ZONE, gpu_pod, labelled, place_one, profile_with_defaults, spread, zoned_cluster, zoned_node,
     };
@@ -319,6 +349,56 @@ mod tests {
         let mut pod = spread_pod("p", 1);
         pod.spread[0].when_unsatisfiable = WhenUnsatisfiable::ScheduleAnyway;
         assert_eq!(choose_node(&profile_with_defaults(), &pod, &s, None).unwrap().node, "b1");
+    }
+
+    /// PodTopologySpread's normalized scores for `pod` on every node, by name.
+    fn spread_scores(plugin: &PodTopologySpread, pod: &PodInfo, s: &ClusterSnapshot) -> BTreeMap<String, i64> {
+        let nodes: Vec<(&NodeSpec, &NodeInfo)> = s.nodes().collect();
+        let mut scores = vec![0; nodes.len()];
+        plugin.score_all(&ScoreContext { pod, snapshot: s, job: None }, &nodes, &mut scores);
+        plugin.normalize(&mut scores);
+        nodes.iter().map(|(spec, _)| spec.name.clone()).zip(scores).collect()
+    }
+
+    #[test]
+    fn a_pod_of_a_workload_without_constraints_is_spread_by_kube_scheduler_s_defaults() {
+        // Nodes without a zone label: the hostname default still applies.
+        let mut s = ClusterSnapshot::new();
+        for name in ["n1", "n2"] {
+            let mut node = zoned_node(name, 8, "-");
+            node.labels.remove(ZONE);
+            s.upsert_node(node);
+        }
+        let web = |name: &str| PodInfo {
+            controller: Some(PodController { kind: WorkloadKind::ReplicaSet, name: "web-1".into() }),
+            ..labelled(gpu_pod(name, 0), &[("app", "web")])
+        };
+        for name in ["old-0", "old-1"] {
+            s.observe_bound(web(name).placement("n1"), None);
+        }
+        let system = PodTopologySpread::default();
+        let pod = web("new");
+        let even = BTreeMap::from([("n1".to_string(), 0), ("n2".to_string(), 0)]);
+        assert_eq!(spread_scores(&system, &pod, &s), even, "the ReplicaSet's selector unknown: no default");
+
+        let key = |kind, name: &str| WorkloadKey { kind, namespace: "default".into(), name: name.into() };
+        let app_web = LabelSelector::equal_to([("app", "web")]);
+        let set = WorkloadSelector { key: key(WorkloadKind::ReplicaSet, "web-1"), selector: app_web.clone() };
+        s.workloads_mut().apply(set);
+        let scores = spread_scores(&system, &pod, &s);
+        assert!(scores["n2"] > scores["n1"], "away from its ReplicaSet's pods: {scores:?}");
+
+        // A Service that selects it is enough, without a controller.
+        s.workloads_mut().delete(&key(WorkloadKind::ReplicaSet, "web-1"));
+        s.workloads_mut().apply(WorkloadSelector { key: key(WorkloadKind::Service, "web"), selector: app_web });
+        let lone = PodInfo { controller: None, ..web("lone") };
+        let scores = spread_scores(&system, &lone, &s);
+        assert!(scores["n2"] > scores["n1"], "away from its Service's pods: {scores:?}");
+
+        let none = PodTopologySpread { defaulting: SpreadDefaulting::List(vec![]) };
+        assert_eq!(spread_scores(&none, &lone, &s), even, "a profile that lists no defaults");
+        let own = PodInfo { spread: vec![spread(ZONE, 1, &[("app", "web")])], ..web("own") };
+        assert_eq!(spread_scores(&system, &own, &s), even, "its own constraint (DoNotSchedule) replaces the defaults");
     }
 
     #[test]

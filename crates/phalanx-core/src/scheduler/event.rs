@@ -12,6 +12,7 @@ use crate::node::NodeSpec;
 use crate::pod::{PodInfo, PodKey};
 use crate::quota::{Quota, QuotaKind};
 use crate::snapshot::Released;
+use crate::spread_defaults::{WorkloadKey, WorkloadKind, WorkloadSelector};
 use crate::topology::model::GpuTopology;
 use crate::update::Update;
 use crate::volume::{VolumeKind, VolumeObject, VolumeObjectKey};
@@ -107,6 +108,15 @@ pub enum ClusterEvent {
     NamespaceDeleted(String),
     /// Names of every Namespace after a (re-)list.
     NamespacesListed(HashSet<String>),
+    /// A Service, ReplicaSet, StatefulSet or ReplicationController added or
+    /// changed: its selector (pods' default spread constraints select by it).
+    WorkloadSelectorApplied(WorkloadSelector),
+    WorkloadSelectorDeleted(WorkloadKey),
+    /// Every object of one workload kind after a (re-)list.
+    WorkloadSelectorsListed {
+        kind: WorkloadKind,
+        keys: HashSet<WorkloadKey>,
+    },
     /// An object phalanx cannot read; `error` names the field.
     Invalid {
         regarding: ObjectRef,

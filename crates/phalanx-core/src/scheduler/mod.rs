@@ -115,7 +115,7 @@ impl Scheduler {
             unlisted.extend([DeviceKind::Class, DeviceKind::Slice, DeviceKind::Claim].map(Watch::Devices));
         }
         if config.volumes {
-            unlisted.extend([VolumeKind::Claim, VolumeKind::Volume, VolumeKind::Class].map(Watch::Volumes));
+            unlisted.extend(VolumeKind::ALL.map(Watch::Volumes));
         }
         let mut snapshot = ClusterSnapshot::with_settings(config.topology);
         snapshot.devices_mut().set_class_resources(config.class_resources);
@@ -257,6 +257,21 @@ impl Scheduler {
             }
             ClusterEvent::NamespaceApplied { name, labels } => self.snapshot.set_namespace(&name, Some(labels)).into(),
             ClusterEvent::NamespaceDeleted(name) => self.snapshot.set_namespace(&name, None).into(),
+            // Default spread constraints only score: nothing waiting fits because of them.
+            ClusterEvent::WorkloadSelectorApplied(object) => {
+                self.snapshot.workloads_mut().apply(object);
+                Change::NoNewRoom
+            }
+            ClusterEvent::WorkloadSelectorDeleted(key) => {
+                self.snapshot.workloads_mut().delete(&key);
+                Change::NoNewRoom
+            }
+            ClusterEvent::WorkloadSelectorsListed { kind, keys } => {
+                for key in self.snapshot.workloads().keys(kind).into_iter().filter(|k| !keys.contains(k)) {
+                    self.snapshot.workloads_mut().delete(&key);
+                }
+                Change::NoNewRoom
+            }
             ClusterEvent::NamespacesListed(names) => self.snapshot.namespaces_listed(&names).into(),
             ClusterEvent::PodsRelisted { uids, term } => {
                 self.unlisted.remove(&Watch::Pods);

@@ -5,8 +5,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
 use super::{
-    BindingMode, PersistentVolume, StorageClass, VolumeClaim, VolumeClaimKey, VolumeKind, VolumeObject,
-    VolumeObjectKey, VolumePhase,
+    BindingMode, CsiNode, PersistentVolume, StorageClass, VolumeAttachment, VolumeClaim, VolumeClaimKey, VolumeKind,
+    VolumeObject, VolumeObjectKey, VolumePhase,
 };
 use crate::node::NodeSpec;
 use crate::pod::PodInfo;
@@ -61,9 +61,12 @@ impl fmt::Display for VolumeMisfit {
 
 #[derive(Debug, Default, Clone)]
 pub struct VolumeInventory {
-    claims: HashMap<VolumeClaimKey, VolumeClaim>,
-    volumes: HashMap<String, PersistentVolume>,
-    classes: HashMap<String, StorageClass>,
+    pub(super) claims: HashMap<VolumeClaimKey, VolumeClaim>,
+    pub(super) volumes: HashMap<String, PersistentVolume>,
+    pub(super) classes: HashMap<String, StorageClass>,
+    /// CSINodes by node name, and VolumeAttachments by name.
+    pub(super) csi_nodes: HashMap<String, CsiNode>,
+    pub(super) attachments: HashMap<String, VolumeAttachment>,
     /// Writes chosen for pods placed in this or an earlier pass whose
     /// effect the watches do not show yet, by pod UID.
     pub(super) assumed: HashMap<String, Vec<VolumeWrite>>,
@@ -85,6 +88,12 @@ impl VolumeInventory {
             VolumeObject::Class(class) => {
                 self.classes.insert(class.name.clone(), class);
             }
+            VolumeObject::CsiNode(node) => {
+                self.csi_nodes.insert(node.node.clone(), node);
+            }
+            VolumeObject::Attachment(attachment) => {
+                self.attachments.insert(attachment.name.clone(), attachment);
+            }
         }
         self.drop_settled();
     }
@@ -94,6 +103,8 @@ impl VolumeInventory {
             VolumeObjectKey::Claim(key) => self.claims.remove(key).map(|_| ()),
             VolumeObjectKey::Volume(name) => self.volumes.remove(name).map(|_| ()),
             VolumeObjectKey::Class(name) => self.classes.remove(name).map(|_| ()),
+            VolumeObjectKey::CsiNode(name) => self.csi_nodes.remove(name).map(|_| ()),
+            VolumeObjectKey::Attachment(name) => self.attachments.remove(name).map(|_| ()),
         };
     }
 
@@ -103,6 +114,8 @@ impl VolumeInventory {
             VolumeKind::Claim => self.claims.keys().cloned().map(VolumeObjectKey::Claim).collect(),
             VolumeKind::Volume => self.volumes.keys().cloned().map(VolumeObjectKey::Volume).collect(),
             VolumeKind::Class => self.classes.keys().cloned().map(VolumeObjectKey::Class).collect(),
+            VolumeKind::CsiNode => self.csi_nodes.keys().cloned().map(VolumeObjectKey::CsiNode).collect(),
+            VolumeKind::Attachment => self.attachments.keys().cloned().map(VolumeObjectKey::Attachment).collect(),
         }
     }
 

@@ -3,6 +3,7 @@
 //! volume each of its unbound claims binds to, or that the node is where the
 //! claim's volume is to be provisioned.
 
+mod attach_limits;
 mod inventory;
 
 #[cfg(test)]
@@ -11,6 +12,7 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+pub use attach_limits::{AttachedSource, AttachedVolume, CsiNode, VolumeAttachment};
 pub use inventory::{VolumeInventory, VolumeMisfit, VolumeWrite};
 
 use crate::label_selector::LabelSelector;
@@ -110,6 +112,9 @@ pub struct PersistentVolume {
     /// empty: every node.
     pub node_affinity: Vec<NodeSelectorTerm>,
     pub claim_ref: Option<ClaimRef>,
+    /// `spec.csi`: the driver that attaches it and its handle there; `None`
+    /// for volumes of other kinds, which count against no attach limit.
+    pub csi: Option<AttachedVolume>,
     pub phase: VolumePhase,
     pub labels: BTreeMap<String, String>,
     pub deleting: bool,
@@ -140,12 +145,14 @@ impl StorageClass {
     }
 }
 
-/// One of the three kinds, as the watches deliver them.
+/// One of the storage kinds, as the watches deliver them.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum VolumeObject {
     Claim(VolumeClaim),
     Volume(PersistentVolume),
     Class(StorageClass),
+    CsiNode(CsiNode),
+    Attachment(VolumeAttachment),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -153,6 +160,13 @@ pub enum VolumeKind {
     Claim,
     Volume,
     Class,
+    CsiNode,
+    Attachment,
+}
+
+impl VolumeKind {
+    /// Every kind, each with a watch of its own.
+    pub const ALL: [VolumeKind; 5] = [Self::Claim, Self::Volume, Self::Class, Self::CsiNode, Self::Attachment];
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -160,4 +174,6 @@ pub enum VolumeObjectKey {
     Claim(VolumeClaimKey),
     Volume(String),
     Class(String),
+    CsiNode(String),
+    Attachment(String),
 }

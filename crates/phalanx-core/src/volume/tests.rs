@@ -57,6 +57,7 @@ fn local_volume(name: &str, class: &str, gib: i64, host: &str) -> PersistentVolu
         volume_mode: VolumeMode::Filesystem,
         node_affinity: vec![on_host(host)],
         claim_ref: None,
+        csi: None,
         phase: VolumePhase::Available,
         labels: BTreeMap::new(),
         deleting: false,
