@@ -46,38 +46,47 @@ pub struct PodController {
     pub name: String,
 }
 
+/// Selectors by namespace: a pod's default selector reads its own
+/// namespace's only, for every member of every gang.
 #[derive(Debug, Default, Clone)]
 pub struct WorkloadSelectors {
-    selectors: HashMap<WorkloadKey, LabelSelector>,
+    by_namespace: HashMap<String, HashMap<(WorkloadKind, String), LabelSelector>>,
 }
 
 impl WorkloadSelectors {
     pub fn apply(&mut self, object: WorkloadSelector) {
-        self.selectors.insert(object.key, object.selector);
+        let WorkloadKey { kind, namespace, name } = object.key;
+        self.by_namespace.entry(namespace).or_default().insert((kind, name), object.selector);
     }
 
     pub fn delete(&mut self, key: &WorkloadKey) {
-        self.selectors.remove(key);
+        if let Some(selectors) = self.by_namespace.get_mut(&key.namespace) {
+            selectors.remove(&(key.kind, key.name.clone()));
+            if selectors.is_empty() {
+                self.by_namespace.remove(&key.namespace);
+            }
+        }
     }
 
     pub fn keys(&self, kind: WorkloadKind) -> Vec<WorkloadKey> {
-        self.selectors.keys().filter(|k| k.kind == kind).cloned().collect()
+        let keys = self.by_namespace.iter().flat_map(|(namespace, selectors)| {
+            selectors.keys().filter(move |(k, _)| *k == kind).map(move |(_, name)| WorkloadKey {
+                kind,
+                namespace: namespace.clone(),
+                name: name.clone(),
+            })
+        });
+        keys.collect()
     }
 
     /// Every requirement of the Services in the pod's namespace that select
     /// it, and of its controller; `None` when that is none.
     pub fn default_selector(&self, pod: &PodInfo) -> Option<LabelSelector> {
-        let namespace = &pod.key.namespace;
-        let services = self.selectors.iter().filter(|(key, selector)| {
-            key.kind == WorkloadKind::Service
-                && key.namespace == *namespace
-                && !selector.requirements.is_empty()
-                && selector.matches(&pod.labels)
+        let selectors = self.by_namespace.get(&pod.key.namespace)?;
+        let services = selectors.iter().filter(|((kind, _), selector)| {
+            *kind == WorkloadKind::Service && !selector.requirements.is_empty() && selector.matches(&pod.labels)
         });
-        let controller = pod.controller.as_ref().and_then(|c| {
-            let key = WorkloadKey { kind: c.kind, namespace: namespace.clone(), name: c.name.clone() };
-            self.selectors.get(&key)
-        });
+        let controller = pod.controller.as_ref().and_then(|c| selectors.get(&(c.kind, c.name.clone())));
         let mut requirements: Vec<SelectorRequirement> = Vec::new();
         // Services and the controller select the same pods, so they mostly repeat each other.
         for requirement in services.map(|(_, s)| s).chain(controller).flat_map(|s| &s.requirements) {
@@ -128,10 +137,21 @@ impl SpreadDefaulting {
         }
     }
 
-    /// The constraints a pod without its own gets, selecting its workload.
-    pub fn for_pod(&self, pod: &PodInfo, workloads: &WorkloadSelectors) -> Vec<SpreadConstraint> {
+    /// The constraints of one kind a pod without its own gets, selecting
+    /// its workload (looked up only when there are such constraints).
+    pub fn for_pod(
+        &self,
+        pod: &PodInfo,
+        workloads: &WorkloadSelectors,
+        when: WhenUnsatisfiable,
+    ) -> Vec<SpreadConstraint> {
+        let mut defaults = self.constraints();
+        defaults.retain(|c| c.when_unsatisfiable == when);
+        if defaults.is_empty() {
+            return Vec::new();
+        }
         let Some(selector) = workloads.default_selector(pod) else { return Vec::new() };
-        self.constraints()
+        defaults
             .into_iter()
             .map(|c| SpreadConstraint {
                 max_skew: c.max_skew,
@@ -143,5 +163,41 @@ impl SpreadDefaulting {
                 node_taints_policy: InclusionPolicy::Ignore,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{gpu_pod, labelled};
+
+    fn key(kind: WorkloadKind, namespace: &str, name: &str) -> WorkloadKey {
+        WorkloadKey { kind, namespace: namespace.into(), name: name.into() }
+    }
+
+    #[test]
+    fn a_pod_s_default_selector_reads_its_own_namespace_and_a_deleted_selector_is_gone() {
+        let mut workloads = WorkloadSelectors::default();
+        let app_web = LabelSelector::equal_to([("app", "web")]);
+        for namespace in ["default", "other"] {
+            let key = key(WorkloadKind::Service, namespace, "web");
+            workloads.apply(WorkloadSelector { key, selector: app_web.clone() });
+        }
+        let tier = LabelSelector::equal_to([("tier", "front")]);
+        workloads.apply(WorkloadSelector { key: key(WorkloadKind::ReplicaSet, "default", "web-1"), selector: tier });
+        let mut keys = workloads.keys(WorkloadKind::Service);
+        keys.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+        assert_eq!(keys, [key(WorkloadKind::Service, "default", "web"), key(WorkloadKind::Service, "other", "web")]);
+
+        let pod = PodInfo {
+            controller: Some(PodController { kind: WorkloadKind::ReplicaSet, name: "web-1".into() }),
+            ..labelled(gpu_pod("p", 0), &[("app", "web"), ("tier", "front")])
+        };
+        let both = LabelSelector::equal_to([("app", "web"), ("tier", "front")]);
+        assert_eq!(workloads.default_selector(&pod), Some(both), "the Service's and the ReplicaSet's");
+        workloads.delete(&key(WorkloadKind::Service, "default", "web"));
+        assert_eq!(workloads.default_selector(&pod), Some(LabelSelector::equal_to([("tier", "front")])));
+        workloads.delete(&key(WorkloadKind::ReplicaSet, "default", "web-1"));
+        assert_eq!(workloads.default_selector(&pod), None, "the other namespace's Service does not count");
     }
 }

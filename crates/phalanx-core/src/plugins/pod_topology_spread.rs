@@ -46,10 +46,11 @@ impl PodTopologySpread {
     /// The pod's constraints of one kind; a pod that states none gets the
     /// defaults, which select the pods of its workload.
     fn constraints(&self, pod: &PodInfo, snapshot: &ClusterSnapshot, when: WhenUnsatisfiable) -> Vec<SpreadConstraint> {
-        let own = || pod.spread.iter().cloned();
-        let all: Vec<SpreadConstraint> =
-            if pod.spread.is_empty() { self.defaulting.for_pod(pod, snapshot.workloads()) } else { own().collect() };
-        all.into_iter().filter(|c| c.when_unsatisfiable == when).collect()
+        if pod.spread.is_empty() {
+            self.defaulting.for_pod(pod, snapshot.workloads(), when)
+        } else {
+            pod.spread.iter().filter(|c| c.when_unsatisfiable == when).cloned().collect()
+        }
     }
 
     /// Whether the score leaves out nodes that lack one of the keys. Not
