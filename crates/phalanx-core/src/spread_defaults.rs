@@ -19,11 +19,6 @@ pub enum WorkloadKind {
     ReplicationController,
 }
 
-impl WorkloadKind {
-    pub const ALL: [WorkloadKind; 4] =
-        [Self::Service, Self::ReplicaSet, Self::StatefulSet, Self::ReplicationController];
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct WorkloadKey {
     pub kind: WorkloadKind,
