@@ -5,15 +5,16 @@
 //! chosen node and the pod binds once it made one; a gang's members take
 //! one local volume each; an unbound claim of an Immediate class keeps the
 //! pod waiting with kube-scheduler's words; a ReadWriteOncePod claim serves
-//! one pod at a time; a node's CSINode limits the CSI volumes attached there.
+//! one pod at a time; a node's CSINode limits the CSI volumes attached there;
+//! a driver that publishes its capacity gets claims only where it has room.
 
 mod support;
 
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
-use k8s_openapi::api::storage::v1::{CSINode, StorageClass, VolumeAttachment};
-use kube::api::{Api, DeleteParams, PostParams};
+use k8s_openapi::api::storage::v1::{CSIDriver, CSINode, CSIStorageCapacity, StorageClass, VolumeAttachment};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::{TestEnv, eventually};
 
@@ -235,6 +236,59 @@ async fn a_provisioner_is_asked_for_a_volume_on_the_chosen_node_and_the_pod_bind
                            "name": "scratch", "uid": claim.metadata.uid});
     storage.local_volume("provisioned", &class, 10, &selected, Some(claim_ref)).await;
     assert_eq!(env.wait_bound("trainer", BIND).await, selected);
+    storage.delete().await;
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn a_driver_that_publishes_capacity_gets_claims_only_where_a_capacity_has_room() {
+    let mut env = TestEnv::new("volume-capacity").await;
+    let nodes = env.add_pools("- {name: n, count: 2, gpus: 8}\n").await;
+    let storage = Storage::new(&env);
+    let driver = format!("{}.csi.example.com", env.name);
+    let drivers: Api<CSIDriver> = Api::all(env.client.clone());
+    let csi_driver: CSIDriver =
+        serde_json::from_value(json!({"metadata": {"name": driver}, "spec": {"storageCapacity": true}})).unwrap();
+    drivers.create(&PostParams::default(), &csi_driver).await.expect("create CSIDriver");
+    let class = storage.class("lvm", &driver, "WaitForFirstConsumer").await;
+    // Node 0 has 1 GiB left, node 1 has 100 GiB but takes volumes of 20 GiB at most.
+    let capacities: Api<CSIStorageCapacity> = Api::namespaced(env.client.clone(), &env.name);
+    for (i, (node, room, largest)) in
+        [(&nodes[0], "1Gi", None), (&nodes[1], "100Gi", Some("20Gi"))].into_iter().enumerate()
+    {
+        let mut capacity = json!({
+            "metadata": {"name": format!("capacity-{i}")},
+            "storageClassName": class,
+            "nodeTopology": {"matchLabels": {"kubernetes.io/hostname": node}},
+            "capacity": room,
+        });
+        if let Some(largest) = largest {
+            capacity["maximumVolumeSize"] = json!(largest);
+        }
+        let capacity: CSIStorageCapacity = serde_json::from_value(capacity).unwrap();
+        capacities.create(&PostParams::default(), &capacity).await.expect("create CSIStorageCapacity");
+    }
+    storage.claim("fits", &class, 10).await;
+    storage.claim("too-big", &class, 50).await;
+    env.start_scheduler().await;
+    env.create(&pod_using(&env, "small", &["fits"])).await;
+    env.create(&pod_using(&env, "large", &["too-big"])).await;
+    let selected = eventually(BIND, "the selected-node annotation", || async {
+        storage.claims.get("fits").await.ok()?.metadata.annotations?.get(SELECTED_NODE).cloned()
+    })
+    .await;
+    assert_eq!(selected, nodes[1], "only node 1 has room for 10 GiB");
+    let message = env.wait_unschedulable("large", BIND).await.message.unwrap_or_default();
+    assert!(message.contains("2 node(s) did not have enough free storage"), "{message}");
+    // Once node 0 publishes room enough, the large claim goes there.
+    let patch = json!({"capacity": "500Gi"});
+    capacities.patch("capacity-0", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch capacity");
+    let selected = eventually(BIND, "the large claim's node", || async {
+        storage.claims.get("too-big").await.ok()?.metadata.annotations?.get(SELECTED_NODE).cloned()
+    })
+    .await;
+    assert_eq!(selected, nodes[0]);
+    drivers.delete(&driver, &DeleteParams::default()).await.expect("delete CSIDriver");
     storage.delete().await;
     env.teardown().await;
 }

@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceSlice};
-use k8s_openapi::api::storage::v1::{CSINode, StorageClass, VolumeAttachment};
+use k8s_openapi::api::storage::v1::{CSIDriver, CSINode, CSIStorageCapacity, StorageClass, VolumeAttachment};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList;
 use kube::api::Api;
 use kube::runtime::utils::ResetTimerBackoff;
@@ -39,7 +39,7 @@ use phalanx_core::quota::QuotaKind;
 pub use phalanx_core::scheduler::ClusterEvent;
 use phalanx_core::scheduler::{DeviceKind, DeviceObject, DeviceObjectKey, ObjectRef, Watch};
 use phalanx_core::spread_defaults::{WorkloadKey, WorkloadKind, WorkloadSelector};
-use phalanx_core::volume::{VolumeClaimKey, VolumeKind, VolumeObject, VolumeObjectKey};
+use phalanx_core::volume::{StorageCapacityKey, VolumeClaimKey, VolumeKind, VolumeObject, VolumeObjectKey};
 use phalanx_kube::api::elastic_quota::ElasticQuota;
 use phalanx_kube::api::gpu_topology::GPUTopology;
 use phalanx_kube::api::jobset::JobSet;
@@ -266,6 +266,12 @@ pub fn spawn(
         VolumeKind::Attachment,
         attachment,
     ));
+    let driver = |d: &CSIDriver| Ok(VolumeObject::CsiDriver(volume_objects::csi_driver(d)));
+    let kind = VolumeKind::CsiDriver;
+    tokio::spawn(watch_volume_objects(Api::all(client.clone()), metrics.clone(), tx.clone(), kind, driver));
+    let capacity = |c: &CSIStorageCapacity| volume_objects::storage_capacity(c).map(VolumeObject::Capacity);
+    let kind = VolumeKind::Capacity;
+    tokio::spawn(watch_volume_objects(Api::all(client.clone()), metrics.clone(), tx.clone(), kind, capacity));
     tokio::spawn(watch_namespaces(Api::all(client.clone()), metrics.clone(), tx.clone()));
     let service = |s: &Service| Ok(workload_objects::service(s));
     tokio::spawn(watch_workloads(
@@ -596,6 +602,11 @@ async fn watch_volume_objects<K>(
         VolumeKind::Class => VolumeObjectKey::Class(text),
         VolumeKind::CsiNode => VolumeObjectKey::CsiNode(text),
         VolumeKind::Attachment => VolumeObjectKey::Attachment(text),
+        VolumeKind::CsiDriver => VolumeObjectKey::CsiDriver(text),
+        VolumeKind::Capacity => {
+            let (namespace, name) = text.split_once('/').unwrap_or_default();
+            VolumeObjectKey::Capacity(StorageCapacityKey { namespace: namespace.into(), name: name.into() })
+        }
     };
     let on_apply = |obj: K| match translate(&obj) {
         Ok(object) => Applied::Event(key_of(&obj), ClusterEvent::VolumeObjectApplied(object)),

@@ -1,18 +1,20 @@
-//! PersistentVolumeClaims, PersistentVolumes, StorageClasses, CSINodes and
-//! VolumeAttachments into the core's volume types, and pods' volumes into
-//! the claims they use.
+//! PersistentVolumeClaims, PersistentVolumes, StorageClasses, CSINodes,
+//! VolumeAttachments, CSIDrivers and CSIStorageCapacities into the core's
+//! volume types, and pods' volumes into the claims they use.
 
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{PersistentVolume as K8sVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::{
-    CSINode as K8sCsiNode, StorageClass as K8sClass, VolumeAttachment as K8sAttachment,
+    CSIDriver as K8sCsiDriver, CSINode as K8sCsiNode, CSIStorageCapacity as K8sCapacity, StorageClass as K8sClass,
+    VolumeAttachment as K8sAttachment,
 };
 use phalanx_core::pod::{NodeSelectorTerm, SelectorOperator, SelectorRequirement};
 use phalanx_core::quantity::parse_units;
 use phalanx_core::volume::{
-    AccessMode, AttachedSource, AttachedVolume, BindingMode, ClaimRef, CsiNode, PersistentVolume, StorageClass,
-    VolumeAttachment, VolumeClaim, VolumeClaimKey, VolumeMode, VolumePhase, VolumeWrite,
+    AccessMode, AttachedSource, AttachedVolume, BindingMode, ClaimRef, CsiDriver, CsiNode, PersistentVolume,
+    StorageCapacity, StorageCapacityKey, StorageClass, VolumeAttachment, VolumeClaim, VolumeClaimKey, VolumeMode,
+    VolumePhase, VolumeWrite,
 };
 use serde_json::json;
 
@@ -185,6 +187,35 @@ pub fn volume_attachment(attachment: &K8sAttachment) -> Result<VolumeAttachment,
     Ok(VolumeAttachment { name, node: spec.node_name.clone(), driver: spec.attacher.clone(), source })
 }
 
+/// A CSIDriver: whether provisioning for it must find published capacity.
+pub fn csi_driver(driver: &K8sCsiDriver) -> CsiDriver {
+    CsiDriver {
+        name: driver.metadata.name.clone().unwrap_or_default(),
+        capacity_tracked: driver.spec.storage_capacity == Some(true),
+    }
+}
+
+/// A CSIStorageCapacity: the class, the nodes it speaks for, and its room.
+pub fn storage_capacity(capacity: &K8sCapacity) -> Result<StorageCapacity, TranslateError> {
+    let key = StorageCapacityKey {
+        namespace: capacity.metadata.namespace.clone().unwrap_or_default(),
+        name: capacity.metadata.name.clone().unwrap_or_default(),
+    };
+    let object = format!("csistoragecapacity {key}");
+    let node_topology =
+        capacity.node_topology.as_ref().map(|s| label_selector(s, &object, "nodeTopology")).transpose()?;
+    let size = |q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>, field: &str| {
+        q.map(|q| bytes(&q.0, &object, field)).transpose()
+    };
+    Ok(StorageCapacity {
+        storage_class: capacity.storage_class_name.clone(),
+        node_topology,
+        capacity_bytes: size(capacity.capacity.as_ref(), "capacity")?,
+        maximum_volume_bytes: size(capacity.maximum_volume_size.as_ref(), "maximumVolumeSize")?,
+        key,
+    })
+}
+
 /// The claims a pod's volumes use: `persistentVolumeClaim.claimName`, and
 /// for a generic ephemeral volume the claim made for it (`<pod>-<volume>`).
 pub fn pod_volume_claims(pod: &Pod) -> Vec<String> {
@@ -284,6 +315,37 @@ mod tests {
         .unwrap();
         let err = csi_node(&bad).unwrap_err().to_string();
         assert!(err.contains("csinode n2") && err.contains("spec.drivers[0].allocatable.count"), "{err}");
+    }
+
+    #[test]
+    fn a_storage_capacity_gives_its_class_nodes_and_room_and_a_bad_size_is_named() {
+        let capacity: K8sCapacity = serde_json::from_value(json!({
+            "metadata": {"name": "cap-1", "namespace": "kube-system"},
+            "storageClassName": "lvm",
+            "nodeTopology": {"matchLabels": {"kubernetes.io/hostname": "n1"}},
+            "capacity": "100Gi",
+            "maximumVolumeSize": "10Gi"
+        }))
+        .unwrap();
+        let capacity = storage_capacity(&capacity).unwrap();
+        assert_eq!(capacity.key.to_string(), "kube-system/cap-1");
+        assert_eq!((capacity.capacity_bytes, capacity.maximum_volume_bytes), (Some(100 << 30), Some(10 << 30)));
+        let n1 = [("kubernetes.io/hostname".to_string(), "n1".to_string())].into();
+        assert!(capacity.has_room("lvm", 10 << 30, &n1));
+        assert!(!capacity.has_room("lvm", 11 << 30, &n1), "over the largest volume");
+
+        let bad: K8sCapacity = serde_json::from_value(json!({
+            "metadata": {"name": "cap-2", "namespace": "kube-system"},
+            "storageClassName": "lvm",
+            "capacity": "-1Gi"
+        }))
+        .unwrap();
+        let err = storage_capacity(&bad).unwrap_err().to_string();
+        assert!(err.contains("csistoragecapacity kube-system/cap-2") && err.contains("capacity"), "{err}");
+        let driver: K8sCsiDriver =
+            serde_json::from_value(json!({"metadata": {"name": "lvm.csi"}, "spec": {"storageCapacity": true}}))
+                .unwrap();
+        assert!(csi_driver(&driver).capacity_tracked);
     }
 
     #[test]

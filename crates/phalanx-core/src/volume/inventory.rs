@@ -5,8 +5,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
 use super::{
-    BindingMode, CsiNode, PersistentVolume, StorageClass, VolumeAttachment, VolumeClaim, VolumeClaimKey, VolumeKind,
-    VolumeObject, VolumeObjectKey, VolumePhase,
+    BindingMode, CsiDriver, CsiNode, PersistentVolume, StorageCapacity, StorageCapacityKey, StorageClass,
+    VolumeAttachment, VolumeClaim, VolumeClaimKey, VolumeKind, VolumeObject, VolumeObjectKey, VolumePhase,
 };
 use crate::node::NodeSpec;
 use crate::pod::PodInfo;
@@ -41,6 +41,7 @@ pub enum VolumeMisfit {
     VolumeMissing,
     NodeConflict,
     BindConflict,
+    NotEnoughSpace,
 }
 
 impl fmt::Display for VolumeMisfit {
@@ -55,6 +56,7 @@ impl fmt::Display for VolumeMisfit {
             }
             Self::NodeConflict => f.write_str("node(s) had volume node affinity conflict"),
             Self::BindConflict => f.write_str("node(s) didn't find available persistent volumes to bind"),
+            Self::NotEnoughSpace => f.write_str("node(s) did not have enough free storage"),
         }
     }
 }
@@ -67,6 +69,9 @@ pub struct VolumeInventory {
     /// CSINodes by node name, and VolumeAttachments by name.
     pub(super) csi_nodes: HashMap<String, CsiNode>,
     pub(super) attachments: HashMap<String, VolumeAttachment>,
+    /// CSIDrivers by name, and CSIStorageCapacities.
+    pub(super) csi_drivers: HashMap<String, CsiDriver>,
+    pub(super) capacities: HashMap<StorageCapacityKey, StorageCapacity>,
     /// Writes chosen for pods placed in this or an earlier pass whose
     /// effect the watches do not show yet, by pod UID.
     pub(super) assumed: HashMap<String, Vec<VolumeWrite>>,
@@ -94,6 +99,12 @@ impl VolumeInventory {
             VolumeObject::Attachment(attachment) => {
                 self.attachments.insert(attachment.name.clone(), attachment);
             }
+            VolumeObject::CsiDriver(driver) => {
+                self.csi_drivers.insert(driver.name.clone(), driver);
+            }
+            VolumeObject::Capacity(capacity) => {
+                self.capacities.insert(capacity.key.clone(), capacity);
+            }
         }
         self.drop_settled();
     }
@@ -105,6 +116,8 @@ impl VolumeInventory {
             VolumeObjectKey::Class(name) => self.classes.remove(name).map(|_| ()),
             VolumeObjectKey::CsiNode(name) => self.csi_nodes.remove(name).map(|_| ()),
             VolumeObjectKey::Attachment(name) => self.attachments.remove(name).map(|_| ()),
+            VolumeObjectKey::CsiDriver(name) => self.csi_drivers.remove(name).map(|_| ()),
+            VolumeObjectKey::Capacity(key) => self.capacities.remove(key).map(|_| ()),
         };
     }
 
@@ -116,6 +129,8 @@ impl VolumeInventory {
             VolumeKind::Class => self.classes.keys().cloned().map(VolumeObjectKey::Class).collect(),
             VolumeKind::CsiNode => self.csi_nodes.keys().cloned().map(VolumeObjectKey::CsiNode).collect(),
             VolumeKind::Attachment => self.attachments.keys().cloned().map(VolumeObjectKey::Attachment).collect(),
+            VolumeKind::CsiDriver => self.csi_drivers.keys().cloned().map(VolumeObjectKey::CsiDriver).collect(),
+            VolumeKind::Capacity => self.capacities.keys().cloned().map(VolumeObjectKey::Capacity).collect(),
         }
     }
 
@@ -229,9 +244,11 @@ impl VolumeInventory {
                 });
                 continue;
             }
-            let provisions = self.classes.get(&claim.storage_class).is_some_and(|c| c.provisions_for(node));
-            if !provisions {
+            let Some(class) = self.classes.get(&claim.storage_class).filter(|c| c.provisions_for(node)) else {
                 return Err(VolumeMisfit::BindConflict);
+            };
+            if !self.has_room(class, claim, node) {
+                return Err(VolumeMisfit::NotEnoughSpace);
             }
             writes.push(VolumeWrite::SelectNode {
                 claim: key,
@@ -240,6 +257,15 @@ impl VolumeInventory {
             });
         }
         Ok(writes)
+    }
+
+    /// Whether the class's driver can provision the claim's volume for
+    /// `node`: it publishes no capacity, or a capacity of the class that
+    /// reaches the node has room for it. Like kube-scheduler, each claim is
+    /// checked on its own, against capacity as published.
+    fn has_room(&self, class: &StorageClass, claim: &VolumeClaim, node: &NodeSpec) -> bool {
+        let tracked = self.csi_drivers.get(&class.provisioner).is_some_and(|d| d.capacity_tracked);
+        !tracked || self.capacities.values().any(|c| c.has_room(&class.name, claim.request_bytes, &node.labels))
     }
 
     /// A volume pre-bound to the claim, else the smallest available one

@@ -5,6 +5,7 @@
 
 mod attach_limits;
 mod inventory;
+mod storage_capacity;
 
 #[cfg(test)]
 mod tests;
@@ -14,6 +15,7 @@ use std::fmt;
 
 pub use attach_limits::{AttachedSource, AttachedVolume, CsiNode, VolumeAttachment};
 pub use inventory::{VolumeInventory, VolumeMisfit, VolumeWrite};
+pub use storage_capacity::{CsiDriver, StorageCapacity, StorageCapacityKey};
 
 use crate::label_selector::LabelSelector;
 use crate::node::NodeSpec;
@@ -153,6 +155,8 @@ pub enum VolumeObject {
     Class(StorageClass),
     CsiNode(CsiNode),
     Attachment(VolumeAttachment),
+    CsiDriver(CsiDriver),
+    Capacity(StorageCapacity),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -162,11 +166,14 @@ pub enum VolumeKind {
     Class,
     CsiNode,
     Attachment,
+    CsiDriver,
+    Capacity,
 }
 
 impl VolumeKind {
     /// Every kind, each with a watch of its own.
-    pub const ALL: [VolumeKind; 5] = [Self::Claim, Self::Volume, Self::Class, Self::CsiNode, Self::Attachment];
+    pub const ALL: [VolumeKind; 7] =
+        [Self::Claim, Self::Volume, Self::Class, Self::CsiNode, Self::Attachment, Self::CsiDriver, Self::Capacity];
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -176,4 +183,6 @@ pub enum VolumeObjectKey {
     Class(String),
     CsiNode(String),
     Attachment(String),
+    CsiDriver(String),
+    Capacity(StorageCapacityKey),
 }

@@ -1,6 +1,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
+use crate::label_selector::LabelSelector;
 use crate::pod::{PodInfo, SelectorOperator, SelectorRequirement};
 use crate::testing::{gpu_node, gpu_pod};
 
@@ -206,4 +207,56 @@ fn a_provisioning_class_selects_the_node_within_its_allowed_topologies() {
     other_in_a.labels.insert("topology.kubernetes.io/zone".into(), "a".into());
     assert_eq!(v.fit(&using("q", &["scratch"]), &other_in_a), Err(VolumeMisfit::BindConflict));
     assert_eq!(v.fit(&using("q", &["scratch"]), &in_a), Ok(vec![]));
+}
+
+#[test]
+fn a_driver_that_publishes_capacity_provisions_only_where_a_capacity_has_room() {
+    const DRIVER: &str = "lvm.csi.example.com";
+    let mut v = VolumeInventory::default();
+    v.apply(class("lvm", DRIVER, BindingMode::WaitForFirstConsumer));
+    v.apply(VolumeObject::Claim(claim("scratch", "lvm", 10)));
+    let pod = using("p", &["scratch"]);
+    // Without a CSIDriver that asks for it, capacity is not checked.
+    assert!(v.fit(&pod, &node("n1")).is_ok());
+    v.apply(VolumeObject::CsiDriver(CsiDriver { name: DRIVER.into(), capacity_tracked: true }));
+    assert_eq!(v.fit(&pod, &node("n1")), Err(VolumeMisfit::NotEnoughSpace), "no capacity published yet");
+    assert_eq!(VolumeMisfit::NotEnoughSpace.to_string(), "node(s) did not have enough free storage");
+    let on = |host: &str| LabelSelector::equal_to([("kubernetes.io/hostname", host)]);
+    let capacity = |name: &str, class: &str, host: &str, gib: i64, max_gib: Option<i64>| {
+        VolumeObject::Capacity(StorageCapacity {
+            key: StorageCapacityKey { namespace: "kube-system".into(), name: name.into() },
+            storage_class: class.into(),
+            node_topology: Some(on(host)),
+            capacity_bytes: Some(gib * GIB),
+            maximum_volume_bytes: max_gib.map(|g| g * GIB),
+        })
+    };
+    v.apply(capacity("n1-lvm", "lvm", "n1", 100, None));
+    v.apply(capacity("n2-lvm", "lvm", "n2", 100, Some(5)));
+    v.apply(capacity("n3-other", "other", "n3", 100, None));
+    v.apply(capacity("n4-small", "lvm", "n4", 9, None));
+    assert!(matches!(&v.fit(&pod, &node("n1")).unwrap()[..], [VolumeWrite::SelectNode { node, .. }] if node == "n1"));
+    assert_eq!(v.fit(&pod, &node("n2")), Err(VolumeMisfit::NotEnoughSpace), "its largest volume is 5 GiB");
+    assert_eq!(v.fit(&pod, &node("n3")), Err(VolumeMisfit::NotEnoughSpace), "room for another class only");
+    assert_eq!(v.fit(&pod, &node("n4")), Err(VolumeMisfit::NotEnoughSpace), "9 GiB left");
+    // A capacity without a node topology speaks for no node.
+    let mut nowhere = StorageCapacity {
+        key: StorageCapacityKey { namespace: "kube-system".into(), name: "nowhere".into() },
+        storage_class: "lvm".into(),
+        node_topology: None,
+        capacity_bytes: Some(100 * GIB),
+        maximum_volume_bytes: None,
+    };
+    v.apply(VolumeObject::Capacity(nowhere.clone()));
+    assert_eq!(v.fit(&pod, &node("n5")), Err(VolumeMisfit::NotEnoughSpace));
+    nowhere.node_topology = Some(LabelSelector::default());
+    v.apply(VolumeObject::Capacity(nowhere));
+    assert!(v.fit(&pod, &node("n5")).is_ok(), "an empty node topology speaks for every node");
+    v.delete(&VolumeObjectKey::Capacity(StorageCapacityKey {
+        namespace: "kube-system".into(),
+        name: "nowhere".into(),
+    }));
+    assert_eq!(v.fit(&pod, &node("n5")), Err(VolumeMisfit::NotEnoughSpace));
+    v.delete(&VolumeObjectKey::CsiDriver(DRIVER.into()));
+    assert!(v.fit(&pod, &node("n5")).is_ok(), "the driver no longer asks for capacity checks");
 }
