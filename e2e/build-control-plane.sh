@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver, kube-controller-manager and kwok from Go modules
+# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler (which
+# the agreement test runs beside phalanx) and kwok from Go modules
 # (through the Go module proxy) into a cache outside the repository, keyed by
 # the versions in e2e/versions.env. A second run with the same versions does
 # nothing. Prints the directory holding the binaries on stdout.
@@ -12,7 +13,7 @@ source "$here/versions.env"
 cache=${PHALANX_CACHE:-$HOME/.cache/phalanx}
 key="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}"
 bin="$cache/bin/$key"
-wanted=(etcd kube-apiserver kube-controller-manager kwok)
+wanted=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
 complete() {
   local b
@@ -35,7 +36,8 @@ source "$here/go-wrapper.sh"
 mod="$cache/src/$key/wrapper"
 log "preparing the wrapper module (downloads modules on the first run)"
 go_wrapper_module "$mod" "$K8S_VERSION" "k8s.io/kubernetes@v$K8S_VERSION" "go.etcd.io/etcd/server/v3@v$ETCD_VERSION" \
-  go.etcd.io/etcd/server/v3 k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+  go.etcd.io/etcd/server/v3 k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+  k8s.io/kubernetes/cmd/kube-scheduler
 
 minor=$(echo "$K8S_VERSION" | cut -d. -f2)
 ldflags="-s -w -X k8s.io/component-base/version.gitVersion=v$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
@@ -46,7 +48,7 @@ ldflags="-s -w -X k8s.io/component-base/version.gitVersion=v$K8S_VERSION -X k8s.
     go build -trimpath -ldflags "-s -w" -o "$bin/etcd.tmp" go.etcd.io/etcd/server/v3
     mv "$bin/etcd.tmp" "$bin/etcd"
   fi
-  for cmd in kube-apiserver kube-controller-manager; do
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
     if [ ! -x "$bin/$cmd" ]; then
       log "building $cmd v$K8S_VERSION"
       go build -trimpath -ldflags "$ldflags" -o "$bin/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"

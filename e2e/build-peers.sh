@@ -36,7 +36,9 @@ build_in_wrapper() {
   mv "$bin/$out.tmp" "$bin/$out"
 }
 
-build_in_wrapper kube-scheduler "$K8S_VERSION" "k8s.io/kubernetes@v$K8S_VERSION" k8s.io/kubernetes/cmd/kube-scheduler
+# Upstream kube-scheduler is part of the control plane build (the agreement
+# test runs it too).
+[ -x "$bin/kube-scheduler" ] || cp "$("$here/build-control-plane.sh")/kube-scheduler" "$bin/kube-scheduler"
 # scheduler-plugins' release is built against its own Kubernetes minor.
 build_in_wrapper coscheduling-scheduler "$SCHEDULER_PLUGINS_K8S_VERSION" \
   "sigs.k8s.io/scheduler-plugins@v$SCHEDULER_PLUGINS_VERSION" sigs.k8s.io/scheduler-plugins/cmd/scheduler

@@ -108,8 +108,9 @@ pub fn generate(spec: &SyntheticSpec) -> Vec<Job> {
 }
 
 /// A small, fast generator whose sequence is fixed by its seed on every
-/// platform and version (unlike a library's default generator).
-struct SplitMix64(u64);
+/// platform and version (unlike a library's default generator). The
+/// agreement test's generator draws from it too.
+pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
     fn next(&mut self) -> u64 {
@@ -121,11 +122,11 @@ impl SplitMix64 {
     }
 
     /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
+    pub fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 

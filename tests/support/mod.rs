@@ -47,7 +47,16 @@ pub async fn config() -> kube::Config {
 }
 
 /// Polls `check` every 200 ms until it returns `Some`, or panics after `limit`.
-pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    eventually_every(Duration::from_millis(200), limit, what, check).await
+}
+
+/// Polls `check` every `interval` until it returns `Some`, or panics after `limit`.
+pub async fn eventually_every<T, F, Fut>(interval: Duration, limit: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -60,7 +69,7 @@ where
         if start.elapsed() > limit {
             panic!("timed out after {limit:?} waiting for {what}");
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(interval).await;
     }
 }
 
