@@ -1,7 +1,8 @@
 //! DRA end to end on the local control plane: devices published as
 //! ResourceSlices for kwok nodes (matching each node's GPUTopology by UUID),
 //! claims made by the controller manager from a ResourceClaimTemplate, and
-//! phalanx allocating them by topology before it binds a whole gang.
+//! phalanx allocating them by topology (or by Fabric Manager partition)
+//! before it binds a whole gang.
 
 mod support;
 
@@ -27,11 +28,21 @@ fn uuid(node: &str, i: usize) -> String {
     format!("GPU-{node}-{i}")
 }
 
+/// Whether the node's Fabric Manager publishes partitions.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fabric {
+    Plain,
+    /// Partitions of 8, 4 ({0,1,4,5} and {2,3,6,7}: across the NVLinked
+    /// quads, so that the topology alone would choose otherwise), 2 ({i,
+    /// i+4}) and 1 GPU, as `gpu.nvidia.com/partition<N>` attributes.
+    Partitioned,
+}
+
 /// Publishes a DGX-1 (hybrid cube mesh: GPUs 0-3 and 4-7 are the two fully
 /// NVLinked quads) as the node's GPUTopology and its GPUs as a ResourceSlice,
 /// devices listed with the sockets interleaved so that taking the first four
 /// would straddle both.
-async fn publish_dgx1(env: &TestEnv, node: &str) {
+async fn publish_dgx1(env: &TestEnv, node: &str, fabric: Fabric) {
     let text = std::fs::read_to_string(fixture("dgx1-v100-hybrid-cube-mesh.txt")).unwrap();
     let mut topology = nvidia_smi::parse(&text).expect("fixture parses");
     for (i, gpu) in topology.gpus.iter_mut().enumerate() {
@@ -43,12 +54,20 @@ async fn publish_dgx1(env: &TestEnv, node: &str) {
     let devices: Vec<serde_json::Value> = [0, 4, 1, 5, 2, 6, 3, 7]
         .iter()
         .map(|&i| {
-            json!({"name": format!("gpu-{i}"), "attributes": {
+            let mut device = json!({"name": format!("gpu-{i}"), "attributes": {
+                "type": {"string": "gpu"},
                 "uuid": {"string": uuid(node, i)},
                 "productName": {"string": "Tesla V100-SXM2-16GB"},
                 "resource.kubernetes.io/pcieRoot": {"string": if i < 4 { "pci0000:00" } else { "pci0000:80" }},
                 "resource.kubernetes.io/numaNode": {"int": i / 4},
-            }, "capacity": {"memory": {"value": "16Gi"}}})
+            }, "capacity": {"memory": {"value": "16Gi"}}});
+            if fabric == Fabric::Partitioned {
+                let partitions = [(8, 0), (4, 1 + (i % 4) / 2), (2, 10 + i % 4), (1, 100 + i)];
+                for (size, id) in partitions {
+                    device["attributes"][format!("partition{size}")] = json!({"int": id});
+                }
+            }
+            device
         })
         .collect();
     let slice: ResourceSlice = serde_json::from_value(json!({
@@ -104,13 +123,17 @@ fn claiming_member(env: &TestEnv, name: &str, group: &str, source: ClaimSource<'
 
 /// `count` DGX-1 nodes publishing their GPUs, and the scheduler running.
 async fn dgx1_env(test: &str, count: usize) -> (TestEnv, Vec<String>) {
+    dgx1_env_with(test, count, Fabric::Plain).await
+}
+
+async fn dgx1_env_with(test: &str, count: usize, fabric: Fabric) -> (TestEnv, Vec<String>) {
     let mut env = TestEnv::new(test).await;
     support::ensure_crds(&env.client).await;
     let pool = format!("- {{name: v100, count: {count}, gpus: 8, gpuProduct: Tesla-V100-SXM2-16GB}}\n");
     let nodes = env.add_pools(&pool).await;
     ensure_gpu_class(&env).await;
     for node in &nodes {
-        publish_dgx1(&env, node).await;
+        publish_dgx1(&env, node, fabric).await;
     }
     env.start_scheduler().await;
     (env, nodes)
@@ -220,13 +243,18 @@ async fn a_gang_with_claims_from_a_template_binds_on_nvlinked_quads() {
 
 /// A claim for `count` GPUs on one PCIe root, and a pod using it.
 async fn one_root_claim(env: &TestEnv, name: &str, count: u32) {
+    claim_and_pod(env, name, count, json!([{"matchAttribute": "resource.kubernetes.io/pcieRoot"}])).await;
+}
+
+/// A claim for `count` GPUs under `constraints`, and a pod using it.
+async fn claim_and_pod(env: &TestEnv, name: &str, count: u32, constraints: serde_json::Value) {
     let _: ResourceClaim = create_object(
         env,
         json!({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
             "metadata": {"name": name, "namespace": env.name},
             "spec": {"devices": {
                 "requests": [{"name": "gpus", "exactly": {"deviceClassName": DRIVER, "count": count}}],
-                "constraints": [{"matchAttribute": "resource.kubernetes.io/pcieRoot"}]}}}),
+                "constraints": constraints}}}),
     )
     .await;
     let mut pod = env.pod(name, 0);
@@ -258,6 +286,31 @@ async fn match_attribute_keeps_a_claim_on_one_pcie_root_and_a_shortfall_says_so(
     // One root per quad in the slice (0-3, 4-7).
     assert_eq!(gpus.len(), 3);
     assert!(gpus.iter().all(|g| *g < 4) || gpus.iter().all(|g| *g >= 4), "{gpus:?}");
+    teardown(env, &nodes).await;
+}
+
+#[tokio::test]
+async fn where_fabric_manager_publishes_partitions_each_claim_gets_exactly_one() {
+    let (env, nodes) = dgx1_env_with("dra-fabric", 1, Fabric::Partitioned).await;
+    // No partition has three GPUs: the claim waits, and says why.
+    claim_and_pod(&env, "three", 3, json!([])).await;
+    let message = env.wait_unschedulable("three", BIND).await.message.unwrap_or_default();
+    let why = "claim three needs 3 devices of class gpu.nvidia.com forming one Fabric Manager partition";
+    assert!(message.contains(why), "{message}");
+    env.pods().delete("three", &DeleteParams::default()).await.unwrap();
+    four_gpu_template(&env).await;
+    pod_group(&env, "train", 2).await;
+    for i in 0..2 {
+        env.create(&claiming_member(&env, &format!("train-{i}"), "train", ClaimSource::Template("four-gpus"))).await;
+    }
+    let placed = wait_all_bound(&env, "train", 2, BIND).await;
+    let mut sets = Vec::new();
+    for (name, node) in &placed {
+        sets.push(allocated_gpus(&claim_of(&env, name).await, node, &[name.as_str()]));
+    }
+    sets.sort();
+    // The two size-4 partitions, not the NVLinked quads.
+    assert_eq!(sets, vec![BTreeSet::from([0, 1, 4, 5]), BTreeSet::from([2, 3, 6, 7])]);
     teardown(env, &nodes).await;
 }
 

@@ -13,6 +13,7 @@ use super::claim::{
 };
 use super::device::{AttributeValue, Device, DeviceId, HeldDevices};
 use super::device_choice::{SetQuality, choose_devices};
+use super::fabric_partition;
 use super::selector::{SelectorError, SelectorVerdicts, Selectors, Verdict};
 use crate::topology::gpu_choice::{GpuMask, NodeGpuModel};
 
@@ -36,6 +37,9 @@ pub struct NodeDevices<'a> {
     /// The node's free GPUs (for judging what a choice leaves behind).
     pub free_gpus: GpuMask,
 }
+
+/// How a message names the Fabric Manager partition rule.
+const ONE_PARTITION: &str = " forming one Fabric Manager partition";
 
 /// How many devices a request wanted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +124,17 @@ impl<'a> ClaimSearch<'a, '_> {
     /// Satisfies requests `i..`, extending `chosen`; `false` if they cannot be.
     fn solve(&mut self, i: usize) -> Result<bool, AllocationFailure> {
         let Some(request) = self.claim.requests.get(i) else {
-            return Ok(true);
+            let whole = fabric_partition::forms_one_partition(self.chosen.iter().map(|(_, d)| *d));
+            if !whole && self.shortfall.is_none() {
+                self.shortfall = Some(AllocationFailure::Shortfall {
+                    claim: self.claim.key.name.clone(),
+                    wanted: Wanted::Count(self.chosen.len()),
+                    class: self.first_class(),
+                    constraint: ONE_PARTITION.into(),
+                    free: 0,
+                });
+            }
+            return Ok(whole);
         };
         let alternatives: Vec<(String, &DeviceSelection)> = match &request.kind {
             RequestKind::Exactly(selection) => vec![(request.name.clone(), selection)],
@@ -175,6 +189,16 @@ impl<'a> ClaimSearch<'a, '_> {
             }
             None => vec![available],
         };
+        // Where this request takes all of the claim's GPUs, each option is a
+        // whole Fabric Manager partition (the rule is checked for every
+        // claim once all its requests are met).
+        let partitioned = self.claim.requests.len() == 1
+            && count != usize::MAX
+            && groups.iter().flatten().any(|d| fabric_partition::is_partitioned_gpu(d));
+        let groups: Vec<Vec<&'a Device>> = match partitioned {
+            true => groups.into_iter().flat_map(|g| fabric_partition::split_by_partition(g, count)).collect(),
+            false => groups,
+        };
         let distinct = constraints.iter().find_map(|c| match c {
             ConstraintKind::DistinctAttribute(attribute) => Some(attribute.as_str()),
             _ => None,
@@ -201,7 +225,11 @@ impl<'a> ClaimSearch<'a, '_> {
                 claim: self.claim.key.name.clone(),
                 wanted,
                 class: selection.device_class.clone(),
-                constraint: constraints.iter().map(|c| describe(c)).collect(),
+                constraint: constraints
+                    .iter()
+                    .map(|c| describe(c))
+                    .chain(partitioned.then(|| ONE_PARTITION.to_string()))
+                    .collect(),
                 free: groups.iter().map(Vec::len).max().unwrap_or(0),
             });
         }
@@ -245,6 +273,18 @@ impl<'a> ClaimSearch<'a, '_> {
             }
         }
         Ok((matching, any_taken))
+    }
+
+    /// The class of the claim's first request, for messages about the whole claim.
+    fn first_class(&self) -> String {
+        let request = self.claim.requests.first().map(|r| &r.kind);
+        match request {
+            Some(RequestKind::Exactly(selection)) => selection.device_class.clone(),
+            Some(RequestKind::FirstAvailable(subs)) => {
+                subs.first().map(|(_, s)| s.device_class.clone()).unwrap_or_default()
+            }
+            None => String::new(),
+        }
     }
 
     fn is_taken(&self, id: &DeviceId) -> bool {

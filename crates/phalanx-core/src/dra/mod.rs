@@ -6,6 +6,7 @@ pub mod allocator;
 pub mod claim;
 pub mod device;
 pub mod device_choice;
+pub mod fabric_partition;
 pub mod inventory;
 pub mod selector;
 

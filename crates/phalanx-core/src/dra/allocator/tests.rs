@@ -1,5 +1,6 @@
 use super::*;
 use crate::dra::claim::{ClaimConfig, ClaimKey, ConfigSource, DeviceConstraint, DeviceRequest, OpaqueConfig};
+use crate::dra::device::QualifiedName;
 use crate::dra::testing::{GPU_DRIVER, gpu_claim, gpu_device, h100_model, place};
 
 struct Fixture {
@@ -233,4 +234,54 @@ fn an_allocation_passes_on_the_class_config_and_the_claim_config_of_its_requests
             (ConfigSource::FromClaim, vec!["b"], r#"{"for":"b"}"#),
         ]
     );
+}
+
+/// Fabric Manager partitions as NVIDIA's driver publishes them, sized 8, 4,
+/// 2 and 1, with the pairs deliberately across NVLink pairs (0-2, 1-3, 4-6,
+/// 5-7) so that the topology alone would choose otherwise.
+fn partitioned(fixture: &mut Fixture) {
+    for (i, device) in fixture.devices.iter_mut().enumerate() {
+        let i = i as i64;
+        for (size, id) in [(8, 0), (4, 1 + i / 4), (2, 10 + (i / 4) * 2 + i % 2), (1, 100 + i)] {
+            device
+                .attributes
+                .insert(QualifiedName::parse(&format!("partition{size}"), GPU_DRIVER), AttributeValue::Int(id));
+        }
+    }
+}
+
+#[test]
+fn a_claim_s_gpus_form_exactly_one_fabric_manager_partition_where_the_node_has_them() {
+    let mut fixture = Fixture::new();
+    // Without partitions, two GPUs take an NVLink pair.
+    let claim = gpu_claim("pair", GPU_DRIVER, 2);
+    assert_eq!(fixture.allocate(&[&claim], true).unwrap(), vec![vec!["gpu-0", "gpu-1"]]);
+    partitioned(&mut fixture);
+    let got = fixture.allocate(&[&claim], true).unwrap();
+    assert!(
+        [["gpu-0", "gpu-2"], ["gpu-1", "gpu-3"], ["gpu-4", "gpu-6"], ["gpu-5", "gpu-7"]].iter().any(|p| got[0] == p),
+        "{got:?} is one size-2 partition"
+    );
+    // Four with GPU 5 taken: only the partition 0-3 is whole.
+    fixture.take(&[5]);
+    let four = gpu_claim("four", GPU_DRIVER, 4);
+    assert_eq!(fixture.allocate(&[&four], true).unwrap(), vec![vec!["gpu-0", "gpu-1", "gpu-2", "gpu-3"]]);
+    // No partition has three GPUs.
+    let err = fixture.allocate(&[&gpu_claim("three", GPU_DRIVER, 3)], true).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "claim three needs 3 devices of class gpu.nvidia.com forming one Fabric Manager partition, 0 free"
+    );
+    // Two requests of one GPU each must still make one pair.
+    let mut split = gpu_claim("split", GPU_DRIVER, 1);
+    let mut second = split.requests[0].clone();
+    second.name = "more".into();
+    split.requests.push(second);
+    fixture.take(&[0, 1, 2, 3]);
+    let got = fixture.allocate(&[&split], true).unwrap();
+    assert!([["gpu-4", "gpu-6"], ["gpu-6", "gpu-4"]].iter().any(|p| got[0] == p), "{got:?} is the pair 4-6");
+    // With 6 taken too, no pair is whole.
+    fixture.take(&[6]);
+    let err = fixture.allocate(&[&split], true).unwrap_err();
+    assert!(err.to_string().contains("forming one Fabric Manager partition"), "{err}");
 }
