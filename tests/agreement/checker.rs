@@ -75,8 +75,10 @@ fn first_broken_rule(world: &World, probe: &PodModel, node: &NodeModel) -> Optio
         (Rule::NodeResourcesFit, &|| {
             let cpu: u64 = on_node.iter().map(|p| p.cpu_milli).sum();
             let memory: u64 = on_node.iter().map(|p| p.memory_mi).sum();
-            cpu + probe.cpu_milli <= node.cpu_milli
-                && memory + probe.memory_mi <= node.memory_mi
+            // A resource the pod does not request is not checked: a pod
+            // asking no CPU fits a node whose CPU is overcommitted already.
+            (probe.cpu_milli == 0 || cpu + probe.cpu_milli <= node.cpu_milli)
+                && (probe.memory_mi == 0 || memory + probe.memory_mi <= node.memory_mi)
                 && on_node.len() < node.max_pods as usize
         }),
         (Rule::VolumeRestrictions, &|| !holds_claim_held_by_another(case, probe)),
