@@ -10,18 +10,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceClaimTemplate, ResourceSlice};
-use kube::Resource;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::resource::v1::{ResourceClaim, ResourceClaimTemplate, ResourceSlice};
+use kube::api::{Api, DeleteParams, PostParams};
 use phalanx::agent::nvidia_smi;
 use phalanx_kube::api::gpu_topology::{GPUTopology, GpuTopologySpec};
 use phalanx_kube::api::pod_group::PodGroup;
 use serde_json::json;
+use support::dra::{DRIVER, class_parameters, ensure_gpu_class, publish_slice};
 use support::priorities::Priorities;
 use support::{TestEnv, create_object, fixture};
 
 const BIND: Duration = Duration::from_secs(60);
-const DRIVER: &str = "gpu.nvidia.com";
 
 /// GPU `i` of `node`: its UUID in both the slice and the GPUTopology.
 fn uuid(node: &str, i: usize) -> String {
@@ -50,7 +49,6 @@ async fn publish_dgx1(env: &TestEnv, node: &str, fabric: Fabric) {
     }
     let report = GPUTopology::new(node, GpuTopologySpec { source: "file".into(), topology });
     Api::<GPUTopology>::all(env.client.clone()).create(&PostParams::default(), &report).await.expect("GPUTopology");
-    let owner = env.nodes().get(node).await.expect("node");
     let devices: Vec<serde_json::Value> = [0, 4, 1, 5, 2, 6, 3, 7]
         .iter()
         .map(|&i| {
@@ -70,35 +68,7 @@ async fn publish_dgx1(env: &TestEnv, node: &str, fabric: Fabric) {
             device
         })
         .collect();
-    let slice: ResourceSlice = serde_json::from_value(json!({
-        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
-        "metadata": {"name": format!("{node}-{DRIVER}"), "ownerReferences": [{
-            "apiVersion": "v1", "kind": "Node", "name": node, "uid": owner.meta().uid,
-        }]},
-        "spec": {"driver": DRIVER, "nodeName": node, "pool": {"name": node, "generation": 1, "resourceSliceCount": 1},
-            "devices": devices},
-    }))
-    .unwrap();
-    Api::<ResourceSlice>::all(env.client.clone()).create(&PostParams::default(), &slice).await.expect("slice");
-}
-
-/// The driver parameters the class passes on with every allocation from it.
-fn class_parameters() -> serde_json::Value {
-    json!({"apiVersion": "resource.nvidia.com/v1beta1", "kind": "GpuConfig", "sharing": {"strategy": "TimeSlicing"}})
-}
-
-/// The class every test shares (cluster-scoped: applied by each, the same).
-async fn ensure_gpu_class(env: &TestEnv) {
-    let class = json!({
-        "apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass", "metadata": {"name": DRIVER},
-        "spec": {"selectors": [{"cel": {"expression": format!("device.driver == '{DRIVER}'")}}],
-            "config": [{"opaque": {"driver": DRIVER, "parameters": class_parameters()}}]},
-    });
-    let params = PatchParams::apply("phalanx-e2e").force();
-    Api::<DeviceClass>::all(env.client.clone())
-        .patch(DRIVER, &params, &Patch::Apply(class))
-        .await
-        .expect("DeviceClass");
+    publish_slice(env, node, devices).await;
 }
 
 /// How a member names its claim: made from a template, or one claim by name.

@@ -2,8 +2,6 @@
 //! storage, has each probe tried by phalanx and by kube-scheduler in turn,
 //! and removes the case again. Starts and stops the kube-scheduler.
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount};
@@ -13,11 +11,11 @@ use kube::{Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
 
 use super::model::{Case, Labels, PodModel, VolumeUse};
 use super::render::{self, CASE, OWNER, Placement, Storage};
-use super::support::{TestEnv, eventually, eventually_every, kubeconfig_path};
+use super::support::kube_scheduler::KubeScheduler;
+use super::support::{TestEnv, eventually, eventually_every};
 
 const DECIDE: Duration = Duration::from_secs(60);
 /// How often the outcome of a try is looked for.
@@ -79,9 +77,7 @@ pub struct Trial {
     /// The value of [`OWNER`] on everything this run creates.
     run: String,
     phalanx: String,
-    kube_scheduler: String,
-    process: Child,
-    log: PathBuf,
+    kube_scheduler: KubeScheduler,
     pub phases: Phases,
 }
 
@@ -125,48 +121,15 @@ where
 }
 
 impl Trial {
-    /// Starts kube-scheduler (the control plane's build) with one profile
-    /// of its own name and otherwise the defaults, like phalanx's profile.
+    /// Starts kube-scheduler beside the env's phalanx.
     pub async fn start(env: &TestEnv, other: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("{}-kube-scheduler", env.name));
-        std::fs::create_dir_all(&dir).unwrap();
-        let kube_scheduler = format!("kube-scheduler-{}", env.name);
-        let config = dir.join("config.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n\
-                 clientConnection: {{kubeconfig: {}, qps: 100, burst: 200}}\n\
-                 leaderElection: {{leaderElect: false}}\nprofiles:\n- schedulerName: {kube_scheduler}\n",
-                kubeconfig_path().display()
-            ),
-        )
-        .unwrap();
-        let log = dir.join("kube-scheduler.log");
-        let process = Command::new(control_plane_binary("kube-scheduler").await)
-            .arg("--config")
-            .arg(&config)
-            .args(["--secure-port=0", "--v=3"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start kube-scheduler");
-        let log_path = log.clone();
-        eventually(Duration::from_secs(60), "kube-scheduler's caches synced", || {
-            let log_path = log_path.clone();
-            async move { std::fs::read_to_string(&log_path).ok()?.contains("Handlers synced").then_some(()) }
-        })
-        .await;
         Self {
             client: env.client.clone(),
             own: env.name.clone(),
             other: other.to_string(),
             run: env.name.clone(),
             phalanx: env.scheduler_name.clone(),
-            kube_scheduler,
-            process,
-            log,
+            kube_scheduler: KubeScheduler::start(env).await,
             phases: Phases::default(),
         }
     }
@@ -268,7 +231,7 @@ impl Trial {
         let tag = contender.tag();
         let scheduler = match contender {
             Contender::Phalanx => self.phalanx.clone(),
-            Contender::KubeScheduler => self.kube_scheduler.clone(),
+            Contender::KubeScheduler => self.kube_scheduler.name.clone(),
         };
         let (storage, claims) = render::probe_storage(probe, tag, &self.run);
         let own_claims: Vec<String> =
@@ -341,8 +304,7 @@ impl Trial {
 
     /// Stops kube-scheduler and removes what the run left: the second
     /// namespace, and volumes and claims still held by their finalizers.
-    pub async fn stop(mut self) {
-        let _ = self.process.kill().await;
+    pub async fn stop(self) {
         let selector = format!("{OWNER}={}", self.run);
         let claims = self.claims();
         let volumes: Api<PersistentVolume> = self.all();
@@ -357,7 +319,8 @@ impl Trial {
         strip_finalizers(&claims, &selector).await;
         strip_finalizers(&volumes, &selector).await;
         let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.other, &DeleteParams::default()).await;
-        eprintln!("[agreement] kube-scheduler's log: {}", self.log.display());
+        eprintln!("[agreement] kube-scheduler's log: {}", self.kube_scheduler.log.display());
+        self.kube_scheduler.stop().await;
     }
 }
 
@@ -378,13 +341,4 @@ fn ready_with_only_its_own_taints(node: &Node, case: &Case) -> bool {
     let Some(model) = case.nodes.iter().find(|n| n.name == name) else { return false };
     let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
     phalanx::fleet::is_ready(node) && taints.iter().all(|t| model.taints.iter().any(|m| m.key == t.key))
-}
-
-/// A binary of the control plane's build (`e2e/build-control-plane.sh`
-/// prints its cached directory; `e2e/cluster up` built it already).
-async fn control_plane_binary(name: &str) -> PathBuf {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("e2e/build-control-plane.sh");
-    let out = Command::new(&script).output().await.expect("run e2e/build-control-plane.sh");
-    assert!(out.status.success(), "e2e/build-control-plane.sh: {}", String::from_utf8_lossy(&out.stderr));
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join(name)
 }

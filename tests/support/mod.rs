@@ -9,7 +9,9 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod apiserver;
+pub mod dra;
 pub mod invariants;
+pub mod kube_scheduler;
 pub mod priorities;
 
 use std::path::PathBuf;
