@@ -141,6 +141,18 @@ impl Storage {
     }
 }
 
+/// A CSINode for `node` whose `driver` may attach `count` volumes; the API to delete it with.
+async fn attach_limit(env: &TestEnv, node: &str, driver: &str, count: u32) -> Api<CSINode> {
+    let csi_nodes: Api<CSINode> = Api::all(env.client.clone());
+    let limit: CSINode = serde_json::from_value(json!({
+        "metadata": {"name": node},
+        "spec": {"drivers": [{"name": driver, "nodeID": node, "allocatable": {"count": count}}]}
+    }))
+    .unwrap();
+    csi_nodes.create(&PostParams::default(), &limit).await.expect("create CSINode");
+    csi_nodes
+}
+
 /// `env.pod` mounting these claims.
 fn pod_using(env: &TestEnv, name: &str, claims: &[&str]) -> Pod {
     let mut pod = serde_json::to_value(env.pod(name, 0)).unwrap();
@@ -236,6 +248,45 @@ async fn a_provisioner_is_asked_for_a_volume_on_the_chosen_node_and_the_pod_bind
                            "name": "scratch", "uid": claim.metadata.uid});
     storage.local_volume("provisioned", &class, 10, &selected, Some(claim_ref)).await;
     assert_eq!(env.wait_bound("trainer", BIND).await, selected);
+    storage.delete().await;
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn in_tree_ebs_volumes_count_against_the_ebs_csi_driver_s_limit() {
+    let mut env = TestEnv::new("volume-in-tree").await;
+    let nodes = env.add_pools("- {name: n, count: 1, gpus: 8}\n").await;
+    let node = nodes[0].clone();
+    let storage = Storage::new(&env);
+    let csi_nodes = attach_limit(&env, &node, "ebs.csi.aws.com", 1).await;
+    // An EBS volume of the in-tree plugin, bound to claim "old".
+    let volume: PersistentVolume = serde_json::from_value(json!({
+        "metadata": {"name": format!("{}-old", env.name)},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                 "persistentVolumeReclaimPolicy": "Retain",
+                 "awsElasticBlockStore": {"volumeID": "aws://us-east-1a/vol-0123456789abcdef0"},
+                 "claimRef": {"namespace": env.name, "name": "old"}}
+    }))
+    .unwrap();
+    storage.volumes.create(&PostParams::default(), &volume).await.expect("create volume");
+    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "old"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": format!("{}-old", env.name),
+                 "resources": {"requests": {"storage": "1Gi"}}}
+    }))
+    .unwrap();
+    storage.claims.create(&PostParams::default(), &claim).await.expect("create claim");
+    storage.bound_volume("old").await;
+    // A class that provisions through the in-tree plugin.
+    let class = storage.class("gp2", "kubernetes.io/aws-ebs", "WaitForFirstConsumer").await;
+    storage.claim("new", &class, 1).await;
+    env.start_scheduler().await;
+    env.create(&pod_using(&env, "old-user", &["old"])).await;
+    assert_eq!(env.wait_bound("old-user", BIND).await, node);
+    env.create(&pod_using(&env, "new-user", &["new"])).await;
+    let message = env.wait_unschedulable("new-user", BIND).await.message.unwrap_or_default();
+    assert!(message.contains("1 node(s) exceed max volume count"), "{message}");
+    let _ = csi_nodes.delete(&node, &DeleteParams::default()).await;
     storage.delete().await;
     env.teardown().await;
 }
@@ -344,13 +395,7 @@ async fn a_node_s_csi_attach_limit_counts_pods_volumes_and_volume_attachments() 
     let nodes = env.add_pools("- {name: n, count: 1, gpus: 8}\n").await;
     let node = nodes[0].clone();
     let storage = Storage::new(&env);
-    let csi_nodes: Api<CSINode> = Api::all(env.client.clone());
-    let limit: CSINode = serde_json::from_value(json!({
-        "metadata": {"name": node},
-        "spec": {"drivers": [{"name": DRIVER, "nodeID": node, "allocatable": {"count": 2}}]}
-    }))
-    .unwrap();
-    csi_nodes.create(&PostParams::default(), &limit).await.expect("create CSINode");
+    let csi_nodes = attach_limit(&env, &node, DRIVER, 2).await;
     for claim in ["a", "b"] {
         storage.csi_volume(claim, DRIVER).await;
         storage.bound_volume(claim).await;

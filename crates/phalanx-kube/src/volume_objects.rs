@@ -11,6 +11,7 @@ use k8s_openapi::api::storage::v1::{
 };
 use phalanx_core::pod::{NodeSelectorTerm, SelectorOperator, SelectorRequirement};
 use phalanx_core::quantity::parse_units;
+use phalanx_core::volume::in_tree;
 use phalanx_core::volume::{
     AccessMode, AttachedSource, AttachedVolume, BindingMode, ClaimRef, CsiDriver, CsiNode, PersistentVolume,
     StorageCapacity, StorageCapacityKey, StorageClass, VolumeAttachment, VolumeClaim, VolumeClaimKey, VolumeMode,
@@ -124,11 +125,36 @@ pub fn persistent_volume(volume: &K8sVolume) -> Result<PersistentVolume, Transla
         volume_mode: volume_mode(spec.volume_mode.as_deref(), &object, "spec.volumeMode")?,
         node_affinity,
         claim_ref,
-        csi: spec.csi.as_ref().map(|c| AttachedVolume { driver: c.driver.clone(), handle: c.volume_handle.clone() }),
+        csi: attached_as(spec),
         phase,
         labels: volume.metadata.labels.clone().unwrap_or_default(),
         deleting: volume.metadata.deletion_timestamp.is_some(),
     })
+}
+
+/// The CSI volume a PersistentVolume counts as against attach limits: its
+/// `spec.csi`, or where it is of an in-tree plugin that migrated to CSI, the
+/// migrated driver's volume (the handle as the plugin names the volume).
+fn attached_as(spec: &k8s_openapi::api::core::v1::PersistentVolumeSpec) -> Option<AttachedVolume> {
+    if let Some(csi) = &spec.csi {
+        return Some(AttachedVolume { driver: csi.driver.clone(), handle: csi.volume_handle.clone() });
+    }
+    let (plugin, handle) = if let Some(ebs) = &spec.aws_elastic_block_store {
+        // `aws://<zone>/vol-...` names the same volume as `vol-...`.
+        ("kubernetes.io/aws-ebs", ebs.volume_id.rsplit('/').next().unwrap_or_default().to_string())
+    } else if let Some(pd) = &spec.gce_persistent_disk {
+        ("kubernetes.io/gce-pd", pd.pd_name.clone())
+    } else if let Some(disk) = &spec.azure_disk {
+        ("kubernetes.io/azure-disk", disk.disk_uri.clone())
+    } else if let Some(cinder) = &spec.cinder {
+        ("kubernetes.io/cinder", cinder.volume_id.clone())
+    } else if let Some(portworx) = &spec.portworx_volume {
+        ("kubernetes.io/portworx-volume", portworx.volume_id.clone())
+    } else {
+        return None;
+    };
+    let driver = in_tree::migrated_driver(plugin)?;
+    Some(AttachedVolume { driver: driver.to_string(), handle })
 }
 
 pub fn storage_class(class: &K8sClass) -> Result<StorageClass, TranslateError> {
@@ -375,5 +401,22 @@ mod tests {
         .unwrap();
         let csi = persistent_volume(&volume).unwrap().csi.unwrap();
         assert_eq!((csi.driver.as_str(), csi.handle.as_str()), ("ebs.csi.aws.com", "vol-1"));
+    }
+
+    #[test]
+    fn an_in_tree_volume_counts_as_its_migrated_driver_s() {
+        let in_tree = |source: serde_json::Value| -> Option<(String, String)> {
+            let mut spec = json!({"capacity": {"storage": "1Gi"}});
+            spec.as_object_mut().unwrap().extend(source.as_object().unwrap().clone());
+            let volume: K8sVolume = serde_json::from_value(json!({"metadata": {"name": "pv"}, "spec": spec})).unwrap();
+            persistent_volume(&volume).unwrap().csi.map(|c| (c.driver, c.handle))
+        };
+        let ebs = in_tree(json!({"awsElasticBlockStore": {"volumeID": "aws://us-east-1a/vol-0abc"}}));
+        assert_eq!(ebs, Some(("ebs.csi.aws.com".into(), "vol-0abc".into())));
+        let pd = in_tree(json!({"gcePersistentDisk": {"pdName": "data-1"}}));
+        assert_eq!(pd, Some(("pd.csi.storage.gke.io".into(), "data-1".into())));
+        // Not translated by kube-scheduler's NodeVolumeLimits: counts against no limit.
+        assert_eq!(in_tree(json!({"vsphereVolume": {"volumePath": "[ds] v.vmdk"}})), None);
+        assert_eq!(in_tree(json!({"hostPath": {"path": "/data"}})), None);
     }
 }

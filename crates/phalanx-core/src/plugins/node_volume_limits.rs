@@ -210,6 +210,22 @@ mod tests {
     }
 
     #[test]
+    fn a_class_of_an_in_tree_plugin_provisions_volumes_of_its_migrated_driver() {
+        let mut s = cluster(&["n1"]);
+        s.volumes_mut().apply(limit("n1", 1));
+        s.volumes_mut().apply(VolumeObject::Class(StorageClass {
+            name: "ebs".into(),
+            provisioner: "kubernetes.io/aws-ebs".into(),
+            binding_mode: BindingMode::WaitForFirstConsumer,
+            allowed_topologies: vec![],
+        }));
+        s.volumes_mut().apply(claim("first", None));
+        s.volumes_mut().apply(claim("second", None));
+        assert_eq!(place(&mut s, &user("p1", &["first"])), Ok("n1".into()));
+        assert!(place(&mut s, &user("p2", &["second"])).is_err(), "both count against ebs.csi.aws.com");
+    }
+
+    #[test]
     fn members_placed_earlier_in_the_pass_count_so_a_gang_spreads_over_nodes_with_room() {
         let mut s = cluster(&["n1", "n2"]);
         for n in ["n1", "n2"] {

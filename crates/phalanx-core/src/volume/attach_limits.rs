@@ -59,7 +59,8 @@ impl VolumeInventory {
     }
 
     /// The CSI volume a claim attaches: its bound volume's, else (unbound,
-    /// or its volume not seen yet) one its class's provisioner will make.
+    /// or its volume not seen yet) one its class's provisioner will make
+    /// (an in-tree plugin's as its migrated driver's).
     /// `None`: the claim is unknown, or its volume is not CSI, or it has no
     /// class (then it must be bound before its pod is placed).
     pub fn attached_volume(&self, key: &VolumeClaimKey) -> Option<AttachedVolume> {
@@ -68,7 +69,8 @@ impl VolumeInventory {
             return volume.csi.clone();
         }
         let class = self.classes.get(&claim.storage_class)?;
-        Some(AttachedVolume { driver: class.provisioner.clone(), handle: format!("{UNPROVISIONED}/{key}") })
+        let driver = super::in_tree::counted_driver(&class.provisioner).to_string();
+        Some(AttachedVolume { driver, handle: format!("{UNPROVISIONED}/{key}") })
     }
 
     /// The volumes VolumeAttachments attach to `node`.

@@ -4,6 +4,7 @@
 //! claim's volume is to be provisioned.
 
 mod attach_limits;
+pub mod in_tree;
 mod inventory;
 mod storage_capacity;
 
