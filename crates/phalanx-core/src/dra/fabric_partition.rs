@@ -13,13 +13,15 @@ use super::device::{AttributeValue, Device};
 const DRIVER: &str = "gpu.nvidia.com";
 const PARTITION: &str = "partition";
 
-/// A full or passthrough GPU whose node publishes partitions.
+/// A full or passthrough GPU whose node publishes partitions. Asked of
+/// every candidate device of every node a claim is tried on: the common
+/// answer (no partition attribute) is found in one pass.
 pub fn is_partitioned_gpu(device: &Device) -> bool {
     device.id.driver == DRIVER
-        && matches!(device.text_attribute("type"), Some("gpu" | "vfio"))
         && device.attributes.keys().any(|k| {
             k.domain == DRIVER && k.name.strip_prefix(PARTITION).is_some_and(|size| size.parse::<u32>().is_ok())
         })
+        && matches!(device.text_attribute("type"), Some("gpu" | "vfio"))
 }
 
 /// The id of the partition of `size` GPUs that holds the device.
