@@ -61,11 +61,10 @@ fn pod_term(term: &PodTerm) -> Value {
     value
 }
 
-fn policy(policy: Option<InclusionPolicy>) -> Value {
+fn policy(policy: InclusionPolicy) -> &'static str {
     match policy {
-        None => Value::Null,
-        Some(InclusionPolicy::Honor) => json!("Honor"),
-        Some(InclusionPolicy::Ignore) => json!("Ignore"),
+        InclusionPolicy::Honor => "Honor",
+        InclusionPolicy::Ignore => "Ignore",
     }
 }
 
@@ -83,8 +82,8 @@ fn spread(s: &Spread) -> Value {
         value["minDomains"] = json!(min);
     }
     for (field, p) in [("nodeAffinityPolicy", s.node_affinity_policy), ("nodeTaintsPolicy", s.node_taints_policy)] {
-        if p.is_some() {
-            value[field] = policy(p);
+        if let Some(p) = p {
+            value[field] = json!(policy(p));
         }
     }
     value

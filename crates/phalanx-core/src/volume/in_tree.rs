@@ -16,7 +16,7 @@ const MIGRATED: [(&str, &str); 5] = [
 /// The CSI driver a provisioner's volumes count as: the driver an in-tree
 /// plugin migrated to, else the provisioner itself.
 pub fn counted_driver(provisioner: &str) -> &str {
-    MIGRATED.iter().find(|(plugin, _)| *plugin == provisioner).map_or(provisioner, |(_, driver)| driver)
+    migrated_driver(provisioner).unwrap_or(provisioner)
 }
 
 /// The CSI driver an in-tree plugin's volumes migrated to.
